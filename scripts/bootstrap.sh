@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install everything tierfs and its tests need on Debian 12: apt packages, a
+# virtualenv in .venv, and the package itself. Safe to run again: each step
+# checks first whether it has been done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv redis-server attr)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing apt packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "bootstrap: creating virtualenv $VENV"
+  python3 -m venv "$VENV"
+fi
+stamp="$VENV/.tierfs-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "bootstrap: installing tierfs and its test tools into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/python" -c "import tierfs, pyfuse3, lmdb, s3fs" # fail loudly if the install did not take
+  touch "$stamp"
+fi
+echo "bootstrap: ready ($("$VENV/bin/tierfs" --version))"

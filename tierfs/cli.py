@@ -1,0 +1,189 @@
+"""The `tierfs` command: parse arguments, call one function, map errors to exit codes.
+
+Exit codes: 0 success, 1 a failure explained in one line, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tierfs import __version__
+from tierfs.config import Settings, format_size, load
+from tierfs.errors import UserError
+
+log = logging.getLogger("tierfs")
+STATS_XATTR = "user.tierfs.stats"
+PID_XATTR = "user.tierfs.pid"
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="tierfs", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("tierfs: aborted", err=True)
+        sys.exit(1)
+    except UserError as exc:
+        click.echo(f"tierfs: error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # a bug: say so in one line, details in the log at debug level
+        log.debug("unexpected error", exc_info=True)
+        click.echo(f"tierfs: internal error: {type(exc).__name__}: {exc} (rerun with TIERFS_DEBUG=1 for details)", err=True)
+        if os.environ.get("TIERFS_DEBUG"):
+            raise
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="tierfs")
+def cli() -> None:
+    """Mount a versioned ML data lake from object storage as a directory.
+
+    Reads go through a RAM tier, then a local disk cache (LMDB-indexed),
+    then the object store (S3, GCS, Azure, or a local directory).
+
+    \b
+    Examples:
+      tierfs mount s3://ml-lake/ /mnt/lake --config /etc/tierfs/train.toml
+      tierfs stats /mnt/lake
+      tierfs umount /mnt/lake
+    """
+
+
+@cli.command()
+@click.argument("lake_url")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings file; flags override it.")
+@click.option("--cache-dir", help="Disk cache folder (default: a per-lake folder under ~/.cache/tierfs or /var/cache/tierfs).")
+@click.option("--cache-size", help="Disk cache size, e.g. 50GiB; 0 turns the disk tier off.  [default: 10GiB]")
+@click.option("--ram-size", help="RAM tier size, e.g. 1GiB; 0 turns it off.  [default: 512MiB]")
+@click.option("--block-size", help="Block size for reads and cache entries.  [default: 4MiB]")
+@click.option("--metadata-ttl", help="Seconds listings and attributes are trusted before they are fetched again.  [default: 60]")
+@click.option("--log-file", help="Where the background daemon logs (default: tierfs.log in the cache dir).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[default: info]")
+@click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground and log to stderr.")
+@click.option("--ready-fd", type=int, hidden=True)
+def mount(lake_url: str, mountpoint: Path, config_file: Path | None, cache_dir: str | None,
+          cache_size: str | None, ram_size: str | None, block_size: str | None,
+          metadata_ttl: str | None, log_file: str | None, log_level: str | None,
+          foreground: bool, ready_fd: int | None) -> None:
+    """Mount LAKE_URL at MOUNTPOINT.
+
+    LAKE_URL is an fsspec URL: file:///path, s3://bucket/prefix (endpoint and
+    keys from the config's [s3] table or the usual AWS_* variables), gs://…,
+    az://…, or memory:// for tests. Without --foreground the command returns
+    once the mount is ready, or exits non-zero with the reason.
+    """
+    from tierfs import mount as mount_mod  # heavy imports only for this command
+
+    try:
+        settings = load(config_file, {
+            "lake_url": lake_url, "cache_dir": cache_dir, "cache_size": cache_size,
+            "ram_size": ram_size, "block_size": block_size, "metadata_ttl": metadata_ttl,
+            "log_file": log_file, "log_level": log_level,
+        })
+        mountpoint = mountpoint.absolute()
+        if not foreground:
+            log_path = Path(settings.log_file) if settings.log_file else settings.resolved_cache_dir() / "tierfs.log"
+            pid = mount_mod.spawn_daemon(sys.argv[1:], log_path)
+            click.echo(f"mounted {settings.lake_url} at {mountpoint} (pid {pid}, log {log_path})")
+            return
+        _setup_logging(settings)
+        mount_mod.run_foreground(settings, mountpoint, mount_mod.notify_ready(ready_fd))
+    except UserError as exc:
+        if foreground and ready_fd is not None:
+            mount_mod.report_failure(ready_fd, f"{exc}")
+        raise
+
+
+@cli.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--lazy", is_flag=True, help="Detach now even if busy; finish when no longer in use.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the daemon to finish.")
+def umount(mountpoint: Path, lazy: bool, timeout: float) -> None:
+    """Unmount MOUNTPOINT and wait for its daemon to write its cache index and exit."""
+    from tierfs.fuse.mountpoint import is_mounted, unmount, wait_for_exit
+
+    mountpoint = mountpoint.absolute()
+    pid = None
+    if is_mounted(mountpoint):
+        try:
+            pid = int(os.getxattr(mountpoint, PID_XATTR))
+        except OSError as exc:
+            if exc.errno == errno.ENOTCONN:
+                lazy = True  # the daemon is gone; only the kernel's mount is left
+    unmount(mountpoint, lazy=lazy)
+    if pid is not None and not wait_for_exit(pid, timeout):
+        raise UserError(f"unmounted {mountpoint}, but its daemon (pid {pid}) is still running after {timeout:.0f} s")
+    click.echo(f"unmounted {mountpoint}")
+
+
+@cli.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw counters as JSON.")
+def stats(mountpoint: Path, as_json: bool) -> None:
+    """Hits, misses and bytes per tier, and backend traffic, of a running mount."""
+    try:
+        raw = os.getxattr(mountpoint, STATS_XATTR)
+    except FileNotFoundError:
+        raise UserError(f"{mountpoint} does not exist") from None
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP):
+            raise UserError(f"{mountpoint} is not a tierfs mount") from None
+        if exc.errno == errno.ENOTCONN:
+            raise UserError(f"{mountpoint} is a dead mount (its daemon is gone): run tierfs umount {mountpoint}") from None
+        raise UserError(f"cannot read stats of {mountpoint}: {exc.strerror}") from None
+    data = json.loads(raw)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    click.echo(render_stats(data))
+
+
+def render_stats(data: dict[str, Any]) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"tierfs {data['lake']}  (pid {data['pid']}, up {data['uptime_seconds']:.0f} s)")
+    for col in ("tier", "hits", "misses", "hit ratio", "served", "held", "entries", "evictions", "errors"):
+        table.add_column(col, justify="left" if col == "tier" else "right")
+    for name, t in data["tiers"].items():
+        total = t["hits"] + t["misses"]
+        ratio = f"{t['hits'] / total:.1%}" if total else "-"
+        table.add_row(name, str(t["hits"]), str(t["misses"]), ratio, format_size(t["bytes_served"]),
+                      format_size(t["bytes_held"]), str(t["entries"]), str(t["evictions"]), str(t["errors"]))
+    b = data["backend"]
+    table.add_row("backend", "", "", "", format_size(b["bytes"]), "", "", "", str(b["errors"]))
+    console = Console(width=110, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(table)
+    console.print(
+        f"backend: {b['requests']} requests, {format_size(b['bytes'])}, {b['retries']} retries, {b['errors']} errors;  "
+        f"inodes {data['inodes']}, open files {data['open_files']}, in-flight fetches {data['in_flight_fetches']}"
+    )
+    return console.export_text().rstrip()
+
+
+def _setup_logging(settings: Settings) -> None:
+    level = "debug" if os.environ.get("TIERFS_DEBUG") else settings.log_level
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Client libraries log credentials-adjacent request details at debug level.
+    for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "pyfuse3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -1,0 +1,280 @@
+"""Every setting, its default and its validation, in one place.
+
+Settings come from a TOML file (``--config``) and are overridden by command
+line flags. Both go through the same parsers, so a bad value is refused with
+the same one line wherever it came from: which key, what was given, what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tierfs.errors import ConfigError
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+    "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: Any) -> int:
+    """'4MiB' -> 4194304; plain integers are bytes."""
+    if isinstance(value, bool):
+        raise ValueError("a size such as 512MiB, 10GiB or a number of bytes")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size of zero or more")
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError("a size such as 512MiB, 10GiB or a number of bytes")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def format_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _positive_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("a number of seconds, zero or more")
+    try:
+        f = float(value)
+    except ValueError:
+        raise ValueError("a number of seconds, zero or more") from None
+    if f < 0:
+        raise ValueError("a number of seconds, zero or more")
+    return f
+
+
+def _fraction(value: Any) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("a fraction between 0 and 1, such as 0.9") from None
+    if not 0 < f <= 1:
+        raise ValueError("a fraction between 0 and 1, such as 0.9")
+    return f
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("a whole number of 1 or more")
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("a whole number of 1 or more") from None
+    if n < 1:
+        raise ValueError("a whole number of 1 or more")
+    return n
+
+
+def _retries(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("a whole number of 0 or more")
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("a whole number of 0 or more") from None
+    if n < 0:
+        raise ValueError("a whole number of 0 or more")
+    return n
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a string")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(value).lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("true or false")
+
+
+def _table(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError("a table of fsspec storage options")
+    return dict(value)
+
+
+def _log_level(value: Any) -> str:
+    v = str(value).lower()
+    if v not in ("debug", "info", "warning", "error"):
+        raise ValueError("one of debug, info, warning, error")
+    return v
+
+
+@dataclass(frozen=True)
+class _Key:
+    section: str
+    name: str
+    parse: Callable[[Any], Any]
+    attr: str
+
+
+# (section, key in TOML) -> attribute of Settings. The TOML layout:
+#   [lake] url   [store] retries timeout options   [s3] endpoint_url region ...
+#   [cache] dir size ram_size block_size high_watermark low_watermark
+#   [metadata] ttl listing_entries   [fuse] workers allow_other   [log] level file
+_KEYS = [
+    _Key("lake", "url", _string, "lake_url"),
+    _Key("store", "retries", _retries, "store_retries"),
+    _Key("store", "timeout", _positive_float, "store_timeout"),
+    _Key("store", "options", _table, "store_options"),
+    _Key("s3", "endpoint_url", _string, "s3_endpoint_url"),
+    _Key("s3", "region", _string, "s3_region"),
+    _Key("s3", "profile", _string, "s3_profile"),
+    _Key("s3", "key", _string, "s3_key"),
+    _Key("s3", "secret", _string, "s3_secret"),
+    _Key("s3", "anon", _bool, "s3_anon"),
+    _Key("cache", "dir", _string, "cache_dir"),
+    _Key("cache", "size", parse_size, "cache_size"),
+    _Key("cache", "ram_size", parse_size, "ram_size"),
+    _Key("cache", "block_size", parse_size, "block_size"),
+    _Key("cache", "high_watermark", _fraction, "high_watermark"),
+    _Key("cache", "low_watermark", _fraction, "low_watermark"),
+    _Key("metadata", "ttl", _positive_float, "metadata_ttl"),
+    _Key("metadata", "listing_entries", _count, "listing_entries"),
+    _Key("fuse", "workers", _count, "fuse_workers"),
+    _Key("fuse", "allow_other", _bool, "allow_other"),
+    _Key("fuse", "nonempty", _bool, "allow_nonempty"),
+    _Key("log", "level", _log_level, "log_level"),
+    _Key("log", "file", _string, "log_file"),
+]
+_BY_ATTR = {k.attr: k for k in _KEYS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    lake_url: str = ""
+    store_retries: int = 5
+    store_timeout: float = 30.0
+    store_options: dict[str, Any] = field(default_factory=dict)
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    s3_profile: str = ""
+    s3_key: str = ""
+    s3_secret: str = ""
+    s3_anon: bool = False
+    cache_dir: str = ""  # empty: a per-lake folder under the user's cache dir
+    cache_size: int = 10 * 1024**3
+    ram_size: int = 512 * 1024**2
+    block_size: int = 4 * 1024**2
+    high_watermark: float = 0.95
+    low_watermark: float = 0.85
+    metadata_ttl: float = 60.0
+    listing_entries: int = 2_000_000
+    fuse_workers: int = 64
+    allow_other: bool = False
+    allow_nonempty: bool = False
+    log_level: str = "info"
+    log_file: str = ""
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        if os.geteuid() == 0 and "XDG_CACHE_HOME" not in os.environ:
+            base = Path("/var/cache")
+        lake_id = hashlib.sha256(self.lake_url.encode()).hexdigest()[:12]
+        return base / "tierfs" / lake_id
+
+    def check(self) -> Settings:
+        """Cross-field rules; returns self so calls chain."""
+        if self.block_size < 4096 or self.block_size > 256 * 1024**2:
+            raise ConfigError(
+                f"[cache] block_size = {self.block_size}: must be between 4KiB and 256MiB"
+            )
+        if self.low_watermark >= self.high_watermark:
+            raise ConfigError(
+                f"[cache] low_watermark = {self.low_watermark} must be below "
+                f"high_watermark = {self.high_watermark}"
+            )
+        if 0 < self.cache_size < 2 * self.block_size:
+            raise ConfigError(
+                f"[cache] size = {self.cache_size} bytes is smaller than two blocks "
+                f"({2 * self.block_size} bytes); give a larger size or 0 to turn the disk tier off"
+            )
+        return self
+
+
+def load(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Settings from a TOML file (optional) with command-line ``overrides``.
+
+    ``overrides`` maps Settings attribute names to raw values (strings from
+    flags, or already-typed values); ``None`` values are ignored.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_read_toml(Path(path)))
+    for attr, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        key = _BY_ATTR[attr]
+        values[attr] = _parse(key, raw, origin="command line")
+    known = {f.name for f in fields(Settings)}
+    assert set(values) <= known
+    return Settings(**values).check()
+
+
+def _parse(key: _Key, raw: Any, origin: str) -> Any:
+    try:
+        return key.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{origin}: [{key.section}] {key.name} = {raw!r} is not allowed; expected {exc}"
+        ) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} cannot be read (permission denied)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    out: dict[str, Any] = {}
+    sections = sorted({k.section for k in _KEYS})
+    for section, table in doc.items():
+        if section not in sections:
+            raise ConfigError(
+                f"{path}: unknown section [{section}]; known sections: {', '.join(sections)}"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: '{section}' must be a table, written [{section}]")
+        for name, raw in table.items():
+            key = next((k for k in _KEYS if k.section == section and k.name == name), None)
+            if key is None:
+                names = ", ".join(k.name for k in _KEYS if k.section == section)
+                raise ConfigError(
+                    f"{path}: unknown key [{section}] {name}; keys of [{section}]: {names}"
+                )
+            out[key.attr] = _parse(key, raw, origin=str(path))
+    return out

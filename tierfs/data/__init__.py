@@ -1,0 +1,1 @@
+"""Bytes for a range of an ObjectRef: blocks, single-flight, the block reader."""

@@ -1,0 +1,77 @@
+"""Block reader: the bytes of a range of an ObjectRef.
+
+Splits a read into blocks, asks the tier chain for each, and on a miss fetches
+the block from the object store once however many readers want it
+(single-flight), then puts it into every tier. A small object is one block, so
+its first read is one GET of the whole object.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from tierfs.data.singleflight import SingleFlight
+from tierfs.refs import BlockKey, ObjectRef, block_span, blocks_for_range
+from tierfs.store.objects import ObjectStore
+from tierfs.tiers.chain import TierChain
+
+BACKEND = "backend"  # the source name of a block fetched from the object store
+
+
+class BlockReader:
+    def __init__(
+        self,
+        store: ObjectStore,
+        chain: TierChain,
+        block_size: int,
+        store_limiter: trio.CapacityLimiter,
+    ):
+        self.store = store
+        self.chain = chain
+        self.block_size = block_size
+        self.store_limiter = store_limiter
+        self._flights: SingleFlight[bytes] = SingleFlight()
+
+    def in_flight(self) -> int:
+        return self._flights.in_flight()
+
+    async def read(self, ref: ObjectRef, offset: int, length: int) -> tuple[bytes, str]:
+        """Bytes [offset, offset+length) of ``ref`` (short at EOF), and where the last block came from."""
+        indexes = blocks_for_range(offset, length, self.block_size, ref.size)
+        if not indexes:
+            return b"", ""
+        if len(indexes) == 1:
+            block, source = await self.block(ref, indexes[0])
+            parts = [block]
+        else:
+            results: list[tuple[bytes, str]] = [(b"", "")] * len(indexes)
+
+            async def one(slot: int, index: int) -> None:
+                results[slot] = await self.block(ref, index)
+
+            async with trio.open_nursery() as nursery:
+                for slot, index in enumerate(indexes):
+                    nursery.start_soon(one, slot, index)
+            parts = [r[0] for r in results]
+            source = results[-1][1]
+        first = indexes[0] * self.block_size
+        skip = offset - first
+        data = parts[0][skip : skip + length] if len(parts) == 1 else b"".join(parts)[skip : skip + length]
+        self.chain.served(source, len(data))
+        return data, source
+
+    async def block(self, ref: ObjectRef, index: int) -> tuple[bytes, str]:
+        key = ref.block_key(index, self.block_size)
+        hit = await self.chain.get(key)
+        if hit is not None:
+            return hit
+        data = await self._flights.run(key, lambda: self._fetch(ref, index, key))
+        return data, BACKEND
+
+    async def _fetch(self, ref: ObjectRef, index: int, key: BlockKey) -> bytes:
+        start, end = block_span(index, self.block_size, ref.size)
+        data = await trio.to_thread.run_sync(
+            self.store.read_range, ref, start, end, limiter=self.store_limiter
+        )
+        await self.chain.put(key, data)
+        return data

@@ -1,0 +1,58 @@
+"""The error tree, and the one place where errors become errno values.
+
+Every layer raises either a builtin ``OSError`` (as fsspec does) or one of the
+classes below. The FUSE adapter calls :func:`to_errno` once per failed request;
+the CLI prints :class:`UserError` as one line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class TierfsError(Exception):
+    """Base of every error tierfs raises on purpose."""
+
+    errno = errno.EIO
+
+
+class UserError(TierfsError):
+    """Bad input or a broken environment: shown to the user as one line.
+
+    The message says what is wrong and, where it can, what to do about it.
+    """
+
+
+class ConfigError(UserError):
+    """A setting (in the TOML file or on the command line) is not acceptable."""
+
+
+class StoreError(TierfsError):
+    """The object store failed after retries (network, server, throttling)."""
+
+
+class NotFound(TierfsError):
+    errno = errno.ENOENT
+
+
+class ReadOnly(TierfsError):
+    errno = errno.EROFS
+
+
+class CorruptBlock(TierfsError):
+    """A cached block failed its checksum; the caller drops it and refetches."""
+
+
+def to_errno(exc: BaseException) -> int:
+    """The errno a failed FUSE request answers with."""
+    if isinstance(exc, TierfsError):
+        return exc.errno
+    if isinstance(exc, FileNotFoundError):
+        return errno.ENOENT
+    if isinstance(exc, PermissionError):
+        return errno.EACCES
+    if isinstance(exc, TimeoutError):
+        return errno.ETIMEDOUT
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO

@@ -1,0 +1,1 @@
+"""Kernel boundary: pyfuse3 Operations, attributes, mountpoints. No storage I/O."""

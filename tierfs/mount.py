@@ -1,0 +1,218 @@
+"""Composition root of a mount: store -> tiers -> namespace -> fuse, one nursery.
+
+``run_foreground`` mounts and serves until unmounted or signalled.
+``spawn_daemon`` starts the same in a background process and returns once the
+mount is ready (or with the reason it is not), which is what `tierfs mount`
+does without ``--foreground``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from tierfs import __version__
+from tierfs.config import Settings
+from tierfs.data.reader import BlockReader
+from tierfs.errors import UserError
+from tierfs.fuse.attrs import AttrMaker
+from tierfs.fuse.mountpoint import check_fuse, check_mountpoint, is_mounted
+from tierfs.fuse.operations import TierfsOperations
+from tierfs.namespace.live import Namespace
+from tierfs.store.objects import ObjectStore
+from tierfs.tiers.base import Tier
+from tierfs.tiers.chain import TierChain
+from tierfs.tiers.disk import DiskTier
+from tierfs.tiers.ram import RamTier
+
+log = logging.getLogger("tierfs")
+
+READY = "READY"
+
+
+@dataclass
+class Components:
+    """Everything a mount is made of, wired; also what core tests drive directly."""
+
+    settings: Settings
+    store: ObjectStore
+    chain: TierChain
+    namespace: Namespace
+    reader: BlockReader
+    operations: TierfsOperations
+    started: float
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "lake": self.store.url,
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.monotonic() - self.started, 1),
+            "block_size": self.settings.block_size,
+            "tiers": self.chain.stats(),
+            "backend": self.store.stats.snapshot(),
+            "fuse": self.operations.ops.snapshot(),
+            "inodes": len(self.namespace.inodes),
+            "open_files": self.operations.open_files(),
+            "in_flight_fetches": self.reader.in_flight(),
+            "listing_entries_cached": len(self.namespace.listings),
+        }
+
+    def close(self) -> None:
+        self.chain.close()
+
+
+def build(settings: Settings, store: ObjectStore | None = None) -> Components:
+    """Wire the layers. Opens (and locks) the disk cache; checks nothing about FUSE."""
+    store = store or ObjectStore.open(settings)
+    tiers: list[Tier] = []
+    if settings.ram_size > 0:
+        tiers.append(RamTier(settings.ram_size))
+    if settings.cache_size > 0:
+        tiers.append(DiskTier(settings.resolved_cache_dir(), settings.cache_size,
+                              settings.high_watermark, settings.low_watermark))
+    # Worker threads: one pool for the tiers' disk I/O, one for the store's
+    # network calls, so a slow store never starves cache hits.
+    chain = TierChain(tiers, trio.CapacityLimiter(16))
+    store_limiter = trio.CapacityLimiter(32)
+    namespace = Namespace(store, settings.metadata_ttl, settings.listing_entries, store_limiter)
+    reader = BlockReader(store, chain, settings.block_size, store_limiter)
+    attrs = AttrMaker(settings.metadata_ttl, settings.block_size)
+    holder: list[Components] = []
+    ops = TierfsOperations(namespace, reader, attrs, stats=lambda: holder[0].stats())
+    comps = Components(settings, store, chain, namespace, reader, ops, time.monotonic())
+    holder.append(comps)
+    return comps
+
+
+def run_foreground(settings: Settings, mountpoint: Path, on_ready: Callable[[], None] | None = None) -> None:
+    """Check, mount, serve until unmounted or SIGTERM/SIGINT, then clean up."""
+    check_fuse()
+    check_mountpoint(mountpoint, settings.allow_nonempty)
+    store = ObjectStore.open(settings)
+    store.check()
+    comps = build(settings, store)
+    try:
+        options = set(pyfuse3.default_options)
+        options |= {"fsname=tierfs", "subtype=tierfs"}
+        if settings.allow_other:
+            options.add("allow_other")
+        try:
+            pyfuse3.init(comps.operations, str(mountpoint), options)
+        except RuntimeError as exc:
+            raise UserError(f"cannot mount at {mountpoint}: {exc}") from None
+        log.info("mounted %s at %s (cache %s, pid %d)", settings.lake_url, mountpoint,
+                 settings.resolved_cache_dir(), os.getpid())
+        unmounted = False
+        try:
+            trio.run(_serve, settings, on_ready)
+            unmounted = True
+        finally:
+            pyfuse3.close(unmount=not unmounted or is_mounted(mountpoint))
+        log.info("unmounted %s", mountpoint)
+    finally:
+        comps.close()
+
+
+async def _serve(settings: Settings, on_ready: Callable[[], None] | None) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+
+        async def fuse_main() -> None:
+            await pyfuse3.main(min_tasks=4, max_tasks=settings.fuse_workers)
+            nursery.cancel_scope.cancel()  # unmounted from outside: stop the rest
+
+        nursery.start_soon(fuse_main)
+        await trio.sleep(0)
+        if on_ready is not None:
+            on_ready()
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("received %s; unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+# -- background start -------------------------------------------------------------
+def spawn_daemon(argv: list[str], log_file: Path, timeout: float = 120.0) -> int:
+    """Start ``tierfs mount … --foreground`` in the background; returns its pid once ready.
+
+    The child reports READY, or one line of error, through a pipe; if it dies
+    without a word, the tail of its log says why.
+    """
+    read_fd, write_fd = os.pipe()
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log_fh, open(os.devnull, "rb") as devnull:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tierfs", *argv, "--foreground", "--ready-fd", str(write_fd)],
+            stdin=devnull, stdout=log_fh, stderr=log_fh, pass_fds=(write_fd,),
+            start_new_session=True, close_fds=True,
+        )
+    os.close(write_fd)
+    message = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([read_fd], [], [], 0.5)
+            if ready:
+                chunk = os.read(read_fd, 4096)
+                if not chunk:
+                    break
+                message += chunk
+                if b"\n" in message:
+                    break
+            elif proc.poll() is not None:
+                break
+        else:
+            proc.kill()
+            proc.wait()
+            raise UserError(f"the mount did not become ready within {timeout:.0f} s; see {log_file}")
+    finally:
+        os.close(read_fd)
+    line = message.decode(errors="replace").strip()
+    if line == READY:
+        return proc.pid
+    proc.wait(timeout=30)
+    if line:
+        raise UserError(line)
+    raise UserError(f"the tierfs daemon exited during start-up (code {proc.returncode}): {_tail(log_file)}")
+
+
+def notify_ready(fd: int | None) -> Callable[[], None]:
+    def ready() -> None:
+        if fd is not None:
+            os.write(fd, (READY + "\n").encode())
+            os.close(fd)
+
+    return ready
+
+
+def report_failure(fd: int | None, message: str) -> None:
+    if fd is not None:
+        try:
+            os.write(fd, (message.replace("\n", " ") + "\n").encode())
+        except OSError:
+            pass
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return f"see {path}"
+    return lines[-1] if lines else f"see {path}"

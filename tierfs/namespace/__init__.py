@@ -1,0 +1,1 @@
+"""What a path means: the live view, inodes, cached listings."""

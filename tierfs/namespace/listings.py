@@ -1,0 +1,57 @@
+"""Directory listings cached for the metadata TTL, bounded by entry count."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from tierfs.store.objects import Entry
+
+
+@dataclass
+class Listing:
+    entries: list[Entry]  # sorted by name
+    fetched_at: float
+    by_name: dict[str, Entry] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.by_name = {e.name: e for e in self.entries}
+
+
+class ListingCache:
+    def __init__(self, ttl: float, max_entries: int):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._lists: OrderedDict[str, Listing] = OrderedDict()
+        self._held = 0
+
+    def get(self, path: str) -> Listing | None:
+        """A fresh listing of ``path``, or None."""
+        listing = self._lists.get(path)
+        if listing is None:
+            return None
+        if time.monotonic() - listing.fetched_at > self.ttl:
+            self.drop(path)
+            return None
+        self._lists.move_to_end(path)
+        return listing
+
+    def put(self, path: str, entries: list[Entry], fetched_at: float) -> Listing:
+        listing = Listing(sorted(entries, key=lambda e: e.name), fetched_at)
+        self.drop(path)
+        if len(entries) <= self.max_entries // 2:
+            self._lists[path] = listing
+            self._held += len(entries)
+            while self._held > self.max_entries:
+                _, old = self._lists.popitem(last=False)
+                self._held -= len(old.entries)
+        return listing
+
+    def drop(self, path: str) -> None:
+        old = self._lists.pop(path, None)
+        if old is not None:
+            self._held -= len(old.entries)
+
+    def __len__(self) -> int:
+        return self._held

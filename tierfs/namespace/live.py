@@ -1,0 +1,127 @@
+"""The live view: what a path under the mount means right now.
+
+Prefixes of the lake are directories, objects are files. Metadata (listings,
+sizes, ObjectRefs) is trusted for the metadata TTL and then fetched again, so
+a change upstream becomes visible within one TTL; the ObjectRef a file had at
+``open`` is the one its reads use until ``release``.
+"""
+
+from __future__ import annotations
+
+import errno
+import posixpath
+import time
+
+import trio
+
+from tierfs.errors import NotFound
+from tierfs.namespace.inodes import ROOT_INODE, InodeTable, Node
+from tierfs.namespace.listings import Listing, ListingCache
+from tierfs.refs import ObjectRef
+from tierfs.store.objects import Entry, ObjectStore
+
+#: Names at the lake's root that belong to tierfs itself, never shown in the live view.
+RESERVED = frozenset({".tierfs"})
+
+
+class NotADirectory(NotFound):
+    errno = errno.ENOTDIR
+
+
+class Namespace:
+    def __init__(self, store: ObjectStore, ttl: float, listing_entries: int,
+                 limiter: trio.CapacityLimiter):
+        self.store = store
+        self.ttl = ttl
+        self.inodes = InodeTable()
+        self.listings = ListingCache(ttl, listing_entries)
+        self.limiter = limiter
+
+    # -- lookups ----------------------------------------------------------
+    def node(self, inode: int) -> Node:
+        return self.inodes.get(inode)
+
+    async def lookup(self, parent_inode: int, name: str) -> Node:
+        parent = self.inodes.get(parent_inode)
+        if not parent.is_dir:
+            raise NotADirectory(parent.path)
+        if parent.path == "" and name in RESERVED:
+            raise NotFound(name)
+        entry = await self._entry(_join(parent.path, name), parent.path, name)
+        return self._node_for(parent.path, entry)
+
+    async def getattr(self, inode: int) -> Node:
+        node = self.inodes.get(inode)
+        if inode != ROOT_INODE and self._stale(node):
+            parent, name = posixpath.split(node.path)
+            entry = await self._entry(node.path, parent, name)
+            node = self._node_for(parent, entry)
+        return node
+
+    async def list(self, inode: int) -> list[Entry]:
+        """The entries of a directory, sorted by name (fetched if not fresh)."""
+        node = self.inodes.get(inode)
+        if not node.is_dir:
+            raise NotADirectory(node.path)
+        listing = await self._listing(node.path)
+        if node.path == "":
+            return [e for e in listing.entries if e.name not in RESERVED]
+        return listing.entries
+
+    def entry_node(self, parent_path: str, entry: Entry) -> Node:
+        """The node for an entry of a listing (readdirplus hands out inodes)."""
+        return self._node_for(parent_path, entry)
+
+    # -- open files -------------------------------------------------------
+    async def open(self, inode: int) -> tuple[Node, ObjectRef, bool]:
+        """The file's current ref, and whether the kernel may keep its cached pages."""
+        node = await self.getattr(inode)
+        if node.is_dir or node.ref is None:
+            raise IsADirectoryError(node.path)
+        ref = node.ref
+        keep_cache = node.cached_ref == ref
+        node.cached_ref = ref
+        self.inodes.opened(node)
+        return node, ref, keep_cache
+
+    def release(self, node: Node) -> None:
+        self.inodes.closed(node)
+
+    def remember(self, node: Node) -> None:
+        node.lookups += 1
+
+    def forget(self, inode: int, count: int) -> None:
+        self.inodes.forget(inode, count)
+
+    # -- internals --------------------------------------------------------
+    def _stale(self, node: Node) -> bool:
+        return time.monotonic() - node.checked_at > self.ttl
+
+    async def _listing(self, path: str) -> Listing:
+        listing = self.listings.get(path)
+        if listing is None:
+            fetched_at = time.monotonic()
+            entries = await trio.to_thread.run_sync(self.store.list_dir, path, limiter=self.limiter)
+            listing = self.listings.put(path, entries, fetched_at)
+        return listing
+
+    async def _entry(self, path: str, parent: str, name: str) -> Entry:
+        listing = self.listings.get(parent)
+        if listing is not None:
+            entry = listing.by_name.get(name)
+            if entry is None:
+                raise NotFound(path)
+            return entry
+        return await trio.to_thread.run_sync(self.store.stat, path, limiter=self.limiter)
+
+    def _node_for(self, parent_path: str, entry: Entry) -> Node:
+        listing = self.listings.get(parent_path)
+        checked = listing.fetched_at if listing is not None else time.monotonic()
+        return self.inodes.upsert(
+            _join(parent_path, entry.name), entry.is_dir, entry.size, entry.mtime_ns,
+            entry.ref, checked,
+        )
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name

@@ -1,0 +1,1 @@
+"""The object store (fsspec): listings, stats and ranged reads, with retries."""

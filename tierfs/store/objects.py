@@ -1,0 +1,215 @@
+"""The object store: the lake's source of truth, reached through fsspec.
+
+Only moves bytes and listings by key: list a prefix, stat a key, read a byte
+range of an ObjectRef. Every call is blocking (fsspec's sync API runs its async
+implementations on fsspec's own IO thread) and is made from worker threads;
+each is retried with backoff on temporary failures and counted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from tierfs.config import Settings
+from tierfs.errors import NotFound, StoreError, UserError
+from tierfs.metrics import BACKEND_COUNTERS, Counters
+from tierfs.refs import ObjectRef
+from tierfs.store.retry import is_temp_failure, retry_call
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One name in a listing: a file (with its ObjectRef) or a directory."""
+
+    name: str
+    is_dir: bool
+    size: int = 0
+    mtime_ns: int = 0
+    ref: ObjectRef | None = None
+
+
+class ObjectStore:
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, retries: int = 5):
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.url = url
+        self.retries = retries
+        self.stats = Counters(BACKEND_COUNTERS)
+        # s3fs and gcsfs read a pinned version with a keyword; others keep none.
+        self.version_aware = bool(getattr(fs, "version_aware", False))
+
+    # -- construction ---------------------------------------------------
+    @classmethod
+    def open(cls, settings: Settings) -> ObjectStore:
+        url = settings.lake_url
+        if not url:
+            raise UserError("no lake URL given: pass LAKE_URL or set [lake] url in the config file")
+        options = storage_options(settings)
+        try:
+            fs, root = url_to_fs(url, **options)
+        except ImportError as exc:
+            raise UserError(f"cannot open {url}: {exc} (pip install it into tierfs' environment)") from None
+        except ValueError as exc:
+            raise UserError(f"cannot open {url}: {exc}; use file:///path, memory://, s3://bucket/prefix, gs://… or az://…") from None
+        except Exception as exc:  # client constructors raise their own trees
+            raise UserError(f"cannot open {url}: {_one_line(exc)}") from None
+        return cls(fs, root, url, retries=settings.store_retries)
+
+    def check(self) -> None:
+        """Make sure the lake's root exists and can be listed; one clear line if not."""
+        try:
+            info = retry_call(lambda: self.fs.info(self._full("")), attempts=min(self.retries, 2), what=f"stat {self.url}")
+        except FileNotFoundError:
+            raise UserError(f"lake {self.url} does not exist: check the bucket name and prefix") from None
+        except PermissionError as exc:
+            raise UserError(f"access to {self.url} was refused ({_one_line(exc)}): check the credentials") from None
+        except Exception as exc:
+            raise UserError(f"cannot reach {self.url}: {_one_line(exc)}; check the endpoint and network") from None
+        if info.get("type") != "directory":
+            raise UserError(f"lake {self.url} is a file, not a bucket or prefix")
+
+    # -- reads ----------------------------------------------------------
+    def list_dir(self, rel: str) -> list[Entry]:
+        """Entries directly below ``rel`` (a '/'-separated path, '' = root)."""
+        full = self._full(rel)
+
+        def call() -> list[dict[str, Any]]:
+            out: list[dict[str, Any]] = self.fs.ls(full, detail=True)
+            return out
+
+        infos = self._call(call, f"list {rel or '/'}")
+        entries = []
+        prefix = full.rstrip("/")
+        for info in infos:
+            name = str(info["name"]).rstrip("/")
+            if name == prefix or not name:
+                continue  # some stores list the directory itself
+            entries.append(self._entry(posixpath.basename(name), _join(rel, posixpath.basename(name)), info))
+        return entries
+
+    def stat(self, rel: str) -> Entry:
+        info = self._call(lambda: self.fs.info(self._full(rel)), f"stat {rel}")
+        return self._entry(posixpath.basename(rel), rel, info)
+
+    def read_range(self, ref: ObjectRef, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the object ``ref`` names."""
+        full = self._full(ref.key)
+        kwargs: dict[str, Any] = {}
+        if ref.version and self.version_aware:
+            kwargs["version_id"] = ref.version
+
+        def call() -> bytes:
+            data: bytes = self.fs.cat_file(full, start=start, end=end, **kwargs)
+            return data
+
+        data = self._call(call, f"read {ref.key} [{start}:{end}]")
+        self.stats.add("bytes", len(data))
+        if len(data) != end - start:
+            # The object changed or shrank since it was listed: never serve
+            # bytes of another version under this ref.
+            raise StoreError(
+                f"{ref.key} changed upstream: wanted {end - start} bytes at {start}, got {len(data)}"
+            )
+        return data
+
+    # -- helpers --------------------------------------------------------
+    def _full(self, rel: str) -> str:
+        if not rel:
+            return self.root or self.fs.root_marker
+        return f"{self.root}/{rel}" if self.root else rel
+
+    def _call(self, fn: Any, what: str) -> Any:
+        self.stats.add("requests")
+        try:
+            return retry_call(fn, attempts=self.retries, what=what, on_retry=self._on_retry)
+        except FileNotFoundError:
+            raise NotFound(what) from None
+        except Exception as exc:
+            if is_temp_failure(exc):
+                self.stats.add("errors")
+                raise StoreError(f"{what}: {_one_line(exc)}") from exc
+            raise
+
+    def _on_retry(self, exc: BaseException) -> None:
+        self.stats.add("retries")
+        self.stats.add("requests")
+
+    def _entry(self, name: str, rel: str, info: dict[str, Any]) -> Entry:
+        mtime_ns = _mtime_ns(info)
+        if info.get("type") == "directory":
+            return Entry(name, True, 0, mtime_ns)
+        size = int(info.get("size") or 0)
+        etag = str(info.get("ETag") or info.get("etag") or info.get("md5Hash") or "").strip('"')
+        version = str(info.get("VersionId") or info.get("generation") or info.get("version_id") or "")
+        if version == "None":
+            version = ""
+        if not etag:
+            # Stores without etags (local, memory): inode + mtime + size names
+            # the bytes well enough; an in-place rewrite changes mtime.
+            etag = f"{info.get('ino', '')}-{mtime_ns:x}-{size:x}"
+        return Entry(name, False, size, mtime_ns, ObjectRef(rel, size, etag, version))
+
+
+def storage_options(settings: Settings) -> dict[str, Any]:
+    """fsspec storage options for the lake: generic ones plus the [s3] table."""
+    opts: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
+    protocol = settings.lake_url.split("://", 1)[0] if "://" in settings.lake_url else "file"
+    if protocol in ("s3", "s3a"):
+        client_kwargs: dict[str, Any] = {}
+        if settings.s3_endpoint_url:
+            client_kwargs["endpoint_url"] = settings.s3_endpoint_url
+        if settings.s3_region:
+            client_kwargs["region_name"] = settings.s3_region
+        opts["client_kwargs"] = client_kwargs
+        # tierfs retries itself (with its own counters); keep botocore's short.
+        opts["config_kwargs"] = {
+            "connect_timeout": min(settings.store_timeout, 10),
+            "read_timeout": settings.store_timeout,
+            "retries": {"max_attempts": 1, "mode": "standard"},
+        }
+        opts["retries"] = 1
+        if settings.s3_key:
+            opts["key"] = settings.s3_key
+        if settings.s3_secret:
+            opts["secret"] = settings.s3_secret
+        if settings.s3_profile:
+            opts["profile"] = settings.s3_profile
+        if settings.s3_anon:
+            opts["anon"] = True
+    opts.update(settings.store_options)
+    return opts
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def _mtime_ns(info: dict[str, Any]) -> int:
+    for key in ("LastModified", "mtime", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, dt.datetime):
+            return int(value.timestamp() * 1e9)
+        if isinstance(value, (int, float)):
+            return int(value * 1e9)
+        if isinstance(value, str):
+            try:
+                return int(dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1e9)
+            except ValueError:
+                continue
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,1 @@
+"""Cache tiers (RAM, disk with an LMDB index) and the chain that orders them."""
