@@ -49,6 +49,10 @@ def to_errno(exc: BaseException) -> int:
         return exc.errno
     if isinstance(exc, FileNotFoundError):
         return errno.ENOENT
+    if isinstance(exc, IsADirectoryError):
+        return errno.EISDIR
+    if isinstance(exc, NotADirectoryError):
+        return errno.ENOTDIR
     if isinstance(exc, PermissionError):
         return errno.EACCES
     if isinstance(exc, TimeoutError):

@@ -176,7 +176,12 @@ class DiskTier(Tier):
             total = self.index.totals()[0]
             evicted = 0
             while total > target:
-                victims = self.index.oldest(256)
+                victims = []
+                for digest, size in self.index.oldest(256):
+                    victims.append(digest)
+                    total -= size
+                    if total <= target:
+                        break
                 if not victims:
                     break
                 self._drop(victims)

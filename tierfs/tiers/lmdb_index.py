@@ -59,12 +59,14 @@ class BlockIndex:
             b, n = txn.get(b"bytes"), txn.get(b"entries")
         return (_U64.unpack(b)[0] if b else 0, _U64.unpack(n)[0] if n else 0)
 
-    def oldest(self, limit: int) -> list[bytes]:
-        out: list[bytes] = []
-        with self.env.begin(db=self._lru) as txn:
-            cur = txn.cursor()
-            for k in cur.iternext(keys=True, values=False):
-                out.append(bytes(k[8:]))
+    def oldest(self, limit: int) -> list[tuple[bytes, int]]:
+        """Up to ``limit`` (digest, size) pairs, least recently used first."""
+        out: list[tuple[bytes, int]] = []
+        with self.env.begin() as txn:
+            for k in txn.cursor(db=self._lru).iternext(keys=True, values=False):
+                digest = bytes(k[8:])
+                raw = txn.get(digest, db=self._blocks)
+                out.append((digest, _ENTRY.unpack(raw)[0] if raw else 0))
                 if len(out) >= limit:
                     break
         return out

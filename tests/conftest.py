@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import SeaweedS3, write_tree  # noqa: E402
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> Path:
+    """A small file:// lake: class folders, a multi-block file, an empty file, odd names."""
+    root = tmp_path / "lake"
+    write_tree(root, {
+        "datasets/toy/train/cat/0001.jpg": b"c" * 1000,
+        "datasets/toy/train/dog/0001.jpg": b"d" * 2000,
+        "datasets/toy/empty.bin": b"",
+        "datasets/toy/odd names/a b #1 %2 ?3 +4 é.txt": b"odd\n",
+    })
+    return root
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,274 @@
+"""Helpers shared by the test layers: lakes on disk, real mounts, real servers.
+
+Everything started here is stopped by PID in a ``finally``, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+TIERFS = [sys.executable, "-m", "tierfs"]
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+
+
+def random_bytes(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def run_tierfs(*args: str, check: bool = False, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([*TIERFS, *args], capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, **(env or {})})
+    if check and res.returncode != 0:
+        raise AssertionError(f"tierfs {' '.join(args)} failed ({res.returncode}): {res.stderr}{res.stdout}")
+    return res
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as fh:
+        return any(line.split()[4].replace("\\040", " ") == target for line in fh)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return not fh.read().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return False
+
+
+def force_cleanup(mountpoint: Path, pid: int | None) -> None:
+    """Whatever state a failed test left: kill the daemon, drop the mount."""
+    if pid is not None and pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if is_mounted(mountpoint):
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+
+
+class Mount:
+    """A real tierfs mount started through the CLI, as a user would."""
+
+    def __init__(self, lake_url: str, mountpoint: Path, cache_dir: Path, *extra: str, config: Path | None = None):
+        self.lake_url = lake_url
+        self.mountpoint = mountpoint
+        self.cache_dir = cache_dir
+        self.extra = list(extra)
+        self.config = config
+        self.pid: int | None = None
+
+    def start(self) -> Mount:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        args = ["mount", self.lake_url, str(self.mountpoint), "--cache-dir", str(self.cache_dir), *self.extra]
+        if self.config is not None:
+            args += ["--config", str(self.config)]
+        res = run_tierfs(*args)
+        if res.returncode != 0:
+            raise AssertionError(f"mount failed: {res.stderr.strip()}\nlog: {self.log_tail()}")
+        self.pid = int(os.getxattr(self.mountpoint, "user.tierfs.pid"))
+        return self
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(os.getxattr(self.mountpoint, "user.tierfs.stats"))
+        return data
+
+    def backend_bytes(self) -> int:
+        return int(self.stats()["backend"]["bytes"])
+
+    def umount(self) -> None:
+        if self.pid is None:
+            return
+        try:
+            run_tierfs("umount", str(self.mountpoint), check=True, timeout=90)
+            assert not pid_alive(self.pid), "daemon still alive after umount"
+        finally:
+            force_cleanup(self.mountpoint, self.pid)
+            self.pid = None
+
+    def kill9(self) -> None:
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pid_alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        force_cleanup(self.mountpoint, self.pid)
+        self.pid = None
+
+    def log_tail(self) -> str:
+        try:
+            return (self.cache_dir / "tierfs.log").read_text()[-3000:]
+        except OSError:
+            return ""
+
+    def __enter__(self) -> Mount:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.umount()
+        finally:
+            force_cleanup(self.mountpoint, self.pid)
+
+
+def drop_page_cache() -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def free_port(pair_offset: int = 0) -> int:
+    """A free loopback port (and, if asked, port + pair_offset free as well)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not pair_offset:
+            return port
+        if port + pair_offset < 65535:
+            with socket.socket() as s2:
+                try:
+                    s2.bind(("127.0.0.1", port + pair_offset))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port pair found")
+
+
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+class SeaweedS3:
+    """A real S3-compatible server (SeaweedFS `weed mini`) on loopback ports."""
+
+    ACCESS_KEY = "tierfs-test-key"
+    SECRET_KEY = "tierfs-test-secret-0123456789"
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.s3_port = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def start(self, s3_port: int | None = None) -> SeaweedS3:
+        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ports = {name: free_port(10000) for name in ("master", "volume", "filer", "admin")}
+        self.s3_port = s3_port or free_port(10000)
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": self.SECRET_KEY}
+        log = open(self.data_dir / "weed.log", "ab")  # noqa: SIM115 - lives as long as the server
+        self.proc = subprocess.Popen(
+            [weed, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
+             f"-filer.port={ports['filer']}", f"-s3.port={self.s3_port}", f"-admin.port={ports['admin']}",
+             "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"],
+            stdout=log, stderr=log, env=env, start_new_session=True,
+        )
+        log.close()
+        try:
+            wait_port(self.s3_port, 90)
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                self.fs().ls("")
+                return
+            except Exception as exc:
+                last = exc
+                time.sleep(0.3)
+        raise TimeoutError(f"SeaweedFS S3 did not answer: {last}")
+
+    def fs(self, **kw: Any) -> Any:
+        import s3fs
+
+        return s3fs.S3FileSystem(key=self.ACCESS_KEY, secret=self.SECRET_KEY, skip_instance_cache=True,
+                                 use_listings_cache=False,
+                                 client_kwargs={"endpoint_url": self.endpoint}, **kw)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=20)
+            self.proc = None
+
+    def s3_config(self, path: Path, secret: str | None = None, endpoint: str | None = None) -> Path:
+        path.write_text(
+            "[s3]\n"
+            f'endpoint_url = "{endpoint or self.endpoint}"\n'
+            f'key = "{self.ACCESS_KEY}"\n'
+            f'secret = "{secret or self.SECRET_KEY}"\n'
+            "[store]\nretries = 2\ntimeout = 5\n"
+        )
+        return path
+
+
+@contextlib.contextmanager
+def mounted(*args: Any, **kwargs: Any) -> Iterator[Mount]:
+    m = Mount(*args, **kwargs)
+    try:
+        yield m.start()
+    finally:
+        try:
+            m.umount()
+        finally:
+            force_cleanup(m.mountpoint, m.pid)

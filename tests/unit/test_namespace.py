@@ -1,0 +1,116 @@
+"""Namespace on memory://: lookups, listings, TTL, reserved names, forget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from tierfs.errors import NotFound
+from tierfs.namespace.inodes import ROOT_INODE
+from tierfs.namespace.live import Namespace
+
+
+def ns_for(store: Any, ttl: float = 60.0, entries: int = 1_000_000) -> Namespace:
+    return Namespace(store, ttl, entries, trio.CapacityLimiter(4))
+
+
+async def test_lookup_and_list(flaky: Any) -> None:
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/ds/a.txt", b"aaa")
+    fs.pipe(f"{store.root}/.tierfs/manifest", b"hidden")
+    ns = ns_for(store)
+    names = [e.name for e in await ns.list(ROOT_INODE)]
+    assert names == ["ds"]  # the reserved prefix is not in the live view
+    with pytest.raises(NotFound):
+        await ns.lookup(ROOT_INODE, ".tierfs")
+    ds = await ns.lookup(ROOT_INODE, "ds")
+    a = await ns.lookup(ds.inode, "a.txt")
+    assert (a.size, a.is_dir, a.path) == (3, False, "ds/a.txt")
+    with pytest.raises(NotFound):
+        await ns.lookup(ds.inode, "nope")
+
+
+async def test_listing_answers_lookups_without_requests(flaky: Any) -> None:
+    f, store, fs = flaky
+    for i in range(50):
+        fs.pipe(f"{store.root}/d/{i}.bin", b"x" * i)
+    ns = ns_for(store)
+    d = await ns.lookup(ROOT_INODE, "d")
+    await ns.list(d.inode)
+    before = dict(f.calls)
+    for i in range(50):
+        assert (await ns.lookup(d.inode, f"{i}.bin")).size == i
+    assert f.calls == before  # stat came from the listing
+
+
+async def test_ttl_expiry_sees_upstream_change(flaky: Any) -> None:
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/x", b"old")
+    ns = ns_for(store, ttl=0.2)
+    node = await ns.lookup(ROOT_INODE, "x")
+    ref1 = node.ref
+    fs.pipe(f"{store.root}/x", b"newer")
+    assert (await ns.getattr(node.inode)).size == 3  # still trusted within the TTL
+    await trio.sleep(0.3)
+    node = await ns.getattr(node.inode)
+    assert node.size == 5 and node.ref != ref1
+
+
+async def test_keep_cache_only_while_ref_unchanged(flaky: Any) -> None:
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/x", b"one")
+    ns = ns_for(store, ttl=0)
+    node = await ns.lookup(ROOT_INODE, "x")
+    _, _, keep = await ns.open(node.inode)
+    assert keep is False  # first open: nothing cached yet
+    _, _, keep = await ns.open(node.inode)
+    assert keep is True
+    fs.pipe(f"{store.root}/x", b"two!")
+    _, ref, keep = await ns.open(node.inode)
+    assert keep is False and ref.size == 4
+
+
+async def test_forget_frees_inodes(flaky: Any) -> None:
+    f, store, fs = flaky
+    for i in range(100):
+        fs.pipe(f"{store.root}/d/{i}", b"")
+    ns = ns_for(store)
+    d = await ns.lookup(ROOT_INODE, "d")
+    ns.remember(d)
+    nodes = []
+    for e in await ns.list(d.inode):
+        n = ns.entry_node("d", e)
+        ns.remember(n)
+        nodes.append(n)
+    assert len(ns.inodes) == 102
+    for n in nodes:
+        ns.forget(n.inode, 1)
+    assert len(ns.inodes) == 2  # root and d
+
+
+async def test_open_file_outlives_forget(flaky: Any) -> None:
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/x", b"abc")
+    ns = ns_for(store)
+    n = await ns.lookup(ROOT_INODE, "x")
+    ns.remember(n)
+    node, _, _ = await ns.open(n.inode)
+    ns.forget(n.inode, 1)
+    assert ns.node(n.inode) is node
+    ns.release(node)
+    with pytest.raises(Exception):
+        ns.node(n.inode)
+
+
+async def test_listing_cache_is_bounded(flaky: Any) -> None:
+    f, store, fs = flaky
+    for d in range(10):
+        for i in range(20):
+            fs.pipe(f"{store.root}/d{d}/{i}", b"")
+    ns = ns_for(store, entries=100)
+    for d in range(10):
+        node = await ns.lookup(ROOT_INODE, f"d{d}")
+        await ns.list(node.inode)
+        assert len(ns.listings) <= 100

@@ -1,0 +1,101 @@
+"""Block reader + tier chain on memory://: bytes, single-flight, promotion."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tierfs.data.reader import BACKEND, BlockReader
+from tierfs.tiers.chain import TierChain
+from tierfs.tiers.disk import DiskTier
+from tierfs.tiers.ram import RamTier
+
+BS = 4096
+
+
+def make(flaky: Any, tmp_path: Path, ram: int = 1 << 20) -> tuple[BlockReader, RamTier, DiskTier]:
+    f, store, fs = flaky
+    r, d = RamTier(ram), DiskTier(tmp_path / "c", 1 << 22)
+    chain = TierChain([r, d], trio.CapacityLimiter(4))
+    return BlockReader(store, chain, BS, trio.CapacityLimiter(8)), r, d
+
+
+async def test_random_ranges_match_source(flaky: Any, tmp_path: Path) -> None:
+    f, store, fs = flaky
+    data = random.Random(1).randbytes(5 * BS + 123)
+    fs.pipe(f"{store.root}/obj", data)
+    ref = store.stat("obj").ref
+    reader, r, d = make(flaky, tmp_path)
+    rng = random.Random(2)
+    try:
+        for _ in range(300):
+            off = rng.randrange(0, len(data) + 10)
+            n = rng.randrange(0, 3 * BS)
+            got, _ = await reader.read(ref, off, n)
+            assert got == data[off : off + n]
+    finally:
+        d.close()
+
+
+async def test_concurrent_misses_cause_one_fetch(flaky: Any, tmp_path: Path) -> None:
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/obj", b"q" * (3 * BS))
+    ref = store.stat("obj").ref
+    f.delay = 0.05  # keep the first fetch in flight while the others arrive
+    reader, r, d = make(flaky, tmp_path)
+    try:
+        results = []
+
+        async def one() -> None:
+            results.append(await reader.read(ref, 0, 3 * BS))
+
+        async with trio.open_nursery() as n:
+            for _ in range(20):
+                n.start_soon(one)
+        assert all(x[0] == b"q" * (3 * BS) for x in results)
+        assert f.calls["cat_file"] == 3  # one per block, not per reader
+    finally:
+        d.close()
+
+
+async def test_hits_come_from_tiers_and_promote(flaky: Any, tmp_path: Path) -> None:
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/obj", b"z" * BS)
+    ref = store.stat("obj").ref
+    reader, r, d = make(flaky, tmp_path)
+    try:
+        assert (await reader.read(ref, 0, 10))[1] == BACKEND
+        assert (await reader.read(ref, 0, 10))[1] == "ram"
+        r.evict(ref.block_key(0, BS))
+        assert (await reader.read(ref, 0, 10))[1] == "disk"
+        assert (await reader.read(ref, 0, 10))[1] == "ram"  # promoted
+        assert f.calls["cat_file"] == 1
+    finally:
+        d.close()
+
+
+async def test_failing_tier_is_a_miss_not_an_error(flaky: Any, tmp_path: Path) -> None:
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/obj", b"z" * 100)
+    ref = store.stat("obj").ref
+    reader, r, d = make(flaky, tmp_path)
+    d.close()  # the disk tier is now broken: every call raises
+    got, source = await reader.read(ref, 0, 100)
+    assert got == b"z" * 100
+    assert d.stats.get("errors") >= 1
+
+
+async def test_small_object_is_one_get(flaky: Any, tmp_path: Path) -> None:
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/small", b"s" * 3000)
+    ref = store.stat("small").ref
+    reader, r, d = make(flaky, tmp_path)
+    try:
+        for off in range(0, 3000, 500):
+            await reader.read(ref, off, 500)
+        assert f.calls["cat_file"] == 1
+    finally:
+        d.close()

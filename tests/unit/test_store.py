@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tierfs.config import load
+from tierfs.errors import NotFound, StoreError, UserError
+from tierfs.store.objects import ObjectStore
+from tierfs.store.retry import is_temp_failure
+
+
+def test_list_and_stat(flaky: Any) -> None:
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/d/a b#%?+é.txt", b"12345")
+    fs.pipe(f"{store.root}/top.bin", b"x")
+    names = {e.name: e for e in store.list_dir("")}
+    assert names["d"].is_dir and not names["top.bin"].is_dir
+    [e] = store.list_dir("d")
+    assert e.name == "a b#%?+é.txt" and e.size == 5 and e.ref is not None and e.ref.key == "d/a b#%?+é.txt"
+    assert store.stat("d/a b#%?+é.txt").ref == e.ref
+    assert store.read_range(e.ref, 1, 4) == b"234"
+    with pytest.raises(NotFound):
+        store.stat("nope")
+
+
+def test_temporary_failures_are_retried_and_counted(flaky: Any) -> None:
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/x", b"abc")
+    ref = store.stat("x").ref
+    f.failures["cat_file"] = 2
+    assert store.read_range(ref, 0, 3) == b"abc"
+    s = store.stats.snapshot()
+    assert s["retries"] == 2 and s["errors"] == 0
+
+
+def test_exhausted_retries_raise_store_error(flaky: Any) -> None:
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/x", b"abc")
+    ref = store.stat("x").ref
+    f.failures["cat_file"] = 10
+    with pytest.raises(StoreError, match="injected"):
+        store.read_range(ref, 0, 3)
+    assert store.stats.get("errors") == 1
+    f.failures["cat_file"] = 0
+    assert store.read_range(ref, 0, 3) == b"abc"  # the next read works once the backend does
+
+
+def test_changed_object_is_not_served_under_old_ref(flaky: Any) -> None:
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/x", b"abcdef")
+    ref = store.stat("x").ref
+    fs.pipe(f"{store.root}/x", b"ab")
+    with pytest.raises(StoreError, match="changed upstream"):
+        store.read_range(ref, 0, 6)
+
+
+def test_etag_stand_in_changes_with_content(flaky: Any) -> None:
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/x", b"abc")
+    a = store.stat("x").ref
+    fs.pipe(f"{store.root}/x", b"abcd")
+    assert store.stat("x").ref != a
+
+
+def test_is_temp_failure() -> None:
+    assert is_temp_failure(ConnectionError()) and is_temp_failure(TimeoutError()) and is_temp_failure(OSError(5, "x"))
+    assert not is_temp_failure(FileNotFoundError()) and not is_temp_failure(PermissionError())
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("foo://bucket", "Protocol not known: foo"),
+    ("", "no lake URL given"),
+])
+def test_open_bad_urls(url: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        ObjectStore.open(load(None, {"lake_url": url}))
+
+
+def test_check_missing_local_lake(tmp_path: Any) -> None:
+    store = ObjectStore.open(load(None, {"lake_url": f"file://{tmp_path}/nope"}))
+    with pytest.raises(UserError, match="does not exist"):
+        store.check()
+
+
+def test_check_lake_that_is_a_file(tmp_path: Any) -> None:
+    (tmp_path / "f").write_text("x")
+    store = ObjectStore.open(load(None, {"lake_url": f"file://{tmp_path}/f"}))
+    with pytest.raises(UserError, match="is a file"):
+        store.check()
