@@ -116,7 +116,7 @@ def mount(lake_url: str, mountpoint: Path, config_file: Path | None, cache_dir: 
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the daemon to finish.")
 def umount(mountpoint: Path, lazy: bool, timeout: float) -> None:
     """Unmount MOUNTPOINT and wait for its daemon to write its cache index and exit."""
-    from tierfs.fuse.mountpoint import is_mounted, unmount, wait_for_exit
+    from tierfs.fuse.mountpoint import DEAD_MOUNT_ERRNOS, is_mounted, unmount, wait_for_exit
 
     mountpoint = mountpoint.absolute()
     pid = None
@@ -124,7 +124,7 @@ def umount(mountpoint: Path, lazy: bool, timeout: float) -> None:
         try:
             pid = int(os.getxattr(mountpoint, PID_XATTR))
         except OSError as exc:
-            if exc.errno == errno.ENOTCONN:
+            if exc.errno in DEAD_MOUNT_ERRNOS:
                 lazy = True  # the daemon is gone; only the kernel's mount is left
     unmount(mountpoint, lazy=lazy)
     if pid is not None and not wait_for_exit(pid, timeout):
@@ -137,6 +137,8 @@ def umount(mountpoint: Path, lazy: bool, timeout: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw counters as JSON.")
 def stats(mountpoint: Path, as_json: bool) -> None:
     """Hits, misses and bytes per tier, and backend traffic, of a running mount."""
+    from tierfs.fuse.mountpoint import DEAD_MOUNT_ERRNOS
+
     try:
         raw = os.getxattr(mountpoint, STATS_XATTR)
     except FileNotFoundError:
@@ -144,7 +146,7 @@ def stats(mountpoint: Path, as_json: bool) -> None:
     except OSError as exc:
         if exc.errno in (errno.ENODATA, errno.ENOTSUP):
             raise UserError(f"{mountpoint} is not a tierfs mount") from None
-        if exc.errno == errno.ENOTCONN:
+        if exc.errno in DEAD_MOUNT_ERRNOS:
             raise UserError(f"{mountpoint} is a dead mount (its daemon is gone): run tierfs umount {mountpoint}") from None
         raise UserError(f"cannot read stats of {mountpoint}: {exc.strerror}") from None
     data = json.loads(raw)

@@ -30,7 +30,7 @@ class BlockReader:
         self.chain = chain
         self.block_size = block_size
         self.store_limiter = store_limiter
-        self._flights: SingleFlight[bytes] = SingleFlight()
+        self._flights: SingleFlight[tuple[bytes, str]] = SingleFlight()
 
     def in_flight(self) -> int:
         return self._flights.in_flight()
@@ -62,16 +62,20 @@ class BlockReader:
 
     async def block(self, ref: ObjectRef, index: int) -> tuple[bytes, str]:
         key = ref.block_key(index, self.block_size)
-        hit = await self.chain.get(key)
+        hit = self.chain.get_fast(key)
         if hit is not None:
             return hit
-        data = await self._flights.run(key, lambda: self._fetch(ref, index, key))
-        return data, BACKEND
+        # Past RAM, concurrent readers of one block share one disk lookup and
+        # at most one backend fetch.
+        return await self._flights.run(key, lambda: self._slow(ref, index, key))
 
-    async def _fetch(self, ref: ObjectRef, index: int, key: BlockKey) -> bytes:
+    async def _slow(self, ref: ObjectRef, index: int, key: BlockKey) -> tuple[bytes, str]:
+        hit = await self.chain.get(key, after_fast=True)
+        if hit is not None:
+            return hit
         start, end = block_span(index, self.block_size, ref.size)
         data = await trio.to_thread.run_sync(
             self.store.read_range, ref, start, end, limiter=self.store_limiter
         )
         await self.chain.put(key, data)
-        return data
+        return data, BACKEND

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from tierfs.errors import UserError
 
+#: What the kernel answers on a FUSE mount whose daemon has gone.
+DEAD_MOUNT_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
+
 
 def check_fuse() -> None:
     if not os.path.exists("/dev/fuse"):
@@ -33,12 +36,17 @@ def check_mountpoint(path: Path, allow_nonempty: bool = False) -> None:
     except FileNotFoundError:
         raise UserError(f"mountpoint {path} does not exist: create it with mkdir -p {path}") from None
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
+        if exc.errno in DEAD_MOUNT_ERRNOS:
             raise UserError(f"{path} is a dead FUSE mount (its daemon is gone): run tierfs umount {path} first") from None
         raise UserError(f"mountpoint {path} cannot be used: {exc.strerror}") from None
     if not os.path.isdir(path):
         raise UserError(f"mountpoint {path} is not a directory")
     if is_mounted(path):
+        try:
+            os.statvfs(path)  # never answered from the kernel's caches
+        except OSError as exc:
+            if exc.errno in DEAD_MOUNT_ERRNOS:
+                raise UserError(f"{path} is a dead FUSE mount (its daemon is gone): run tierfs umount {path} first") from None
         raise UserError(f"{path} is already a mount point: unmount it first (tierfs umount {path})")
     del st
     if not allow_nonempty and any(os.scandir(path)):

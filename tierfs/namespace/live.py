@@ -14,6 +14,7 @@ import time
 
 import trio
 
+from tierfs.data.singleflight import SingleFlight
 from tierfs.errors import NotFound
 from tierfs.namespace.inodes import ROOT_INODE, InodeTable, Node
 from tierfs.namespace.listings import Listing, ListingCache
@@ -36,6 +37,9 @@ class Namespace:
         self.inodes = InodeTable()
         self.listings = ListingCache(ttl, listing_entries)
         self.limiter = limiter
+        self._listing_flights: SingleFlight[Listing] = SingleFlight()
+        # Lookups answered by a stat because the parent had no listing yet.
+        self._unlisted: dict[str, int] = {}
 
     # -- lookups ----------------------------------------------------------
     def node(self, inode: int) -> Node:
@@ -100,13 +104,28 @@ class Namespace:
     async def _listing(self, path: str) -> Listing:
         listing = self.listings.get(path)
         if listing is None:
-            fetched_at = time.monotonic()
-            entries = await trio.to_thread.run_sync(self.store.list_dir, path, limiter=self.limiter)
-            listing = self.listings.put(path, entries, fetched_at)
+            listing = await self._listing_flights.run(path, lambda: self._fetch_listing(path))
         return listing
+
+    async def _fetch_listing(self, path: str) -> Listing:
+        fetched_at = time.monotonic()
+        entries = await trio.to_thread.run_sync(self.store.list_dir, path, limiter=self.limiter)
+        self._unlisted.pop(path, None)
+        return self.listings.put(path, entries, fetched_at)
 
     async def _entry(self, path: str, parent: str, name: str) -> Entry:
         listing = self.listings.get(parent)
+        if listing is None:
+            # The first name looked up in a directory costs one stat; from the
+            # second on, the directory is listed once (a few requests for
+            # thousands of names) so that the rest cost none: datasets are
+            # read a folder at a time.
+            seen = self._unlisted.get(parent, 0) + 1
+            if len(self._unlisted) > 10_000:
+                self._unlisted.clear()
+            self._unlisted[parent] = seen
+            if seen >= 2:
+                listing = await self._listing(parent)
         if listing is not None:
             entry = listing.by_name.get(name)
             if entry is None:

@@ -26,9 +26,29 @@ class TierChain:
         self.limiter = limiter
         self._last_error_log: dict[str, float] = {}
 
-    async def get(self, key: BlockKey) -> tuple[bytes, str] | None:
-        """The block and the name of the tier that had it, or None."""
+    def get_fast(self, key: BlockKey) -> tuple[bytes, str] | None:
+        """Ask only the leading in-loop tiers (RAM): no thread, no await."""
+        for tier in self.tiers:
+            if not tier.in_loop:
+                break
+            try:
+                data = tier.get(key)
+            except Exception as exc:
+                self._failed(tier, exc)
+                data = None
+            if data is not None:
+                return data, tier.name
+        return None
+
+    async def get(self, key: BlockKey, after_fast: bool = False) -> tuple[bytes, str] | None:
+        """The block and the name of the tier that had it, or None.
+
+        With ``after_fast``, the leading in-loop tiers are taken as already
+        asked (by :meth:`get_fast`) and are only promoted into.
+        """
         for i, tier in enumerate(self.tiers):
+            if after_fast and tier.in_loop and all(t.in_loop for t in self.tiers[:i]):
+                continue
             data = await self._call(tier, tier.get, key)
             if data is not None:
                 for upper in self.tiers[:i]:
@@ -67,9 +87,12 @@ class TierChain:
                 return fn(*args)
             return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
         except Exception as exc:
-            tier.stats.add("errors")
-            now = time.monotonic()
-            if now - self._last_error_log.get(tier.name, 0) > 10:
-                self._last_error_log[tier.name] = now
-                log.warning("%s tier failed (%s: %s); treating as a miss", tier.name, type(exc).__name__, exc)
+            self._failed(tier, exc)
             return None
+
+    def _failed(self, tier: Tier, exc: Exception) -> None:
+        tier.stats.add("errors")
+        now = time.monotonic()
+        if now - self._last_error_log.get(tier.name, 0) > 10:
+            self._last_error_log[tier.name] = now
+            log.warning("%s tier failed (%s: %s); treating as a miss", tier.name, type(exc).__name__, exc)

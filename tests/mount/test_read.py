@@ -1,0 +1,254 @@
+"""Real FUSE mounts of a file:// lake, started with the CLI, checked byte for byte."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from helpers import Mount, drop_page_cache, mounted, random_bytes, write_tree
+
+pytestmark = pytest.mark.mount
+MiB = 1 << 20
+
+
+@pytest.fixture
+def ml_lake(tmp_path: Path) -> Path:
+    root = tmp_path / "lake"
+    files = {
+        f"datasets/imgs/train/class{c}/{i:04d}.jpg": random_bytes(1000 + 997 * i, seed=c * 100 + i)
+        for c in range(3) for i in range(20)
+    }
+    files["datasets/imgs/shard-000.tar"] = random_bytes(5 * MiB + 12345, seed=7)
+    files["datasets/imgs/exactly-one-block.bin"] = random_bytes(MiB, seed=8)
+    files["datasets/imgs/empty.txt"] = b""
+    files["datasets/imgs/odd names/a b #1 %2 ?3 +4 é ünï.txt"] = b"odd names work\n"
+    write_tree(root, files)
+    return root
+
+
+def source_files(root: Path) -> dict[str, Path]:
+    return {str(p.relative_to(root)): p for p in root.rglob("*") if p.is_file()}
+
+
+def read_all(mnt: Path, rels: list[str]) -> dict[str, bytes]:
+    return {rel: (mnt / rel).read_bytes() for rel in rels}
+
+
+def test_every_byte_matches_the_source(ml_lake: Path, tmp_path: Path) -> None:
+    src = source_files(ml_lake)
+    with mounted(f"file://{ml_lake}", tmp_path / "mnt", tmp_path / "cache", "--block-size", "1MiB") as m:
+        seen = {str(p.relative_to(m.mountpoint)) for p in m.mountpoint.rglob("*") if p.is_file()}
+        assert seen == set(src)
+        for rel, path in src.items():
+            assert (m.mountpoint / rel).read_bytes() == path.read_bytes(), rel
+            assert (m.mountpoint / rel).stat().st_size == path.stat().st_size
+        # random offsets and lengths across block boundaries
+        big = src["datasets/imgs/shard-000.tar"].read_bytes()
+        rng = random.Random(3)
+        fd = os.open(m.mountpoint / "datasets/imgs/shard-000.tar", os.O_RDONLY)
+        try:
+            for _ in range(200):
+                off = rng.randrange(0, len(big) + 100)
+                n = rng.choice([1, 100, 4096, MiB - 1, MiB + 1, 3 * MiB])
+                assert os.pread(fd, n, off) == big[off : off + n]
+        finally:
+            os.close(fd)
+
+
+def test_many_threads_at_once(ml_lake: Path, tmp_path: Path) -> None:
+    src = source_files(ml_lake)
+    rels = sorted(src) * 4
+    random.Random(5).shuffle(rels)
+    with mounted(f"file://{ml_lake}", tmp_path / "mnt", tmp_path / "cache", "--block-size", "1MiB") as m:
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda r: (r, (m.mountpoint / r).read_bytes()), rels))
+        for rel, data in results:
+            assert data == src[rel].read_bytes(), rel
+
+
+def test_one_backend_fetch_per_block_however_many_readers(ml_lake: Path, tmp_path: Path) -> None:
+    path = "datasets/imgs/shard-000.tar"
+    size = (ml_lake / path).stat().st_size
+    with mounted(f"file://{ml_lake}", tmp_path / "mnt", tmp_path / "cache", "--block-size", "1MiB") as m:
+        os.stat(m.mountpoint / path)
+        drop_page_cache()
+        with ThreadPoolExecutor(16) as pool:
+            datas = list(pool.map(lambda _: (m.mountpoint / path).read_bytes(), range(16)))
+        assert all(d == (ml_lake / path).read_bytes() for d in datas)
+        assert m.backend_bytes() == size  # every block fetched exactly once
+
+
+def test_second_pass_is_served_by_the_tiers(ml_lake: Path, tmp_path: Path) -> None:
+    src = source_files(ml_lake)
+    with mounted(f"file://{ml_lake}", tmp_path / "mnt", tmp_path / "cache", "--block-size", "1MiB") as m:
+        first = read_all(m.mountpoint, sorted(src))
+        fetched = m.backend_bytes()
+        assert fetched == sum(len(v) for v in first.values())
+        requests = m.stats()["backend"]["requests"]
+        drop_page_cache()
+        second = read_all(m.mountpoint, sorted(src))
+        assert second == first
+        stats = m.stats()
+        assert stats["backend"]["bytes"] == fetched  # zero backend bytes on the second pass
+        # no request per file: at most a stat for each directory on the way down
+        assert stats["backend"]["requests"] - requests <= 5
+        assert stats["tiers"]["ram"]["hits"] > 0
+        assert os.getxattr(m.mountpoint / "datasets/imgs/shard-000.tar", "user.tierfs.tier") == b"ram"
+
+
+def test_disk_cache_survives_umount_and_remount(ml_lake: Path, tmp_path: Path) -> None:
+    src = source_files(ml_lake)
+    args = (f"file://{ml_lake}", tmp_path / "mnt", tmp_path / "cache", "--block-size", "1MiB")
+    with mounted(*args) as m:
+        first = read_all(m.mountpoint, sorted(src))
+    drop_page_cache()
+    with mounted(*args) as m:
+        assert read_all(m.mountpoint, sorted(src)) == first
+        stats = m.stats()
+        assert stats["backend"]["bytes"] == 0
+        assert stats["tiers"]["disk"]["hits"] >= len(src)
+
+
+def test_disk_cache_survives_sigkill(ml_lake: Path, tmp_path: Path) -> None:
+    src = source_files(ml_lake)
+    args = (f"file://{ml_lake}", tmp_path / "mnt", tmp_path / "cache", "--block-size", "1MiB")
+    m = Mount(*args).start()
+    try:
+        first = read_all(m.mountpoint, sorted(src))
+        time.sleep(0.2)
+    finally:
+        m.kill9()
+    drop_page_cache()
+    with mounted(*args) as m2:
+        assert read_all(m2.mountpoint, sorted(src)) == first
+        assert m2.stats()["backend"]["bytes"] == 0
+
+
+def test_dead_mount_is_reported_and_can_be_unmounted(ml_lake: Path, tmp_path: Path) -> None:
+    from helpers import force_cleanup, is_mounted, run_tierfs
+
+    mnt = tmp_path / "mnt"
+    m = Mount(f"file://{ml_lake}", mnt, tmp_path / "cache").start()
+    pid = m.pid
+    try:
+        import signal
+
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(100):
+            try:
+                os.statvfs(mnt)
+            except OSError as exc:
+                assert exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the mount did not die")
+        res = run_tierfs("mount", f"file://{ml_lake}", str(mnt), "--cache-dir", str(tmp_path / "cache"))
+        assert res.returncode == 1 and "dead FUSE mount" in res.stderr and "Traceback" not in res.stderr
+        res = run_tierfs("stats", str(mnt))
+        assert res.returncode == 1 and "dead mount" in res.stderr
+        res = run_tierfs("umount", str(mnt))
+        assert res.returncode == 0, res.stderr
+        assert not is_mounted(mnt)
+    finally:
+        force_cleanup(mnt, pid)
+
+
+def test_cache_stays_under_its_size(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    files = {f"d/{i}.bin": random_bytes(300_000, seed=i) for i in range(40)}  # 12 MB
+    write_tree(root, files)
+    limit = 3 * MiB
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache", "--block-size", "256KiB",
+                 "--cache-size", str(limit), "--ram-size", "1MiB") as m:
+        for rel, data in files.items():
+            assert (m.mountpoint / rel).read_bytes() == data
+            disk = m.stats()["tiers"]["disk"]
+            assert disk["bytes_held"] <= limit
+        assert m.stats()["tiers"]["disk"]["evictions"] > 0
+        on_disk = sum(p.stat().st_size for p in (tmp_path / "cache" / "blocks").rglob("*") if p.is_file())
+        assert on_disk <= limit
+
+
+def test_corrupted_block_is_detected_and_refetched(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    data = random_bytes(3 * MiB, seed=11)
+    write_tree(root, {"f.bin": data})
+    args = (f"file://{root}", tmp_path / "mnt", tmp_path / "cache", "--block-size", "1MiB", "--ram-size", "0")
+    with mounted(*args) as m:
+        assert (m.mountpoint / "f.bin").read_bytes() == data
+    blocks = sorted(p for p in (tmp_path / "cache" / "blocks").rglob("*") if p.is_file())
+    assert len(blocks) == 3
+    victim = bytearray(blocks[0].read_bytes())
+    victim[1234] ^= 0x5A
+    blocks[0].write_bytes(bytes(victim))
+    drop_page_cache()
+    with mounted(*args) as m:
+        assert (m.mountpoint / "f.bin").read_bytes() == data
+        s = m.stats()
+        assert s["tiers"]["disk"]["errors"] == 1  # the bad block was caught...
+        assert s["backend"]["bytes"] == MiB  # ...and only it was fetched again
+    assert "failed its checksum" in (tmp_path / "cache" / "tierfs.log").read_text()
+
+
+def test_upstream_change_is_seen_after_the_ttl(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    write_tree(root, {"f.txt": b"version one\n"})
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache", "--metadata-ttl", "1") as m:
+        f = m.mountpoint / "f.txt"
+        assert f.read_bytes() == b"version one\n"
+        etag1 = os.getxattr(f, "user.tierfs.etag")
+        (root / "f.txt").write_bytes(b"version TWO\n")  # same size: only the ref tells them apart
+        time.sleep(1.5)
+        assert f.read_bytes() == b"version TWO\n"  # not the kernel's cached pages of v1
+        assert os.getxattr(f, "user.tierfs.etag") != etag1
+        (root / "new.txt").write_bytes(b"new")
+        time.sleep(1.5)
+        assert (m.mountpoint / "new.txt").read_bytes() == b"new"
+
+
+def test_large_directory(tmp_path: Path) -> None:
+    root = tmp_path / "lake" / "big"
+    root.mkdir(parents=True)
+    n = 100_000
+    for i in range(n):
+        os.close(os.open(root / f"{i:06d}.jpg", os.O_CREAT | os.O_WRONLY, 0o644))
+    with mounted(f"file://{tmp_path / 'lake'}", tmp_path / "mnt", tmp_path / "cache") as m:
+        names = os.listdir(m.mountpoint / "big")
+        assert len(names) == n and names[0].endswith(".jpg")
+        assert os.stat(m.mountpoint / "big" / "099999.jpg").st_size == 0
+        assert m.stats()["backend"]["requests"] < 10  # stat came from the listing
+
+
+def test_read_only_and_statfs(ml_lake: Path, tmp_path: Path) -> None:
+    with mounted(f"file://{ml_lake}", tmp_path / "mnt", tmp_path / "cache") as m:
+        with pytest.raises(OSError) as e:
+            (m.mountpoint / "datasets/imgs/empty.txt").write_bytes(b"x")
+        assert e.value.errno == errno.EROFS
+        with pytest.raises(OSError) as e:
+            (m.mountpoint / "newdir").mkdir()
+        assert e.value.errno == errno.EROFS
+        st = os.statvfs(m.mountpoint)
+        assert st.f_bsize > 0
+        names = os.listxattr(m.mountpoint / "datasets/imgs/empty.txt")
+        assert "user.tierfs.etag" in names
+
+
+def test_stats_command(ml_lake: Path, tmp_path: Path) -> None:
+    import json
+
+    from helpers import run_tierfs
+
+    with mounted(f"file://{ml_lake}", tmp_path / "mnt", tmp_path / "cache") as m:
+        (m.mountpoint / "datasets/imgs/shard-000.tar").read_bytes()
+        res = run_tierfs("stats", str(m.mountpoint), check=True)
+        for word in ("ram", "disk", "backend", "hits", "misses", "evictions", "requests", "retries"):
+            assert word in res.stdout
+        data = json.loads(run_tierfs("stats", str(m.mountpoint), "--json", check=True).stdout)
+        assert data["backend"]["bytes"] == (ml_lake / "datasets/imgs/shard-000.tar").stat().st_size
