@@ -25,9 +25,15 @@ fi
 stamp="$VENV/.tierfs-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "bootstrap: installing tierfs and its test tools into $VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/python" -c "import tierfs, pyfuse3, lmdb, s3fs" # fail loudly if the install did not take
+  log=$(mktemp)
+  if ! { "$VENV/bin/pip" install --disable-pip-version-check --upgrade pip \
+         && "$VENV/bin/pip" install --disable-pip-version-check -e '.[test]'; } >"$log" 2>&1; then
+    grep -v '^WARNING: Location' "$log" | tail -40
+    echo "bootstrap: pip install failed (full log: $log)" >&2
+    exit 1
+  fi
+  rm -f "$log"
+  "$VENV/bin/python" -c "import tierfs, pyfuse3, lmdb, s3fs"  # fail loudly if the install did not take
   touch "$stamp"
 fi
 echo "bootstrap: ready ($("$VENV/bin/tierfs" --version))"

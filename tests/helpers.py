@@ -41,6 +41,16 @@ def run_tierfs(*args: str, check: bool = False, timeout: float = 120, env: dict[
     return res
 
 
+def assert_one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert res.returncode == 1, (res.returncode, res.stdout, res.stderr)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("tierfs: error: "), lines
+    assert "Traceback" not in res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
 def is_mounted(path: Path) -> bool:
     target = os.path.realpath(path)
     with open("/proc/self/mountinfo") as fh:

@@ -135,7 +135,7 @@ async def _serve(settings: Settings, on_ready: Callable[[], None] | None) -> Non
             nursery.cancel_scope.cancel()  # unmounted from outside: stop the rest
 
         nursery.start_soon(fuse_main)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         if on_ready is not None:
             on_ready()
 

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from tierfs.errors import NotFound
-from tierfs.namespace.inodes import ROOT_INODE
+from tierfs.namespace.inodes import ROOT_INODE, StaleInode
 from tierfs.namespace.live import Namespace
 
 
@@ -100,7 +100,7 @@ async def test_open_file_outlives_forget(flaky: Any) -> None:
     ns.forget(n.inode, 1)
     assert ns.node(n.inode) is node
     ns.release(node)
-    with pytest.raises(Exception):
+    with pytest.raises(StaleInode):
         ns.node(n.inode)
 
 

@@ -71,10 +71,10 @@ def unmount(path: Path, lazy: bool = False) -> None:
     if not is_mounted(path):
         raise UserError(f"{path} is not mounted")
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    cmd = [tool, "-u"] if tool else ["umount"]
+    cmd: list[str] = [tool, "-u"] if tool else ["umount"]
     if lazy:
         cmd = [tool, "-u", "-z"] if tool else ["umount", "-l"]
-    res = subprocess.run([*cmd, str(path)], capture_output=True, text=True)  # type: ignore[list-item]
+    res = subprocess.run([*cmd, str(path)], capture_output=True, text=True)
     if res.returncode != 0:
         why = (res.stderr or res.stdout).strip().splitlines()
         reason = why[-1] if why else f"exit code {res.returncode}"

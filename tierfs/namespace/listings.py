@@ -26,13 +26,16 @@ class ListingCache:
         self._lists: OrderedDict[str, Listing] = OrderedDict()
         self._held = 0
 
-    def get(self, path: str) -> Listing | None:
-        """A fresh listing of ``path``, or None."""
+    def get(self, path: str, stale_ok: bool = False) -> Listing | None:
+        """A fresh listing of ``path`` (or an expired one, if ``stale_ok``), or None.
+
+        Expired listings are kept until pushed out by the bound, so that a
+        store outage can be ridden out on what was last seen.
+        """
         listing = self._lists.get(path)
         if listing is None:
             return None
-        if time.monotonic() - listing.fetched_at > self.ttl:
-            self.drop(path)
+        if not stale_ok and time.monotonic() - listing.fetched_at > self.ttl:
             return None
         self._lists.move_to_end(path)
         return listing

@@ -9,17 +9,21 @@ a change upstream becomes visible within one TTL; the ObjectRef a file had at
 from __future__ import annotations
 
 import errno
+import logging
 import posixpath
 import time
+from collections import OrderedDict
 
 import trio
 
 from tierfs.data.singleflight import SingleFlight
-from tierfs.errors import NotFound
+from tierfs.errors import NotFound, StoreError
 from tierfs.namespace.inodes import ROOT_INODE, InodeTable, Node
 from tierfs.namespace.listings import Listing, ListingCache
 from tierfs.refs import ObjectRef
 from tierfs.store.objects import Entry, ObjectStore
+
+log = logging.getLogger(__name__)
 
 #: Names at the lake's root that belong to tierfs itself, never shown in the live view.
 RESERVED = frozenset({".tierfs"})
@@ -40,6 +44,9 @@ class Namespace:
         self._listing_flights: SingleFlight[Listing] = SingleFlight()
         # Lookups answered by a stat because the parent had no listing yet.
         self._unlisted: dict[str, int] = {}
+        # Results of those stats: fresh for the TTL, and a fallback when the store is down.
+        self._stats: OrderedDict[str, tuple[Entry, float]] = OrderedDict()
+        self._stats_max = max(1000, listing_entries // 10)
 
     # -- lookups ----------------------------------------------------------
     def node(self, inode: int) -> Node:
@@ -104,7 +111,14 @@ class Namespace:
     async def _listing(self, path: str) -> Listing:
         listing = self.listings.get(path)
         if listing is None:
-            listing = await self._listing_flights.run(path, lambda: self._fetch_listing(path))
+            try:
+                listing = await self._listing_flights.run(path, lambda: self._fetch_listing(path))
+            except StoreError:
+                listing = self.listings.get(path, stale_ok=True)
+                if listing is None:
+                    raise
+                log.warning("store unavailable; listing %s from what was seen %.0f s ago",
+                            path or "/", time.monotonic() - listing.fetched_at)
         return listing
 
     async def _fetch_listing(self, path: str) -> Listing:
@@ -112,6 +126,27 @@ class Namespace:
         entries = await trio.to_thread.run_sync(self.store.list_dir, path, limiter=self.limiter)
         self._unlisted.pop(path, None)
         return self.listings.put(path, entries, fetched_at)
+
+    async def _stat(self, path: str) -> Entry:
+        cached = self._stats.get(path)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] <= self.ttl:
+            return cached[0]
+        try:
+            entry = await trio.to_thread.run_sync(self.store.stat, path, limiter=self.limiter)
+        except NotFound:
+            self._stats.pop(path, None)
+            raise
+        except StoreError:
+            if cached is None:
+                raise
+            log.warning("store unavailable; using what was seen of %s %.0f s ago", path, now - cached[1])
+            return cached[0]
+        self._stats[path] = (entry, now)
+        self._stats.move_to_end(path)
+        while len(self._stats) > self._stats_max:
+            self._stats.popitem(last=False)
+        return entry
 
     async def _entry(self, path: str, parent: str, name: str) -> Entry:
         listing = self.listings.get(parent)
@@ -125,13 +160,16 @@ class Namespace:
                 self._unlisted.clear()
             self._unlisted[parent] = seen
             if seen >= 2:
-                listing = await self._listing(parent)
+                try:
+                    listing = await self._listing(parent)
+                except StoreError:
+                    listing = None  # a stat of the one name may still be answered from memory
         if listing is not None:
             entry = listing.by_name.get(name)
             if entry is None:
                 raise NotFound(path)
             return entry
-        return await trio.to_thread.run_sync(self.store.stat, path, limiter=self.limiter)
+        return await self._stat(path)
 
     def _node_for(self, parent_path: str, entry: Entry) -> Node:
         listing = self.listings.get(parent_path)

@@ -21,7 +21,7 @@ from tierfs.config import Settings
 from tierfs.errors import NotFound, StoreError, UserError
 from tierfs.metrics import BACKEND_COUNTERS, Counters
 from tierfs.refs import ObjectRef
-from tierfs.store.retry import is_temp_failure, retry_call
+from tierfs.store.retry import is_credentials_error, is_temp_failure, retry_call
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,11 @@ class ObjectStore:
         except PermissionError as exc:
             raise UserError(f"access to {self.url} was refused ({_one_line(exc)}): check the credentials") from None
         except Exception as exc:
+            if is_credentials_error(exc):
+                raise UserError(
+                    f"no usable credentials for {self.url} ({_one_line(exc)}): set [s3] key and secret in the "
+                    "config, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an AWS profile"
+                ) from None
             raise UserError(f"cannot reach {self.url}: {_one_line(exc)}; check the endpoint and network") from None
         if info.get("type") != "directory":
             raise UserError(f"lake {self.url} is a file, not a bucket or prefix")
@@ -111,7 +116,7 @@ class ObjectStore:
             data: bytes = self.fs.cat_file(full, start=start, end=end, **kwargs)
             return data
 
-        data = self._call(call, f"read {ref.key} [{start}:{end}]")
+        data: bytes = self._call(call, f"read {ref.key} [{start}:{end}]")
         self.stats.add("bytes", len(data))
         if len(data) != end - start:
             # The object changed or shrank since it was listed: never serve
@@ -176,7 +181,6 @@ def storage_options(settings: Settings) -> dict[str, Any]:
             "read_timeout": settings.store_timeout,
             "retries": {"max_attempts": 1, "mode": "standard"},
         }
-        opts["retries"] = 1
         if settings.s3_key:
             opts["key"] = settings.s3_key
         if settings.s3_secret:

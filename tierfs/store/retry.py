@@ -29,9 +29,16 @@ _PERMANENT = (
 )
 
 
+# Client-library errors about configuration, not the network.
+_PERMANENT_NAMES = frozenset({
+    "NoCredentialsError", "PartialCredentialsError", "NoRegionError", "ParamValidationError",
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "DefaultCredentialsError", "ClientAuthenticationError",
+})
+
+
 def is_temp_failure(exc: BaseException) -> bool:
     """True when the same request may well succeed if sent again."""
-    if isinstance(exc, _PERMANENT):
+    if isinstance(exc, _PERMANENT) or is_credentials_error(exc):
         return False
     if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
         return True
@@ -39,6 +46,10 @@ def is_temp_failure(exc: BaseException) -> bool:
     # google-auth, azure-core) for network trouble.
     module = type(exc).__module__.split(".")[0]
     return module in ("botocore", "aiohttp", "aiobotocore", "google", "azure", "requests", "urllib3")
+
+
+def is_credentials_error(exc: BaseException) -> bool:
+    return type(exc).__name__ in _PERMANENT_NAMES
 
 
 def retry_call(

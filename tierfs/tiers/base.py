@@ -39,7 +39,7 @@ class Tier(abc.ABC):
     @abc.abstractmethod
     def entries(self) -> int: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most tiers hold nothing to release
         """Release resources; a tier is not used after close."""
 
     # Bookkeeping shared by every implementation.

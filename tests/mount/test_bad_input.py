@@ -1,0 +1,133 @@
+"""Bad input at mount time: one line on stderr, exit code 1, no traceback, nothing mounted."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import assert_one_line_error, force_cleanup, is_mounted, mounted, run_tierfs
+
+pytestmark = pytest.mark.mount
+
+
+def mount(lake: str, mnt: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    was_mounted = is_mounted(mnt)
+    res = run_tierfs("mount", lake, str(mnt), "--cache-dir", str(cache), *extra)
+    if is_mounted(mnt) and not was_mounted:  # a failed test must not leave a mount behind
+        force_cleanup(mnt, None)
+    return res
+
+
+def test_mountpoint_missing(lake: Path, tmp_path: Path) -> None:
+    res = mount(f"file://{lake}", tmp_path / "nope", tmp_path / "cache")
+    assert_one_line_error(res, "does not exist", "mkdir -p")
+
+
+def test_mountpoint_not_empty(lake: Path, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    (mnt / "precious.txt").write_text("keep me")
+    res = mount(f"file://{lake}", mnt, tmp_path / "cache")
+    assert_one_line_error(res, "is not empty")
+    assert (mnt / "precious.txt").read_text() == "keep me"
+
+
+def test_mountpoint_is_a_file(lake: Path, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    assert_one_line_error(mount(f"file://{lake}", tmp_path / "f", tmp_path / "cache"), "is not a directory")
+
+
+def test_already_mounted(lake: Path, tmp_path: Path) -> None:
+    with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache") as m:
+        res = mount(f"file://{lake}", m.mountpoint, tmp_path / "cache2")
+        assert_one_line_error(res, "already a mount point")
+        # the first mount is untouched
+        assert (m.mountpoint / "datasets/toy/train/cat/0001.jpg").read_bytes() == b"c" * 1000
+
+
+def test_cache_dir_in_use(lake: Path, tmp_path: Path) -> None:
+    with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache"):
+        (tmp_path / "mnt2").mkdir()
+        res = mount(f"file://{lake}", tmp_path / "mnt2", tmp_path / "cache")
+        assert_one_line_error(res, "in use by another tierfs process")
+
+
+def test_cache_dir_not_writable(lake: Path, tmp_path: Path) -> None:
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    res = mount(f"file://{lake}", tmp_path / "mnt", tmp_path / "blocker" / "cache", "--log-file", str(tmp_path / "log"))
+    assert_one_line_error(res, "cache dir", "not usable")
+
+
+def test_lake_path_does_not_exist(tmp_path: Path) -> None:
+    (tmp_path / "mnt").mkdir()
+    res = mount(f"file://{tmp_path}/no-such-lake", tmp_path / "mnt", tmp_path / "cache")
+    assert_one_line_error(res, "does not exist")
+
+
+@pytest.mark.parametrize(("url", "needle"), [
+    ("bogus://x/y", "Protocol not known: bogus"),
+    ("gs://bucket/prefix", "gcsfs"),
+])
+def test_unusable_url(url: str, needle: str, tmp_path: Path) -> None:
+    if needle == "gcsfs":
+        pytest.importorskip("s3fs")  # gcsfs is not a test dependency; its absence is the case under test
+        try:
+            import gcsfs  # noqa: F401
+            pytest.skip("gcsfs is installed here")
+        except ImportError:
+            pass
+    (tmp_path / "mnt").mkdir()
+    assert_one_line_error(mount(url, tmp_path / "mnt", tmp_path / "cache"), needle)
+
+
+def test_malformed_config(lake: Path, tmp_path: Path) -> None:
+    (tmp_path / "mnt").mkdir()
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[cache]\nsize = \n")
+    assert_one_line_error(mount(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", "--config", str(cfg)),
+                          "not valid TOML")
+    cfg.write_text('[cache]\nsize = "huge"\n')
+    assert_one_line_error(mount(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", "--config", str(cfg)),
+                          "[cache] size = 'huge' is not allowed")
+
+
+def test_bad_flag_value(lake: Path, tmp_path: Path) -> None:
+    (tmp_path / "mnt").mkdir()
+    assert_one_line_error(mount(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", "--block-size", "big"),
+                          "block_size = 'big' is not allowed")
+
+
+def test_no_fuse_on_the_machine(lake: Path, tmp_path: Path) -> None:
+    """In a mount namespace whose /dev has no fuse device (a real absence, not a stub)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare is not installed")
+    (tmp_path / "mnt").mkdir()
+    script = (
+        "mount -t tmpfs none /dev && "
+        f"exec {sys.executable} -m tierfs mount file://{lake} {tmp_path / 'mnt'} "
+        f"--cache-dir {tmp_path / 'cache'} --foreground"
+    )
+    res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                         capture_output=True, text=True, timeout=60)
+    assert_one_line_error(res, "no FUSE", "/dev/fuse is missing")
+
+
+def test_umount_of_something_not_mounted(tmp_path: Path) -> None:
+    assert_one_line_error(run_tierfs("umount", str(tmp_path)), "is not mounted")
+
+
+def test_stats_of_something_not_a_mount(tmp_path: Path) -> None:
+    assert_one_line_error(run_tierfs("stats", str(tmp_path)), "not a tierfs mount")
+
+
+def test_help_and_version() -> None:
+    res = run_tierfs("--help", check=True)
+    assert "mount" in res.stdout and "umount" in res.stdout and "stats" in res.stdout
+    res = run_tierfs("mount", "--help", check=True)
+    for flag in ("--config", "--cache-dir", "--cache-size", "--ram-size", "--block-size", "--metadata-ttl", "--foreground"):
+        assert flag in res.stdout
+    assert run_tierfs("--version", check=True).stdout.startswith("tierfs, version ")
