@@ -14,7 +14,7 @@ test: install lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 lint:
-	$(VENV)/bin/ruff check tierfs tests scripts benchmarks
+	$(VENV)/bin/ruff check tierfs tests scripts $(wildcard benchmarks)
 	$(VENV)/bin/mypy
 
 clean:
