@@ -39,4 +39,4 @@ class Counters:
 
 TIER_COUNTERS = ("hits", "misses", "bytes_served", "evictions", "errors")
 TIER_GAUGES = ("bytes_held", "entries")
-BACKEND_COUNTERS = ("requests", "bytes", "errors", "retries")
+BACKEND_COUNTERS = ("requests", "bytes", "bytes_written", "errors", "retries")

@@ -19,13 +19,19 @@ class ObjectRef:
     etag: str = ""  # etag, or a stand-in (mtime+size) for stores that have none
     version: str = ""  # version id / generation where the store keeps versions
     content_hash: str = ""  # sha256 of the bytes where known (snapshot manifests)
+    # The identity the bytes had in the live view when a snapshot froze them;
+    # a snapshot's copy then shares cache blocks with the live object it came from.
+    cache_id: str = ""
 
     def identity(self) -> str:
         """What makes two refs name the same bytes.
 
-        A content hash names bytes wherever they live; a version id is stable
-        for its key; otherwise key + etag + size.
+        A snapshot carries the live identity it was frozen from; a version id
+        is stable for its key; a content hash names bytes wherever they live;
+        otherwise key + etag + size.
         """
+        if self.cache_id:
+            return self.cache_id
         if self.content_hash:
             return f"sha256:{self.content_hash}"
         if self.version:

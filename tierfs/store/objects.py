@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +126,79 @@ class ObjectStore:
                 f"{ref.key} changed upstream: wanted {end - start} bytes at {start}, got {len(data)}"
             )
         return data
+
+    def read_all(self, key: str) -> bytes:
+        """A whole object by key (small objects: manifests and the like)."""
+        data: bytes = self._call(lambda: self.fs.cat_file(self._full(key)), f"read {key}")
+        self.stats.add("bytes", len(data))
+        return data
+
+    def walk_files(self, rel: str) -> Iterator[Entry]:
+        """Every file below ``rel``, depth first, one directory listing in memory at a time.
+
+        ``Entry.name`` is the path relative to ``rel``.
+        """
+        stack = [""]
+        while stack:
+            sub = stack.pop()
+            try:
+                entries = self.list_dir(_join(rel, sub))
+            except NotFound:
+                continue
+            for e in sorted(entries, key=lambda e: e.name, reverse=True):
+                if e.is_dir:
+                    stack.append(_join(sub, e.name))
+                else:
+                    yield Entry(_join(sub, e.name), False, e.size, e.mtime_ns, e.ref)
+
+    # -- writes -----------------------------------------------------------
+    def put_bytes(self, key: str, data: bytes) -> None:
+        parent = posixpath.dirname(self._full(key))
+
+        def call() -> None:
+            if parent:
+                self.fs.makedirs(parent, exist_ok=True)
+            self.fs.pipe_file(self._full(key), data)
+
+        self._call(call, f"write {key}")
+        self.stats.add("bytes_written", len(data))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except NotFound:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        try:
+            self._call(lambda: self.fs.rm_file(self._full(key)), f"delete {key}")
+        except NotFound:
+            pass
+
+    def move(self, src: str, dst: str) -> None:
+        parent = posixpath.dirname(self._full(dst))
+
+        def call() -> None:
+            if parent:
+                self.fs.makedirs(parent, exist_ok=True)
+            self.fs.mv(self._full(src), self._full(dst))
+
+        self._call(call, f"move {src} to {dst}")
+
+    def open_read(self, ref: ObjectRef) -> Any:
+        kwargs: dict[str, Any] = {}
+        if ref.version and self.version_aware:
+            kwargs["version_id"] = ref.version
+        self.stats.add("requests")
+        return self.fs.open(self._full(ref.key), "rb", **kwargs)
+
+    def open_write(self, key: str) -> Any:
+        self.stats.add("requests")
+        parent = posixpath.dirname(self._full(key))
+        if parent:
+            self.fs.makedirs(parent, exist_ok=True)
+        return self.fs.open(self._full(key), "wb")
 
     # -- helpers --------------------------------------------------------
     def _full(self, rel: str) -> str:

@@ -1,0 +1,1 @@
+"""Dataset versions: manifests, snapshot create/list/diff/delete, and gc of copies."""

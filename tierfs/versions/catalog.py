@@ -1,0 +1,177 @@
+"""Managing snapshots: list, show, diff, delete, and garbage-collect copies."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tierfs.errors import NotFound, UserError
+from tierfs.store.objects import ObjectStore
+from tierfs.versions.manifest import (
+    CAS,
+    RESERVED,
+    SNAPSHOTS,
+    ManifestEntry,
+    ManifestError,
+    ManifestReader,
+    SnapshotMeta,
+    snapshot_dir,
+    validate_name,
+)
+
+log = logging.getLogger(__name__)
+CAS_TMP = f"{RESERVED}/cas/tmp"
+
+
+def list_datasets(store: ObjectStore) -> list[str]:
+    try:
+        return sorted(e.name for e in store.list_dir(SNAPSHOTS) if e.is_dir)
+    except NotFound:
+        return []
+
+
+def list_snapshots(store: ObjectStore, dataset: str) -> list[SnapshotMeta]:
+    """The committed snapshots of a dataset, oldest first. Corrupt ones are skipped with a warning."""
+    try:
+        names = [e.name for e in store.list_dir(f"{SNAPSHOTS}/{dataset}") if e.is_dir]
+    except NotFound:
+        return []
+    metas = []
+    for name in names:
+        try:
+            metas.append(open_snapshot(store, dataset, name).meta)
+        except UserError:
+            continue  # not committed (meta.json not yet written, or deleted)
+        except ManifestError as exc:
+            log.warning("%s", exc)
+    return sorted(metas, key=lambda m: m.created_at)
+
+
+def open_snapshot(store: ObjectStore, dataset: str, name: str) -> ManifestReader:
+    validate_name("dataset", dataset)
+    validate_name("snapshot", name)
+    return ManifestReader.open(dataset, name, store.read_all)
+
+
+def delete_snapshot(store: ObjectStore, dataset: str, name: str) -> SnapshotMeta:
+    """Remove a snapshot: its meta.json first (so it is gone at once), then its parts.
+
+    The copies it referenced stay until ``gc``.
+    """
+    meta = open_snapshot(store, dataset, name).meta
+    base = snapshot_dir(dataset, name)
+    store.delete(f"{base}/meta.json")
+    for i in range(len(meta.parts)):
+        store.delete(f"{base}/part-{i:05d}.jsonl.gz")
+    return meta
+
+
+@dataclass
+class Change:
+    path: str
+    kind: str  # added, removed, changed
+    old_size: int | None = None
+    new_size: int | None = None
+
+
+def diff(a: ManifestReader, b: ManifestReader) -> Iterator[Change]:
+    """Files added, removed and changed from ``a`` to ``b``: a merge of two sorted streams."""
+    ia = (e for e in a if not e.is_dir)
+    ib = (e for e in b if not e.is_dir)
+    ea, eb = next(ia, None), next(ib, None)
+    while ea is not None or eb is not None:
+        if eb is None or (ea is not None and ea.sort_key < eb.sort_key):
+            assert ea is not None
+            yield Change(ea.path, "removed", old_size=ea.size)
+            ea = next(ia, None)
+        elif ea is None or eb.sort_key < ea.sort_key:
+            yield Change(eb.path, "added", new_size=eb.size)
+            eb = next(ib, None)
+        else:
+            if not _same_bytes(ea, eb):
+                yield Change(ea.path, "changed", ea.size, eb.size)
+            ea, eb = next(ia, None), next(ib, None)
+
+
+def _same_bytes(a: ManifestEntry, b: ManifestEntry) -> bool:
+    if a.size != b.size:
+        return False
+    if a.sha256 and b.sha256:
+        return a.sha256 == b.sha256
+    return (a.key, a.version, a.cache_id) == (b.key, b.version, b.cache_id)
+
+
+@dataclass
+class GcReport:
+    referenced: int = 0
+    kept: int = 0
+    removed: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def removed_bytes(self) -> int:
+        return sum(n for _, n in self.removed)
+
+
+def gc(store: ObjectStore, dry_run: bool = False, grace_seconds: float = 3600.0,
+       on_progress: Callable[[str], None] | None = None) -> GcReport:
+    """Remove content-addressed copies that no snapshot references.
+
+    The referenced set is built first, from every manifest (checksums checked:
+    a manifest that cannot be read stops gc, since what it pins is unknown),
+    in an on-disk table so memory stays bounded. Copies younger than the grace
+    period are kept: they may belong to a snapshot being created right now.
+    """
+    report = GcReport()
+    with tempfile.TemporaryDirectory(prefix="tierfs-gc-") as tmp:
+        db = sqlite3.connect(Path(tmp) / "refs.db")
+        db.execute("CREATE TABLE ref (h TEXT PRIMARY KEY)")
+        for dataset in list_datasets(store):
+            try:
+                names = [e.name for e in store.list_dir(f"{SNAPSHOTS}/{dataset}") if e.is_dir]
+            except NotFound:
+                continue
+            for name in names:
+                try:
+                    reader = open_snapshot(store, dataset, name)
+                except UserError:
+                    continue  # no meta.json: nothing committed refers to anything
+                except ManifestError as exc:
+                    raise UserError(f"gc stopped, nothing removed: {exc}") from None
+                if on_progress:
+                    on_progress(f"reading {dataset}@{name}")
+                try:
+                    batch = []
+                    for e in reader:
+                        if e.sha256:
+                            batch.append((e.sha256,))
+                            if len(batch) >= 10_000:
+                                db.executemany("INSERT OR IGNORE INTO ref VALUES (?)", batch)
+                                batch = []
+                    db.executemany("INSERT OR IGNORE INTO ref VALUES (?)", batch)
+                except ManifestError as exc:
+                    raise UserError(f"gc stopped, nothing removed: {exc}") from None
+        report.referenced = db.execute("SELECT count(*) FROM ref").fetchone()[0]
+        now = time.time()
+        for area, is_tmp in ((CAS, False), (CAS_TMP, True)):
+            for e in store.walk_files(area):
+                sha = e.name.rsplit("/", 1)[-1]
+                young = now - e.mtime_ns / 1e9 < grace_seconds
+                if not is_tmp and db.execute("SELECT 1 FROM ref WHERE h = ?", (sha,)).fetchone():
+                    report.kept += 1
+                    continue
+                if young:
+                    report.kept += 1
+                    continue
+                key = f"{area}/{e.name}"
+                report.removed.append((key, e.size))
+                if on_progress:
+                    on_progress(key)
+                if not dry_run:
+                    store.delete(key)
+        db.close()
+    return report

@@ -1,0 +1,214 @@
+"""Freeze a prefix of the lake into a snapshot.
+
+The prefix is walked one directory at a time in (parent, name) order, so the
+manifest streams out sorted with one directory listing in memory.
+
+- **pinned** (the store keeps object versions): each entry records the version
+  id it had; nothing is copied.
+- **copy** (no versions): each object is copied once into a content-addressed
+  area (``.tierfs/cas/sha256/…``); a file whose live identity is unchanged
+  since the dataset's previous snapshot reuses that snapshot's copy without
+  being read, and identical content is stored once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import hashlib
+import heapq
+import logging
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from tierfs.errors import NotFound, StoreError, UserError
+from tierfs.store.objects import Entry, ObjectStore
+from tierfs.versions.manifest import (
+    RESERVED,
+    ManifestEntry,
+    ManifestReader,
+    ManifestWriter,
+    SnapshotMeta,
+    cas_key,
+    snapshot_dir,
+    validate_name,
+)
+
+log = logging.getLogger(__name__)
+CHUNK = 8 << 20
+CAS_TMP = f"{RESERVED}/cas/tmp"
+
+
+@dataclass
+class Progress:
+    files: int = 0
+    bytes: int = 0
+    copied_bytes: int = 0
+    reused: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, files: int = 0, nbytes: int = 0, copied: int = 0, reused: int = 0) -> None:
+        with self._lock:
+            self.files += files
+            self.bytes += nbytes
+            self.copied_bytes += copied
+            self.reused += reused
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def walk_sorted(store: ObjectStore, prefix: str) -> Iterator[tuple[str, list[Entry]]]:
+    """(directory, its entries sorted by name), directories in increasing path order.
+
+    A directory's children all sort after it, so popping the smallest pending
+    directory from a heap yields the manifest's (parent, name) order.
+    """
+    heap = [""]
+    while heap:
+        rel = heapq.heappop(heap)
+        entries = store.list_dir(_join(prefix, rel) if rel else prefix)
+        if not prefix and not rel:
+            entries = [e for e in entries if e.name != RESERVED]
+        entries.sort(key=lambda e: e.name)
+        for e in entries:
+            if e.is_dir:
+                heapq.heappush(heap, _join(rel, e.name))
+        yield rel, entries
+
+
+def _previous(store: ObjectStore, dataset: str) -> ManifestReader | None:
+    """The dataset's newest snapshot, whose copies a new one may reuse."""
+    from tierfs.versions.catalog import list_snapshots
+
+    metas = list_snapshots(store, dataset)
+    if not metas:
+        return None
+    newest = max(metas, key=lambda m: m.created_at)
+    try:
+        return ManifestReader(newest, store.read_all)
+    except Exception:  # a broken older snapshot only costs the reuse
+        return None
+
+
+def create_snapshot(
+    store: ObjectStore,
+    prefix: str,
+    name: str,
+    dataset: str | None = None,
+    message: str = "",
+    metadata: dict[str, Any] | None = None,
+    mode: str = "auto",
+    jobs: int = 8,
+    on_progress: Callable[[Progress], None] | None = None,
+    part_entries: int | None = None,
+) -> SnapshotMeta:
+    prefix = prefix.strip("/")
+    dataset = validate_name("dataset", dataset or (prefix.rsplit("/", 1)[-1] if prefix else ""))
+    validate_name("snapshot", name)
+    if prefix.split("/", 1)[0] == RESERVED:
+        raise UserError(f"{RESERVED}/ belongs to tierfs and cannot be snapshotted")
+    base = snapshot_dir(dataset, name)
+    if store.exists(f"{base}/meta.json"):
+        raise UserError(f"snapshot {dataset}@{name} already exists; snapshots are immutable, choose another name")
+    try:
+        root = store.stat(prefix) if prefix else None
+    except NotFound:
+        raise UserError(f"prefix {prefix!r} does not exist in {store.url}") from None
+    if root is not None and not root.is_dir:
+        raise UserError(f"prefix {prefix!r} is a file, not a directory")
+    if mode == "auto":
+        mode = "pinned" if store.version_aware else "copy"
+    if mode == "pinned" and not store.version_aware:
+        raise UserError(f"{store.url} keeps no object versions: use copy mode (the default here)")
+
+    meta = SnapshotMeta(
+        dataset=dataset, name=name, prefix=prefix, mode=mode, message=message,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+        creator=f"{getpass.getuser()}@{socket.gethostname()}", metadata=dict(metadata or {}),
+    )
+    previous = _previous(store, dataset) if mode == "copy" else None
+    progress = Progress()
+    writer = ManifestWriter(store.put_bytes, base, part_entries or 20_000)
+    with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="snapshot") as pool:
+        for rel, entries in walk_sorted(store, prefix):
+            for i in range(0, len(entries), 512):  # bounded work in flight
+                chunk = entries[i : i + 512]
+                frozen = iter(pool.map(lambda e: _freeze(store, rel, e, mode, previous, progress),
+                                       [e for e in chunk if not e.is_dir]))
+                for e in chunk:  # files and directories share the (parent, name) order
+                    if e.is_dir:
+                        writer.add(ManifestEntry(rel, e.name, True))
+                        meta.dir_count += 1
+                    else:
+                        writer.add(next(frozen))
+                if on_progress is not None:
+                    on_progress(progress)
+    meta.file_count = progress.files
+    meta.total_size = progress.bytes
+    meta.parts = writer.finish()
+    store.put_bytes(f"{base}/meta.json", meta.to_json())  # the commit point
+    log.info("snapshot %s@%s: %d files, %d bytes, mode %s", dataset, name, meta.file_count, meta.total_size, mode)
+    return meta
+
+
+def _freeze(store: ObjectStore, rel: str, e: Entry, mode: str,
+            previous: ManifestReader | None, progress: Progress) -> ManifestEntry:
+    assert e.ref is not None
+    ref = e.ref
+    if mode == "pinned":
+        progress.add(files=1, nbytes=ref.size)
+        return ManifestEntry(rel, e.name, False, ref.size, 0o644, e.mtime_ns, ref.key, ref.version,
+                             ref.etag, "", ref.identity())
+    old = previous.lookup(rel, e.name) if previous is not None else None
+    if old is not None and not old.is_dir and old.cache_id == ref.identity() and old.sha256:
+        progress.add(files=1, nbytes=ref.size, reused=1)
+        return ManifestEntry(rel, e.name, False, ref.size, 0o644, e.mtime_ns, old.key, "", old.etag,
+                             old.sha256, old.cache_id)
+    for _attempt in range(3):
+        sha, size = _copy_to_cas(store, ref, progress)
+        after = store.stat(ref.key)
+        if after.ref is not None and after.ref.identity() == ref.identity() and size == ref.size:
+            break
+        log.info("%s changed while it was copied; copying it again", ref.key)
+        assert after.ref is not None
+        ref = after.ref
+        e = Entry(e.name, False, after.size, after.mtime_ns, after.ref)
+    else:
+        raise StoreError(f"{ref.key} keeps changing while being snapshotted; try again when writers are done")
+    progress.add(files=1, nbytes=size)
+    return ManifestEntry(rel, e.name, False, size, 0o644, e.mtime_ns, cas_key(sha), "", "", sha, ref.identity())
+
+
+def _copy_to_cas(store: ObjectStore, ref: Any, progress: Progress) -> tuple[str, int]:
+    """Stream an object into the content-addressed area; returns (sha256, size)."""
+    tmp = f"{CAS_TMP}/{uuid.uuid4().hex}"
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with store.open_read(ref) as src, store.open_write(tmp) as dst:
+            while chunk := src.read(CHUNK):
+                h.update(chunk)
+                dst.write(chunk)
+                size += len(chunk)
+        sha = h.hexdigest()
+        final = cas_key(sha)
+        if store.exists(final):
+            store.delete(tmp)  # identical content is stored once
+        else:
+            store.move(tmp, final)
+            progress.add(copied=size)
+        return sha, size
+    except BaseException:
+        try:
+            store.delete(tmp)
+        except Exception:
+            pass
+        raise
+
