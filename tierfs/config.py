@@ -119,6 +119,13 @@ def _table(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _versions(value: Any) -> str:
+    v = str(value).lower() if not isinstance(value, bool) else ("on" if value else "off")
+    if v not in ("auto", "on", "off"):
+        raise ValueError("auto, on or off")
+    return v
+
+
 def _log_level(value: Any) -> str:
     v = str(value).lower()
     if v not in ("debug", "info", "warning", "error"):
@@ -143,6 +150,7 @@ _KEYS = [
     _Key("store", "retries", _retries, "store_retries"),
     _Key("store", "timeout", _positive_float, "store_timeout"),
     _Key("store", "options", _table, "store_options"),
+    _Key("store", "versions", _versions, "store_versions"),
     _Key("s3", "endpoint_url", _string, "s3_endpoint_url"),
     _Key("s3", "region", _string, "s3_region"),
     _Key("s3", "profile", _string, "s3_profile"),
@@ -172,6 +180,8 @@ class Settings:
     store_retries: int = 5
     store_timeout: float = 30.0
     store_options: dict[str, Any] = field(default_factory=dict)
+    # Read object versions (S3 version ids): "auto" asks the bucket whether versioning is on.
+    store_versions: str = "auto"
     s3_endpoint_url: str = ""
     s3_region: str = ""
     s3_profile: str = ""

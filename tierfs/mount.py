@@ -87,14 +87,24 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
     # network calls, so a slow store never starves cache hits.
     chain = TierChain(tiers, trio.CapacityLimiter(16))
     store_limiter = trio.CapacityLimiter(32)
-    namespace = Namespace(store, settings.metadata_ttl, settings.listing_entries, store_limiter)
     reader = BlockReader(store, chain, settings.block_size, store_limiter)
+    namespace = Namespace(store, settings.metadata_ttl, settings.listing_entries, store_limiter,
+                          fetch=lambda key: fetch_through_tiers(store, reader, key))
     attrs = AttrMaker(settings.metadata_ttl, settings.block_size)
     holder: list[Components] = []
     ops = TierfsOperations(namespace, reader, attrs, stats=lambda: holder[0].stats())
     comps = Components(settings, store, chain, namespace, reader, ops, time.monotonic())
     holder.append(comps)
     return comps
+
+
+def fetch_through_tiers(store: ObjectStore, reader: BlockReader, key: str) -> bytes:
+    """A whole lake object via the tier chain, from a trio worker thread (manifests)."""
+    entry = store.stat(key)
+    if entry.ref is None:
+        raise IsADirectoryError(key)
+    data, _ = trio.from_thread.run(reader.read, entry.ref, 0, entry.size)
+    return data
 
 
 def run_foreground(settings: Settings, mountpoint: Path, on_ready: Callable[[], None] | None = None) -> None:

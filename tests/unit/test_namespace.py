@@ -21,8 +21,8 @@ async def test_lookup_and_list(flaky: Any) -> None:
     fs.pipe(f"{store.root}/ds/a.txt", b"aaa")
     fs.pipe(f"{store.root}/.tierfs/manifest", b"hidden")
     ns = ns_for(store)
-    names = [e.name for e in await ns.list(ROOT_INODE)]
-    assert names == ["ds"]  # the reserved prefix is not in the live view
+    names = [e.name for e in await ns.list_dir(ROOT_INODE)]
+    assert names == [".snapshots", "ds"]  # the reserved prefix is not in the live view
     with pytest.raises(NotFound):
         await ns.lookup(ROOT_INODE, ".tierfs")
     ds = await ns.lookup(ROOT_INODE, "ds")
@@ -38,7 +38,7 @@ async def test_listing_answers_lookups_without_requests(flaky: Any) -> None:
         fs.pipe(f"{store.root}/d/{i}.bin", b"x" * i)
     ns = ns_for(store)
     d = await ns.lookup(ROOT_INODE, "d")
-    await ns.list(d.inode)
+    await ns.list_dir(d.inode)
     before = dict(f.calls)
     for i in range(50):
         assert (await ns.lookup(d.inode, f"{i}.bin")).size == i
@@ -80,7 +80,7 @@ async def test_forget_frees_inodes(flaky: Any) -> None:
     d = await ns.lookup(ROOT_INODE, "d")
     ns.remember(d)
     nodes = []
-    for e in await ns.list(d.inode):
+    for e in await ns.list_dir(d.inode):
         n = ns.entry_node("d", e)
         ns.remember(n)
         nodes.append(n)
@@ -112,5 +112,5 @@ async def test_listing_cache_is_bounded(flaky: Any) -> None:
     ns = ns_for(store, entries=100)
     for d in range(10):
         node = await ns.lookup(ROOT_INODE, f"d{d}")
-        await ns.list(node.inode)
+        await ns.list_dir(node.inode)
         assert len(ns.listings) <= 100

@@ -11,6 +11,7 @@ from tierfs.namespace.inodes import Node
 
 FILE_MODE = stat.S_IFREG | 0o644
 DIR_MODE = stat.S_IFDIR | 0o755
+FOREVER = 365 * 24 * 3600.0
 
 
 class AttrMaker:
@@ -24,8 +25,10 @@ class AttrMaker:
         a = pyfuse3.EntryAttributes()
         a.st_ino = pyfuse3.InodeT(node.inode)
         a.generation = 0
-        a.entry_timeout = self.ttl
-        a.attr_timeout = self.ttl
+        # Snapshot contents never change: the kernel may keep them for good.
+        timeout = FOREVER if node.immutable else self.ttl
+        a.entry_timeout = timeout
+        a.attr_timeout = timeout
         if node.is_dir:
             a.st_mode = pyfuse3.ModeT(DIR_MODE & ~0o222 if node.read_only else DIR_MODE)
             a.st_nlink = 2

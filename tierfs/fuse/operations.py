@@ -105,7 +105,7 @@ class TierfsOperations(pyfuse3.Operations):
     @_guard
     async def opendir(self, inode: int, ctx: Any) -> int:
         node = self.ns.node(inode)
-        entries = await self.ns.list(inode)
+        entries = await self.ns.list_dir(inode)
         fh = next(self._fh)
         self._dirs[fh] = _DirHandle(node, entries)
         return fh

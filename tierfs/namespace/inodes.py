@@ -24,11 +24,12 @@ class StaleInode(TierfsError):
 class Node:
     __slots__ = (
         "inode", "path", "is_dir", "size", "mtime_ns", "ref",
-        "lookups", "opens", "checked_at", "cached_ref", "last_tier", "read_only",
+        "lookups", "opens", "checked_at", "cached_ref", "last_tier", "read_only", "immutable",
     )
 
     def __init__(self, inode: int, path: str, is_dir: bool, size: int = 0, mtime_ns: int = 0,
-                 ref: ObjectRef | None = None, checked_at: float = 0.0, read_only: bool = False):
+                 ref: ObjectRef | None = None, checked_at: float = 0.0, read_only: bool = False,
+                 immutable: bool = False):
         self.inode = inode
         self.path = path
         self.is_dir = is_dir
@@ -41,6 +42,7 @@ class Node:
         self.cached_ref: ObjectRef | None = None  # ref whose pages the kernel may hold
         self.last_tier = ""  # which tier served this file's last read
         self.read_only = read_only
+        self.immutable = immutable  # inside a snapshot: metadata and bytes never change
 
 
 class InodeTable:
@@ -67,7 +69,7 @@ class InodeTable:
         return None if inode is None else self._by_inode[inode]
 
     def upsert(self, path: str, is_dir: bool, size: int, mtime_ns: int, ref: ObjectRef | None,
-               checked_at: float, read_only: bool = False) -> Node:
+               checked_at: float, read_only: bool = False, immutable: bool = False) -> Node:
         """The node for ``path``, created or updated with fresh metadata.
 
         A path that turned from file to directory (or back) gets a new inode.
@@ -77,7 +79,7 @@ class InodeTable:
             self._unlink_path(node)
             node = None
         if node is None:
-            node = Node(next(self._next), path, is_dir, read_only=read_only)
+            node = Node(next(self._next), path, is_dir, read_only=read_only, immutable=immutable)
             self._by_inode[node.inode] = node
             self._by_path[path] = node.inode
         node.size, node.mtime_ns, node.ref, node.checked_at = size, mtime_ns, ref, checked_at

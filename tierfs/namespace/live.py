@@ -13,6 +13,7 @@ import logging
 import posixpath
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import trio
 
@@ -20,13 +21,14 @@ from tierfs.data.singleflight import SingleFlight
 from tierfs.errors import NotFound, StoreError
 from tierfs.namespace.inodes import ROOT_INODE, InodeTable, Node
 from tierfs.namespace.listings import Listing, ListingCache
+from tierfs.namespace.snapshots import SNAPSHOTS_DIR, SnapshotTree, in_tree, is_immutable
 from tierfs.refs import ObjectRef
 from tierfs.store.objects import Entry, ObjectStore
 
 log = logging.getLogger(__name__)
 
 #: Names at the lake's root that belong to tierfs itself, never shown in the live view.
-RESERVED = frozenset({".tierfs"})
+RESERVED = frozenset({".tierfs", SNAPSHOTS_DIR})
 
 
 class NotADirectory(NotFound):
@@ -35,7 +37,7 @@ class NotADirectory(NotFound):
 
 class Namespace:
     def __init__(self, store: ObjectStore, ttl: float, listing_entries: int,
-                 limiter: trio.CapacityLimiter):
+                 limiter: trio.CapacityLimiter, fetch: Callable[[str], bytes] | None = None):
         self.store = store
         self.ttl = ttl
         self.inodes = InodeTable()
@@ -47,6 +49,8 @@ class Namespace:
         # Results of those stats: fresh for the TTL, and a fallback when the store is down.
         self._stats: OrderedDict[str, tuple[Entry, float]] = OrderedDict()
         self._stats_max = max(1000, listing_entries // 10)
+        # fetch: whole lake objects (manifests); the mount passes one that reads through the tiers.
+        self.snapshots = SnapshotTree(self._lake_entries, fetch or store.read_all, limiter)
 
     # -- lookups ----------------------------------------------------------
     def node(self, inode: int) -> Node:
@@ -56,27 +60,29 @@ class Namespace:
         parent = self.inodes.get(parent_inode)
         if not parent.is_dir:
             raise NotADirectory(parent.path)
-        if parent.path == "" and name in RESERVED:
+        path = _join(parent.path, name)
+        if parent.path == "" and name in RESERVED and not in_tree(path):
             raise NotFound(name)
-        entry = await self._entry(_join(parent.path, name), parent.path, name)
-        return self._node_for(parent.path, entry)
+        return self._node_for(parent.path, await self._any_entry(path, parent.path, name))
 
     async def getattr(self, inode: int) -> Node:
         node = self.inodes.get(inode)
-        if inode != ROOT_INODE and self._stale(node):
+        if inode != ROOT_INODE and not node.immutable and self._stale(node):
             parent, name = posixpath.split(node.path)
-            entry = await self._entry(node.path, parent, name)
-            node = self._node_for(parent, entry)
+            node = self._node_for(parent, await self._any_entry(node.path, parent, name))
         return node
 
-    async def list(self, inode: int) -> list[Entry]:
+    async def list_dir(self, inode: int) -> list[Entry]:
         """The entries of a directory, sorted by name (fetched if not fresh)."""
         node = self.inodes.get(inode)
         if not node.is_dir:
             raise NotADirectory(node.path)
+        if in_tree(node.path):
+            return await self.snapshots.list_dir(node.path)
         listing = await self._listing(node.path)
         if node.path == "":
-            return [e for e in listing.entries if e.name not in RESERVED]
+            entries = [e for e in listing.entries if e.name not in RESERVED]
+            return sorted([*entries, Entry(SNAPSHOTS_DIR, True)], key=lambda e: e.name)
         return listing.entries
 
     def entry_node(self, parent_path: str, entry: Entry) -> Node:
@@ -90,7 +96,7 @@ class Namespace:
         if node.is_dir or node.ref is None:
             raise IsADirectoryError(node.path)
         ref = node.ref
-        keep_cache = node.cached_ref == ref
+        keep_cache = node.immutable or node.cached_ref == ref
         node.cached_ref = ref
         self.inodes.opened(node)
         return node, ref, keep_cache
@@ -105,6 +111,14 @@ class Namespace:
         self.inodes.forget(inode, count)
 
     # -- internals --------------------------------------------------------
+    async def _any_entry(self, path: str, parent: str, name: str) -> Entry:
+        if in_tree(path):
+            return await self.snapshots.entry(path)
+        return await self._entry(path, parent, name)
+
+    async def _lake_entries(self, path: str) -> list[Entry]:
+        return (await self._listing(path)).entries
+
     def _stale(self, node: Node) -> bool:
         return time.monotonic() - node.checked_at > self.ttl
 
@@ -174,9 +188,10 @@ class Namespace:
     def _node_for(self, parent_path: str, entry: Entry) -> Node:
         listing = self.listings.get(parent_path)
         checked = listing.fetched_at if listing is not None else time.monotonic()
+        path = _join(parent_path, entry.name)
         return self.inodes.upsert(
-            _join(parent_path, entry.name), entry.is_dir, entry.size, entry.mtime_ns,
-            entry.ref, checked,
+            path, entry.is_dir, entry.size, entry.mtime_ns, entry.ref, checked,
+            read_only=in_tree(path), immutable=is_immutable(path),
         )
 
 

@@ -63,6 +63,8 @@ class ObjectStore:
             raise UserError(f"cannot open {url}: {exc}; use file:///path, memory://, s3://bucket/prefix, gs://… or az://…") from None
         except Exception as exc:  # client constructors raise their own trees
             raise UserError(f"cannot open {url}: {_one_line(exc)}") from None
+        if _wants_versions(fs, root, settings.store_versions):
+            fs, root = url_to_fs(url, **{**options, "version_aware": True})
         return cls(fs, root, url, retries=settings.store_retries)
 
     def check(self) -> None:
@@ -265,6 +267,19 @@ def storage_options(settings: Settings) -> dict[str, Any]:
             opts["anon"] = True
     opts.update(settings.store_options)
     return opts
+
+
+def _wants_versions(fs: Any, root: str, setting: str) -> bool:
+    """Whether to read object versions: on, off, or (auto) if the S3 bucket keeps them."""
+    if setting == "off" or not hasattr(fs, "is_bucket_versioned"):
+        return False
+    if setting == "on":
+        return True
+    bucket = root.split("/", 1)[0]
+    try:
+        return bool(fs.is_bucket_versioned(bucket))
+    except Exception:  # no such bucket, no permission: check() will say so
+        return False
 
 
 def _join(parent: str, name: str) -> str:

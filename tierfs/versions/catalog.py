@@ -158,17 +158,17 @@ def gc(store: ObjectStore, dry_run: bool = False, grace_seconds: float = 3600.0,
         report.referenced = db.execute("SELECT count(*) FROM ref").fetchone()[0]
         now = time.time()
         for area, is_tmp in ((CAS, False), (CAS_TMP, True)):
-            for e in store.walk_files(area):
-                sha = e.name.rsplit("/", 1)[-1]
-                young = now - e.mtime_ns / 1e9 < grace_seconds
+            for obj in store.walk_files(area):
+                sha = obj.name.rsplit("/", 1)[-1]
+                young = now - obj.mtime_ns / 1e9 < grace_seconds
                 if not is_tmp and db.execute("SELECT 1 FROM ref WHERE h = ?", (sha,)).fetchone():
                     report.kept += 1
                     continue
                 if young:
                     report.kept += 1
                     continue
-                key = f"{area}/{e.name}"
-                report.removed.append((key, e.size))
+                key = f"{area}/{obj.name}"
+                report.removed.append((key, obj.size))
                 if on_progress:
                     on_progress(key)
                 if not dry_run:

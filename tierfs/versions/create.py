@@ -140,7 +140,7 @@ def create_snapshot(
         for rel, entries in walk_sorted(store, prefix):
             for i in range(0, len(entries), 512):  # bounded work in flight
                 chunk = entries[i : i + 512]
-                frozen = iter(pool.map(lambda e: _freeze(store, rel, e, mode, previous, progress),
+                frozen = iter(pool.map(lambda e, rel=rel: _freeze(store, rel, e, mode, previous, progress),
                                        [e for e in chunk if not e.is_dir]))
                 for e in chunk:  # files and directories share the (parent, name) order
                     if e.is_dir:

@@ -1,0 +1,65 @@
+"""The `tierfs` command: parse arguments, call one function, map errors to exit codes.
+
+Exit codes: 0 success, 1 a failure explained in one line, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from tierfs import __version__
+from tierfs.errors import UserError
+
+log = logging.getLogger("tierfs")
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="tierfs", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("tierfs: aborted", err=True)
+        sys.exit(1)
+    except UserError as exc:
+        click.echo(f"tierfs: error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # a bug: say so in one line, details in the log at debug level
+        log.debug("unexpected error", exc_info=True)
+        click.echo(f"tierfs: internal error: {type(exc).__name__}: {exc} (rerun with TIERFS_DEBUG=1 for details)", err=True)
+        if os.environ.get("TIERFS_DEBUG"):
+            raise
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="tierfs")
+def cli() -> None:
+    """Mount a versioned ML data lake from object storage as a directory.
+
+    Reads go through a RAM tier, then a local disk cache (LMDB-indexed),
+    then the object store (S3, GCS, Azure, or a local directory).
+
+    \b
+    Examples:
+      tierfs mount s3://ml-lake/ /mnt/lake --config /etc/tierfs/train.toml
+      tierfs stats /mnt/lake
+      tierfs umount /mnt/lake
+    """
+
+
+
+
+# Commands register themselves on the group.
+from tierfs.cli import mount_cmds, versions_cmds  # noqa: E402
+
+__all__ = ["cli", "main", "mount_cmds", "versions_cmds"]

@@ -1,0 +1,209 @@
+"""`tierfs snapshot …` and `tierfs gc`: dataset versions, without a mount."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tierfs.cli import cli
+from tierfs.config import format_size, load
+from tierfs.errors import UserError
+from tierfs.store.objects import ObjectStore
+
+_CONFIG = click.option("--config", "config_file", type=click.Path(path_type=Path),
+                       help="TOML settings file (endpoint, credentials).")
+
+
+def open_lake(lake_url: str, config_file: Path | None) -> ObjectStore:
+    store = ObjectStore.open(load(config_file, {"lake_url": lake_url}))
+    store.check()
+    return store
+
+
+@cli.group()
+def snapshot() -> None:
+    """Freeze, list, compare and delete dataset versions.
+
+    A snapshot freezes every object under a prefix of the lake. On a store that
+    keeps object versions it pins their version ids and copies nothing;
+    otherwise each object is copied once into a content-addressed area of the
+    lake. Mounted, snapshots appear read-only under MOUNT/.snapshots/DATASET/NAME/.
+    """
+
+
+@snapshot.command("create")
+@click.argument("lake_url")
+@click.argument("dataset_prefix")
+@click.argument("name")
+@click.option("--dataset", help="Dataset name (default: the last component of DATASET_PREFIX).")
+@click.option("-m", "--message", default="", help="What this version is.")
+@click.option("--meta", "metas", multiple=True, metavar="KEY=VALUE",
+              help="User metadata (sample counts, preprocessing, license…); repeatable. JSON values are parsed.")
+@click.option("--meta-file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A JSON object of user metadata.")
+@click.option("--mode", type=click.Choice(["auto", "pinned", "copy"]), default="auto", show_default=True,
+              help="pinned: record version ids (versioned stores); copy: content-addressed copies.")
+@click.option("--jobs", default=8, show_default=True, help="Objects copied in parallel.")
+@_CONFIG
+def snapshot_create(lake_url: str, dataset_prefix: str, name: str, dataset: str | None, message: str,
+                    metas: tuple[str, ...], meta_file: Path | None, mode: str, jobs: int,
+                    config_file: Path | None) -> None:
+    """Freeze DATASET_PREFIX of the lake as snapshot NAME."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tierfs.versions.create import Progress as Done
+    from tierfs.versions.create import create_snapshot
+
+    metadata = _metadata(metas, meta_file)
+    store = open_lake(lake_url, config_file)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=None),
+                  TextColumn("{task.fields[files]} files, {task.fields[size]}"), TimeElapsedColumn(),
+                  transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task(f"snapshot {name}", total=None, files=0, size="0 B")
+
+        def progress(p: Done) -> None:
+            bar.update(task, files=p.files, size=format_size(p.bytes))
+
+        meta = create_snapshot(store, dataset_prefix, name, dataset=dataset, message=message,
+                               metadata=metadata, mode=mode, jobs=jobs, on_progress=progress)
+    click.echo(f"created {meta.dataset}@{meta.name} ({meta.mode}): {meta.file_count} files, "
+               f"{format_size(meta.total_size)}, from {store.url}/{meta.prefix}")
+
+
+@snapshot.command("list")
+@click.argument("lake_url")
+@click.argument("dataset", required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per snapshot.")
+@_CONFIG
+def snapshot_list(lake_url: str, dataset: str | None, as_json: bool, config_file: Path | None) -> None:
+    """List datasets and their snapshots (one snapshot a line, oldest first)."""
+    from tierfs.versions.catalog import list_datasets, list_snapshots
+
+    store = open_lake(lake_url, config_file)
+    for ds in [dataset] if dataset else list_datasets(store):
+        for m in list_snapshots(store, ds):
+            if as_json:
+                click.echo(json.dumps(_summary(m)))
+            else:
+                click.echo(f"{m.dataset}@{m.name}\t{m.created_at[:19]}Z\t{m.file_count} files\t"
+                           f"{format_size(m.total_size)}\t{m.mode}\t{m.message}")
+
+
+@snapshot.command("show")
+@click.argument("lake_url")
+@click.argument("dataset")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@_CONFIG
+def snapshot_show(lake_url: str, dataset: str, name: str, as_json: bool, config_file: Path | None) -> None:
+    """Metadata, file count and total size of one snapshot."""
+    from tierfs.versions.catalog import open_snapshot
+
+    m = open_snapshot(open_lake(lake_url, config_file), dataset, name).meta
+    if as_json:
+        click.echo(json.dumps(_summary(m), indent=2))
+        return
+    click.echo(f"snapshot   {m.dataset}@{m.name}\nprefix     {m.prefix or '/'}\nmode       {m.mode}\n"
+               f"created    {m.created_at} by {m.creator}\nmessage    {m.message}\n"
+               f"files      {m.file_count} in {m.dir_count} directories\nsize       {format_size(m.total_size)} ({m.total_size} bytes)")
+    for k, v in sorted(m.metadata.items()):
+        click.echo(f"meta       {k} = {json.dumps(v)}")
+
+
+@snapshot.command("diff")
+@click.argument("lake_url")
+@click.argument("dataset")
+@click.argument("a")
+@click.argument("b")
+@click.option("--json", "as_json", is_flag=True, help="A JSON document: added, removed, changed, totals.")
+@_CONFIG
+def snapshot_diff(lake_url: str, dataset: str, a: str, b: str, as_json: bool, config_file: Path | None) -> None:
+    """What changed from snapshot A to snapshot B: added, removed and changed files."""
+    from tierfs.versions.catalog import diff, open_snapshot
+
+    store = open_lake(lake_url, config_file)
+    ra, rb = open_snapshot(store, dataset, a), open_snapshot(store, dataset, b)
+    changes = list(diff(ra, rb))
+    if as_json:
+        doc: dict[str, Any] = {"dataset": dataset, "from": a, "to": b, "added": [], "removed": [], "changed": []}
+        for c in changes:
+            doc[c.kind].append({"path": c.path, "old_size": c.old_size, "new_size": c.new_size})
+        doc["totals"] = {k: len(doc[k]) for k in ("added", "removed", "changed")}
+        click.echo(json.dumps(doc, indent=2))
+        return
+    mark = {"added": "+", "removed": "-", "changed": "M"}
+    for c in changes:
+        sizes = {"added": format_size(c.new_size or 0), "removed": format_size(c.old_size or 0),
+                 "changed": f"{format_size(c.old_size or 0)} -> {format_size(c.new_size or 0)}"}[c.kind]
+        click.echo(f"{mark[c.kind]} {c.path}\t{sizes}")
+    counts = {k: sum(1 for c in changes if c.kind == k) for k in ("added", "removed", "changed")}
+    click.echo(f"{dataset}: {a} -> {b}: {counts['added']} added, {counts['removed']} removed, {counts['changed']} changed")
+
+
+@snapshot.command("delete")
+@click.argument("lake_url")
+@click.argument("dataset")
+@click.argument("name")
+@_CONFIG
+def snapshot_delete(lake_url: str, dataset: str, name: str, config_file: Path | None) -> None:
+    """Delete a snapshot's manifest. Its copies stay until `tierfs gc`."""
+    from tierfs.versions.catalog import delete_snapshot
+
+    m = delete_snapshot(open_lake(lake_url, config_file), dataset, name)
+    click.echo(f"deleted {m.dataset}@{m.name} ({m.file_count} files); run tierfs gc to free unreferenced copies")
+
+
+@cli.command()
+@click.argument("lake_url")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--grace", default=3600.0, show_default=True,
+              help="Keep copies younger than this many seconds (a snapshot may be being created).")
+@_CONFIG
+def gc(lake_url: str, dry_run: bool, grace: float, config_file: Path | None) -> None:
+    """Remove content-addressed copies that no snapshot references."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from tierfs.versions.catalog import gc as run_gc
+
+    store = open_lake(lake_url, config_file)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), transient=True,
+                  disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("gc")
+        report = run_gc(store, dry_run=dry_run, grace_seconds=grace,
+                        on_progress=lambda what: bar.update(task, description=what))
+    for key, size in report.removed:
+        click.echo(f"{'would remove' if dry_run else 'removed'} {key}\t{format_size(size)}")
+    verb = "would free" if dry_run else "freed"
+    click.echo(f"gc: {len(report.removed)} unreferenced copies, {verb} {format_size(report.removed_bytes)}; "
+               f"{report.kept} kept, {report.referenced} referenced by snapshots")
+
+
+def _metadata(metas: tuple[str, ...], meta_file: Path | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if meta_file is not None:
+        try:
+            loaded = json.loads(meta_file.read_text())
+        except ValueError as exc:
+            raise UserError(f"--meta-file {meta_file} is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"--meta-file {meta_file} must hold a JSON object")
+        out.update(loaded)
+    for item in metas:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--meta {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _summary(m: Any) -> dict[str, Any]:
+    return {"dataset": m.dataset, "name": m.name, "prefix": m.prefix, "mode": m.mode, "message": m.message,
+            "created_at": m.created_at, "creator": m.creator, "file_count": m.file_count,
+            "dir_count": m.dir_count, "total_size": m.total_size, "metadata": m.metadata}

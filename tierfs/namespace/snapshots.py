@@ -1,0 +1,131 @@
+"""The read-only ``.snapshots/`` tree: datasets, their snapshots, and the frozen files.
+
+``.snapshots/`` and ``.snapshots/<dataset>/`` are listings of the lake's
+manifest area, refreshed like any live listing (new snapshots appear within
+the metadata TTL). Below ``<dataset>/<name>/`` everything comes from that
+snapshot's manifest, which never changes: those nodes are immutable and the
+kernel may cache their entries, attributes and pages for good.
+
+Manifest parts are read through the tier chain (``fetch``), so a large
+manifest is fetched from the store once and then served from RAM or disk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from tierfs.errors import NotFound, UserError
+from tierfs.store.objects import Entry
+from tierfs.versions.manifest import SNAPSHOTS, ManifestEntry, ManifestError, ManifestReader
+
+SNAPSHOTS_DIR = ".snapshots"
+
+ListDir = Callable[[str], Awaitable[list[Entry]]]
+
+
+def in_tree(path: str) -> bool:
+    return path == SNAPSHOTS_DIR or path.startswith(SNAPSHOTS_DIR + "/")
+
+
+def is_immutable(path: str) -> bool:
+    """Inside one snapshot (``.snapshots/<dataset>/<name>/…``): never changes."""
+    return path.count("/") >= 2 and in_tree(path)
+
+
+class SnapshotTree:
+    def __init__(self, list_lake_dir: ListDir, fetch: Callable[[str], bytes],
+                 limiter: trio.CapacityLimiter, max_open: int = 32):
+        self._list_lake_dir = list_lake_dir
+        self._fetch = fetch
+        self._limiter = limiter
+        self._readers: OrderedDict[tuple[str, str], ManifestReader] = OrderedDict()
+        self._max_open = max_open
+        self._lock = threading.Lock()
+
+    async def list_dir(self, path: str) -> list[Entry]:
+        parts = self._split(path)
+        if not parts:
+            return [Entry(e.name, True, 0, e.mtime_ns) for e in await self._datasets()]
+        if len(parts) == 1:
+            out = []
+            for e in await self._snapshot_dirs(parts[0]):
+                try:
+                    reader = await self._reader(parts[0], e.name)
+                except (UserError, ManifestError):
+                    continue  # not committed yet, or refused: not listed
+                out.append(Entry(e.name, True, 0, _created_ns(reader)))
+            return out
+        reader = await self._reader(parts[0], parts[1])
+        inner = "/".join(parts[2:])
+        entries = await trio.to_thread.run_sync(lambda: list(reader.list_dir(inner)), limiter=self._limiter)
+        return [_to_entry(e, reader) for e in entries]
+
+    async def entry(self, path: str) -> Entry:
+        parts = self._split(path)
+        if not parts:
+            return Entry(SNAPSHOTS_DIR, True)
+        if len(parts) == 1:
+            if not any(e.name == parts[0] for e in await self._datasets()):
+                raise NotFound(path)
+            return Entry(parts[0], True)
+        try:
+            reader = await self._reader(parts[0], parts[1])
+        except UserError:
+            raise NotFound(path) from None
+        if len(parts) == 2:
+            return Entry(parts[1], True, 0, _created_ns(reader))
+        parent, name = "/".join(parts[2:-1]), parts[-1]
+        found = await trio.to_thread.run_sync(reader.lookup, parent, name, limiter=self._limiter)
+        if found is None:
+            raise NotFound(path)
+        return _to_entry(found, reader)
+
+    # -- internals --------------------------------------------------------
+    @staticmethod
+    def _split(path: str) -> list[str]:
+        rest = path[len(SNAPSHOTS_DIR):].strip("/")
+        return rest.split("/") if rest else []
+
+    async def _datasets(self) -> list[Entry]:
+        try:
+            return [e for e in await self._list_lake_dir(SNAPSHOTS) if e.is_dir]
+        except NotFound:
+            return []
+
+    async def _snapshot_dirs(self, dataset: str) -> list[Entry]:
+        try:
+            return [e for e in await self._list_lake_dir(f"{SNAPSHOTS}/{dataset}") if e.is_dir]
+        except NotFound:
+            raise NotFound(dataset) from None
+
+    async def _reader(self, dataset: str, name: str) -> ManifestReader:
+        key = (dataset, name)
+        with self._lock:
+            reader = self._readers.get(key)
+            if reader is not None:
+                self._readers.move_to_end(key)
+                return reader
+        reader = await trio.to_thread.run_sync(ManifestReader.open, dataset, name, self._fetch, limiter=self._limiter)
+        with self._lock:
+            self._readers[key] = reader
+            while len(self._readers) > self._max_open:
+                self._readers.popitem(last=False)
+        return reader
+
+
+def _created_ns(reader: ManifestReader) -> int:
+    try:
+        return int(dt.datetime.fromisoformat(reader.meta.created_at).timestamp() * 1e9)
+    except ValueError:
+        return 0
+
+
+def _to_entry(e: ManifestEntry, reader: ManifestReader) -> Entry:
+    if e.is_dir:
+        return Entry(e.name, True, 0, _created_ns(reader))
+    return Entry(e.name, False, e.size, e.mtime_ns, e.ref())
