@@ -13,6 +13,7 @@ manifest is fetched from the store once and then served from RAM or disk.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,8 @@ import trio
 from tierfs.errors import NotFound, UserError
 from tierfs.store.objects import Entry
 from tierfs.versions.manifest import SNAPSHOTS, ManifestEntry, ManifestError, ManifestReader
+
+log = logging.getLogger(__name__)
 
 SNAPSHOTS_DIR = ".snapshots"
 
@@ -56,8 +59,11 @@ class SnapshotTree:
             for e in await self._snapshot_dirs(parts[0]):
                 try:
                     reader = await self._reader(parts[0], e.name)
-                except (UserError, ManifestError):
-                    continue  # not committed yet, or refused: not listed
+                except UserError:
+                    continue  # not committed yet (no meta.json): not listed
+                except ManifestError as exc:
+                    log.warning("%s", exc)  # refused, never half-served
+                    continue
                 out.append(Entry(e.name, True, 0, _created_ns(reader)))
             return out
         reader = await self._reader(parts[0], parts[1])

@@ -1,0 +1,118 @@
+"""The .snapshots/ tree in a real mount, and tierfs:// without one."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+
+import fsspec
+import pytest
+from helpers import drop_page_cache, mounted, random_bytes, run_tierfs, write_tree
+
+pytestmark = pytest.mark.mount
+MiB = 1 << 20
+
+
+@pytest.fixture
+def versioned_lake(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    root = tmp_path / "lake"
+    files = {f"train/c{i % 4}/{i:03d}.jpg": random_bytes(20_000 + i, seed=i) for i in range(40)}
+    files["shard.tar"] = random_bytes(3 * MiB + 5, seed=77)
+    files["empty"] = b""
+    files["odd name #1 ?é.txt"] = b"odd"
+    write_tree(root / "datasets/toy", files)
+    run_tierfs("snapshot", "create", f"file://{root}", "datasets/toy", "v1", "-m", "first", check=True)
+    return root, files
+
+
+def tree_bytes(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+
+
+def test_snapshot_tree_is_frozen_and_read_only(versioned_lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    root, files = versioned_lake
+    # change the source after the snapshot: overwrite, delete, add
+    (root / "datasets/toy/train/c0/000.jpg").write_bytes(b"overwritten")
+    (root / "datasets/toy/shard.tar").unlink()
+    (root / "datasets/toy/new.txt").write_bytes(b"new")
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache", "--block-size", "1MiB",
+                 "--metadata-ttl", "1") as m:
+        snap = m.mountpoint / ".snapshots"
+        assert os.listdir(snap) == ["toy"]
+        assert os.listdir(snap / "toy") == ["v1"]
+        assert tree_bytes(snap / "toy" / "v1") == files  # byte-identical to the source at snapshot time
+        assert ".snapshots" in os.listdir(m.mountpoint) and ".tierfs" not in os.listdir(m.mountpoint)
+        f = snap / "toy/v1/train/c1/001.jpg"
+        for attempt in (lambda: f.write_bytes(b"x"), lambda: (snap / "toy/v1/x").write_bytes(b"x"),
+                        lambda: f.unlink(), lambda: (snap / "toy/v1/d").mkdir(),
+                        lambda: os.rename(f, snap / "toy/v1/y"), lambda: os.chmod(f, 0o777)):
+            with pytest.raises(OSError) as e:
+                attempt()
+            assert e.value.errno == errno.EROFS
+        assert f.stat().st_mode & 0o222 == 0
+
+        # a new snapshot appears without a remount, within the metadata TTL
+        run_tierfs("snapshot", "create", f"file://{root}", "datasets/toy", "v2", check=True)
+        time.sleep(1.5)
+        assert sorted(os.listdir(snap / "toy")) == ["v1", "v2"]
+        assert (snap / "toy/v2/train/c0/000.jpg").read_bytes() == b"overwritten"
+        assert not (snap / "toy/v2/shard.tar").exists()
+        assert (snap / "toy/v1/train/c0/000.jpg").read_bytes() == files["train/c0/000.jpg"]
+
+
+def test_live_and_snapshot_share_cache_blocks(versioned_lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    root, files = versioned_lake
+    run_tierfs("snapshot", "create", f"file://{root}", "datasets/toy", "v2", check=True)  # nothing changed
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache", "--block-size", "1MiB") as m:
+        live = m.mountpoint / "datasets/toy"
+        assert tree_bytes(live) == files
+        after_live = m.backend_bytes()
+        drop_page_cache()
+        for v in ("v1", "v2"):
+            assert tree_bytes(m.mountpoint / ".snapshots/toy" / v) == files
+        manifests = m.backend_bytes() - after_live
+        assert manifests < 20_000  # only the (small) manifests were fetched: no file bytes
+        held = m.stats()["tiers"]["disk"]["bytes_held"]
+        assert held < sum(len(b) for b in files.values()) + 20_000  # one set of blocks, not three
+
+
+def test_corrupt_manifest_is_refused_in_the_mount(versioned_lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    root, _ = versioned_lake
+    meta = root / ".tierfs/snapshots/toy/v1/meta.json"
+    meta.write_bytes(meta.read_bytes()[:-40])
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache") as m:
+        assert os.listdir(m.mountpoint / ".snapshots/toy") == []  # refused, not half-served
+        with pytest.raises(OSError):
+            os.listdir(m.mountpoint / ".snapshots/toy/v1")
+        assert "toy@v1 is truncated or not JSON" in m.log_tail()
+    res = run_tierfs("snapshot", "show", f"file://{root}", "toy", "v1")
+    assert res.returncode == 1 and "truncated or not JSON" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_fsspec_protocol_reads_snapshots_without_a_mount(versioned_lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    root, files = versioned_lake
+    (root / "datasets/toy/train/c0/000.jpg").write_bytes(b"changed later")
+    lake = f"file://{root}"
+    with fsspec.open("tierfs://toy@v1/train/c0/000.jpg", lake=lake, cache_dir=str(tmp_path / "c1")) as fh:
+        assert fh.read() == files["train/c0/000.jpg"]
+    fs = fsspec.filesystem("tierfs", lake=lake, cache_dir=str(tmp_path / "c2"), block_size="1MiB")
+    try:
+        assert fs.ls("", detail=False) == ["toy@v1"]
+        assert sorted(fs.ls("toy@v1/train", detail=False)) == [f"toy@v1/train/c{i}" for i in range(4)]
+        assert fs.cat("toy@v1/shard.tar") == files["shard.tar"]
+        assert fs.cat_file("toy@v1/shard.tar", start=MiB - 3, end=MiB + 3) == files["shard.tar"][MiB - 3 : MiB + 3]
+        with fs.open("toy@v1/shard.tar") as fh:
+            fh.seek(2 * MiB)
+            assert fh.read(10) == files["shard.tar"][2 * MiB : 2 * MiB + 10]
+        assert fs.info("toy@v1/empty")["size"] == 0 and fs.cat("toy@v1/empty") == b""
+        before = fs.stats()["backend"]["bytes"]
+        fs.cat("toy@v1/shard.tar")
+        assert fs.stats()["backend"]["bytes"] == before  # second read from the tiers
+        with pytest.raises(FileNotFoundError):
+            fs.cat("toy@v9/x")
+        with pytest.raises(FileNotFoundError):
+            fs.cat("toy@v1/nope")
+    finally:
+        fs.close()
