@@ -6,6 +6,7 @@ an interrupted run is unmounted first, and everything started is stopped.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -23,10 +24,11 @@ TIERFS = [sys.executable, "-m", "tierfs"]
 
 
 def build_lake() -> None:
-    """A synthetic image-classification dataset: class folders of ~100 KiB samples."""
-    marker = LAKE / "datasets" / "animals" / "README.txt"
-    if marker.exists():
-        return
+    """A synthetic image-classification dataset: class folders of ~100 KiB samples.
+
+    Rebuilt on every run (it is deterministic), so its snapshots can be made afresh.
+    """
+    shutil.rmtree(LAKE, ignore_errors=True)
     rng = random.Random(42)
     root = LAKE / "datasets" / "animals"
     for split, n in (("train", PER_CLASS), ("val", PER_CLASS // 5)):
@@ -36,7 +38,27 @@ def build_lake() -> None:
             for i in range(n):
                 (d / f"{label}_{i:04d}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + rng.randbytes(rng.randrange(60_000, 140_000)))
     (root / "labels.csv").write_text("label,index\n" + "".join(f"{c},{i}\n" for i, c in enumerate(CLASSES)))
-    marker.write_text("A synthetic image-classification dataset made by scripts/demo.py.\n")
+    (root / "README.txt").write_text("A synthetic image-classification dataset made by scripts/demo.py.\n")
+
+
+def make_versions() -> None:
+    """v1 as built; v2 after a new class is added and a bad class dropped from val."""
+    lake = f"file://{LAKE}"
+    print(sh("snapshot", "create", lake, "datasets/animals", "v1", "-m", "5 classes",
+             "--meta", "classes=5", "--meta", "license=CC0").stdout.strip())
+    root = LAKE / "datasets" / "animals"
+    rng = random.Random(7)
+    (root / "train" / "emu").mkdir()
+    for i in range(40):
+        (root / "train" / "emu" / f"emu_{i:04d}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + rng.randbytes(80_000))
+    shutil.rmtree(root / "val" / "yak")
+    (root / "labels.csv").write_text((root / "labels.csv").read_text() + "emu,5\n")
+    print(sh("snapshot", "create", lake, "datasets/animals", "v2", "-m", "add emu, drop yak from val",
+             "--meta", "classes=6").stdout.strip())
+    print("\n$ tierfs snapshot list " + lake)
+    print(sh("snapshot", "list", lake).stdout.rstrip())
+    print("$ tierfs snapshot diff " + lake + " animals v1 v2   (last line)")
+    print(sh("snapshot", "diff", lake, "animals", "v1", "v2").stdout.strip().splitlines()[-1])
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -63,12 +85,23 @@ def drop_page_cache() -> None:
         print("(not root: the kernel page cache is kept, so pass 2 may not even reach tierfs)")
 
 
+def read_snapshot(name: str) -> None:
+    snap = MNT / ".snapshots" / "animals" / name
+    before = json.loads(sh("stats", str(MNT), "--json").stdout)["backend"]["bytes"]
+    files = sorted(p for p in snap.rglob("*") if p.is_file())
+    total = sum(len(p.read_bytes()) for p in files)
+    after = json.loads(sh("stats", str(MNT), "--json").stdout)["backend"]["bytes"]
+    print(f"\n== read {snap}: {len(files)} files, {total / 1e6:.1f} MB; "
+          f"backend bytes for it: {after - before} (its unchanged files share cache blocks with the live view)")
+
+
 def main() -> None:
-    build_lake()
     MNT.mkdir(parents=True, exist_ok=True)
     with open("/proc/self/mountinfo") as fh:
         if any(line.split()[4] == str(MNT) for line in fh):
             sh("umount", str(MNT), "--lazy", check=False)
+    build_lake()
+    make_versions()
     shutil.rmtree(CACHE, ignore_errors=True)  # start cold, so pass 1 shows the store at work
     res = sh("mount", f"file://{LAKE}", str(MNT), "--cache-dir", str(CACHE), "--ram-size", "256MiB")
     print(res.stdout.strip())
@@ -83,6 +116,9 @@ def main() -> None:
         sh("mount", f"file://{LAKE}", str(MNT), "--cache-dir", str(CACHE), "--ram-size", "256MiB")
         drop_page_cache()
         read_pass("pass 3 (after remount: from the disk tier, promoted into RAM, zero backend bytes)")
+        print(f"$ ls {MNT}/.snapshots/animals")
+        print("  ".join(sorted(os.listdir(MNT / ".snapshots" / "animals"))))
+        read_snapshot("v1")
     finally:
         print(sh("umount", str(MNT), check=False).stdout.strip())
 

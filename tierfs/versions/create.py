@@ -187,23 +187,33 @@ def _freeze(store: ObjectStore, rel: str, e: Entry, mode: str,
 
 
 def _copy_to_cas(store: ObjectStore, ref: Any, progress: Progress) -> tuple[str, int]:
-    """Stream an object into the content-addressed area; returns (sha256, size)."""
+    """Copy an object into the content-addressed area; returns (sha256, size).
+
+    A copy lands under a temporary key and is renamed into place, so a CAS key
+    never names partial bytes (a later snapshot trusts an existing CAS key).
+    """
     tmp = f"{CAS_TMP}/{uuid.uuid4().hex}"
-    h = hashlib.sha256()
-    size = 0
     try:
-        with store.open_read(ref) as src, store.open_write(tmp) as dst:
-            while chunk := src.read(CHUNK):
-                h.update(chunk)
-                dst.write(chunk)
-                size += len(chunk)
-        sha = h.hexdigest()
-        final = cas_key(sha)
-        if store.exists(final):
-            store.delete(tmp)  # identical content is stored once
+        if ref.size <= CHUNK:  # small objects: one GET, hash in memory, one PUT at most
+            data = store.read_range(ref, 0, ref.size) if ref.size else b""
+            sha, size = hashlib.sha256(data).hexdigest(), len(data)
+            if store.exists(cas_key(sha)):
+                return sha, size
+            store.put_bytes(tmp, data)
         else:
-            store.move(tmp, final)
-            progress.add(copied=size)
+            h = hashlib.sha256()
+            size = 0
+            with store.open_read(ref) as src, store.open_write(tmp) as dst:
+                while chunk := src.read(CHUNK):
+                    h.update(chunk)
+                    dst.write(chunk)
+                    size += len(chunk)
+            sha = h.hexdigest()
+            if store.exists(cas_key(sha)):
+                store.delete(tmp)  # identical content is stored once
+                return sha, size
+        store.move(tmp, cas_key(sha))
+        progress.add(copied=size)
         return sha, size
     except BaseException:
         try:
@@ -211,4 +221,3 @@ def _copy_to_cas(store: ObjectStore, ref: Any, progress: Progress) -> tuple[str,
         except Exception:
             pass
         raise
-
