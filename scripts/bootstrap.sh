@@ -33,7 +33,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     exit 1
   fi
   rm -f "$log"
-  "$VENV/bin/python" -c "import tierfs, pyfuse3, lmdb, s3fs"  # fail loudly if the install did not take
+  "$VENV/bin/python" -c "import tierfs, pyfuse3, lmdb, s3fs, redis, prometheus_client"  # fail loudly if the install did not take
   touch "$stamp"
 fi
 echo "bootstrap: ready ($("$VENV/bin/tierfs" --version))"

@@ -282,3 +282,49 @@ def mounted(*args: Any, **kwargs: Any) -> Iterator[Mount]:
             m.umount()
         finally:
             force_cleanup(m.mountpoint, m.pid)
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, started and stopped by PID."""
+
+    def __init__(self, work: Path, password: str = "", port: int | None = None):
+        self.work = work
+        self.password = password
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self, *extra: str) -> RedisServer:
+        self.work.mkdir(parents=True, exist_ok=True)
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.work), "--maxmemory", "256mb",
+                "--maxmemory-policy", "allkeys-lru", *extra]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(self.port, 20)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None

@@ -126,6 +126,14 @@ def _versions(value: Any) -> str:
     return v
 
 
+def _host_port(value: Any) -> str:
+    text = str(value)
+    _host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("HOST:PORT, such as 127.0.0.1:9464 or :9464")
+    return text
+
+
 def _log_level(value: Any) -> str:
     v = str(value).lower()
     if v not in ("debug", "info", "warning", "error"):
@@ -144,7 +152,8 @@ class _Key:
 # (section, key in TOML) -> attribute of Settings. The TOML layout:
 #   [lake] url   [store] retries timeout options   [s3] endpoint_url region ...
 #   [cache] dir size ram_size block_size high_watermark low_watermark
-#   [metadata] ttl listing_entries   [fuse] workers allow_other   [log] level file
+#   [redis] url password db key_prefix ttl max_block_size pool_size timeout
+#   [metrics] listen   [metadata] ttl listing_entries   [fuse] workers allow_other   [log] level file
 _KEYS = [
     _Key("lake", "url", _string, "lake_url"),
     _Key("store", "retries", _retries, "store_retries"),
@@ -157,6 +166,15 @@ _KEYS = [
     _Key("s3", "key", _string, "s3_key"),
     _Key("s3", "secret", _string, "s3_secret"),
     _Key("s3", "anon", _bool, "s3_anon"),
+    _Key("redis", "url", _string, "redis_url"),
+    _Key("redis", "password", _string, "redis_password"),
+    _Key("redis", "db", _retries, "redis_db"),
+    _Key("redis", "key_prefix", _string, "redis_key_prefix"),
+    _Key("redis", "ttl", _positive_float, "redis_ttl"),
+    _Key("redis", "max_block_size", parse_size, "redis_max_block_size"),
+    _Key("redis", "pool_size", _count, "redis_pool_size"),
+    _Key("redis", "timeout", _positive_float, "redis_timeout"),
+    _Key("metrics", "listen", _host_port, "metrics_listen"),
     _Key("cache", "dir", _string, "cache_dir"),
     _Key("cache", "size", parse_size, "cache_size"),
     _Key("cache", "ram_size", parse_size, "ram_size"),
@@ -188,6 +206,15 @@ class Settings:
     s3_key: str = ""
     s3_secret: str = ""
     s3_anon: bool = False
+    redis_url: str = ""  # empty: no Redis tier
+    redis_password: str = ""
+    redis_db: int | None = None
+    redis_key_prefix: str = "tierfs:"
+    redis_ttl: float = 7 * 24 * 3600.0
+    redis_max_block_size: int = 8 * 1024**2
+    redis_pool_size: int = 32
+    redis_timeout: float = 0.25
+    metrics_listen: str = ""  # HOST:PORT for Prometheus; empty: off
     cache_dir: str = ""  # empty: a per-lake folder under the user's cache dir
     cache_size: int = 10 * 1024**3
     ram_size: int = 512 * 1024**2

@@ -1,14 +1,21 @@
-"""Counters that every layer keeps, and the snapshot that `tierfs stats` shows.
+"""Counters that every layer keeps, the snapshot `tierfs stats` shows, and Prometheus.
 
 Each component owns a :class:`Counters`; the mount collects their snapshots
 into one JSON document that the CLI reads through an extended attribute of the
 mount's root (``user.tierfs.stats``), so no socket or port is needed for it.
+With ``--metrics HOST:PORT`` the same counters, plus latency histograms, are
+served for Prometheus.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 
 class Counters:
@@ -40,3 +47,80 @@ class Counters:
 TIER_COUNTERS = ("hits", "misses", "bytes_served", "evictions", "errors")
 TIER_GAUGES = ("bytes_held", "entries")
 BACKEND_COUNTERS = ("requests", "bytes", "bytes_written", "errors", "retries")
+
+
+# -- Prometheus ------------------------------------------------------------------
+# One mount is one process, so one registry per process. Latencies are
+# histograms observed where the work happens; the counters above are exported
+# by a collector that reads the same snapshot `tierfs stats` shows.
+REGISTRY = CollectorRegistry(auto_describe=True)
+_LATENCY_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+TIER_SECONDS = Histogram("tierfs_tier_get_seconds", "Time to ask a tier for a block", ["tier"],
+                         registry=REGISTRY, buckets=_LATENCY_BUCKETS)
+BACKEND_SECONDS = Histogram("tierfs_backend_request_seconds", "Time of an object-store request, retries included",
+                            ["op"], registry=REGISTRY, buckets=_LATENCY_BUCKETS)
+FUSE_SECONDS = Histogram("tierfs_fuse_request_seconds", "Time to answer a FUSE request", ["op"],
+                         registry=REGISTRY, buckets=_LATENCY_BUCKETS)
+
+
+class _StatsCollector(Collector):
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]):
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        s = self.snapshot()
+        tiers = s.get("tiers", {})
+        for name in TIER_COUNTERS:
+            m = CounterMetricFamily(f"tierfs_tier_{name}", f"Tier {name.replace('_', ' ')}", labels=["tier"])
+            for tier, t in tiers.items():
+                m.add_metric([tier], t.get(name, 0))
+            yield m
+        for name in (*TIER_GAUGES, "up"):
+            g = GaugeMetricFamily(f"tierfs_tier_{name}", f"Tier {name.replace('_', ' ')}", labels=["tier"])
+            for tier, t in tiers.items():
+                g.add_metric([tier], t.get(name, 1))
+            yield g
+        for name, value in s.get("backend", {}).items():
+            yield CounterMetricFamily(f"tierfs_backend_{name}", f"Object store {name.replace('_', ' ')}", value=value)
+        ops = CounterMetricFamily("tierfs_fuse_requests", "FUSE requests answered", labels=["op"])
+        for op, n in s.get("fuse", {}).items():
+            ops.add_metric([op], n)
+        yield ops
+        for name in ("in_flight_fetches", "inodes", "open_files", "listing_entries_cached"):
+            if name in s:
+                yield GaugeMetricFamily(f"tierfs_{name}", name.replace("_", " "), value=s[name])
+
+
+_collector: _StatsCollector | None = None
+
+
+def export_stats(snapshot: Callable[[], dict[str, Any]]) -> None:
+    """Make the Prometheus registry read this snapshot (one per process)."""
+    global _collector
+    if _collector is not None:
+        REGISTRY.unregister(_collector)
+    _collector = _StatsCollector(snapshot)
+    REGISTRY.register(_collector)
+
+
+def serve(listen: str) -> Any:
+    """Serve /metrics on HOST:PORT; returns the server (call .shutdown())."""
+    host, _, port = listen.rpartition(":")
+    server, _thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=REGISTRY)
+    return server
+
+
+def latency_summary(hist: Histogram) -> dict[str, dict[str, float]]:
+    """Per label: count and mean milliseconds, for `tierfs stats`."""
+    out: dict[str, dict[str, float]] = {}
+    for metric in hist.collect():
+        sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
+        for sample in metric.samples:
+            label = next(iter(sample.labels.values()), "") if sample.name.endswith(("_sum", "_count")) else None
+            if label is None:
+                continue
+            (sums if sample.name.endswith("_sum") else counts)[label] = sample.value
+        for label, count in counts.items():
+            out[label] = {"count": count, "mean_ms": round(1000 * sums.get(label, 0) / count, 3) if count else 0.0}
+    return out

@@ -30,12 +30,15 @@ from tierfs.errors import UserError
 from tierfs.fuse.attrs import AttrMaker
 from tierfs.fuse.mountpoint import check_fuse, check_mountpoint, is_mounted
 from tierfs.fuse.operations import TierfsOperations
+from tierfs.metrics import BACKEND_SECONDS, FUSE_SECONDS, TIER_SECONDS, export_stats, latency_summary
+from tierfs.metrics import serve as serve_metrics
 from tierfs.namespace.live import Namespace
 from tierfs.store.objects import ObjectStore
 from tierfs.tiers.base import Tier
 from tierfs.tiers.chain import TierChain
 from tierfs.tiers.disk import DiskTier
 from tierfs.tiers.ram import RamTier
+from tierfs.tiers.redis import RedisSettings, RedisTier
 
 log = logging.getLogger("tierfs")
 
@@ -64,11 +67,16 @@ class Components:
             "tiers": self.chain.stats(),
             "backend": self.store.stats.snapshot(),
             "fuse": self.operations.ops.snapshot(),
+            "latency_ms": {"tiers": latency_summary(TIER_SECONDS), "backend": latency_summary(BACKEND_SECONDS),
+                           "fuse": latency_summary(FUSE_SECONDS)},
             "inodes": len(self.namespace.inodes),
             "open_files": self.operations.open_files(),
             "in_flight_fetches": self.reader.in_flight(),
             "listing_entries_cached": len(self.namespace.listings),
         }
+
+    def redis(self) -> RedisTier | None:
+        return next((t for t in self.chain.tiers if isinstance(t, RedisTier)), None)
 
     def close(self) -> None:
         self.chain.close()
@@ -80,6 +88,11 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
     tiers: list[Tier] = []
     if settings.ram_size > 0:
         tiers.append(RamTier(settings.ram_size))
+    if settings.redis_url:
+        tiers.append(RedisTier(RedisSettings(
+            settings.redis_url, settings.redis_password, settings.redis_db, settings.redis_key_prefix,
+            settings.redis_ttl, settings.redis_max_block_size, settings.redis_pool_size, settings.redis_timeout,
+        )))
     if settings.cache_size > 0:
         tiers.append(DiskTier(settings.resolved_cache_dir(), settings.cache_size,
                               settings.high_watermark, settings.low_watermark))
@@ -107,14 +120,25 @@ def fetch_through_tiers(store: ObjectStore, reader: BlockReader, key: str) -> by
     return data
 
 
-def run_foreground(settings: Settings, mountpoint: Path, on_ready: Callable[[], None] | None = None) -> None:
+def run_foreground(settings: Settings, mountpoint: Path, on_ready: Callable[[str], None] | None = None) -> None:
     """Check, mount, serve until unmounted or SIGTERM/SIGINT, then clean up."""
     check_fuse()
     check_mountpoint(mountpoint, settings.allow_nonempty)
     store = ObjectStore.open(settings)
     store.check()
     comps = build(settings, store)
+    metrics_server = None
     try:
+        notes = []
+        redis_tier = comps.redis()
+        if redis_tier is not None and not redis_tier.connect():
+            notes.append("redis tier off: Redis cannot be reached; reads go on without it and it is retried")
+        if settings.metrics_listen:
+            export_stats(comps.stats)
+            try:
+                metrics_server = serve_metrics(settings.metrics_listen)
+            except OSError as exc:
+                raise UserError(f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}") from None
         options = set(pyfuse3.default_options)
         options |= {"fsname=tierfs", "subtype=tierfs"}
         if settings.allow_other:
@@ -127,27 +151,39 @@ def run_foreground(settings: Settings, mountpoint: Path, on_ready: Callable[[], 
                  settings.resolved_cache_dir(), os.getpid())
         unmounted = False
         try:
-            trio.run(_serve, settings, on_ready)
+            trio.run(_serve, comps, "; ".join(notes), on_ready)
             unmounted = True
         finally:
             pyfuse3.close(unmount=not unmounted or is_mounted(mountpoint))
         log.info("unmounted %s", mountpoint)
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         comps.close()
 
 
-async def _serve(settings: Settings, on_ready: Callable[[], None] | None) -> None:
+async def _serve(comps: Components, notes: str, on_ready: Callable[[str], None] | None) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        redis_tier = comps.redis()
+        if redis_tier is not None:
+            nursery.start_soon(_refresh_gauges, redis_tier)
 
         async def fuse_main() -> None:
-            await pyfuse3.main(min_tasks=4, max_tasks=settings.fuse_workers)
+            await pyfuse3.main(min_tasks=4, max_tasks=comps.settings.fuse_workers)
             nursery.cancel_scope.cancel()  # unmounted from outside: stop the rest
 
         nursery.start_soon(fuse_main)
         await trio.lowlevel.checkpoint()
         if on_ready is not None:
-            on_ready()
+            on_ready(notes)
+
+
+async def _refresh_gauges(tier: RedisTier) -> None:
+    """Redis' size and health, read off the loop every few seconds (stats never wait on Redis)."""
+    while True:
+        await trio.to_thread.run_sync(tier.refresh_gauges)
+        await trio.sleep(5)
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:
@@ -159,8 +195,8 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 
 
 # -- background start -------------------------------------------------------------
-def spawn_daemon(argv: list[str], log_file: Path, timeout: float = 120.0) -> int:
-    """Start ``tierfs mount … --foreground`` in the background; returns its pid once ready.
+def spawn_daemon(argv: list[str], log_file: Path, timeout: float = 120.0) -> tuple[int, str]:
+    """Start ``tierfs mount … --foreground`` in the background; returns its pid (and notes) once ready.
 
     The child reports READY, or one line of error, through a pipe; if it dies
     without a word, the tail of its log says why.
@@ -195,18 +231,20 @@ def spawn_daemon(argv: list[str], log_file: Path, timeout: float = 120.0) -> int
     finally:
         os.close(read_fd)
     line = message.decode(errors="replace").strip()
-    if line == READY:
-        return proc.pid
+    if line.startswith(READY):
+        return proc.pid, line[len(READY):].strip()
     proc.wait(timeout=30)
     if line:
         raise UserError(line)
     raise UserError(f"the tierfs daemon exited during start-up (code {proc.returncode}): {_tail(log_file)}")
 
 
-def notify_ready(fd: int | None) -> Callable[[], None]:
-    def ready() -> None:
+def notify_ready(fd: int | None) -> Callable[[str], None]:
+    def ready(notes: str) -> None:
+        if notes:
+            log.warning("%s", notes)
         if fd is not None:
-            os.write(fd, (READY + "\n").encode())
+            os.write(fd, f"{READY} {notes}\n".encode())
             os.close(fd)
 
     return ready

@@ -30,13 +30,17 @@ PID_XATTR = "user.tierfs.pid"
 @click.option("--ram-size", metavar="SIZE", help="RAM tier size, e.g. 1GiB; 0 turns it off.  [default: 512MiB]")
 @click.option("--block-size", metavar="SIZE", help="Block size for reads and cache entries.  [default: 4MiB]")
 @click.option("--metadata-ttl", metavar="SECONDS", help="Seconds listings and attributes are trusted before they are fetched again.  [default: 60]")
+@click.option("--redis", "redis_url", metavar="URL",
+              help="Share blocks between nodes through Redis: redis://[:PASSWORD@]HOST:PORT/DB or rediss:// (TLS).")
+@click.option("--metrics", "metrics_listen", metavar="HOST:PORT", help="Serve Prometheus metrics there (off by default).")
 @click.option("--log-file", metavar="FILE", help="Where the background daemon logs (default: tierfs.log in the cache dir).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="How much to log.  [default: info]")
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground and log to stderr.")
 @click.option("--ready-fd", type=int, hidden=True)
 def mount(lake_url: str, mountpoint: Path, config_file: Path | None, cache_dir: str | None,
           cache_size: str | None, ram_size: str | None, block_size: str | None,
-          metadata_ttl: str | None, log_file: str | None, log_level: str | None,
+          metadata_ttl: str | None, redis_url: str | None, metrics_listen: str | None,
+          log_file: str | None, log_level: str | None,
           foreground: bool, ready_fd: int | None) -> None:
     """Mount LAKE_URL at MOUNTPOINT.
 
@@ -51,13 +55,16 @@ def mount(lake_url: str, mountpoint: Path, config_file: Path | None, cache_dir: 
         settings = load(config_file, {
             "lake_url": lake_url, "cache_dir": cache_dir, "cache_size": cache_size,
             "ram_size": ram_size, "block_size": block_size, "metadata_ttl": metadata_ttl,
-            "log_file": log_file, "log_level": log_level,
+            "log_file": log_file, "log_level": log_level, "redis_url": redis_url,
+            "metrics_listen": metrics_listen,
         })
         mountpoint = mountpoint.absolute()
         if not foreground:
             log_path = Path(settings.log_file) if settings.log_file else settings.resolved_cache_dir() / "tierfs.log"
-            pid = mount_mod.spawn_daemon(sys.argv[1:], log_path)
+            pid, notes = mount_mod.spawn_daemon(sys.argv[1:], log_path)
             click.echo(f"mounted {settings.lake_url} at {mountpoint} (pid {pid}, log {log_path})")
+            if notes:
+                click.echo(f"note: {notes}")
             return
         _setup_logging(settings)
         mount_mod.run_foreground(settings, mountpoint, mount_mod.notify_ready(ready_fd))
@@ -117,22 +124,31 @@ def render_stats(data: dict[str, Any]) -> str:
     from rich.console import Console
     from rich.table import Table
 
+    lat = data.get("latency_ms", {})
     table = Table(title=f"tierfs {data['lake']}  (pid {data['pid']}, up {data['uptime_seconds']:.0f} s)")
-    for col in ("tier", "hits", "misses", "hit ratio", "served", "held", "entries", "evictions", "errors"):
-        table.add_column(col, justify="left" if col == "tier" else "right")
+    for col in ("tier", "state", "hits", "misses", "hit ratio", "served", "held", "entries", "evictions",
+                "errors", "mean get"):
+        table.add_column(col, justify="left" if col in ("tier", "state") else "right")
     for name, t in data["tiers"].items():
         total = t["hits"] + t["misses"]
         ratio = f"{t['hits'] / total:.1%}" if total else "-"
-        table.add_row(name, str(t["hits"]), str(t["misses"]), ratio, format_size(t["bytes_served"]),
-                      format_size(t["bytes_held"]), str(t["entries"]), str(t["evictions"]), str(t["errors"]))
+        mean = lat.get("tiers", {}).get(name, {}).get("mean_ms")
+        table.add_row(name, "up" if t.get("up", 1) else "DOWN", str(t["hits"]), str(t["misses"]), ratio,
+                      format_size(t["bytes_served"]), format_size(t["bytes_held"]), str(t["entries"]),
+                      str(t["evictions"]), str(t["errors"]), "-" if mean is None else f"{mean:.2f} ms")
     b = data["backend"]
-    table.add_row("backend", "", "", "", format_size(b["bytes"]), "", "", "", str(b["errors"]))
-    console = Console(width=110, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    reads = lat.get("backend", {}).get("read", {}).get("mean_ms")
+    table.add_row("backend", "", "", "", "", format_size(b["bytes"]), "", "", "", str(b["errors"]),
+                  "-" if reads is None else f"{reads:.2f} ms")
+    console = Console(width=120, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
     console.print(table)
     console.print(
-        f"backend: {b['requests']} requests, {format_size(b['bytes'])}, {b['retries']} retries, {b['errors']} errors;  "
+        f"backend: {b['requests']} requests, {format_size(b['bytes'])} read, {b['retries']} retries, {b['errors']} errors;  "
         f"inodes {data['inodes']}, open files {data['open_files']}, in-flight fetches {data['in_flight_fetches']}"
     )
+    fuse = data.get("fuse", {})
+    if fuse:
+        console.print("fuse requests: " + ", ".join(f"{op} {n}" for op, n in fuse.items() if n))
     return console.export_text().rstrip()
 
 
@@ -144,5 +160,5 @@ def _setup_logging(settings: Settings) -> None:
         stream=sys.stderr,
     )
     # Client libraries log credentials-adjacent request details at debug level.
-    for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "pyfuse3"):
+    for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "pyfuse3", "redis"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

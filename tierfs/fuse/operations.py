@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -22,7 +23,7 @@ import pyfuse3
 from tierfs.data.reader import BlockReader
 from tierfs.errors import ReadOnly, to_errno
 from tierfs.fuse.attrs import AttrMaker
-from tierfs.metrics import Counters
+from tierfs.metrics import FUSE_SECONDS, Counters
 from tierfs.namespace.inodes import ROOT_INODE, Node
 from tierfs.namespace.live import Namespace
 from tierfs.refs import ObjectRef
@@ -43,6 +44,7 @@ def _guard(fn: F) -> F:
     async def wrapper(self: TierfsOperations, *args: Any) -> Any:
         if name in _COUNTED:
             self.ops.add(name)
+        t0 = time.perf_counter()
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
@@ -54,6 +56,8 @@ def _guard(fn: F) -> F:
                 log.warning("%s failed: %s: %s", name, type(exc).__name__, exc,
                             exc_info=log.isEnabledFor(logging.DEBUG))
             raise pyfuse3.FUSEError(code) from None
+        finally:
+            FUSE_SECONDS.labels(name).observe(time.perf_counter() - t0)
 
     return cast(F, wrapper)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import posixpath
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from fsspec.core import url_to_fs
 
 from tierfs.config import Settings
 from tierfs.errors import NotFound, StoreError, UserError
-from tierfs.metrics import BACKEND_COUNTERS, Counters
+from tierfs.metrics import BACKEND_COUNTERS, BACKEND_SECONDS, Counters
 from tierfs.refs import ObjectRef
 from tierfs.store.retry import is_credentials_error, is_temp_failure, retry_call
 
@@ -210,6 +211,7 @@ class ObjectStore:
 
     def _call(self, fn: Any, what: str) -> Any:
         self.stats.add("requests")
+        t0 = time.perf_counter()
         try:
             return retry_call(fn, attempts=self.retries, what=what, on_retry=self._on_retry)
         except FileNotFoundError:
@@ -219,6 +221,8 @@ class ObjectStore:
                 self.stats.add("errors")
                 raise StoreError(f"{what}: {_one_line(exc)}") from exc
             raise
+        finally:
+            BACKEND_SECONDS.labels(what.split(" ", 1)[0]).observe(time.perf_counter() - t0)
 
     def _on_retry(self, exc: BaseException) -> None:
         self.stats.add("retries")

@@ -21,7 +21,8 @@ class Tier(abc.ABC):
 
     def __init__(self) -> None:
         self.stats = Counters(
-            TIER_COUNTERS, gauges={"bytes_held": self.bytes_held, "entries": self.entries}
+            TIER_COUNTERS,
+            gauges={"bytes_held": self.bytes_held, "entries": self.entries, "up": lambda: int(self.is_up())},
         )
 
     @abc.abstractmethod
@@ -38,6 +39,10 @@ class Tier(abc.ABC):
 
     @abc.abstractmethod
     def entries(self) -> int: ...
+
+    def is_up(self) -> bool:
+        """False while the tier is skipped because it failed (Redis down)."""
+        return True
 
     def close(self) -> None:  # noqa: B027 - most tiers hold nothing to release
         """Release resources; a tier is not used after close."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 
+from tierfs.metrics import TIER_SECONDS
 from tierfs.refs import BlockKey
 from tierfs.tiers.base import Tier
 
@@ -31,8 +32,10 @@ class TierChain:
         for tier in self.tiers:
             if not tier.in_loop:
                 break
+            t0 = time.perf_counter()
             try:
                 data = tier.get(key)
+                TIER_SECONDS.labels(tier.name).observe(time.perf_counter() - t0)
             except Exception as exc:
                 self._failed(tier, exc)
                 data = None
@@ -49,7 +52,9 @@ class TierChain:
         for i, tier in enumerate(self.tiers):
             if after_fast and tier.in_loop and all(t.in_loop for t in self.tiers[:i]):
                 continue
+            t0 = time.perf_counter()
             data = await self._call(tier, tier.get, key)
+            TIER_SECONDS.labels(tier.name).observe(time.perf_counter() - t0)
             if data is not None:
                 for upper in self.tiers[:i]:
                     await self._call(upper, upper.put, key, data)

@@ -1,0 +1,237 @@
+"""Redis tier: the cache that training nodes share, between RAM and disk.
+
+One node's miss warms the rack: blocks a node fetched are put into Redis, and
+another node's first read of them is a Redis hit. Values are
+``checksum (8 bytes) + block``; a value that fails its checksum is deleted and
+treated as a miss. Redis bounds itself (``maxmemory`` with ``allkeys-lru``);
+each value also carries a TTL.
+
+Never a liability (DESIGN.md, invariant 2): every call has a short timeout; on
+a connection error or timeout the tier is marked down and skipped — reads go
+on through the tiers below — and is tried again after a backoff (1 s, doubling
+to 30 s) by a PING, and used again once Redis answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+import xxhash
+
+from tierfs.errors import UserError
+from tierfs.refs import BlockKey
+from tierfs.tiers.base import Tier
+
+log = logging.getLogger(__name__)
+_SUM = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str
+    password: str = ""
+    db: int | None = None
+    key_prefix: str = "tierfs:"
+    ttl: float = 7 * 24 * 3600.0  # seconds a block lives in Redis; 0 = no TTL
+    max_block_size: int = 8 << 20  # larger blocks skip Redis
+    pool_size: int = 32
+    timeout: float = 0.25  # seconds per command: a sick Redis must never be slower than the store
+    connect_timeout: float = 0.5
+
+
+class RedisTier(Tier):
+    name = "redis"
+
+    def __init__(self, settings: RedisSettings):
+        self.settings = settings
+        kwargs: dict[str, object] = {
+            "socket_timeout": settings.timeout,
+            "socket_connect_timeout": settings.connect_timeout,
+            "max_connections": settings.pool_size,
+            "health_check_interval": 0,
+            "retry_on_timeout": False,
+        }
+        if settings.password:
+            kwargs["password"] = settings.password
+        if settings.db is not None:
+            kwargs["db"] = settings.db
+        try:
+            pool = redis.BlockingConnectionPool.from_url(settings.url, timeout=settings.timeout, **kwargs)
+        except ValueError as exc:
+            raise UserError(f"redis URL {_safe(settings.url)} is not valid: {exc}") from None
+        self.client = redis.Redis(connection_pool=pool)
+        self._lock = threading.Lock()
+        self._up = True
+        self._retry_at = 0.0
+        self._backoff = 1.0
+        self._held = 0
+        self._entries = 0
+        super().__init__()
+
+    # -- start-up -----------------------------------------------------------
+    def connect(self) -> bool:
+        """Check Redis at mount time.
+
+        Returns False (and the tier starts down) when Redis is simply not
+        there; raises UserError for what the user must fix: a wrong password,
+        or TLS on one side only.
+        """
+        where = _safe(self.settings.url)
+        has_password = bool(self.settings.password or self.client.connection_pool.connection_kwargs.get("password"))
+        try:
+            self.client.ping()
+        except redis.AuthenticationError as exc:
+            if not has_password:
+                raise UserError(f"redis {where} wants a password: set [redis] password or put it in the URL "
+                                "(redis://:PASSWORD@host:port/db)") from None
+            raise UserError(f"redis {where} refused the password ({_first(str(exc))}): check [redis] password or the URL") from None
+        except redis.ResponseError as exc:
+            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+                raise UserError(f"redis {where} wants a password ({exc}): set [redis] password or put it in the URL") from None
+            raise UserError(f"redis {where}: {exc}") from None
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            text = str(exc)
+            refused = "refused" in text.lower() or isinstance(exc, ConnectionRefusedError)
+            if self.settings.url.startswith("rediss://") and not refused:
+                # A TLS client facing a plain server waits for a handshake that never comes.
+                raise UserError(f"redis {where}: TLS mismatch, no TLS handshake ({_first(text)}); "
+                                "if the server does not use TLS, use redis://") from None
+            if not refused and not isinstance(exc, redis.TimeoutError) and (
+                    "closed" in text.lower() or "reset" in text.lower()):
+                raise UserError(f"redis {where} closed the connection ({_first(text)}); "
+                                "if it expects TLS, use rediss://") from None
+            self._mark_down(exc, at_start=True)
+            return False
+        self.refresh_gauges()
+        log.info("redis tier up: %s", where)
+        return True
+
+    # -- Tier ---------------------------------------------------------------
+    def get(self, key: BlockKey) -> bytes | None:
+        if not self._usable():
+            self._miss()
+            return None
+        try:
+            raw = self.client.get(self._key(key))
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self._mark_down(exc)
+            self._miss()
+            return None
+        if raw is None:
+            self._miss()
+            return None
+        raw = bytes(raw)  # type: ignore[arg-type]
+        if len(raw) < _SUM.size or _SUM.unpack_from(raw)[0] != xxhash.xxh3_64_intdigest(raw[_SUM.size:]):
+            log.warning("redis tier: block %s failed its checksum; dropped, refetching", key.hex)
+            self.stats.add("errors")
+            self.evict(key)
+            self._miss()
+            return None
+        return self._hit(raw[_SUM.size:])
+
+    def put(self, key: BlockKey, data: bytes) -> None:
+        if len(data) > self.settings.max_block_size or not self._usable():
+            return
+        value = _SUM.pack(xxhash.xxh3_64_intdigest(data)) + data
+        ttl = int(self.settings.ttl) if self.settings.ttl >= 1 else None
+        try:
+            self.client.set(self._key(key), value, ex=ttl)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self._mark_down(exc)
+        except redis.ResponseError as exc:  # OOM without an eviction policy, say
+            self.stats.add("errors")
+            log.warning("redis tier: SET refused: %s", exc)
+
+    def evict(self, key: BlockKey) -> None:
+        if not self._usable():
+            return
+        try:
+            self.client.delete(self._key(key))
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self._mark_down(exc)
+
+    def bytes_held(self) -> int:
+        return self._held
+
+    def entries(self) -> int:
+        return self._entries
+
+    def is_up(self) -> bool:
+        return self._up
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+            self.client.connection_pool.disconnect()
+        except Exception:
+            pass
+
+    # -- health ---------------------------------------------------------------
+    def refresh_gauges(self) -> None:
+        """Size of what Redis holds (its db, shared with the other nodes); called off the loop."""
+        if not self._usable():
+            return
+        try:
+            info = self.client.info("memory")
+            self._held = int(info.get("used_memory", 0))
+            self._entries = int(self.client.dbsize())
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self._mark_down(exc)
+        except redis.RedisError:
+            pass
+
+    def _usable(self) -> bool:
+        if self._up:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            if now < self._retry_at:
+                return False
+            self._retry_at = now + self._backoff  # one prober at a time
+        try:
+            self.client.ping()
+        except (redis.RedisError, OSError) as exc:
+            with self._lock:
+                self._backoff = min(self._backoff * 2, 30.0)
+                self._retry_at = time.monotonic() + self._backoff
+            log.debug("redis tier still down: %s", exc)
+            return False
+        with self._lock:
+            self._up = True
+            self._backoff = 1.0
+        log.info("redis tier up again: %s", _safe(self.settings.url))
+        return True
+
+    def _mark_down(self, exc: BaseException, at_start: bool = False) -> None:
+        with self._lock:
+            was_up = self._up
+            self._up = False
+            self._retry_at = time.monotonic() + self._backoff
+        self.stats.add("errors")
+        if at_start:
+            log.warning("redis tier off: cannot reach %s (%s); reads go on without it, retrying in the background",
+                        _safe(self.settings.url), _first(str(exc)))
+        elif was_up:
+            log.warning("redis tier down: %s (%s); reads go on without it, retrying in %.0f s",
+                        _safe(self.settings.url), _first(str(exc)), self._backoff)
+
+    def _key(self, key: BlockKey) -> bytes:
+        return self.settings.key_prefix.encode() + key.digest
+
+
+def _safe(url: str) -> str:
+    """The URL without credentials, for messages and logs."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+def _first(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else "no detail"
