@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import RedisServer, SeaweedS3, write_tree  # noqa: E402
+from helpers import RedisServer, SeaweedS3, write_tree
 
 
 @pytest.fixture
