@@ -181,6 +181,9 @@ _KEYS = [
     _Key("cache", "block_size", parse_size, "block_size"),
     _Key("cache", "high_watermark", _fraction, "high_watermark"),
     _Key("cache", "low_watermark", _fraction, "low_watermark"),
+    _Key("cache", "read_ahead", parse_size, "read_ahead"),
+    _Key("cache", "prefetch_memory", parse_size, "prefetch_memory"),
+    _Key("fuse", "read_ahead_kb", _retries, "kernel_read_ahead_kb"),
     _Key("metadata", "ttl", _positive_float, "metadata_ttl"),
     _Key("metadata", "listing_entries", _count, "listing_entries"),
     _Key("fuse", "workers", _count, "fuse_workers"),
@@ -221,6 +224,9 @@ class Settings:
     block_size: int = 4 * 1024**2
     high_watermark: float = 0.95
     low_watermark: float = 0.85
+    read_ahead: int = 32 * 1024**2  # largest read-ahead window of one open file
+    prefetch_memory: int = 128 * 1024**2  # bound on blocks being prefetched at once
+    kernel_read_ahead_kb: int = 4096  # the mount's bdi read_ahead_kb: larger FUSE read requests
     metadata_ttl: float = 60.0
     listing_entries: int = 2_000_000
     fuse_workers: int = 64

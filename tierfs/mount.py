@@ -28,7 +28,7 @@ from tierfs.config import Settings
 from tierfs.data.reader import BlockReader
 from tierfs.errors import UserError
 from tierfs.fuse.attrs import AttrMaker
-from tierfs.fuse.mountpoint import check_fuse, check_mountpoint, is_mounted
+from tierfs.fuse.mountpoint import check_fuse, check_mountpoint, is_mounted, unescape_mountinfo
 from tierfs.fuse.operations import TierfsOperations
 from tierfs.metrics import BACKEND_SECONDS, FUSE_SECONDS, TIER_SECONDS, export_stats, latency_summary
 from tierfs.metrics import serve as serve_metrics
@@ -72,6 +72,7 @@ class Components:
             "inodes": len(self.namespace.inodes),
             "open_files": self.operations.open_files(),
             "in_flight_fetches": self.reader.in_flight(),
+            "prefetched_blocks": self.reader.prefetched,
             "listing_entries_cached": len(self.namespace.listings),
         }
 
@@ -100,12 +101,13 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
     # network calls, so a slow store never starves cache hits.
     chain = TierChain(tiers, trio.CapacityLimiter(16))
     store_limiter = trio.CapacityLimiter(32)
-    reader = BlockReader(store, chain, settings.block_size, store_limiter)
+    reader = BlockReader(store, chain, settings.block_size, store_limiter, settings.prefetch_memory)
     namespace = Namespace(store, settings.metadata_ttl, settings.listing_entries, store_limiter,
                           fetch=lambda key: fetch_through_tiers(store, reader, key))
     attrs = AttrMaker(settings.metadata_ttl, settings.block_size)
     holder: list[Components] = []
-    ops = TierfsOperations(namespace, reader, attrs, stats=lambda: holder[0].stats())
+    ops = TierfsOperations(namespace, reader, attrs, stats=lambda: holder[0].stats(),
+                           read_ahead_blocks=max(1, settings.read_ahead // settings.block_size))
     comps = Components(settings, store, chain, namespace, reader, ops, time.monotonic())
     holder.append(comps)
     return comps
@@ -151,7 +153,7 @@ def run_foreground(settings: Settings, mountpoint: Path, on_ready: Callable[[str
                  settings.resolved_cache_dir(), os.getpid())
         unmounted = False
         try:
-            trio.run(_serve, comps, "; ".join(notes), on_ready)
+            trio.run(_serve, comps, mountpoint, "; ".join(notes), on_ready)
             unmounted = True
         finally:
             pyfuse3.close(unmount=not unmounted or is_mounted(mountpoint))
@@ -162,9 +164,10 @@ def run_foreground(settings: Settings, mountpoint: Path, on_ready: Callable[[str
         comps.close()
 
 
-async def _serve(comps: Components, notes: str, on_ready: Callable[[str], None] | None) -> None:
+async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Callable[[str], None] | None) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        comps.reader.start(nursery)
         redis_tier = comps.redis()
         if redis_tier is not None:
             nursery.start_soon(_refresh_gauges, redis_tier)
@@ -174,9 +177,31 @@ async def _serve(comps: Components, notes: str, on_ready: Callable[[str], None] 
             nursery.cancel_scope.cancel()  # unmounted from outside: stop the rest
 
         nursery.start_soon(fuse_main)
-        await trio.lowlevel.checkpoint()
+        # The kernel sets the mount's read-ahead from FUSE INIT, the first
+        # request served: raise it once that is done.
+        await trio.sleep(0.2)
+        await trio.to_thread.run_sync(set_kernel_read_ahead, mountpoint, comps.settings.kernel_read_ahead_kb)
         if on_ready is not None:
             on_ready(notes)
+
+
+def set_kernel_read_ahead(mountpoint: Path, kb: int) -> None:
+    """Raise the mount's read-ahead so the kernel sends large reads (128 KiB by default).
+
+    The bdi is found from /proc/self/mountinfo (a stat of the mountpoint would
+    wait on this very daemon, which is not serving yet).
+    """
+    if not kb:
+        return
+    # realpath of the parent only: resolving the mountpoint itself would ask this daemon.
+    target = os.path.join(os.path.realpath(mountpoint.parent), mountpoint.name)
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            dev = next(f[2] for f in (line.split() for line in fh) if unescape_mountinfo(f[4]) == target)
+        Path(f"/sys/class/bdi/{dev}/read_ahead_kb").write_text(f"{kb}\n")
+        log.info("kernel read-ahead of %s set to %d KiB", mountpoint, kb)
+    except (OSError, StopIteration) as exc:
+        log.info("kernel read-ahead left at its default (%s)", exc)
 
 
 async def _refresh_gauges(tier: RedisTier) -> None:

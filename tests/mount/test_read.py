@@ -252,3 +252,20 @@ def test_stats_command(ml_lake: Path, tmp_path: Path) -> None:
             assert word in res.stdout
         data = json.loads(run_tierfs("stats", str(m.mountpoint), "--json", check=True).stdout)
         assert data["backend"]["bytes"] == (ml_lake / "datasets/imgs/shard-000.tar").stat().st_size
+
+
+def test_sequential_reads_are_prefetched_and_requests_are_large(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    data = random_bytes(24 * MiB + 3, seed=21)
+    write_tree(root, {"shard.bin": data})
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache", "--block-size", "1MiB") as m:
+        import subprocess
+
+        dev = subprocess.run(["mountpoint", "-d", str(m.mountpoint)], capture_output=True, text=True).stdout.strip()
+        assert Path(f"/sys/class/bdi/{dev}/read_ahead_kb").read_text().strip() == "4096"
+        drop_page_cache()
+        assert (m.mountpoint / "shard.bin").read_bytes() == data
+        s = m.stats()
+        assert s["prefetched_blocks"] > 0
+        assert s["backend"]["bytes"] == len(data)  # read-ahead fetched nothing twice, nothing beyond EOF
+        assert s["fuse"]["read"] < len(data) // (256 * 1024)  # large requests, not 128 KiB ones

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import trio
 
+from tierfs.data.readahead import ReadAhead
 from tierfs.data.singleflight import SingleFlight
 from tierfs.refs import BlockKey, ObjectRef, block_span, blocks_for_range
 from tierfs.store.objects import ObjectStore
@@ -25,12 +26,44 @@ class BlockReader:
         chain: TierChain,
         block_size: int,
         store_limiter: trio.CapacityLimiter,
+        prefetch_bytes: int = 64 << 20,
     ):
         self.store = store
         self.chain = chain
         self.block_size = block_size
         self.store_limiter = store_limiter
         self._flights: SingleFlight[tuple[bytes, str]] = SingleFlight()
+        self._nursery: trio.Nursery | None = None
+        self._prefetch_slots = trio.Semaphore(max(1, prefetch_bytes // block_size))
+        self.prefetched = 0
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Give read-ahead a nursery to run in (the mount's); without one it is off."""
+        self._nursery = nursery
+
+    def read_ahead(self, ra: ReadAhead, ref: ObjectRef, offset: int, length: int) -> None:
+        """Prefetch what ``ra`` advises after a read, without waiting for it.
+
+        Bounded: when as many prefetches as the memory bound allows are in
+        flight, further ones are dropped, not queued.
+        """
+        if self._nursery is None:
+            return
+        for index in ra.advise(offset, length, ref.size):
+            try:
+                self._prefetch_slots.acquire_nowait()
+            except trio.WouldBlock:
+                return
+            self._nursery.start_soon(self._prefetch, ref, index)
+
+    async def _prefetch(self, ref: ObjectRef, index: int) -> None:
+        try:
+            await self.block(ref, index)
+            self.prefetched += 1
+        except Exception:
+            pass  # a failed prefetch is only a lost hint; the real read will retry and report
+        finally:
+            self._prefetch_slots.release()
 
     def in_flight(self) -> int:
         return self._flights.in_flight()

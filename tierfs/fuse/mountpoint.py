@@ -54,12 +54,12 @@ def check_mountpoint(path: Path, allow_nonempty: bool = False) -> None:
 
 
 def is_mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
+    target = os.path.join(os.path.realpath(path.parent), path.name)  # never stat the mount itself
     try:
         with open("/proc/self/mountinfo") as fh:
             for line in fh:
                 fields = line.split()
-                if len(fields) > 4 and _unescape(fields[4]) == target:
+                if len(fields) > 4 and unescape_mountinfo(fields[4]) == target:
                     return True
     except OSError:
         return os.path.ismount(path)
@@ -100,6 +100,6 @@ def wait_for_exit(pid: int, timeout: float) -> bool:
     return False
 
 
-def _unescape(field: str) -> str:
+def unescape_mountinfo(field: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \ooo
     return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 
 import pyfuse3
 
+from tierfs.data.readahead import ReadAhead
 from tierfs.data.reader import BlockReader
 from tierfs.errors import ReadOnly, to_errno
 from tierfs.fuse.attrs import AttrMaker
@@ -66,6 +67,7 @@ def _guard(fn: F) -> F:
 class _FileHandle:
     node: Node
     ref: ObjectRef
+    ra: ReadAhead
 
 
 @dataclass
@@ -76,8 +78,9 @@ class _DirHandle:
 
 class TierfsOperations(pyfuse3.Operations):
     def __init__(self, namespace: Namespace, reader: BlockReader, attrs: AttrMaker,
-                 stats: Callable[[], dict[str, Any]]):
+                 stats: Callable[[], dict[str, Any]], read_ahead_blocks: int = 8):
         super().__init__()
+        self.read_ahead_blocks = read_ahead_blocks
         self.ns = namespace
         self.reader = reader
         self.attrs = attrs
@@ -135,7 +138,7 @@ class TierfsOperations(pyfuse3.Operations):
             raise ReadOnly("the live view is read-only")
         node, ref, keep_cache = await self.ns.open(inode)
         fh = next(self._fh)
-        self._files[fh] = _FileHandle(node, ref)
+        self._files[fh] = _FileHandle(node, ref, ReadAhead(self.reader.block_size, self.read_ahead_blocks))
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache)
 
     @_guard
@@ -144,6 +147,7 @@ class TierfsOperations(pyfuse3.Operations):
         data, source = await self.reader.read(handle.ref, off, size)
         if source:
             handle.node.last_tier = source
+        self.reader.read_ahead(handle.ra, handle.ref, off, len(data))
         return data
 
     @_guard
