@@ -126,6 +126,12 @@ def _versions(value: Any) -> str:
     return v
 
 
+def _policy(value: Any) -> str:
+    if value not in ("lru", "stable"):
+        raise ValueError("lru or stable")
+    return str(value)
+
+
 def _host_port(value: Any) -> str:
     text = str(value)
     _host, sep, port = text.rpartition(":")
@@ -181,6 +187,7 @@ _KEYS = [
     _Key("cache", "block_size", parse_size, "block_size"),
     _Key("cache", "high_watermark", _fraction, "high_watermark"),
     _Key("cache", "low_watermark", _fraction, "low_watermark"),
+    _Key("cache", "policy", _policy, "cache_policy"),
     _Key("cache", "read_ahead", parse_size, "read_ahead"),
     _Key("cache", "prefetch_memory", parse_size, "prefetch_memory"),
     _Key("fuse", "read_ahead_kb", _retries, "kernel_read_ahead_kb"),
@@ -224,6 +231,7 @@ class Settings:
     block_size: int = 4 * 1024**2
     high_watermark: float = 0.95
     low_watermark: float = 0.85
+    cache_policy: str = "stable"  # disk eviction: "stable" (cyclic epochs) or "lru"
     read_ahead: int = 32 * 1024**2  # largest read-ahead window of one open file
     prefetch_memory: int = 128 * 1024**2  # bound on blocks being prefetched at once
     kernel_read_ahead_kb: int = 4096  # the mount's bdi read_ahead_kb: larger FUSE read requests

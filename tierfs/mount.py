@@ -96,7 +96,7 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
         )))
     if settings.cache_size > 0:
         tiers.append(DiskTier(settings.resolved_cache_dir(), settings.cache_size,
-                              settings.high_watermark, settings.low_watermark))
+                              settings.high_watermark, settings.low_watermark, settings.cache_policy))
     # Worker threads: one pool for the tiers' disk I/O, one for the store's
     # network calls, so a slow store never starves cache hits.
     chain = TierChain(tiers, trio.CapacityLimiter(16))

@@ -140,3 +140,46 @@ def test_watermarks(tmp_path: Path) -> None:
         assert t.bytes_held() <= 0.9 * cap
     finally:
         t.close()
+
+
+def epochs(t: DiskTier, blocks: int, n: int = 3) -> list[float]:
+    """Hit ratio of each of n cyclic epochs over `blocks` blocks, filling misses."""
+    ratios = []
+    for _ in range(n):
+        hits = 0
+        for b in range(blocks):
+            if t.get(key(b)) is not None:
+                hits += 1
+            else:
+                t.put(key(b), b"e" * 4096)
+        ratios.append(hits / blocks)
+    return ratios
+
+
+@pytest.mark.parametrize("policy", ["lru", "stable"])
+def test_cyclic_epochs_over_a_dataset_twice_the_cache(tmp_path: Path, policy: str) -> None:
+    t = DiskTier(tmp_path / "c", 100 * 4096, policy=policy)
+    try:
+        ratios = epochs(t, 200)
+    finally:
+        t.close()
+    assert ratios[0] == 0
+    if policy == "lru":
+        assert ratios[1:] == [0, 0]  # LRU evicts exactly what the next epoch reads first
+    else:
+        assert min(ratios[1:]) >= 0.35  # a stable part (~cache size / dataset size) stays
+        assert abs(ratios[2] - ratios[1]) <= 0.05
+
+
+def test_stable_policy_keeps_hit_blocks_over_new_ones(tmp_path: Path) -> None:
+    t = DiskTier(tmp_path / "c", 20 * 4096, policy="stable")
+    try:
+        for b in range(10):
+            t.put(key(b), b"h" * 4096)
+            assert t.get(key(b)) is not None  # hit: protected
+        for b in range(100, 200):
+            t.put(key(b), b"n" * 4096)  # a scan of never-reread blocks
+        assert all(t.get(key(b)) is not None for b in range(10))
+        assert t.bytes_held() <= 20 * 4096
+    finally:
+        t.close()

@@ -46,7 +46,13 @@ def checksum(data: bytes) -> int:
 class DiskTier(Tier):
     name = "disk"
 
-    def __init__(self, root: Path, capacity: int, high: float = 0.95, low: float = 0.85):
+    def __init__(self, root: Path, capacity: int, high: float = 0.95, low: float = 0.85, policy: str = "lru"):
+        """``policy``: ``lru`` evicts the least recently used block. ``stable``
+        (for datasets larger than the cache, read in cyclic epochs, where LRU
+        evicts exactly what the next epoch reads first) keeps blocks that were
+        hit apart and evicts never-hit blocks newest first, so a stable part of
+        the dataset stays cached from one epoch to the next."""
+        self.policy = policy
         self.root = root
         self.capacity = capacity
         self.high_bytes = int(capacity * high)
@@ -104,7 +110,7 @@ class DiskTier(Tier):
                 fh.write(data)
             self.index.mark([key.digest], b"L")
             os.replace(tmp, final)
-            self.index.add(key.digest, len(data), checksum(data))
+            self.index.add(key.digest, len(data), checksum(data), probation=self.policy == "stable")
         except (OSError, lmdb.MapFullError) as exc:
             tmp.unlink(missing_ok=True)
             self._drop([key.digest])  # whatever half of the landing happened
@@ -177,7 +183,8 @@ class DiskTier(Tier):
             evicted = 0
             while total > target:
                 victims = []
-                for digest, size in self.index.oldest(256):
+                candidates = self.index.newest_in_probation(256) if self.policy == "stable" else []
+                for digest, size in candidates or self.index.oldest(256):
                     victims.append(digest)
                     total -= size
                     if total <= target:

@@ -4,6 +4,8 @@ Four LMDB databases:
 
 - ``blocks``  digest -> (size, checksum, access stamp)
 - ``lru``     access stamp + digest -> ''   (ordered oldest first: eviction order)
+- ``probation`` the same, for blocks never hit since they landed (the
+  ``stable`` policy keeps them apart and evicts the newest of them first)
 - ``pending`` digest -> b'L' (landing) or b'E' (evicting): the blocks whose file
   and index entry may disagree if the process dies now. Start-up repairs only
   these, so a crash never costs a rescan of the whole cache.
@@ -34,11 +36,12 @@ class BlockIndex:
         # checksummed, so an OS crash losing the last transactions is harmless;
         # a kill -9 loses nothing (the pages are in the kernel already).
         self.env = lmdb.open(
-            str(path), map_size=map_size, max_dbs=4, sync=False, metasync=False,
+            str(path), map_size=map_size, max_dbs=5, sync=False, metasync=False,
             max_readers=512, readahead=False,
         )
         self._blocks = self.env.open_db(b"blocks")
         self._lru = self.env.open_db(b"lru")
+        self._probation = self.env.open_db(b"probation")
         self._pending = self.env.open_db(b"pending")
         self._meta = self.env.open_db(b"meta")
         with self.env.begin(db=self._meta) as txn:
@@ -71,6 +74,21 @@ class BlockIndex:
                     break
         return out
 
+    def newest_in_probation(self, limit: int) -> list[tuple[bytes, int]]:
+        """Up to ``limit`` (digest, size) pairs of never-hit blocks, newest first."""
+        out: list[tuple[bytes, int]] = []
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self._probation)
+            if not cur.last():
+                return out
+            while True:
+                digest = bytes(cur.key()[8:])
+                raw = txn.get(digest, db=self._blocks)
+                out.append((digest, _ENTRY.unpack(raw)[0] if raw else 0))
+                if len(out) >= limit or not cur.prev():
+                    break
+        return out
+
     def pending(self) -> list[tuple[bytes, bytes]]:
         with self.env.begin(db=self._pending) as txn:
             return [(bytes(k), bytes(v)) for k, v in txn.cursor()]
@@ -95,13 +113,13 @@ class BlockIndex:
             for d in digests:
                 txn.delete(d)
 
-    def add(self, digest: bytes, size: int, checksum: int) -> None:
+    def add(self, digest: bytes, size: int, checksum: int, probation: bool = False) -> None:
         """Record a block whose file has landed; clears its pending mark."""
         with self.env.begin(write=True) as txn:
             delta_b, delta_n = self._drop(txn, digest)
             stamp = self._tick(txn)
             txn.put(digest, _ENTRY.pack(size, checksum, stamp), db=self._blocks)
-            txn.put(_U64.pack(stamp) + digest, b"", db=self._lru)
+            txn.put(_U64.pack(stamp) + digest, b"", db=self._probation if probation else self._lru)
             txn.delete(digest, db=self._pending)
             self._bump(txn, size - delta_b, 1 - delta_n)
 
@@ -131,6 +149,7 @@ class BlockIndex:
                     continue
                 size, checksum, old = _ENTRY.unpack(raw)
                 txn.delete(_U64.pack(old) + d, db=self._lru)
+                txn.delete(_U64.pack(old) + d, db=self._probation)  # a hit: out of probation
                 stamp = self._tick(txn)
                 txn.put(d, _ENTRY.pack(size, checksum, stamp), db=self._blocks)
                 txn.put(_U64.pack(stamp) + d, b"", db=self._lru)
@@ -152,6 +171,7 @@ class BlockIndex:
         size, _, stamp = _ENTRY.unpack(raw)
         txn.delete(digest, db=self._blocks)
         txn.delete(_U64.pack(stamp) + digest, db=self._lru)
+        txn.delete(_U64.pack(stamp) + digest, db=self._probation)
         return size, 1
 
     def _tick(self, txn: lmdb.Transaction) -> int:
