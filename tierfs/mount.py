@@ -26,6 +26,7 @@ import trio
 from tierfs import __version__
 from tierfs.config import Settings
 from tierfs.data.reader import BlockReader
+from tierfs.data.warm import Warmer
 from tierfs.errors import UserError
 from tierfs.fuse.attrs import AttrMaker
 from tierfs.fuse.mountpoint import check_fuse, check_mountpoint, is_mounted, unescape_mountinfo
@@ -106,8 +107,10 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
                           fetch=lambda key: fetch_through_tiers(store, reader, key))
     attrs = AttrMaker(settings.metadata_ttl, settings.block_size)
     holder: list[Components] = []
+    warmer = Warmer(reader, namespace.resolve_ref,
+                    settings.resolved_cache_dir() if settings.cache_size > 0 else None)
     ops = TierfsOperations(namespace, reader, attrs, stats=lambda: holder[0].stats(),
-                           read_ahead_blocks=max(1, settings.read_ahead // settings.block_size))
+                           read_ahead_blocks=max(1, settings.read_ahead // settings.block_size), warmer=warmer)
     comps = Components(settings, store, chain, namespace, reader, ops, time.monotonic())
     holder.append(comps)
     return comps
@@ -168,6 +171,8 @@ async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Call
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         comps.reader.start(nursery)
+        if comps.operations.warmer is not None:
+            comps.operations.warmer.attach(nursery)
         redis_tier = comps.redis()
         if redis_tier is not None:
             nursery.start_soon(_refresh_gauges, redis_tier)

@@ -60,6 +60,6 @@ def cli() -> None:
 
 
 # Commands register themselves on the group.
-from tierfs.cli import mount_cmds, versions_cmds  # noqa: E402
+from tierfs.cli import mount_cmds, versions_cmds, warm_cmd  # noqa: E402
 
-__all__ = ["cli", "main", "mount_cmds", "versions_cmds"]
+__all__ = ["cli", "main", "mount_cmds", "versions_cmds", "warm_cmd"]

@@ -22,6 +22,7 @@ import pyfuse3
 
 from tierfs.data.readahead import ReadAhead
 from tierfs.data.reader import BlockReader
+from tierfs.data.warm import Warmer
 from tierfs.errors import ReadOnly, to_errno
 from tierfs.fuse.attrs import AttrMaker
 from tierfs.metrics import FUSE_SECONDS, Counters
@@ -78,8 +79,10 @@ class _DirHandle:
 
 class TierfsOperations(pyfuse3.Operations):
     def __init__(self, namespace: Namespace, reader: BlockReader, attrs: AttrMaker,
-                 stats: Callable[[], dict[str, Any]], read_ahead_blocks: int = 8):
+                 stats: Callable[[], dict[str, Any]], read_ahead_blocks: int = 8,
+                 warmer: Warmer | None = None):
         super().__init__()
+        self.warmer = warmer
         self.read_ahead_blocks = read_ahead_blocks
         self.ns = namespace
         self.reader = reader
@@ -137,6 +140,8 @@ class TierfsOperations(pyfuse3.Operations):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise ReadOnly("the live view is read-only")
         node, ref, keep_cache = await self.ns.open(inode)
+        if self.warmer is not None:
+            self.warmer.opened(node.path)
         fh = next(self._fh)
         self._files[fh] = _FileHandle(node, ref, ReadAhead(self.reader.block_size, self.read_ahead_blocks))
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache)
@@ -182,6 +187,10 @@ class TierfsOperations(pyfuse3.Operations):
         if node.inode == ROOT_INODE:
             out[XATTR_PREFIX + "stats"] = lambda: json.dumps(self.stats()).encode()
             out[XATTR_PREFIX + "pid"] = lambda: str(os.getpid()).encode()
+            warmer = self.warmer
+            if warmer is not None and warmer.job is not None:
+                job = warmer.job
+                out[XATTR_PREFIX + "warm"] = lambda: json.dumps(job.progress()).encode()
         ref = node.ref
         if ref is not None:
             out[XATTR_PREFIX + "key"] = lambda: ref.key.encode()
@@ -219,8 +228,19 @@ class TierfsOperations(pyfuse3.Operations):
     async def create(self, *args: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    async def setxattr(self, *args: Any) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
+    @_guard
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        """The one writable attribute: ``user.tierfs.warm`` on the root starts a warm job.
+
+        Its value is JSON: {"list": FILE, "jobs": N, "lead": N} (see tierfs warm).
+        """
+        if inode != ROOT_INODE or os.fsdecode(name) != XATTR_PREFIX + "warm" or self.warmer is None:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        try:
+            req = json.loads(value)
+            self.warmer.start(str(req["list"]), int(req.get("jobs", 8)), int(req.get("lead", 0)))
+        except (ValueError, KeyError, TypeError):
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
 
     async def removexattr(self, *args: Any) -> None:
         raise pyfuse3.FUSEError(errno.EROFS)

@@ -85,6 +85,18 @@ class Namespace:
             return sorted([*entries, Entry(SNAPSHOTS_DIR, True)], key=lambda e: e.name)
         return listing.entries
 
+    async def resolve(self, path: str) -> Entry:
+        """What ``path`` (relative to the mount) names, without creating an inode for it."""
+        path = path.strip("/")
+        parent, name = posixpath.split(path)
+        if parent == "" and name in RESERVED and not in_tree(path):
+            raise NotFound(path)
+        return await self._any_entry(path, parent, name)
+
+    async def resolve_ref(self, path: str) -> ObjectRef | None:
+        entry = await self.resolve(path)
+        return entry.ref
+
     def entry_node(self, parent_path: str, entry: Entry) -> Node:
         """The node for an entry of a listing (readdirplus hands out inodes)."""
         return self._node_for(parent_path, entry)

@@ -1,0 +1,101 @@
+"""tierfs warm and the tierfs.torch helper, on real mounts (and a real PyTorch DataLoader)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from helpers import mounted, random_bytes, run_tierfs, write_tree
+
+pytestmark = pytest.mark.mount
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    root = tmp_path / "lake"
+    files = {f"ds/c{i % 4}/{i:03d}.jpg": random_bytes(20_000 + i, seed=i) for i in range(40)}
+    write_tree(root, files)
+    return root, files
+
+
+def progress(mnt: Path) -> dict[str, object]:
+    data: dict[str, object] = json.loads(os.getxattr(mnt, "user.tierfs.warm"))
+    return data
+
+
+def test_warm_a_folder_then_read_it_from_the_tiers(lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    root, files = lake
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "c", "--ram-size", "0") as m:
+        res = run_tierfs("warm", str(m.mountpoint / "ds"), "--jobs", "4", check=True)
+        assert "warmed 40 files" in res.stdout
+        total = sum(len(d) for d in files.values())
+        assert m.backend_bytes() == total
+        assert m.stats()["tiers"]["disk"]["entries"] == 40
+        for rel, data in files.items():
+            assert (m.mountpoint / rel).read_bytes() == data
+        assert m.backend_bytes() == total  # every read was a disk hit
+        assert m.stats()["tiers"]["disk"]["hits"] >= 40
+
+
+def test_warm_list_keeps_a_bounded_lead(lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    root, files = lake
+    order = sorted(files)[::-1]
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "c") as m:
+        lst = tmp_path / "order.txt"
+        lst.write_text("".join(str(m.mountpoint / p) + "\n" for p in order))
+        run_tierfs("warm", "--list", str(lst), "--lead", "5", "--jobs", "2", "--no-wait", check=True)
+        time.sleep(1.0)
+        p = progress(m.mountpoint)
+        assert p["total"] == 40 and p["done"] == 5  # ran ahead, but no further than the lead
+        for i, rel in enumerate(order):
+            assert (m.mountpoint / rel).read_bytes() == files[rel]
+            if i == 19:
+                time.sleep(0.5)
+                p = progress(m.mountpoint)
+                assert 20 <= int(str(p["done"])) <= 25  # follows the readers
+        deadline = time.monotonic() + 10
+        while progress(m.mountpoint)["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert progress(m.mountpoint)["state"] == "done"
+
+
+def test_bad_warm_requests(lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    root, _ = lake
+    res = run_tierfs("warm", str(tmp_path))
+    assert res.returncode == 1 and "not inside a tierfs mount" in res.stderr
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "c") as m:
+        with pytest.raises(OSError):
+            os.setxattr(m.mountpoint, "user.tierfs.warm", b"not json")
+        with pytest.raises(OSError):
+            os.setxattr(m.mountpoint / "ds", "user.other", b"x")
+
+
+def test_dataloader_with_warm_sampler(lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")  # installed by the test extras (torch==2.13.0, CPU)
+    from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+    from tierfs.torch import WarmSampler
+
+    root, files = lake
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "c", "--ram-size", "0") as m:
+        paths = sorted(str(m.mountpoint / p) for p in files)
+
+        class Files(Dataset):  # type: ignore[type-arg]
+            def __len__(self) -> int:
+                return len(paths)
+
+            def __getitem__(self, i: int) -> tuple[str, bytes]:
+                return paths[i], Path(paths[i]).read_bytes()
+
+        sampler = WarmSampler(RandomSampler(Files(), generator=torch.Generator().manual_seed(1)),
+                              path_of=lambda i: paths[i], lead=8)
+        loader = DataLoader(Files(), sampler=sampler, num_workers=2, batch_size=None)
+        seen = {}
+        for path, data in loader:
+            seen[path] = data
+        assert {os.path.relpath(p, m.mountpoint): d for p, d in seen.items()} == files
+        p = progress(m.mountpoint)
+        assert p["total"] == 40 and int(str(p["done"])) >= 32
