@@ -110,3 +110,12 @@ def test_backend_outage_during_reads(tmp_path: Path) -> None:
             assert "giving up after" in m.log_tail()
     finally:
         server.stop()
+
+
+def test_bench_against_s3(s3_server: SeaweedS3, tmp_path: Path) -> None:
+    upload(s3_server, "bench-lake", {"keep": b"k"})
+    cfg = s3_server.s3_config(tmp_path / "s3.toml")
+    res = run_tierfs("bench", "s3://bench-lake", "--small-count", "10", "--large-count", "1", "--large-size", "8MiB",
+                     "--config", str(cfg), check=True)
+    assert "download large" in res.stdout
+    assert s3_server.fs().find("bench-lake") == ["bench-lake/keep"]  # scratch objects removed

@@ -207,3 +207,42 @@ def _summary(m: Any) -> dict[str, Any]:
     return {"dataset": m.dataset, "name": m.name, "prefix": m.prefix, "mode": m.mode, "message": m.message,
             "created_at": m.created_at, "creator": m.creator, "file_count": m.file_count,
             "dir_count": m.dir_count, "total_size": m.total_size, "metadata": m.metadata}
+
+
+@cli.command()
+@click.argument("lake_url")
+@click.option("--small-count", default=200, show_default=True, help="How many small objects.")
+@click.option("--small-size", default="100KiB", show_default=True, help="Size of a small object.")
+@click.option("--large-count", default=4, show_default=True, help="How many large objects.")
+@click.option("--large-size", default="64MiB", show_default=True, help="Size of a large object.")
+@click.option("--jobs", default=8, show_default=True, help="Requests in parallel.")
+@_CONFIG
+def bench(lake_url: str, small_count: int, small_size: str, large_count: int, large_size: str, jobs: int,
+          config_file: Path | None) -> None:
+    """Measure the object store itself, without the mount.
+
+    Upload and download throughput and p50/p95 latency for small and large
+    objects, written under LAKE_URL/.tierfs/bench/ and removed afterwards:
+    what the backend can give, before blaming the mount.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from tierfs.config import parse_size
+    from tierfs.store.bench import run_bench
+
+    try:
+        ssize, lsize = parse_size(small_size), parse_size(large_size)
+    except ValueError as exc:
+        raise UserError(f"--small-size/--large-size: expected {exc}") from None
+    store = open_lake(lake_url, config_file)
+    total = 2 * (small_count + large_count)
+    with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), transient=True,
+                  disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("bench", total=total)
+        rows = run_bench(store, small_count, ssize, large_count, lsize, jobs,
+                         on_step=lambda _op, n: bar.advance(task, n))
+    click.echo(f"{'operation':<16}{'objects':>8}{'size':>12}{'MB/s':>10}{'obj/s':>10}{'p50 ms':>10}{'p95 ms':>10}")
+    for r in rows:
+        click.echo(f"{r.op:<16}{r.count:>8}{format_size(r.size):>12}{r.mb_per_s:>10.1f}"
+                   f"{r.count / r.seconds:>10.1f}{r.p50_ms:>10.1f}{r.p95_ms:>10.1f}")
+    click.echo(f"{store.url}: {jobs} requests in parallel; scratch objects removed")

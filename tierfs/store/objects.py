@@ -179,6 +179,13 @@ class ObjectStore:
         except NotFound:
             pass
 
+    def delete_tree(self, rel: str) -> None:
+        """Remove a prefix and everything under it (scratch areas)."""
+        try:
+            self._call(lambda: self.fs.rm(self._full(rel), recursive=True), f"delete {rel}")
+        except NotFound:
+            pass
+
     def move(self, src: str, dst: str) -> None:
         parent = posixpath.dirname(self._full(dst))
 
