@@ -31,9 +31,9 @@ from pathlib import Path
 import xxhash
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import SeaweedS3, wait_port  # noqa: E402
+from helpers import SeaweedS3
 
-from tierfs.config import parse_size  # noqa: E402
+from tierfs.config import parse_size
 
 BUCKET = "bench-lake"
 SYSTEMS = ("local", "tierfs", "rclone", "s3fs")
