@@ -99,6 +99,26 @@ def main() -> None:
         st = os.stat(last / sorted(os.listdir(last))[-1])
         rows.append(("stat of the last file (its part loaded)", f"{time.perf_counter() - t0:.2f} s, size {st.st_size}"))
         rows.append(("mount daemon RSS after that", f"{vm_hwm_mb(pid):.0f} MB"))
+
+        # time to first byte, snapshot and live view (cold)
+        for label, base in (("snapshot", mnt / ".snapshots/big/v1"), ("live view", mnt / "datasets/big")):
+            f = base / "train" / f"n{args.dirs // 2:08d}" / "img_0000003.jpg"
+            t0 = time.perf_counter()
+            with open(f, "rb") as fh:
+                fh.read(1)
+            rows.append((f"time to first byte, {label} (cold)", f"{1000 * (time.perf_counter() - t0):.1f} ms"))
+
+        # the live view: list every one of the files
+        t0 = time.perf_counter()
+        n = sum(len(files) for _d, _dirs, files in os.walk(mnt / "datasets" / "big"))
+        dt = time.perf_counter() - t0
+        rows.append(("live view: os.walk of every file", f"{dt:.1f} s ({n / dt:,.0f} files/s), {n:,} files"))
+        rows.append(("mount daemon RSS after that", f"{vm_hwm_mb(pid):.0f} MB"))
+        t0 = time.perf_counter()
+        n = sum(len(files) for _d, _dirs, files in os.walk(mnt / ".snapshots/big/v1"))
+        dt = time.perf_counter() - t0
+        rows.append(("snapshot: os.walk of every file", f"{dt:.1f} s ({n / dt:,.0f} files/s), {n:,} files"))
+        rows.append(("mount daemon RSS after that", f"{vm_hwm_mb(pid):.0f} MB"))
     finally:
         subprocess.run([*TIERFS, "umount", str(mnt)], check=False, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
