@@ -73,28 +73,26 @@ def _fraction(value: Any) -> float:
     return f
 
 
-def _count(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("a whole number of 1 or more")
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ValueError("a whole number of 1 or more") from None
-    if n < 1:
-        raise ValueError("a whole number of 1 or more")
-    return n
+def _whole(minimum: int) -> Callable[[Any], int]:
+    """A parser for whole numbers of at least ``minimum``."""
+    expected = f"a whole number of {minimum} or more"
+
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(expected)
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(expected) from None
+        if n < minimum:
+            raise ValueError(expected)
+        return n
+
+    return parse
 
 
-def _retries(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("a whole number of 0 or more")
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ValueError("a whole number of 0 or more") from None
-    if n < 0:
-        raise ValueError("a whole number of 0 or more")
-    return n
+_count = _whole(1)
+_retries = _whole(0)
 
 
 def _string(value: Any) -> str:
