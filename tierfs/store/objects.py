@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import posixpath
 import time
 from collections.abc import Iterator
@@ -46,8 +47,9 @@ class ObjectStore:
         self.url = url
         self.retries = retries
         self.stats = Counters(BACKEND_COUNTERS)
-        # s3fs and gcsfs read a pinned version with a keyword; others keep none.
+        # s3fs reads a pinned version with a keyword, gcsfs with a "#generation" suffix.
         self.version_aware = bool(getattr(fs, "version_aware", False))
+        self._generation_suffix = type(fs).__name__ == "GCSFileSystem"
 
     # -- construction ---------------------------------------------------
     @classmethod
@@ -56,6 +58,9 @@ class ObjectStore:
         if not url:
             raise UserError("no lake URL given: pass LAKE_URL or set [lake] url in the config file")
         options = storage_options(settings)
+        if url.startswith(("gs://", "gcs://")):
+            # gcsfs probes for hierarchical namespaces unless told not to; emulators do not answer it.
+            os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
         try:
             fs, root = url_to_fs(url, **options)
         except ImportError as exc:
@@ -111,10 +116,7 @@ class ObjectStore:
 
     def read_range(self, ref: ObjectRef, start: int, end: int) -> bytes:
         """Bytes [start, end) of the object ``ref`` names."""
-        full = self._full(ref.key)
-        kwargs: dict[str, Any] = {}
-        if ref.version and self.version_aware:
-            kwargs["version_id"] = ref.version
+        full, kwargs = self._versioned(ref)
 
         def call() -> bytes:
             data: bytes = self.fs.cat_file(full, start=start, end=end, **kwargs)
@@ -197,11 +199,18 @@ class ObjectStore:
         self._call(call, f"move {src} to {dst}")
 
     def open_read(self, ref: ObjectRef) -> Any:
-        kwargs: dict[str, Any] = {}
-        if ref.version and self.version_aware:
-            kwargs["version_id"] = ref.version
+        full, kwargs = self._versioned(ref)
         self.stats.add("requests")
-        return self.fs.open(self._full(ref.key), "rb", **kwargs)
+        return self.fs.open(full, "rb", **kwargs)
+
+    def _versioned(self, ref: ObjectRef) -> tuple[str, dict[str, Any]]:
+        """Path and keywords that read exactly the version ``ref`` pins."""
+        full = self._full(ref.key)
+        if not (ref.version and self.version_aware):
+            return full, {}
+        if self._generation_suffix:
+            return f"{full}#{ref.version}", {}
+        return full, {"version_id": ref.version}
 
     def open_write(self, key: str) -> Any:
         self.stats.add("requests")
@@ -282,12 +291,15 @@ def storage_options(settings: Settings) -> dict[str, Any]:
 
 def _wants_versions(fs: Any, root: str, setting: str) -> bool:
     """Whether to read object versions: on, off, or (auto) if the S3 bucket keeps them."""
-    if setting == "off" or not hasattr(fs, "is_bucket_versioned"):
+    gcs = type(fs).__name__ == "GCSFileSystem"
+    if setting == "off" or not (gcs or hasattr(fs, "is_bucket_versioned")):
         return False
     if setting == "on":
         return True
     bucket = root.split("/", 1)[0]
     try:
+        if gcs:
+            return bool(fs.info(bucket).get("versioning", {}).get("enabled"))
         return bool(fs.is_bucket_versioned(bucket))
     except Exception:  # no such bucket, no permission: check() will say so
         return False

@@ -1,0 +1,55 @@
+"""Snapshots pinned to GCS generations, against fake-gcs-server on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import FakeGcs, mounted, random_bytes, run_tierfs
+
+pytestmark = [pytest.mark.servers, pytest.mark.mount]
+
+
+@pytest.fixture
+def gcs(tmp_path: Path) -> Iterator[FakeGcs]:
+    server = FakeGcs(tmp_path / "gcs").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_pinned_generations_survive_overwrite_and_delete(gcs: FakeGcs, tmp_path: Path) -> None:
+    fs = gcs.fs()
+    fs.mkdir("gcs-lake", enable_versioning=True)
+    files = {f"datasets/toy/{i}.bin": random_bytes(5000 + i, seed=i) for i in range(6)}
+    for key, data in files.items():
+        fs.pipe(f"gcs-lake/{key}", data)
+    cfg = gcs.config(tmp_path / "gcs.toml")
+    res = run_tierfs("snapshot", "create", "gs://gcs-lake", "datasets/toy", "v1", "--config", str(cfg), check=True)
+    assert "(pinned)" in res.stdout
+    assert not fs.exists("gcs-lake/.tierfs/cas")
+    fs.pipe("gcs-lake/datasets/toy/0.bin", b"overwritten")
+    fs.rm("gcs-lake/datasets/toy/1.bin")
+    with mounted("gs://gcs-lake", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
+        snap = m.mountpoint / ".snapshots/toy/v1"
+        assert {p.name: p.read_bytes() for p in snap.iterdir()} == {k.rsplit("/", 1)[1]: v for k, v in files.items()}
+        assert (m.mountpoint / "datasets/toy/0.bin").read_bytes() == b"overwritten"
+        assert not (m.mountpoint / "datasets/toy/1.bin").exists()
+    show = json.loads(run_tierfs("snapshot", "show", "gs://gcs-lake", "toy", "v1", "--json", "--config", str(cfg),
+                                 check=True).stdout)
+    assert show["mode"] == "pinned"
+
+
+def test_unversioned_gcs_bucket_uses_copy_mode(gcs: FakeGcs, tmp_path: Path) -> None:
+    fs = gcs.fs()
+    fs.mkdir("gcs-plain")
+    fs.pipe("gcs-plain/ds/a.bin", b"aaa")
+    cfg = gcs.config(tmp_path / "gcs.toml")
+    res = run_tierfs("snapshot", "create", "gs://gcs-plain", "ds", "v1", "--config", str(cfg), check=True)
+    assert "(copy)" in res.stdout
+    fs.pipe("gcs-plain/ds/a.bin", b"changed")
+    with mounted("gs://gcs-plain", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
+        assert (m.mountpoint / ".snapshots/ds/v1/a.bin").read_bytes() == b"aaa"
