@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -7,6 +8,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# gcsfs probes GCS's hierarchical namespaces over gRPC unless told not to, at import
+# time; the emulator does not speak it. Set before anything imports gcsfs.
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 from helpers import RedisServer, SeaweedS3, write_tree
 
