@@ -160,6 +160,7 @@ class _Key:
 #   [metrics] listen   [metadata] ttl listing_entries   [fuse] workers allow_other   [log] level file
 _KEYS = [
     _Key("lake", "url", _string, "lake_url"),
+    _Key("mount", "mountpoint", _string, "mountpoint"),
     _Key("store", "retries", _retries, "store_retries"),
     _Key("store", "timeout", _positive_float, "store_timeout"),
     _Key("store", "options", _table, "store_options"),
@@ -203,6 +204,7 @@ _BY_ATTR = {k.attr: k for k in _KEYS}
 @dataclass(frozen=True)
 class Settings:
     lake_url: str = ""
+    mountpoint: str = ""
     store_retries: int = 5
     store_timeout: float = 30.0
     store_options: dict[str, Any] = field(default_factory=dict)

@@ -12,6 +12,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -220,6 +221,7 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("received %s; unmounting", signal.Signals(signum).name)
+            sd_notify("STOPPING=1\nSTATUS=unmounting")
             pyfuse3.terminate()
             return
 
@@ -269,10 +271,28 @@ def spawn_daemon(argv: list[str], log_file: Path, timeout: float = 120.0) -> tup
     raise UserError(f"the tierfs daemon exited during start-up (code {proc.returncode}): {_tail(log_file)}")
 
 
+def sd_notify(message: str) -> bool:
+    """Tell systemd (Type=notify) about our state, if it is listening; no libsystemd needed."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        return True
+    except OSError as exc:
+        log.warning("could not notify systemd at %s: %s", address, exc)
+        return False
+
+
 def notify_ready(fd: int | None) -> Callable[[str], None]:
     def ready(notes: str) -> None:
         if notes:
             log.warning("%s", notes)
+        sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving" + (f"; {notes}" if notes else ""))
         if fd is not None:
             os.write(fd, f"{READY} {notes}\n".encode())
             os.close(fd)

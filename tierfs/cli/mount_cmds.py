@@ -22,9 +22,10 @@ PID_XATTR = "user.tierfs.pid"
 
 
 @cli.command()
-@click.argument("lake_url")
-@click.argument("mountpoint", type=click.Path(path_type=Path))
-@click.option("--config", "config_file", type=click.Path(path_type=Path), metavar="FILE", help="TOML settings file; flags override it.")
+@click.argument("lake_url", required=False)
+@click.argument("mountpoint", type=click.Path(path_type=Path), required=False)
+@click.option("--config", "config_file", type=click.Path(path_type=Path), metavar="FILE",
+              help="TOML settings file; flags override it. Its [lake] url and [mount] mountpoint stand in for the arguments.")
 @click.option("--cache-dir", metavar="DIR", help="Disk cache folder (default: a per-lake folder under ~/.cache/tierfs or /var/cache/tierfs).")
 @click.option("--cache-size", metavar="SIZE", help="Disk cache size, e.g. 50GiB; 0 turns the disk tier off.  [default: 10GiB]")
 @click.option("--ram-size", metavar="SIZE", help="RAM tier size, e.g. 1GiB; 0 turns it off.  [default: 512MiB]")
@@ -37,7 +38,7 @@ PID_XATTR = "user.tierfs.pid"
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="How much to log.  [default: info]")
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground and log to stderr.")
 @click.option("--ready-fd", type=int, hidden=True)
-def mount(lake_url: str, mountpoint: Path, config_file: Path | None, cache_dir: str | None,
+def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | None, cache_dir: str | None,
           cache_size: str | None, ram_size: str | None, block_size: str | None,
           metadata_ttl: str | None, redis_url: str | None, metrics_listen: str | None,
           log_file: str | None, log_level: str | None,
@@ -58,6 +59,10 @@ def mount(lake_url: str, mountpoint: Path, config_file: Path | None, cache_dir: 
             "log_file": log_file, "log_level": log_level, "redis_url": redis_url,
             "metrics_listen": metrics_listen,
         })
+        if mountpoint is None and settings.mountpoint:
+            mountpoint = Path(settings.mountpoint)
+        if not settings.lake_url or mountpoint is None:
+            raise UserError("give LAKE_URL and MOUNTPOINT, or set [lake] url and [mount] mountpoint in --config")
         mountpoint = mountpoint.absolute()
         if not foreground:
             log_path = Path(settings.log_file) if settings.log_file else settings.resolved_cache_dir() / "tierfs.log"
