@@ -269,3 +269,22 @@ def test_sequential_reads_are_prefetched_and_requests_are_large(tmp_path: Path) 
         assert s["prefetched_blocks"] > 0
         assert s["backend"]["bytes"] == len(data)  # read-ahead fetched nothing twice, nothing beyond EOF
         assert s["fuse"]["read"] < len(data) // (256 * 1024)  # large requests, not 128 KiB ones
+
+
+def test_a_warm_small_file_costs_two_fuse_requests(tmp_path: Path) -> None:
+    """docs/semantics.md: warm open/read/close = open + release; lookup, read and flush cost none."""
+    root = tmp_path / "lake"
+    write_tree(root, {"d/small.jpg": random_bytes(50_000, seed=3)})
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache") as m:
+        f = m.mountpoint / "d/small.jpg"
+        for _ in range(2):  # the first pass fills the caches (and teaches the kernel flush is ENOSYS)
+            f.read_bytes()
+        time.sleep(0.2)  # release is asynchronous
+        before = m.stats()["fuse"]
+        for _ in range(10):
+            assert f.read_bytes() == (root / "d/small.jpg").read_bytes()
+        time.sleep(0.2)
+        after = m.stats()["fuse"]
+        delta = {op: after[op] - before[op] for op in after}
+        assert delta["open"] == 10 and delta["release"] == 10
+        assert delta["lookup"] == 0 and delta["read"] == 0 and delta["getattr"] <= 1
