@@ -236,7 +236,7 @@ class Settings:
     prefetch_memory: int = 128 * 1024**2  # bound on blocks being prefetched at once
     kernel_read_ahead_kb: int = 4096  # the mount's bdi read_ahead_kb: larger FUSE read requests
     metadata_ttl: float = 60.0
-    listing_entries: int = 2_000_000
+    listing_entries: int = 500_000  # ~200 MB of cached directory entries at most
     fuse_workers: int = 64
     allow_other: bool = False
     allow_nonempty: bool = False
