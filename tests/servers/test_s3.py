@@ -119,3 +119,22 @@ def test_bench_against_s3(s3_server: SeaweedS3, tmp_path: Path) -> None:
                      "--config", str(cfg), check=True)
     assert "download large" in res.stdout
     assert s3_server.fs().find("bench-lake") == ["bench-lake/keep"]  # scratch objects removed
+
+
+def test_backup_and_restore_through_s3(s3_server: SeaweedS3, tmp_path: Path) -> None:
+    s3_server.fs().mkdir("backup-lake")
+    src = tmp_path / "scratch"
+    (src / "ckpt").mkdir(parents=True)
+    (src / "ckpt/model.pt").write_bytes(random_bytes(3 * MiB, seed=8))
+    (src / "log.txt").write_bytes(b"step 1\n")
+    cfg = s3_server.s3_config(tmp_path / "s3.toml")
+    target = "s3://backup-lake/nodes/n1"
+    run_tierfs("backup", "run", str(src), target, "--config", str(cfg), check=True)
+    (src / "log.txt").write_bytes(b"step 1\nstep 2\n")
+    out = run_tierfs("backup", "run", str(src), target, "--config", str(cfg), check=True).stdout
+    assert "1 uploaded" in out and "1 unchanged" in out
+    ids = [ln.split("\t")[0] for ln in run_tierfs("backup", "list", target, "--config", str(cfg), check=True).stdout.splitlines()]
+    assert len(ids) == 2
+    run_tierfs("backup", "restore", target, ids[0], str(tmp_path / "r0"), "--config", str(cfg), check=True)
+    assert (tmp_path / "r0/log.txt").read_bytes() == b"step 1\n"
+    assert (tmp_path / "r0/ckpt/model.pt").read_bytes() == (src / "ckpt/model.pt").read_bytes()

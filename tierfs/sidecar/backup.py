@@ -1,0 +1,269 @@
+"""Backups of a local directory (NVMe scratch, checkpoints) into the lake.
+
+Layout under the backup target (a lake URL with a prefix)::
+
+    backups/<id>.jsonl.gz        one backup: a header line, then one line per file or folder
+    blobs/sha256/ab/cd/<sha256>  file contents, stored once however many backups share them
+
+Incremental: a file whose size and mtime match the previous backup reuses its
+hash without being read; only contents the target lacks travel, and each is
+read back and checked after upload. A backup exists once its manifest is
+written (the last step), and the manifest carries a checksum. Retention keeps
+the newest N backups and removes contents no remaining backup references.
+Restore writes each file to a temporary name, checks its hash, then renames
+it into place, with its mode and mtime.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import hashlib
+import json
+import os
+import secrets
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tierfs.errors import NotFound, UserError
+from tierfs.refs import ObjectRef
+from tierfs.store.objects import ObjectStore
+
+BACKUPS = "backups"
+BLOBS = "blobs/sha256"
+CHUNK = 8 << 20
+FORMAT = "tierfs-backup 1"
+
+
+@dataclass
+class FileEntry:
+    path: str
+    is_dir: bool
+    size: int = 0
+    mode: int = 0o644
+    mtime_ns: int = 0
+    sha256: str = ""
+
+    def to_json(self) -> str:
+        d: dict[str, Any] = {"p": self.path, "m": self.mode, "t": self.mtime_ns}
+        if self.is_dir:
+            d["d"] = 1
+        else:
+            d.update(s=self.size, h=self.sha256)
+        return json.dumps(d, ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str) -> FileEntry:
+        d = json.loads(line)
+        if d.get("d"):
+            return cls(d["p"], True, 0, d["m"], d["t"])
+        return cls(d["p"], False, d["s"], d["m"], d["t"], d["h"])
+
+
+@dataclass
+class BackupInfo:
+    id: str
+    created_at: str
+    source: str
+    files: int
+    bytes: int
+    new_bytes: int
+
+
+@dataclass
+class Report:
+    info: BackupInfo
+    uploaded: int = 0  # files whose contents travelled
+    reused: int = 0  # files not even read (size and mtime unchanged)
+    expired: list[str] | None = None
+
+
+def blob_key(sha: str) -> str:
+    return f"{BLOBS}/{sha[:2]}/{sha[2:4]}/{sha}"
+
+
+# -- manifests ----------------------------------------------------------------------
+def _write_manifest(store: ObjectStore, info: BackupInfo, entries: list[FileEntry]) -> None:
+    body = "\n".join(e.to_json() for e in entries)
+    header = {"format": FORMAT, **info.__dict__, "sha256": hashlib.sha256(body.encode()).hexdigest()}
+    raw = gzip.compress((json.dumps(header) + "\n" + body + "\n").encode(), mtime=0)
+    store.put_bytes(f"{BACKUPS}/{info.id}.jsonl.gz", raw)
+
+
+def read_manifest(store: ObjectStore, backup_id: str) -> tuple[BackupInfo, list[FileEntry]]:
+    try:
+        raw = store.read_all(f"{BACKUPS}/{backup_id}.jsonl.gz")
+    except NotFound:
+        raise UserError(f"backup {backup_id} does not exist in {store.url} (see tierfs backup list)") from None
+    try:
+        header_line, _, body = gzip.decompress(raw).decode().partition("\n")
+        header = json.loads(header_line)
+    except (OSError, EOFError, ValueError):
+        raise UserError(f"backup {backup_id} has a truncated or corrupt manifest; it cannot be restored") from None
+    body = body.rstrip("\n")
+    if header.get("format") != FORMAT or hashlib.sha256(body.encode()).hexdigest() != header.get("sha256"):
+        raise UserError(f"backup {backup_id}: its manifest fails its checksum; it cannot be restored")
+    info = BackupInfo(**{k: header[k] for k in BackupInfo.__dataclass_fields__})
+    return info, [FileEntry.from_json(ln) for ln in body.split("\n") if ln]
+
+
+def list_backups(store: ObjectStore) -> list[BackupInfo]:
+    """Backups, oldest first (ids sort by time)."""
+    try:
+        names = sorted(e.name for e in store.list_dir(BACKUPS) if e.name.endswith(".jsonl.gz"))
+    except NotFound:
+        return []
+    out = []
+    for name in names:
+        try:
+            out.append(read_manifest(store, name.removesuffix(".jsonl.gz"))[0])
+        except UserError:
+            continue
+    return out
+
+
+# -- run -----------------------------------------------------------------------------
+def _walk(source: Path) -> Iterator[FileEntry]:
+    for dirpath, dirnames, filenames in os.walk(source):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, source)
+        if rel_dir != ".":
+            st = os.stat(dirpath)
+            yield FileEntry(rel_dir, True, 0, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            if not stat.S_ISREG(st.st_mode):
+                continue  # symlinks, sockets, devices are not backed up
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            yield FileEntry(rel, False, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _upload(store: ObjectStore, path: Path, sha: str, size: int) -> None:
+    """Upload a file's contents under its hash, then read them back and check them."""
+    key = blob_key(sha)
+    tmp = f"blobs/tmp/{secrets.token_hex(8)}"
+    with open(path, "rb") as src, store.open_write(tmp) as dst:
+        h = hashlib.sha256()
+        while chunk := src.read(CHUNK):
+            h.update(chunk)
+            dst.write(chunk)
+    if h.hexdigest() != sha:
+        store.delete(tmp)
+        raise UserError(f"{path} changed while it was backed up; run the backup again")
+    store.move(tmp, key)
+    back = hashlib.sha256()
+    with store.open_read(ObjectRef(key, size)) as fh:
+        while chunk := fh.read(CHUNK):
+            back.update(chunk)
+    if back.hexdigest() != sha:
+        store.delete(key)
+        raise UserError(f"{key}: what the store returned differs from what was uploaded; nothing recorded")
+
+
+def run_backup(source: Path, store: ObjectStore, keep: int | None = None,
+               on_progress: Callable[[int, int], None] | None = None) -> Report:
+    if not source.exists():
+        raise UserError(f"{source} does not exist: nothing to back up")
+    if not source.is_dir():
+        raise UserError(f"{source} is not a directory")
+    previous: dict[str, FileEntry] = {}
+    backups = list_backups(store)
+    if backups:
+        previous = {e.path: e for e in read_manifest(store, backups[-1].id)[1] if not e.is_dir}
+    now = dt.datetime.now(dt.UTC)
+    info = BackupInfo(now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(2), now.isoformat(),
+                      str(source.absolute()), 0, 0, 0)
+    report = Report(info)
+    entries: list[FileEntry] = []
+    for e in _walk(source):
+        if not e.is_dir:
+            old = previous.get(e.path)
+            if old is not None and (old.size, old.mtime_ns) == (e.size, e.mtime_ns):
+                e.sha256 = old.sha256  # the previous backup holds these contents
+                report.reused += 1
+            else:
+                e.sha256 = _hash_file(source / e.path)
+            if (old is None or old.sha256 != e.sha256) and not store.exists(blob_key(e.sha256)):
+                _upload(store, source / e.path, e.sha256, e.size)
+                report.uploaded += 1
+                info.new_bytes += e.size
+            info.files += 1
+            info.bytes += e.size
+            if on_progress:
+                on_progress(info.files, info.bytes)
+        entries.append(e)
+    _write_manifest(store, info, entries)  # the commit point
+    if keep is not None:
+        report.expired = expire(store, keep)
+    return report
+
+
+def expire(store: ObjectStore, keep: int) -> list[str]:
+    """Keep the newest ``keep`` backups; remove the others and contents nothing references."""
+    if keep < 1:
+        raise UserError("--keep must be 1 or more")
+    backups = list_backups(store)
+    gone = [b.id for b in backups[:-keep]]
+    for backup_id in gone:
+        store.delete(f"{BACKUPS}/{backup_id}.jsonl.gz")
+    referenced: set[str] = set()
+    for b in list_backups(store):
+        referenced.update(e.sha256 for e in read_manifest(store, b.id)[1] if not e.is_dir)
+    for obj in store.walk_files(BLOBS):
+        if obj.name.rsplit("/", 1)[-1] not in referenced:
+            store.delete(f"{BLOBS}/{obj.name}")
+    return gone
+
+
+# -- restore -----------------------------------------------------------------------------
+def restore(store: ObjectStore, backup_id: str, target: Path,
+            on_progress: Callable[[int, int], None] | None = None) -> BackupInfo:
+    info, entries = read_manifest(store, backup_id)
+    if target.exists() and any(target.iterdir()):
+        raise UserError(f"{target} is not empty: restore into a new or empty directory")
+    target.mkdir(parents=True, exist_ok=True)
+    done = nbytes = 0
+    dirs = [e for e in entries if e.is_dir]
+    for e in dirs:
+        (target / e.path).mkdir(parents=True, exist_ok=True)
+    for e in entries:
+        if e.is_dir:
+            continue
+        dest = target / e.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tierfs-restore")
+        h = hashlib.sha256()
+        try:
+            with store.open_read(ObjectRef(blob_key(e.sha256), e.size)) as src, open(tmp, "wb") as out:
+                while chunk := src.read(CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+        except FileNotFoundError:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"backup {backup_id}: the contents of {e.path} are missing from {store.url}") from None
+        if h.hexdigest() != e.sha256:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"backup {backup_id}: the stored contents of {e.path} fail their checksum")
+        os.chmod(tmp, e.mode)
+        os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns))
+        os.replace(tmp, dest)
+        done += 1
+        nbytes += e.size
+        if on_progress:
+            on_progress(done, nbytes)
+    for e in reversed(dirs):  # after their contents, which would change their mtimes
+        os.chmod(target / e.path, e.mode)
+        os.utime(target / e.path, ns=(e.mtime_ns, e.mtime_ns))
+    return info
