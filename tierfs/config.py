@@ -124,6 +124,13 @@ def _versions(value: Any) -> str:
     return v
 
 
+def _prices(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in value.values()):
+        raise ValueError("a table of storage class = USD per GB-month, such as { STANDARD_IA = 0.0125 }")
+    return {str(k): float(v) for k, v in value.items()}
+
+
 def _policy(value: Any) -> str:
     if value not in ("lru", "stable"):
         raise ValueError("lru or stable")
@@ -180,6 +187,9 @@ _KEYS = [
     _Key("redis", "pool_size", _count, "redis_pool_size"),
     _Key("redis", "timeout", _positive_float, "redis_timeout"),
     _Key("metrics", "listen", _host_port, "metrics_listen"),
+    _Key("prices", "s3", _prices, "prices_s3"),
+    _Key("prices", "gcs", _prices, "prices_gcs"),
+    _Key("prices", "azure", _prices, "prices_azure"),
     _Key("cache", "dir", _string, "cache_dir"),
     _Key("cache", "size", parse_size, "cache_size"),
     _Key("cache", "ram_size", parse_size, "ram_size"),
@@ -225,6 +235,10 @@ class Settings:
     redis_pool_size: int = 32
     redis_timeout: float = 0.25
     metrics_listen: str = ""  # HOST:PORT for Prometheus; empty: off
+    # USD per GB-month by storage class, over the built-in list prices
+    prices_s3: dict[str, float] = field(default_factory=dict)
+    prices_gcs: dict[str, float] = field(default_factory=dict)
+    prices_azure: dict[str, float] = field(default_factory=dict)
     cache_dir: str = ""  # empty: a per-lake folder under the user's cache dir
     cache_size: int = 10 * 1024**3
     ram_size: int = 512 * 1024**2

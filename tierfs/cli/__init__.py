@@ -60,6 +60,6 @@ def cli() -> None:
 
 
 # Commands register themselves on the group.
-from tierfs.cli import backup_cmds, mount_cmds, versions_cmds, warm_cmd  # noqa: E402
+from tierfs.cli import backup_cmds, lifecycle_cmds, mount_cmds, versions_cmds, warm_cmd  # noqa: E402
 
-__all__ = ["backup_cmds", "cli", "main", "mount_cmds", "versions_cmds", "warm_cmd"]
+__all__ = ["backup_cmds", "cli", "lifecycle_cmds", "main", "mount_cmds", "versions_cmds", "warm_cmd"]

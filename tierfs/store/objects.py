@@ -38,6 +38,7 @@ class Entry:
     size: int = 0
     mtime_ns: int = 0
     ref: ObjectRef | None = None
+    storage_class: str = ""  # where the store reports one (S3, GCS, Azure)
 
 
 class ObjectStore:
@@ -154,7 +155,7 @@ class ObjectStore:
                 if e.is_dir:
                     stack.append(_join(sub, e.name))
                 else:
-                    yield Entry(_join(sub, e.name), False, e.size, e.mtime_ns, e.ref)
+                    yield Entry(_join(sub, e.name), False, e.size, e.mtime_ns, e.ref, e.storage_class)
 
     # -- writes -----------------------------------------------------------
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -257,7 +258,8 @@ class ObjectStore:
             # Stores without etags (local, memory): inode + mtime + size names
             # the bytes well enough; an in-place rewrite changes mtime.
             etag = f"{info.get('ino', '')}-{mtime_ns:x}-{size:x}"
-        return Entry(name, False, size, mtime_ns, ObjectRef(rel, size, etag, version))
+        storage_class = str(info.get("StorageClass") or info.get("storageClass") or info.get("access_tier") or "")
+        return Entry(name, False, size, mtime_ns, ObjectRef(rel, size, etag, version), storage_class)
 
 
 def storage_options(settings: Settings) -> dict[str, Any]:

@@ -1,0 +1,108 @@
+"""`tierfs lake init`, `tierfs cost` and `tierfs lifecycle plan`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from tierfs.cli import cli
+from tierfs.cli.versions_cmds import open_lake
+from tierfs.config import format_size, load
+from tierfs.errors import UserError
+from tierfs.sidecar.cost import CostReport
+from tierfs.sidecar.rules import RuleSet
+from tierfs.store.objects import ObjectStore
+
+_CONFIG = click.option("--config", "config_file", type=click.Path(path_type=Path), metavar="FILE",
+                       help="TOML settings file (endpoint, credentials, [prices]).")
+
+
+def _pinned(store: ObjectStore) -> set[str]:
+    """Keys that snapshots pin (their source objects in pinned mode)."""
+    from tierfs.versions.catalog import list_datasets, list_snapshots, open_snapshot
+
+    keys: set[str] = set()
+    for ds in list_datasets(store):
+        for meta in list_snapshots(store, ds):
+            if meta.mode == "pinned":
+                keys.update(e.key for e in open_snapshot(store, ds, meta.name) if not e.is_dir)
+    return keys
+
+
+@cli.group()
+def lake() -> None:
+    """Lay out a lake."""
+
+
+@lake.command("init")
+@click.argument("lake_url")
+@click.option("--rules-file", type=click.Path(path_type=Path), default=Path("lifecycle.toml"), show_default=True,
+              help="Where to write the starting rule file.")
+@_CONFIG
+def lake_init(lake_url: str, rules_file: Path, config_file: Path | None) -> None:
+    """Create the usual zones (raw, processed, curated, models, experiments) and a rule file to edit."""
+    from tierfs.sidecar.cost import provider_of
+    from tierfs.sidecar.starter import ZONES, starter_rules
+
+    store = ObjectStore.open(load(config_file, {"lake_url": lake_url}))
+    for zone in ZONES:
+        if not store.exists(f"{zone}/README.txt"):
+            store.put_bytes(f"{zone}/README.txt", f"The {zone} zone of this lake (made by tierfs lake init).\n".encode())
+    if rules_file.exists():
+        raise UserError(f"{rules_file} exists; not overwriting it (give --rules-file)")
+    rules_file.write_text(starter_rules(provider_of(lake_url)))
+    click.echo(f"zones {', '.join(ZONES)} ready in {lake_url}; starting rules in {rules_file}")
+
+
+@cli.command()
+@click.argument("lake_url")
+@click.option("--rules", "rules_file", type=click.Path(path_type=Path),
+              help="Rules to price (default: the starting rules of tierfs lake init).")
+@_CONFIG
+def cost(lake_url: str, rules_file: Path | None, config_file: Path | None) -> None:
+    """Bytes and monthly storage cost per prefix and storage class, and what the rules would save."""
+    rep, _ = _report(lake_url, rules_file, config_file)
+    click.echo(f"{'prefix':<20}{'class':<16}{'objects':>9}{'bytes':>12}{'USD/month':>12}")
+    for (top, cls), (n, b, usd) in sorted(rep.cells.items()):
+        click.echo(f"{top:<20}{cls:<16}{int(n):>9}{format_size(b):>12}{usd:>12.4f}")
+    click.echo(f"total: {rep.total:.4f} USD/month; with the {'given' if rules_file else 'default'} lifecycle: "
+               f"{rep.after:.4f} (saves {rep.total - rep.after:.4f}, {len(rep.actions)} objects change)")
+
+
+@cli.group()
+def lifecycle() -> None:
+    """Lifecycle rules: storage-class transitions and expiration, priced before they are applied."""
+
+
+@lifecycle.command("plan")
+@click.argument("lake_url")
+@click.option("--rules", "rules_file", type=click.Path(path_type=Path), required=True)
+@_CONFIG
+def lifecycle_plan(lake_url: str, rules_file: Path, config_file: Path | None) -> None:
+    """What the rules would change now, and the monthly cost before and after."""
+    rep, _ = _report(lake_url, rules_file, config_file)
+    for a in rep.actions:
+        what = f"-> {a.to_class}" if a.kind == "transition" else "expire"
+        click.echo(f"{a.key}\t{what}\t(rule {a.rule})")
+    for key, why in rep.kept:
+        click.echo(f"{key}\tkept: {why}")
+    click.echo(f"{len(rep.actions)} changes, {len(rep.kept)} refused; monthly cost {rep.total:.4f} -> "
+               f"{rep.after:.4f} USD ({rep.provider} prices)")
+
+
+def _report(lake_url: str, rules_file: Path | None, config_file: Path | None) -> tuple[CostReport, RuleSet]:
+    import tomllib
+
+    from tierfs.sidecar.cost import PRICES, provider_of, report
+    from tierfs.sidecar.rules import load_rules, parse_rules
+    from tierfs.sidecar.starter import starter_rules
+
+    settings = load(config_file, {"lake_url": lake_url})
+    provider = provider_of(lake_url)
+    prices = {**PRICES[provider], **getattr(settings, f"prices_{provider}")}
+    rules = (load_rules(rules_file, provider) if rules_file
+             else parse_rules(tomllib.loads(starter_rules(provider)), provider, "default rules"))
+    store = open_lake(lake_url, config_file)
+    return report(store, provider, prices, rules, time.time(), _pinned(store)), rules

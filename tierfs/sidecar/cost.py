@@ -1,0 +1,99 @@
+"""What the lake costs a month, per prefix and storage class, and what rules would change.
+
+Prices are USD per GB-month (GB = 10^9 bytes), list prices of the cheapest
+US regions; override them in the config's [prices] tables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from tierfs.sidecar.rules import Action, RuleSet, evaluate
+from tierfs.store.objects import ObjectStore
+from tierfs.versions.manifest import RESERVED
+
+PRICES: dict[str, dict[str, float]] = {
+    "s3": {"STANDARD": 0.023, "INTELLIGENT_TIERING": 0.023, "STANDARD_IA": 0.0125, "ONEZONE_IA": 0.01,
+           "GLACIER_IR": 0.004, "GLACIER": 0.0036, "DEEP_ARCHIVE": 0.00099},
+    "gcs": {"STANDARD": 0.020, "NEARLINE": 0.010, "COLDLINE": 0.004, "ARCHIVE": 0.0012},
+    "azure": {"Hot": 0.0184, "Cool": 0.01, "Cold": 0.0036, "Archive": 0.00099},
+}
+DEFAULT_CLASS = {"s3": "STANDARD", "gcs": "STANDARD", "azure": "Hot"}
+LOCAL_CLASS_XATTR = "user.tierfs.class"  # how a local lake emulates storage classes
+
+
+def provider_of(url: str) -> str:
+    scheme = url.split("://", 1)[0] if "://" in url else "file"
+    return {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure"}.get(scheme, "s3")
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str
+    size: int
+    written: float  # epoch seconds
+    storage_class: str
+
+
+def inventory(store: ObjectStore, provider: str) -> Iterator[Item]:
+    """Every object of the lake with its size, age and storage class (tierfs' own area included)."""
+    local = type(store.fs).__name__ == "LocalFileSystem"
+    for e in store.walk_files(""):
+        cls = ""
+        if local:
+            try:
+                cls = os.getxattr(f"{store.root}/{e.name}", LOCAL_CLASS_XATTR).decode()
+            except OSError:
+                cls = ""
+        elif e.ref is not None:
+            cls = e.storage_class
+        yield Item(e.name, e.size, e.mtime_ns / 1e9, cls or DEFAULT_CLASS[provider])
+
+
+def price(prices: dict[str, float], storage_class: str, size: int) -> float:
+    return prices.get(storage_class, 0.0) * size / 1e9
+
+
+@dataclass
+class CostReport:
+    provider: str
+    # (top-level prefix, class) -> [objects, bytes, usd]
+    cells: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0.0]))
+    total: float = 0.0
+    after: float = 0.0  # with the rules applied
+    actions: list[Action] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)  # (key, why) actions refused
+
+
+def report(store: ObjectStore, provider: str, prices: dict[str, float], rules: RuleSet | None,
+           now: float, pinned: set[str] | None = None) -> CostReport:
+    """Cost now, and after ``rules`` — never touching what a retained snapshot pins."""
+    from tierfs.sidecar.rules import ARCHIVED
+
+    rep = CostReport(provider)
+    pinned = pinned or set()
+    for item in inventory(store, provider):
+        top = item.key.split("/", 1)[0] if "/" in item.key else "/"
+        cost = price(prices, item.storage_class, item.size)
+        cell = rep.cells[(top, item.storage_class)]
+        cell[0] += 1
+        cell[1] += item.size
+        cell[2] += cost
+        rep.total += cost
+        after = cost
+        if rules is not None and top != RESERVED:
+            for rule in rules.rules:
+                act = evaluate(rule, item.key, item.storage_class, item.written, now)
+                if act is None:
+                    continue
+                if item.key in pinned and (act.kind == "expire" or act.to_class in ARCHIVED):
+                    rep.kept.append((item.key, f"pinned by a snapshot; rule {act.rule} would {act.kind}"))
+                    break
+                rep.actions.append(act)
+                after = 0.0 if act.kind == "expire" else price(prices, act.to_class, item.size)
+                break  # the first matching rule that acts decides
+        rep.after += after
+    return rep
