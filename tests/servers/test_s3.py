@@ -138,3 +138,29 @@ def test_backup_and_restore_through_s3(s3_server: SeaweedS3, tmp_path: Path) -> 
     run_tierfs("backup", "restore", target, ids[0], str(tmp_path / "r0"), "--config", str(cfg), check=True)
     assert (tmp_path / "r0/log.txt").read_bytes() == b"step 1\n"
     assert (tmp_path / "r0/ckpt/model.pt").read_bytes() == (src / "ckpt/model.pt").read_bytes()
+
+
+def test_lifecycle_apply_on_s3(s3_server: SeaweedS3, tmp_path: Path) -> None:
+    fs = s3_server.fs()
+    upload(s3_server, "lifecycle-lake", {"raw/a.bin": b"a" * 1000, "models/production/m.pt": b"m"})
+    cfg = s3_server.s3_config(tmp_path / "s3.toml")
+    rules = tmp_path / "r.toml"
+    rules.write_text('[[rule]]\nid = "cool"\nprefix = "raw/"\ntransitions = [{ days = 0, class = "STANDARD_IA" }]\n')
+    out = run_tierfs("lifecycle", "apply", "s3://lifecycle-lake", "--rules", str(rules),
+                     "--config", str(cfg), check=True).stdout
+    assert "1 transitioned" in out
+    assert fs.info("lifecycle-lake/raw/a.bin")["StorageClass"] == "STANDARD_IA"
+    assert fs.info("lifecycle-lake/models/production/m.pt")["StorageClass"] == "STANDARD"
+    # SeaweedFS takes expirations, not transitions, as native lifecycle configuration
+    res = run_tierfs("lifecycle", "apply", "s3://lifecycle-lake", "--rules", str(rules), "--native", "--config", str(cfg))
+    assert res.returncode == 1 and "refused the rules as native lifecycle configuration" in res.stderr
+    expiring = tmp_path / "e.toml"
+    expiring.write_text('[[rule]]\nid = "tmp-expire"\nprefix = "tmp/"\nexpiration_days = 7\n')
+    out = run_tierfs("lifecycle", "apply", "s3://lifecycle-lake", "--rules", str(expiring), "--native",
+                     "--config", str(cfg), check=True).stdout
+    assert "installed 1 rules" in out
+    conf = fs.call_s3("get_bucket_lifecycle_configuration", Bucket="lifecycle-lake")
+    assert conf["Rules"][0]["ID"] == "tmp-expire" and conf["Rules"][0]["Expiration"] == {"Days": 7}
+    out = run_tierfs("lifecycle", "apply", "s3://lifecycle-lake", "--rules", str(rules), "--config", str(cfg),
+                     check=True).stdout
+    assert "0 transitioned" in out

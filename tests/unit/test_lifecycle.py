@@ -121,3 +121,23 @@ def test_lake_init_and_plan_cli(tmp_path: Path) -> None:
     res = run_tierfs("lifecycle", "plan", f"file://{root}", "--rules", str(bad))
     assert res.returncode == 1 and "rule 'x': field 'expiration_days'" in res.stderr and "Traceback" not in res.stderr
     assert "total:" in run_tierfs("cost", f"file://{root}", check=True).stdout
+
+
+def test_apply_is_idempotent_on_a_local_lake(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    (root / "raw").mkdir(parents=True)
+    (root / "experiments").mkdir()
+    old = time.time() - 100 * DAY
+    for rel in ("raw/a.bin", "experiments/b.bin"):
+        (root / rel).write_bytes(b"x" * 1000)
+        os.utime(root / rel, (old, old))
+    rules = tmp_path / "r.toml"
+    rules.write_text('[[rule]]\nid = "cool"\nprefix = "raw/"\ntransitions = [{ days = 30, class = "STANDARD_IA" }]\n'
+                     '[[rule]]\nid = "exp"\nprefix = "experiments/"\nexpiration_days = 90\n')
+    out = run_tierfs("lifecycle", "apply", f"file://{root}", "--rules", str(rules), check=True).stdout
+    assert "1 transitioned, 1 expired" in out
+    assert os.getxattr(root / "raw/a.bin", LOCAL_CLASS_XATTR) == b"STANDARD_IA"
+    assert not (root / "experiments/b.bin").exists()
+    assert (root / "raw/a.bin").stat().st_mtime == pytest.approx(old)  # its age is kept
+    out = run_tierfs("lifecycle", "apply", f"file://{root}", "--rules", str(rules), check=True).stdout
+    assert "0 transitioned, 0 expired" in out

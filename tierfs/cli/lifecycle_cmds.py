@@ -106,3 +106,29 @@ def _report(lake_url: str, rules_file: Path | None, config_file: Path | None) ->
              else parse_rules(tomllib.loads(starter_rules(provider)), provider, "default rules"))
     store = open_lake(lake_url, config_file)
     return report(store, provider, prices, rules, time.time(), _pinned(store)), rules
+
+
+@lifecycle.command("apply")
+@click.argument("lake_url")
+@click.option("--rules", "rules_file", type=click.Path(path_type=Path), required=True)
+@click.option("--native", is_flag=True, help="Also install the rules as the bucket's own lifecycle configuration (S3).")
+@_CONFIG
+def lifecycle_apply(lake_url: str, rules_file: Path, native: bool, config_file: Path | None) -> None:
+    """Perform what `plan` lists (idempotent: a second run changes nothing)."""
+    import sys
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from tierfs.sidecar.lifecycle import apply_actions, install_native
+
+    rep, rules = _report(lake_url, rules_file, config_file)
+    store = open_lake(lake_url, config_file)
+    with Progress(TextColumn("[bold]apply"), BarColumn(), MofNCompleteColumn(), transient=True,
+                  disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("apply", total=len(rep.actions))
+        moved, expired = apply_actions(store, rep.actions, on_done=lambda _a: bar.advance(task))
+    click.echo(f"applied {rules_file}: {moved} transitioned, {expired} expired, {len(rep.kept)} kept for snapshots; "
+               f"monthly cost now about {rep.after:.4f} USD")
+    if native:
+        bucket = install_native(store, rules)
+        click.echo(f"installed {len(rules.rules)} rules as the lifecycle configuration of bucket {bucket}")
