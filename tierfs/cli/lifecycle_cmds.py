@@ -14,21 +14,10 @@ from tierfs.errors import UserError
 from tierfs.sidecar.cost import CostReport
 from tierfs.sidecar.rules import RuleSet
 from tierfs.store.objects import ObjectStore
+from tierfs.versions.catalog import pinned_keys
 
 _CONFIG = click.option("--config", "config_file", type=click.Path(path_type=Path), metavar="FILE",
                        help="TOML settings file (endpoint, credentials, [prices]).")
-
-
-def _pinned(store: ObjectStore) -> set[str]:
-    """Keys that snapshots pin (their source objects in pinned mode)."""
-    from tierfs.versions.catalog import list_datasets, list_snapshots, open_snapshot
-
-    keys: set[str] = set()
-    for ds in list_datasets(store):
-        for meta in list_snapshots(store, ds):
-            if meta.mode == "pinned":
-                keys.update(e.key for e in open_snapshot(store, ds, meta.name) if not e.is_dir)
-    return keys
 
 
 @cli.group()
@@ -105,7 +94,7 @@ def _report(lake_url: str, rules_file: Path | None, config_file: Path | None) ->
     rules = (load_rules(rules_file, provider) if rules_file
              else parse_rules(tomllib.loads(starter_rules(provider)), provider, "default rules"))
     store = open_lake(lake_url, config_file)
-    return report(store, provider, prices, rules, time.time(), _pinned(store)), rules
+    return report(store, provider, prices, rules, time.time(), pinned_keys(store)), rules
 
 
 @lifecycle.command("apply")
@@ -132,3 +121,23 @@ def lifecycle_apply(lake_url: str, rules_file: Path, native: bool, config_file: 
     if native:
         bucket = install_native(store, rules)
         click.echo(f"installed {len(rules.rules)} rules as the lifecycle configuration of bucket {bucket}")
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(path_type=Path), metavar="FILE", required=True,
+              help="Sidecar TOML: [sidecar] options and [[job]] entries.")
+def sidecar(config_file: Path) -> None:
+    """Run the configured lifecycle and backup jobs on their schedules until SIGTERM."""
+    import logging
+    import sys
+
+    import trio
+
+    from tierfs.sidecar.daemon import load_jobs, serve
+
+    load_jobs(config_file)  # a bad file fails here, in one line, before anything starts
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    trio.run(serve, config_file)

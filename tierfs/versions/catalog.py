@@ -58,6 +58,16 @@ def open_snapshot(store: ObjectStore, dataset: str, name: str) -> ManifestReader
     return ManifestReader.open(dataset, name, store.read_all)
 
 
+def pinned_keys(store: ObjectStore) -> set[str]:
+    """Lake keys whose versions snapshots pin (pinned mode): lifecycle must not expire or archive them."""
+    keys: set[str] = set()
+    for ds in list_datasets(store):
+        for meta in list_snapshots(store, ds):
+            if meta.mode == "pinned":
+                keys.update(e.key for e in open_snapshot(store, ds, meta.name) if not e.is_dir)
+    return keys
+
+
 def delete_snapshot(store: ObjectStore, dataset: str, name: str) -> SnapshotMeta:
     """Remove a snapshot: its meta.json first (so it is gone at once), then its parts.
 

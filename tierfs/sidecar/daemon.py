@@ -1,0 +1,174 @@
+"""The sidecar daemon: runs lifecycle and backup jobs on their schedules, beside the mounts.
+
+    [sidecar]
+    metrics = "127.0.0.1:9465"           # optional Prometheus endpoint
+    store_config = "/etc/tierfs/train.toml"  # optional: endpoint and credentials for the lakes
+
+    [[job]]
+    name = "nightly-lifecycle"
+    kind = "lifecycle"                   # plan, and apply if apply = true
+    lake = "s3://ml-lake"
+    rules = "/etc/tierfs/lifecycle.toml"
+    apply = true
+    every = "24h"
+
+    [[job]]
+    name = "checkpoints"
+    kind = "backup"
+    source = "/nvme/checkpoints"
+    target = "s3://ml-lake/backups/node-17"
+    keep = 7
+    every = "6h"
+
+Each job runs in a worker thread, one run at a time, first at start-up and
+then every `every`; each run is logged in one line (what it did, or why it
+failed) and counted. SIGTERM lets a running job finish, then exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from prometheus_client import Counter, Gauge
+
+from tierfs.config import load
+from tierfs.errors import ConfigError, TierfsError
+from tierfs.metrics import REGISTRY
+from tierfs.metrics import serve as serve_metrics
+
+log = logging.getLogger("tierfs.sidecar")
+RUNS = Counter("tierfs_sidecar_job_runs", "Sidecar job runs", ["job", "outcome"], registry=REGISTRY)
+LAST_SECONDS = Gauge("tierfs_sidecar_job_last_seconds", "Duration of the job's last run", ["job"], registry=REGISTRY)
+LAST_SUCCESS = Gauge("tierfs_sidecar_job_last_success_timestamp", "When the job last succeeded", ["job"],
+                     registry=REGISTRY)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_FIELDS = {"lifecycle": {"name", "kind", "every", "lake", "rules", "apply"},
+           "backup": {"name", "kind", "every", "source", "target", "keep"}}
+
+
+@dataclass
+class Job:
+    name: str
+    kind: str
+    every: float
+    args: dict[str, Any]
+
+
+def parse_duration(text: Any, where: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", str(text))
+    if not m:
+        raise ConfigError(f"{where} = {text!r}: expected a duration such as 30s, 15m, 6h or 1d")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def load_jobs(path: Path) -> tuple[dict[str, Any], list[Job]]:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"sidecar config {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"sidecar config {path} is not valid TOML: {exc}") from None
+    extra = set(doc) - {"sidecar", "job"}
+    if extra:
+        raise ConfigError(f"{path}: unknown table {sorted(extra)[0]!r}; expected [sidecar] and [[job]]")
+    jobs = []
+    for i, raw in enumerate(doc.get("job", [])):
+        name = raw.get("name") or f"#{i + 1}"
+        where = f"{path}: job {name!r}"
+        kind = raw.get("kind")
+        if kind not in _FIELDS:
+            raise ConfigError(f"{where}: field 'kind' must be lifecycle or backup (got {kind!r})")
+        bad = set(raw) - _FIELDS[kind]
+        if bad:
+            raise ConfigError(f"{where}: unknown field {sorted(bad)[0]!r} for a {kind} job")
+        need = {"lifecycle": ("lake", "rules"), "backup": ("source", "target")}[kind]
+        for key in need:
+            if not isinstance(raw.get(key), str) or not raw[key]:
+                raise ConfigError(f"{where}: field {key!r} is required")
+        every = parse_duration(raw.get("every", "24h"), f"{where}: field 'every'")
+        jobs.append(Job(str(name), kind, every, {k: v for k, v in raw.items() if k not in ("name", "kind", "every")}))
+    if not jobs:
+        raise ConfigError(f"{path}: no [[job]] to run")
+    return doc.get("sidecar", {}), jobs
+
+
+def run_job(job: Job, store_config: Path | None) -> str:
+    """One run of a job (blocking); returns a one-line summary."""
+    from tierfs.store.objects import ObjectStore
+
+    if job.kind == "backup":
+        from tierfs.sidecar.backup import run_backup
+
+        store = ObjectStore.open(load(store_config, {"lake_url": job.args["target"]}))
+        rep = run_backup(Path(job.args["source"]), store, job.args.get("keep"))
+        return (f"backup {rep.info.id}: {rep.info.files} files, {rep.uploaded} uploaded, {rep.reused} unchanged"
+                + (f", expired {len(rep.expired)}" if rep.expired else ""))
+    from tierfs.sidecar.cost import PRICES, provider_of, report
+    from tierfs.sidecar.lifecycle import apply_actions
+    from tierfs.sidecar.rules import load_rules
+
+    lake = job.args["lake"]
+    settings = load(store_config, {"lake_url": lake})
+    provider = provider_of(lake)
+    store = ObjectStore.open(settings)
+    store.check()
+    rules = load_rules(Path(job.args["rules"]), provider)
+    from tierfs.versions.catalog import pinned_keys
+
+    plan = report(store, provider, {**PRICES[provider], **getattr(settings, f"prices_{provider}")}, rules,
+                  time.time(), pinned_keys(store))
+    if not job.args.get("apply", False):
+        return f"plan: {len(plan.actions)} changes, {len(plan.kept)} kept; {plan.total:.4f} -> {plan.after:.4f} USD/month"
+    moved, expired = apply_actions(store, plan.actions)
+    return f"applied: {moved} transitioned, {expired} expired, {len(plan.kept)} kept for snapshots"
+
+
+async def _loop(job: Job, store_config: Path | None) -> None:
+    while True:
+        t0 = time.monotonic()
+        try:
+            summary = await trio.to_thread.run_sync(run_job, job, store_config)
+        except (TierfsError, OSError) as exc:
+            RUNS.labels(job.name, "failed").inc()
+            log.error("job %s failed: %s", job.name, exc)
+        except Exception as exc:  # a bug: log it, keep the daemon and the other jobs alive
+            RUNS.labels(job.name, "failed").inc()
+            log.exception("job %s failed unexpectedly: %s", job.name, exc)
+        else:
+            RUNS.labels(job.name, "ok").inc()
+            LAST_SUCCESS.labels(job.name).set(time.time())
+            log.info("job %s: %s (%.1f s)", job.name, summary, time.monotonic() - t0)
+        LAST_SECONDS.labels(job.name).set(time.monotonic() - t0)
+        await trio.sleep(max(0.0, job.every - (time.monotonic() - t0)))
+
+
+async def serve(config: Path) -> None:
+    from tierfs.mount import sd_notify
+
+    options, jobs = load_jobs(config)
+    store_config = Path(options["store_config"]) if options.get("store_config") else None
+    server = serve_metrics(str(options["metrics"])) if options.get("metrics") else None
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                for job in jobs:
+                    nursery.start_soon(_loop, job, store_config)
+                log.info("sidecar started: %s", ", ".join(f"{j.name} ({j.kind}, every {j.every:.0f} s)" for j in jobs))
+                sd_notify(f"READY=1\nSTATUS={len(jobs)} jobs scheduled")
+                async for signum in signals:
+                    log.info("received %s; stopping once running jobs finish", signal.Signals(signum).name)
+                    sd_notify("STOPPING=1")
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        if server is not None:
+            server.shutdown()
+    log.info("sidecar stopped")
