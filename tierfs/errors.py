@@ -31,6 +31,10 @@ class StoreError(TierfsError):
     """The object store failed after retries (network, server, throttling)."""
 
 
+class Archived(TierfsError):
+    """The object is in an archive storage class and must be restored before it can be read."""
+
+
 class NotFound(TierfsError):
     errno = errno.ENOENT
 

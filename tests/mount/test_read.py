@@ -288,3 +288,16 @@ def test_a_warm_small_file_costs_two_fuse_requests(tmp_path: Path) -> None:
         delta = {op: after[op] - before[op] for op in after}
         assert delta["open"] == 10 and delta["release"] == 10
         assert delta["lookup"] == 0 and delta["read"] == 0 and delta["getattr"] <= 1
+
+
+def test_archived_object_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    write_tree(root, {"old/ckpt.pt": b"frozen", "old/fresh.pt": b"readable"})
+    os.setxattr(root / "old/ckpt.pt", "user.tierfs.class", b"DEEP_ARCHIVE")  # a local lake's emulated class
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache") as m:
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as e:
+            (m.mountpoint / "old/ckpt.pt").read_bytes()
+        assert e.value.errno == errno.EIO and time.monotonic() - t0 < 5
+        assert (m.mountpoint / "old/fresh.pt").read_bytes() == b"readable"
+        assert "old/ckpt.pt is archived (DEEP_ARCHIVE): restore it first" in m.log_tail()

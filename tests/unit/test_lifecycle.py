@@ -141,3 +141,21 @@ def test_apply_is_idempotent_on_a_local_lake(tmp_path: Path) -> None:
     assert (root / "raw/a.bin").stat().st_mtime == pytest.approx(old)  # its age is kept
     out = run_tierfs("lifecycle", "apply", f"file://{root}", "--rules", str(rules), check=True).stdout
     assert "0 transitioned, 0 expired" in out
+
+
+def test_snapshot_retention_keeps_the_last_and_the_tagged(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    (root / "datasets/toy").mkdir(parents=True)
+    for i, extra in enumerate([["--meta", "keep=true"], [], [], []]):
+        (root / "datasets/toy/f.txt").write_text(f"v{i}")
+        run_tierfs("snapshot", "create", f"file://{root}", "datasets/toy", f"v{i}", *extra, check=True)
+    rules = tmp_path / "r.toml"
+    rules.write_text('[[retention]]\ndataset = "toy"\nkeep_last = 2\nkeep_tagged = true\n')
+    plan = run_tierfs("lifecycle", "plan", f"file://{root}", "--rules", str(rules), check=True).stdout
+    assert "snapshot toy@v1\texpire\t(retention: not among the newest 2)" in plan
+    assert "toy@v0" not in plan  # tagged keep = true
+    out = run_tierfs("lifecycle", "apply", f"file://{root}", "--rules", str(rules), check=True).stdout
+    assert "expired 1 snapshots by retention" in out
+    names = [ln.split("\t")[0] for ln in run_tierfs("snapshot", "list", f"file://{root}", check=True).stdout.splitlines()]
+    assert names == ["toy@v0", "toy@v2", "toy@v3"]
+    assert "toy@v1" not in run_tierfs("lifecycle", "plan", f"file://{root}", "--rules", str(rules), check=True).stdout

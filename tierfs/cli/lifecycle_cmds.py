@@ -71,7 +71,11 @@ def lifecycle() -> None:
 @_CONFIG
 def lifecycle_plan(lake_url: str, rules_file: Path, config_file: Path | None) -> None:
     """What the rules would change now, and the monthly cost before and after."""
-    rep, _ = _report(lake_url, rules_file, config_file)
+    rep, rules = _report(lake_url, rules_file, config_file)
+    from tierfs.sidecar.retention import expired_snapshots
+
+    for meta, why in expired_snapshots(open_lake(lake_url, config_file), rules.retention, time.time()):
+        click.echo(f"snapshot {meta.dataset}@{meta.name}	expire	(retention: {why})")
     for a in rep.actions:
         what = f"-> {a.to_class}" if a.kind == "transition" else "expire"
         click.echo(f"{a.key}\t{what}\t(rule {a.rule})")
@@ -79,6 +83,13 @@ def lifecycle_plan(lake_url: str, rules_file: Path, config_file: Path | None) ->
         click.echo(f"{key}\tkept: {why}")
     click.echo(f"{len(rep.actions)} changes, {len(rep.kept)} refused; monthly cost {rep.total:.4f} -> "
                f"{rep.after:.4f} USD ({rep.provider} prices)")
+
+
+def _rules_only(lake_url: str, rules_file: Path) -> RuleSet:
+    from tierfs.sidecar.cost import provider_of
+    from tierfs.sidecar.rules import load_rules
+
+    return load_rules(rules_file, provider_of(lake_url))
 
 
 def _report(lake_url: str, rules_file: Path | None, config_file: Path | None) -> tuple[CostReport, RuleSet]:
@@ -109,9 +120,14 @@ def lifecycle_apply(lake_url: str, rules_file: Path, native: bool, config_file: 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from tierfs.sidecar.lifecycle import apply_actions, install_native
+    from tierfs.sidecar.retention import expire_snapshots, expired_snapshots
 
-    rep, rules = _report(lake_url, rules_file, config_file)
     store = open_lake(lake_url, config_file)
+    # Retention first: what a deleted snapshot pinned is no longer protected below.
+    gone = expire_snapshots(store, expired_snapshots(store, _rules_only(lake_url, rules_file).retention, time.time()))
+    if gone:
+        click.echo(f"expired {gone} snapshots by retention; run tierfs gc to free their copies")
+    rep, rules = _report(lake_url, rules_file, config_file)
     with Progress(TextColumn("[bold]apply"), BarColumn(), MofNCompleteColumn(), transient=True,
                   disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("apply", total=len(rep.actions))

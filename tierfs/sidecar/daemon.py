@@ -121,14 +121,20 @@ def run_job(job: Job, store_config: Path | None) -> str:
     store = ObjectStore.open(settings)
     store.check()
     rules = load_rules(Path(job.args["rules"]), provider)
+    from tierfs.sidecar.retention import expire_snapshots, expired_snapshots
     from tierfs.versions.catalog import pinned_keys
+
+    doomed = expired_snapshots(store, rules.retention, time.time())
+    gone = expire_snapshots(store, doomed) if job.args.get("apply", False) else 0
 
     plan = report(store, provider, {**PRICES[provider], **getattr(settings, f"prices_{provider}")}, rules,
                   time.time(), pinned_keys(store))
     if not job.args.get("apply", False):
-        return f"plan: {len(plan.actions)} changes, {len(plan.kept)} kept; {plan.total:.4f} -> {plan.after:.4f} USD/month"
+        return (f"plan: {len(plan.actions)} changes, {len(plan.kept)} kept, {len(doomed)} snapshots to expire; "
+                f"{plan.total:.4f} -> {plan.after:.4f} USD/month")
     moved, expired = apply_actions(store, plan.actions)
-    return f"applied: {moved} transitioned, {expired} expired, {len(plan.kept)} kept for snapshots"
+    return (f"applied: {moved} transitioned, {expired} expired, {len(plan.kept)} kept for snapshots, "
+            f"{gone} snapshots expired by retention")
 
 
 async def _loop(job: Job, store_config: Path | None) -> None:

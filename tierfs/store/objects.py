@@ -21,7 +21,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from tierfs.config import Settings
-from tierfs.errors import NotFound, StoreError, UserError
+from tierfs.errors import Archived, NotFound, StoreError, UserError
 from tierfs.metrics import BACKEND_COUNTERS, BACKEND_SECONDS, Counters
 from tierfs.refs import ObjectRef
 from tierfs.store.retry import is_credentials_error, is_temp_failure, retry_call
@@ -123,7 +123,13 @@ class ObjectStore:
             data: bytes = self.fs.cat_file(full, start=start, end=end, **kwargs)
             return data
 
-        data: bytes = self._call(call, f"read {ref.key} [{start}:{end}]")
+        self._refuse_archived(ref)
+        try:
+            data: bytes = self._call(call, f"read {ref.key} [{start}:{end}]")
+        except PermissionError as exc:
+            if "InvalidObjectState" in str(exc) or "archive" in str(exc).lower():
+                raise self._archived(ref, "an archive class") from None
+            raise
         self.stats.add("bytes", len(data))
         if len(data) != end - start:
             # The object changed or shrank since it was listed: never serve
@@ -203,6 +209,24 @@ class ObjectStore:
         full, kwargs = self._versioned(ref)
         self.stats.add("requests")
         return self.fs.open(full, "rb", **kwargs)
+
+    def _refuse_archived(self, ref: ObjectRef) -> None:
+        """A local lake emulates archive classes (user.tierfs.class): refuse as S3 would."""
+        if type(self.fs).__name__ != "LocalFileSystem":
+            return
+        try:
+            cls = os.getxattr(self._full(ref.key), "user.tierfs.class").decode()
+        except OSError:
+            return
+        if cls in ("GLACIER", "DEEP_ARCHIVE", "Archive", "ARCHIVE"):
+            raise self._archived(ref, cls)
+
+    def _archived(self, ref: ObjectRef, where: str) -> Archived:
+        msg = (f"{ref.key} is archived ({where}): restore it first (S3: aws s3api restore-object "
+               f"--key {ref.key} --restore-request Days=7 …; or set its class back), then read again")
+        log.warning("%s", msg)
+        self.stats.add("errors")
+        return Archived(msg)
 
     def _versioned(self, ref: ObjectRef) -> tuple[str, dict[str, Any]]:
         """Path and keywords that read exactly the version ``ref`` pins."""
