@@ -75,3 +75,30 @@ def test_copy_mode_on_an_unversioned_bucket(s3_server: SeaweedS3, tmp_path: Path
         assert {p.name: p.read_bytes() for p in snap.iterdir()} == {k.removeprefix("ds/"): v for k, v in files.items()}
     report = run_tierfs("gc", "s3://plain-lake", "--grace", "0", "--config", str(cfg), check=True).stdout
     assert "0 unreferenced copies" in report
+
+
+def test_noncurrent_expiration_spares_pinned_versions(s3_server: SeaweedS3, tmp_path: Path) -> None:
+    fs = s3_server.fs()
+    fs.mkdir("nc-lake")
+    fs.make_bucket_versioned("nc-lake", True)
+    fs.pipe("nc-lake/ds/pinned.bin", b"pinned v1")
+    fs.pipe("nc-lake/ds/free.bin", b"free v1")
+    cfg = s3_server.s3_config(tmp_path / "s3.toml")
+    run_tierfs("snapshot", "create", "s3://nc-lake", "ds", "v1", "--config", str(cfg), check=True)
+    fs.pipe("nc-lake/ds/pinned.bin", b"pinned v2")  # v1 is now noncurrent, but the snapshot reads it
+    fs.pipe("nc-lake/ds/free.bin", b"free v2")
+    fs.pipe("nc-lake/ds/free.bin", b"free v3")  # free v1 and v2 are noncurrent; v1 is pinned too
+    rules = tmp_path / "r.toml"
+    rules.write_text('[[rule]]\nid = "old-versions"\nprefix = "ds/"\nnoncurrent_expiration_days = 0\n')
+    plan = run_tierfs("lifecycle", "plan", "s3://nc-lake", "--rules", str(rules), "--config", str(cfg), check=True).stdout
+    assert plan.count("\texpire\t(rule old-versions)") == 1  # free v2 only
+    assert plan.count("kept: pinned by a snapshot") == 2
+    out = run_tierfs("lifecycle", "apply", "s3://nc-lake", "--rules", str(rules), "--config", str(cfg), check=True).stdout
+    assert "1 expired" in out
+    fv = s3_server.fs(version_aware=True)
+    assert len(fv.object_version_info("nc-lake/ds/free.bin")) == 2
+    assert len(fv.object_version_info("nc-lake/ds/pinned.bin")) == 2
+    with mounted("s3://nc-lake", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
+        snap = m.mountpoint / ".snapshots/ds/v1"
+        assert (snap / "pinned.bin").read_bytes() == b"pinned v1"
+        assert (snap / "free.bin").read_bytes() == b"free v1"

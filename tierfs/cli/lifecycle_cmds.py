@@ -14,7 +14,7 @@ from tierfs.errors import UserError
 from tierfs.sidecar.cost import CostReport
 from tierfs.sidecar.rules import RuleSet
 from tierfs.store.objects import ObjectStore
-from tierfs.versions.catalog import pinned_keys
+from tierfs.versions.catalog import pinned_keys, pinned_versions
 
 _CONFIG = click.option("--config", "config_file", type=click.Path(path_type=Path), metavar="FILE",
                        help="TOML settings file (endpoint, credentials, [prices]).")
@@ -105,7 +105,7 @@ def _report(lake_url: str, rules_file: Path | None, config_file: Path | None) ->
     rules = (load_rules(rules_file, provider) if rules_file
              else parse_rules(tomllib.loads(starter_rules(provider)), provider, "default rules"))
     store = open_lake(lake_url, config_file)
-    return report(store, provider, prices, rules, time.time(), pinned_keys(store)), rules
+    return report(store, provider, prices, rules, time.time(), pinned_keys(store), pinned_versions(store)), rules
 
 
 @lifecycle.command("apply")

@@ -53,6 +53,40 @@ def inventory(store: ObjectStore, provider: str) -> Iterator[Item]:
         yield Item(e.name, e.size, e.mtime_ns / 1e9, cls or DEFAULT_CLASS[provider])
 
 
+@dataclass(frozen=True)
+class Version:
+    key: str
+    version: str
+    size: int
+    storage_class: str
+    noncurrent_since: float  # when a newer version (or a delete marker) replaced it
+
+
+def noncurrent_versions(store: ObjectStore) -> Iterator[Version]:
+    """Noncurrent versions in a versioned S3 bucket (under the lake's prefix), one page at a time."""
+    if type(store.fs).__name__ != "S3FileSystem" or not store.version_aware:
+        return
+    bucket, _, prefix = store.root.partition("/")
+    base = f"{prefix}/" if prefix else ""
+    kwargs: dict[str, str] = {"Bucket": bucket, "Prefix": base}
+    newer: dict[str, float] = {}  # key -> LastModified of the newest version or marker seen so far
+    while True:
+        page = store.fs.call_s3("list_object_versions", **kwargs)
+        events = [(v, False) for v in page.get("Versions", [])] + [(d, True) for d in page.get("DeleteMarkers", [])]
+        # within a key, newest first; a page may split a key, so `newer` carries over
+        events.sort(key=lambda e: (e[0]["Key"], -e[0]["LastModified"].timestamp()))
+        for v, is_marker in events:
+            key = v["Key"][len(base):]
+            when = v["LastModified"].timestamp()
+            if not v.get("IsLatest") and not is_marker and key in newer:
+                yield Version(key, v["VersionId"], int(v.get("Size", 0)), v.get("StorageClass", "STANDARD"), newer[key])
+            newer[key] = when
+        if not page.get("IsTruncated"):
+            return
+        kwargs["KeyMarker"] = page["NextKeyMarker"]
+        kwargs["VersionIdMarker"] = page.get("NextVersionIdMarker", "")
+
+
 def price(prices: dict[str, float], storage_class: str, size: int) -> float:
     return prices.get(storage_class, 0.0) * size / 1e9
 
@@ -69,7 +103,7 @@ class CostReport:
 
 
 def report(store: ObjectStore, provider: str, prices: dict[str, float], rules: RuleSet | None,
-           now: float, pinned: set[str] | None = None) -> CostReport:
+           now: float, pinned: set[str] | None = None, pinned_versions: set[tuple[str, str]] | None = None) -> CostReport:
     """Cost now, and after ``rules`` — never touching what a retained snapshot pins."""
     from tierfs.sidecar.rules import ARCHIVED
 
@@ -96,4 +130,29 @@ def report(store: ObjectStore, provider: str, prices: dict[str, float], rules: R
                 after = 0.0 if act.kind == "expire" else price(prices, act.to_class, item.size)
                 break  # the first matching rule that acts decides
         rep.after += after
+    if rules is not None and any(r.noncurrent_expiration_days is not None or r.noncurrent_transitions for r in rules.rules):
+        _noncurrent(store, prices, rules, now, pinned_versions or set(), rep)
     return rep
+
+
+def _noncurrent(store: ObjectStore, prices: dict[str, float], rules: RuleSet, now: float,
+                pinned: set[tuple[str, str]], rep: CostReport) -> None:
+    """Noncurrent versions: expiring them is done here; moving them is left to native rules."""
+    for v in noncurrent_versions(store):
+        cost = price(prices, v.storage_class, v.size)
+        rep.total += cost
+        after = cost
+        for rule in rules.rules:
+            act = evaluate(rule, v.key, v.storage_class, v.noncurrent_since, now, v.noncurrent_since, v.version)
+            if act is None:
+                continue
+            if (v.key, v.version) in pinned:
+                rep.kept.append((f"{v.key}?versionId={v.version}", f"pinned by a snapshot; rule {act.rule} would {act.kind}"))
+            elif act.kind == "expire":
+                rep.actions.append(act)
+                after = 0.0
+            else:
+                rep.kept.append((f"{v.key}?versionId={v.version}",
+                                 f"noncurrent transitions are done by native rules (apply --native); rule {act.rule}"))
+            break
+        rep.after += after

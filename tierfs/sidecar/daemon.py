@@ -122,13 +122,13 @@ def run_job(job: Job, store_config: Path | None) -> str:
     store.check()
     rules = load_rules(Path(job.args["rules"]), provider)
     from tierfs.sidecar.retention import expire_snapshots, expired_snapshots
-    from tierfs.versions.catalog import pinned_keys
+    from tierfs.versions.catalog import pinned_keys, pinned_versions
 
     doomed = expired_snapshots(store, rules.retention, time.time())
     gone = expire_snapshots(store, doomed) if job.args.get("apply", False) else 0
 
     plan = report(store, provider, {**PRICES[provider], **getattr(settings, f"prices_{provider}")}, rules,
-                  time.time(), pinned_keys(store))
+                  time.time(), pinned_keys(store), pinned_versions(store))
     if not job.args.get("apply", False):
         return (f"plan: {len(plan.actions)} changes, {len(plan.kept)} kept, {len(doomed)} snapshots to expire; "
                 f"{plan.total:.4f} -> {plan.after:.4f} USD/month")

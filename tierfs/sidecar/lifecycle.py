@@ -25,7 +25,11 @@ def apply_actions(store: ObjectStore, actions: list[Action],
     kind = type(store.fs).__name__
     moved = expired = 0
     for a in actions:
-        if a.kind == "expire":
+        if a.kind == "expire" and a.version:
+            bucket, _, key = f"{store.root}/{a.key}".partition("/")
+            store.fs.call_s3("delete_object", Bucket=bucket, Key=key, VersionId=a.version)
+            expired += 1
+        elif a.kind == "expire":
             store.delete(a.key)
             expired += 1
         elif kind == "LocalFileSystem":

@@ -68,6 +68,16 @@ def pinned_keys(store: ObjectStore) -> set[str]:
     return keys
 
 
+def pinned_versions(store: ObjectStore) -> set[tuple[str, str]]:
+    """(key, version id) pairs that pinned-mode snapshots read."""
+    out: set[tuple[str, str]] = set()
+    for ds in list_datasets(store):
+        for meta in list_snapshots(store, ds):
+            if meta.mode == "pinned":
+                out.update((e.key, e.version) for e in open_snapshot(store, ds, meta.name) if not e.is_dir and e.version)
+    return out
+
+
 def delete_snapshot(store: ObjectStore, dataset: str, name: str) -> SnapshotMeta:
     """Remove a snapshot: its meta.json first (so it is gone at once), then its parts.
 
