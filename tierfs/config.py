@@ -313,18 +313,23 @@ def _parse(key: _Key, raw: Any, origin: str) -> Any:
         ) from None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml_file(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML document, or one line saying why it cannot be had (for every TOML file tierfs reads)."""
     try:
         with path.open("rb") as fh:
-            doc = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
+        raise ConfigError(f"{what} {path} is a directory, not a TOML file") from None
     except PermissionError:
-        raise ConfigError(f"config file {path} cannot be read (permission denied)") from None
+        raise ConfigError(f"{what} {path} cannot be read (permission denied)") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    doc = read_toml_file(path)
     out: dict[str, Any] = {}
     sections = sorted({k.section for k in _KEYS})
     for section, table in doc.items():

@@ -31,7 +31,6 @@ import logging
 import re
 import signal
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from typing import Any
 import trio
 from prometheus_client import Counter, Gauge
 
-from tierfs.config import load
+from tierfs.config import load, read_toml_file
 from tierfs.errors import ConfigError, TierfsError
 from tierfs.metrics import REGISTRY
 from tierfs.metrics import serve as serve_metrics
@@ -70,12 +69,7 @@ def parse_duration(text: Any, where: str) -> float:
 
 
 def load_jobs(path: Path) -> tuple[dict[str, Any], list[Job]]:
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"sidecar config {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"sidecar config {path} is not valid TOML: {exc}") from None
+    doc = read_toml_file(path, "sidecar config")
     extra = set(doc) - {"sidecar", "job"}
     if extra:
         raise ConfigError(f"{path}: unknown table {sorted(extra)[0]!r}; expected [sidecar] and [[job]]")

@@ -20,11 +20,11 @@ being current. A bad file is refused with one line naming the rule and field.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tierfs.config import read_toml_file
 from tierfs.errors import ConfigError
 
 DAY = 86400.0
@@ -130,13 +130,7 @@ _RETENTION_FIELDS = {"dataset", "keep_last", "keep_tagged", "expire_untagged_aft
 
 
 def load_rules(path: Path, provider: str) -> RuleSet:
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"rule file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"rule file {path} is not valid TOML: {exc}") from None
-    return parse_rules(doc, provider, str(path))
+    return parse_rules(read_toml_file(path, "rule file"), provider, str(path))
 
 
 def parse_rules(doc: dict[str, Any], provider: str, where: str = "rules") -> RuleSet:
