@@ -12,7 +12,6 @@ import logging
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from tierfs.metrics import BACKEND_SECONDS, FUSE_SECONDS, TIER_SECONDS, export_s
 from tierfs.metrics import serve as serve_metrics
 from tierfs.namespace.live import Namespace
 from tierfs.store.objects import ObjectStore
+from tierfs.systemd import sd_notify
 from tierfs.tiers.base import Tier
 from tierfs.tiers.chain import TierChain
 from tierfs.tiers.disk import DiskTier
@@ -269,23 +269,6 @@ def spawn_daemon(argv: list[str], log_file: Path, timeout: float = 120.0) -> tup
     if line:
         raise UserError(line)
     raise UserError(f"the tierfs daemon exited during start-up (code {proc.returncode}): {_tail(log_file)}")
-
-
-def sd_notify(message: str) -> bool:
-    """Tell systemd (Type=notify) about our state, if it is listening; no libsystemd needed."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]  # an abstract socket
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())
-        return True
-    except OSError as exc:
-        log.warning("could not notify systemd at %s: %s", address, exc)
-        return False
 
 
 def notify_ready(fd: int | None) -> Callable[[str], None]:

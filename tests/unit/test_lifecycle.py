@@ -11,9 +11,9 @@ from helpers import run_tierfs
 
 from tierfs.config import load
 from tierfs.errors import ConfigError
-from tierfs.sidecar.cost import LOCAL_CLASS_XATTR, PRICES, report
+from tierfs.sidecar.cost import PRICES, report
 from tierfs.sidecar.rules import DAY, Rule, Transition, evaluate, parse_rules
-from tierfs.store.objects import ObjectStore
+from tierfs.store.objects import LOCAL_CLASS_XATTR, ObjectStore
 
 NOW = 1_800_000_000.0
 RULE = Rule("r", "datasets/", transitions=(Transition(30, "STANDARD_IA"), Transition(90, "GLACIER_IR")),

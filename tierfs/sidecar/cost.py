@@ -6,7 +6,6 @@ US regions; override them in the config's [prices] tables.
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ PRICES: dict[str, dict[str, float]] = {
     "azure": {"Hot": 0.0184, "Cool": 0.01, "Cold": 0.0036, "Archive": 0.00099},
 }
 DEFAULT_CLASS = {"s3": "STANDARD", "gcs": "STANDARD", "azure": "Hot"}
-LOCAL_CLASS_XATTR = "user.tierfs.class"  # how a local lake emulates storage classes
 
 
 def provider_of(url: str) -> str:
@@ -40,16 +38,8 @@ class Item:
 
 def inventory(store: ObjectStore, provider: str) -> Iterator[Item]:
     """Every object of the lake with its size, age and storage class (tierfs' own area included)."""
-    local = type(store.fs).__name__ == "LocalFileSystem"
     for e in store.walk_files(""):
-        cls = ""
-        if local:
-            try:
-                cls = os.getxattr(f"{store.root}/{e.name}", LOCAL_CLASS_XATTR).decode()
-            except OSError:
-                cls = ""
-        elif e.ref is not None:
-            cls = e.storage_class
+        cls = store.local_class(e.name) if store.is_local else e.storage_class
         yield Item(e.name, e.size, e.mtime_ns / 1e9, cls or DEFAULT_CLASS[provider])
 
 

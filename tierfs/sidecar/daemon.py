@@ -42,6 +42,7 @@ from tierfs.config import load, read_toml_file
 from tierfs.errors import ConfigError, TierfsError
 from tierfs.metrics import REGISTRY
 from tierfs.metrics import serve as serve_metrics
+from tierfs.systemd import sd_notify
 
 log = logging.getLogger("tierfs.sidecar")
 RUNS = Counter("tierfs_sidecar_job_runs", "Sidecar job runs", ["job", "outcome"], registry=REGISTRY)
@@ -151,8 +152,6 @@ async def _loop(job: Job, store_config: Path | None) -> None:
 
 
 async def serve(config: Path) -> None:
-    from tierfs.mount import sd_notify
-
     options, jobs = load_jobs(config)
     store_config = Path(options["store_config"]) if options.get("store_config") else None
     server = serve_metrics(str(options["metrics"])) if options.get("metrics") else None

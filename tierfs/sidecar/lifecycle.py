@@ -9,12 +9,10 @@ native lifecycle configuration.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from tierfs.errors import UserError
-from tierfs.sidecar.cost import LOCAL_CLASS_XATTR
 from tierfs.sidecar.rules import Action, RuleSet
 from tierfs.store.objects import ObjectStore
 
@@ -32,8 +30,8 @@ def apply_actions(store: ObjectStore, actions: list[Action],
         elif a.kind == "expire":
             store.delete(a.key)
             expired += 1
-        elif kind == "LocalFileSystem":
-            os.setxattr(f"{store.root}/{a.key}", LOCAL_CLASS_XATTR, a.to_class.encode())
+        elif store.is_local:
+            store.set_local_class(a.key, a.to_class)
             moved += 1
         elif kind == "S3FileSystem":
             bucket, _, key = f"{store.root}/{a.key}".partition("/")

@@ -26,6 +26,7 @@ from typing import Any
 
 from tierfs.config import read_toml_file
 from tierfs.errors import ConfigError
+from tierfs.store.objects import ARCHIVE_CLASSES
 
 DAY = 86400.0
 
@@ -36,7 +37,7 @@ CLASSES: dict[str, tuple[str, ...]] = {
     "azure": ("Hot", "Cool", "Cold", "Archive"),
 }
 #: Classes whose objects cannot be read without a restore first.
-ARCHIVED = {"GLACIER", "DEEP_ARCHIVE", "Archive"}
+ARCHIVED = ARCHIVE_CLASSES
 
 
 @dataclass(frozen=True)

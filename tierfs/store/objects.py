@@ -29,6 +29,12 @@ from tierfs.store.retry import is_credentials_error, is_temp_failure, retry_call
 log = logging.getLogger(__name__)
 
 
+#: Storage classes whose objects must be restored before they can be read.
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE", "Archive"})
+#: Where a local lake keeps an object's emulated storage class.
+LOCAL_CLASS_XATTR = "user.tierfs.class"
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One name in a listing: a file (with its ObjectRef) or a directory."""
@@ -210,16 +216,26 @@ class ObjectStore:
         self.stats.add("requests")
         return self.fs.open(full, "rb", **kwargs)
 
-    def _refuse_archived(self, ref: ObjectRef) -> None:
-        """A local lake emulates archive classes (user.tierfs.class): refuse as S3 would."""
-        if type(self.fs).__name__ != "LocalFileSystem":
-            return
+    @property
+    def is_local(self) -> bool:
+        return type(self.fs).__name__ == "LocalFileSystem"
+
+    def local_class(self, key: str) -> str:
+        """A local lake's emulated storage class of ``key`` ('' when none is set)."""
         try:
-            cls = os.getxattr(self._full(ref.key), "user.tierfs.class").decode()
+            return os.getxattr(self._full(key), LOCAL_CLASS_XATTR).decode()
         except OSError:
-            return
-        if cls in ("GLACIER", "DEEP_ARCHIVE", "Archive", "ARCHIVE"):
-            raise self._archived(ref, cls)
+            return ""
+
+    def set_local_class(self, key: str, storage_class: str) -> None:
+        os.setxattr(self._full(key), LOCAL_CLASS_XATTR, storage_class.encode())
+
+    def _refuse_archived(self, ref: ObjectRef) -> None:
+        """A local lake emulates archive classes: refuse a read as S3 would."""
+        if self.is_local:
+            cls = self.local_class(ref.key)
+            if cls in ARCHIVE_CLASSES:
+                raise self._archived(ref, cls)
 
     def _archived(self, ref: ObjectRef, where: str) -> Archived:
         msg = (f"{ref.key} is archived ({where}): restore it first (S3: aws s3api restore-object "
