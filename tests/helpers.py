@@ -91,6 +91,7 @@ class Mount:
         self.extra = list(extra)
         self.config = config
         self.pid: int | None = None
+        self.output = ""  # what `tierfs mount` printed (notes)
 
     def start(self) -> Mount:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
@@ -100,6 +101,7 @@ class Mount:
         res = run_tierfs(*args)
         if res.returncode != 0:
             raise AssertionError(f"mount failed: {res.stderr.strip()}\nlog: {self.log_tail()}")
+        self.output = res.stdout
         self.pid = int(os.getxattr(self.mountpoint, "user.tierfs.pid"))
         return self
 

@@ -164,10 +164,15 @@ class _Key:
 #   [lake] url   [store] retries timeout options   [s3] endpoint_url region ...
 #   [cache] dir size ram_size block_size high_watermark low_watermark
 #   [redis] url password db key_prefix ttl max_block_size pool_size timeout
+#   [mount] mountpoint read_only   [write] part_size upload_concurrency rename_concurrency
 #   [metrics] listen   [metadata] ttl listing_entries   [fuse] workers allow_other   [log] level file
 _KEYS = [
     _Key("lake", "url", _string, "lake_url"),
     _Key("mount", "mountpoint", _string, "mountpoint"),
+    _Key("mount", "read_only", _bool, "read_only"),
+    _Key("write", "part_size", parse_size, "part_size"),
+    _Key("write", "upload_concurrency", _count, "upload_concurrency"),
+    _Key("write", "rename_concurrency", _count, "rename_concurrency"),
     _Key("store", "retries", _retries, "store_retries"),
     _Key("store", "timeout", _positive_float, "store_timeout"),
     _Key("store", "options", _table, "store_options"),
@@ -215,6 +220,10 @@ _BY_ATTR = {k.attr: k for k in _KEYS}
 class Settings:
     lake_url: str = ""
     mountpoint: str = ""
+    read_only: bool = False  # the live view refuses writes (EROFS), as snapshots always do
+    part_size: int = 16 * 1024**2  # multipart upload part; S3 wants 5 MiB at least
+    upload_concurrency: int = 4  # parts of one upload in flight (memory: this many parts)
+    rename_concurrency: int = 16  # object copies in flight while a directory is renamed
     store_retries: int = 5
     store_timeout: float = 30.0
     store_options: dict[str, Any] = field(default_factory=dict)
@@ -272,6 +281,8 @@ class Settings:
             raise ConfigError(
                 f"[cache] block_size = {self.block_size}: must be between 4KiB and 256MiB"
             )
+        if not 5 * 1024**2 <= self.part_size <= 5 * 1024**3:
+            raise ConfigError(f"[write] part_size = {self.part_size}: must be between 5MiB and 5GiB (S3's limits)")
         if self.low_watermark >= self.high_watermark:
             raise ConfigError(
                 f"[cache] low_watermark = {self.low_watermark} must be below "

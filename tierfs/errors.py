@@ -43,6 +43,14 @@ class ReadOnly(TierfsError):
     errno = errno.EROFS
 
 
+class Exists(TierfsError):
+    errno = errno.EEXIST
+
+
+class NotEmpty(TierfsError):
+    errno = errno.ENOTEMPTY
+
+
 class CorruptBlock(TierfsError):
     """A cached block failed its checksum; the caller drops it and refetches."""
 

@@ -46,7 +46,9 @@ class Counters:
 
 TIER_COUNTERS = ("hits", "misses", "bytes_served", "evictions", "errors")
 TIER_GAUGES = ("bytes_held", "entries")
-BACKEND_COUNTERS = ("requests", "bytes", "bytes_written", "errors", "retries")
+BACKEND_COUNTERS = ("requests", "bytes", "bytes_written", "uploads", "errors", "retries")
+WRITE_COUNTERS = ("bytes_written", "uploads", "upload_errors", "recovered", "renamed_objects")
+WRITE_GAUGES = ("staged_files", "pending_uploads")
 
 
 # -- Prometheus ------------------------------------------------------------------
@@ -82,6 +84,9 @@ class _StatsCollector(Collector):
             yield g
         for name, value in s.get("backend", {}).items():
             yield CounterMetricFamily(f"tierfs_backend_{name}", f"Object store {name.replace('_', ' ')}", value=value)
+        for name, value in s.get("writes", {}).items():
+            family = GaugeMetricFamily if name in WRITE_GAUGES else CounterMetricFamily
+            yield family(f"tierfs_write_{name}", f"Write path {name.replace('_', ' ')}", value=value)
         ops = CounterMetricFamily("tierfs_fuse_requests", "FUSE requests answered", labels=["op"])
         for op, n in s.get("fuse", {}).items():
             ops.add_metric([op], n)

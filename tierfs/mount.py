@@ -35,12 +35,15 @@ from tierfs.metrics import BACKEND_SECONDS, FUSE_SECONDS, TIER_SECONDS, export_s
 from tierfs.metrics import serve as serve_metrics
 from tierfs.namespace.live import Namespace
 from tierfs.store.objects import ObjectStore
+from tierfs.store.upload import Uploader
 from tierfs.systemd import sd_notify
 from tierfs.tiers.base import Tier
 from tierfs.tiers.chain import TierChain
 from tierfs.tiers.disk import DiskTier
 from tierfs.tiers.ram import RamTier
 from tierfs.tiers.redis import RedisSettings, RedisTier
+from tierfs.write.staging import Staging
+from tierfs.write.writer import Writer
 
 log = logging.getLogger("tierfs")
 
@@ -58,6 +61,7 @@ class Components:
     reader: BlockReader
     operations: TierfsOperations
     started: float
+    writer: Writer | None = None
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -76,6 +80,7 @@ class Components:
             "in_flight_fetches": self.reader.in_flight(),
             "prefetched_blocks": self.reader.prefetched,
             "listing_entries_cached": len(self.namespace.listings),
+            "writes": self.writer.stats.snapshot() if self.writer is not None else {},
         }
 
     def redis(self) -> RedisTier | None:
@@ -83,6 +88,8 @@ class Components:
 
     def close(self) -> None:
         self.chain.close()
+        if self.writer is not None:
+            self.writer.staging.close()
 
 
 def build(settings: Settings, store: ObjectStore | None = None) -> Components:
@@ -108,11 +115,17 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
                           fetch=lambda key: fetch_through_tiers(store, reader, key))
     attrs = AttrMaker(settings.metadata_ttl, settings.block_size)
     holder: list[Components] = []
+    writer = None
+    if not settings.read_only:
+        writer = Writer(store, Uploader(store, settings.part_size, settings.upload_concurrency), reader, namespace,
+                        Staging(settings.resolved_cache_dir() / "staging"), store_limiter,
+                        settings.rename_concurrency)
     warmer = Warmer(reader, namespace.resolve_ref,
                     settings.resolved_cache_dir() if settings.cache_size > 0 else None)
     ops = TierfsOperations(namespace, reader, attrs, stats=lambda: holder[0].stats(),
-                           read_ahead_blocks=max(1, settings.read_ahead // settings.block_size), warmer=warmer)
-    comps = Components(settings, store, chain, namespace, reader, ops, time.monotonic())
+                           read_ahead_blocks=max(1, settings.read_ahead // settings.block_size), warmer=warmer,
+                           writer=writer)
+    comps = Components(settings, store, chain, namespace, reader, ops, time.monotonic(), writer)
     holder.append(comps)
     return comps
 
@@ -139,6 +152,10 @@ def run_foreground(settings: Settings, mountpoint: Path, on_ready: Callable[[str
         redis_tier = comps.redis()
         if redis_tier is not None and not redis_tier.connect():
             notes.append("redis tier off: Redis cannot be reached; reads go on without it and it is retried")
+        if comps.writer is not None:
+            recovered = comps.writer.recover()
+            if recovered:
+                notes.append(recovered)
         if settings.metrics_listen:
             export_stats(comps.stats)
             try:
@@ -162,6 +179,8 @@ def run_foreground(settings: Settings, mountpoint: Path, on_ready: Callable[[str
         finally:
             pyfuse3.close(unmount=not unmounted or is_mounted(mountpoint))
         log.info("unmounted %s", mountpoint)
+        if comps.writer is not None:
+            comps.writer.stop()
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()
@@ -177,6 +196,8 @@ async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Call
         redis_tier = comps.redis()
         if redis_tier is not None:
             nursery.start_soon(_refresh_gauges, redis_tier)
+        if comps.writer is not None:
+            nursery.start_soon(comps.writer.retry_loop)
 
         async def fuse_main() -> None:
             await pyfuse3.main(min_tasks=4, max_tasks=comps.settings.fuse_workers)

@@ -12,7 +12,7 @@ import sys
 import click
 
 from tierfs import __version__
-from tierfs.errors import UserError
+from tierfs.errors import StoreError, UserError
 
 log = logging.getLogger("tierfs")
 
@@ -28,7 +28,7 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("tierfs: aborted", err=True)
         sys.exit(1)
-    except UserError as exc:
+    except (UserError, StoreError) as exc:
         click.echo(f"tierfs: error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
@@ -53,6 +53,7 @@ def cli() -> None:
     Examples:
       tierfs mount s3://ml-lake/ /mnt/lake --config /etc/tierfs/train.toml
       tierfs stats /mnt/lake
+      tierfs cp ckpt.pt s3://ml-lake/models/ckpt.pt --config /etc/tierfs/train.toml
       tierfs umount /mnt/lake
     """
 
@@ -60,6 +61,6 @@ def cli() -> None:
 
 
 # Commands register themselves on the group.
-from tierfs.cli import backup_cmds, lifecycle_cmds, mount_cmds, versions_cmds, warm_cmd  # noqa: E402
+from tierfs.cli import backup_cmds, cp_cmd, lifecycle_cmds, mount_cmds, versions_cmds, warm_cmd  # noqa: E402
 
-__all__ = ["backup_cmds", "cli", "lifecycle_cmds", "main", "mount_cmds", "versions_cmds", "warm_cmd"]
+__all__ = ["backup_cmds", "cli", "cp_cmd", "lifecycle_cmds", "main", "mount_cmds", "versions_cmds", "warm_cmd"]

@@ -36,12 +36,14 @@ PID_XATTR = "user.tierfs.pid"
 @click.option("--metrics", "metrics_listen", metavar="HOST:PORT", help="Serve Prometheus metrics there (off by default).")
 @click.option("--log-file", metavar="FILE", help="Where the background daemon logs (default: tierfs.log in the cache dir).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="How much to log.  [default: info]")
+@click.option("--read-only", "read_only", is_flag=True, default=None,
+              help="Refuse writes to the live view too (snapshots are always read-only).")
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground and log to stderr.")
 @click.option("--ready-fd", type=int, hidden=True)
 def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | None, cache_dir: str | None,
           cache_size: str | None, ram_size: str | None, block_size: str | None,
           metadata_ttl: str | None, redis_url: str | None, metrics_listen: str | None,
-          log_file: str | None, log_level: str | None,
+          log_file: str | None, log_level: str | None, read_only: bool | None,
           foreground: bool, ready_fd: int | None) -> None:
     """Mount LAKE_URL at MOUNTPOINT.
 
@@ -49,6 +51,10 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
     keys from the config's [s3] table or the usual AWS_* variables), gs://…,
     az://…, or memory:// for tests. Without --foreground the command returns
     once the mount is ready, or exits non-zero with the reason.
+
+    The live view is writable: a file written there is staged on local disk
+    and uploaded when it is closed or fsync'd, which return once the object
+    store has it (docs/semantics.md).
     """
     from tierfs import mount as mount_mod  # heavy imports only for this command
 
@@ -57,7 +63,7 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
             "lake_url": lake_url, "cache_dir": cache_dir, "cache_size": cache_size,
             "ram_size": ram_size, "block_size": block_size, "metadata_ttl": metadata_ttl,
             "log_file": log_file, "log_level": log_level, "redis_url": redis_url,
-            "metrics_listen": metrics_listen,
+            "metrics_listen": metrics_listen, "read_only": read_only or None,
         })
         if mountpoint is None and settings.mountpoint:
             mountpoint = Path(settings.mountpoint)

@@ -23,19 +23,24 @@ import pyfuse3
 from tierfs.data.readahead import ReadAhead
 from tierfs.data.reader import BlockReader
 from tierfs.data.warm import Warmer
-from tierfs.errors import ReadOnly, to_errno
+from tierfs.errors import Exists, NotEmpty, NotFound, ReadOnly, to_errno
 from tierfs.fuse.attrs import AttrMaker
 from tierfs.metrics import FUSE_SECONDS, Counters
 from tierfs.namespace.inodes import ROOT_INODE, Node
-from tierfs.namespace.live import Namespace
+from tierfs.namespace.live import RESERVED, Namespace
+from tierfs.namespace.snapshots import in_tree
 from tierfs.refs import ObjectRef
 from tierfs.store.objects import Entry
+from tierfs.write.staging import StagedFile
+from tierfs.write.writer import Writer
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 XATTR_PREFIX = "user.tierfs."
-FUSE_OPS = ("lookup", "getattr", "readdir", "open", "read", "release", "statfs", "getxattr", "errors")
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # linux/fs.h
+FUSE_OPS = ("lookup", "getattr", "readdir", "open", "read", "release", "statfs", "getxattr", "errors",
+            "create", "write", "flush", "fsync", "setattr", "mkdir", "rmdir", "unlink", "rename")
 _COUNTED = frozenset(FUSE_OPS)
 
 
@@ -69,6 +74,8 @@ class _FileHandle:
     node: Node
     ref: ObjectRef
     ra: ReadAhead
+    staged: StagedFile | None = None  # reads and writes go to the staged bytes
+    writable: bool = False
 
 
 @dataclass
@@ -80,8 +87,9 @@ class _DirHandle:
 class TierfsOperations(pyfuse3.Operations):
     def __init__(self, namespace: Namespace, reader: BlockReader, attrs: AttrMaker,
                  stats: Callable[[], dict[str, Any]], read_ahead_blocks: int = 8,
-                 warmer: Warmer | None = None):
+                 warmer: Warmer | None = None, writer: Writer | None = None):
         super().__init__()
+        self.writer = writer  # None: a read-only mount
         self.warmer = warmer
         self.read_ahead_blocks = read_ahead_blocks
         self.ns = namespace
@@ -137,8 +145,21 @@ class TierfsOperations(pyfuse3.Operations):
     # -- files ----------------------------------------------------------------
     @_guard
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-            raise ReadOnly("the live view is read-only")
+        writable = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND))
+        node = self.ns.node(inode)
+        if writable:
+            writer = self._writer_for(node)
+            if node.is_dir:
+                raise IsADirectoryError(node.path)
+            staged = writer.staged(node.path)
+            base = None if staged is not None else (await self.ns.getattr(inode)).ref
+            staged = await writer.open(node.path, base, truncate=bool(flags & os.O_TRUNC))
+            return self._new_handle(node, staged, writable=True)
+        if self.writer is not None:
+            staged = self.writer.staged(node.path)
+            if staged is not None:
+                staged.handles += 1
+                return self._new_handle(node, staged, writable=False)
         node, ref, keep_cache = await self.ns.open(inode)
         if self.warmer is not None:
             self.warmer.opened(node.path)
@@ -146,9 +167,30 @@ class TierfsOperations(pyfuse3.Operations):
         self._files[fh] = _FileHandle(node, ref, ReadAhead(self.reader.block_size, self.read_ahead_blocks))
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache)
 
+    def _new_handle(self, node: Node, staged: StagedFile, writable: bool) -> pyfuse3.FileInfo:
+        self.ns.inodes.opened(node)
+        node.cached_ref = None  # the kernel's pages of the old object must not be kept
+        fh = next(self._fh)
+        self._files[fh] = _FileHandle(node, staged.ref(), ReadAhead(self.reader.block_size, 0), staged, writable)
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=False)
+
+    @_guard
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent, path = self._new_name(parent_inode, name)
+        writer = self._writer_for(parent)
+        staged = writer.create(path)
+        entry = self.ns.overlay.entry(path)
+        assert entry is not None
+        node = self.ns.entry_node(parent.path, entry)
+        self.ns.remember(node)
+        return self._new_handle(node, staged, writable=True), self.attrs(node)
+
     @_guard
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._files[fh]
+        if handle.staged is not None and self.writer is not None:
+            return await self.writer.read(handle.staged, off, size)
         data, source = await self.reader.read(handle.ref, off, size)
         if source:
             handle.node.last_tier = source
@@ -156,9 +198,39 @@ class TierfsOperations(pyfuse3.Operations):
         return data
 
     @_guard
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._files[fh]
+        if not handle.writable or handle.staged is None or self.writer is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        n = await self.writer.write(handle.staged, off, buf)
+        handle.node.size = handle.staged.size
+        return n
+
+    @_guard
+    async def flush(self, fh: int) -> None:
+        """Every close(2) of a written file: upload it, answer once the store has it."""
+        await self._commit(self._files[fh])
+
+    @_guard
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._commit(self._files[fh])
+
+    async def _commit(self, handle: _FileHandle) -> None:
+        if not handle.writable or handle.staged is None or self.writer is None:
+            return
+        entry = await self.writer.commit(handle.staged)
+        if entry is not None:
+            handle.node.size, handle.node.mtime_ns = entry.size, entry.mtime_ns
+
+    @_guard
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
-        if handle is not None:
+        if handle is None:
+            return
+        if handle.staged is not None and self.writer is not None:
+            self.writer.release(handle.staged)
+            self.ns.inodes.closed(handle.node)
+        else:
             self.ns.release(handle.node)
 
     # -- the rest -------------------------------------------------------------
@@ -200,33 +272,123 @@ class TierfsOperations(pyfuse3.Operations):
             out[XATTR_PREFIX + "tier"] = lambda: node.last_tier.encode()
         return out
 
-    # -- writes: the live view is read-only until writes land ------------------
-    async def setattr(self, *args: Any) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
+    # -- changes to names and attributes ----------------------------------------
+    @_guard
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+        """truncate and mtime (kept where the store keeps it); mode and owner are accepted, not kept."""
+        node = self.ns.node(inode)
+        writer = self._writer_for(node)
+        if fields.update_size:
+            if node.is_dir:
+                raise IsADirectoryError(node.path)
+            handle = self._files.get(fh) if fh is not None else None
+            if handle is not None and handle.writable and handle.staged is not None:
+                await writer.truncate(handle.staged, attr.st_size)
+                node.size = handle.staged.size
+            else:  # truncate(2) by name: a change that must be in the lake when the call returns
+                staged = writer.staged(node.path)
+                base = None if staged is not None else (await self.ns.getattr(inode)).ref
+                staged = await writer.open(node.path, base, truncate=False)
+                try:
+                    await writer.truncate(staged, attr.st_size)
+                    node.size = staged.size
+                    await writer.commit(staged)
+                finally:
+                    writer.release(staged)
+        if fields.update_mtime:
+            node.mtime_ns = attr.st_mtime_ns
+            await writer.set_mtime(node.path, attr.st_mtime_ns)
+        return self.attrs(node)
+
+    @_guard
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        parent, path = self._new_name(parent_inode, name)
+        writer = self._writer_for(parent)
+        if await self._exists(path):
+            raise Exists(path)
+        await writer.mkdir(path)
+        node = self.ns.entry_node(parent.path, Entry(os.fsdecode(name), True))
+        self.ns.remember(node)
+        return self.attrs(node)
+
+    @_guard
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        parent, path = self._new_name(parent_inode, name)
+        writer = self._writer_for(parent)
+        node = await self.ns.lookup(parent_inode, os.fsdecode(name))
+        if not node.is_dir:
+            raise NotADirectoryError(path)
+        if await self.ns.list_dir(node.inode):
+            raise NotEmpty(path)
+        await writer.rmdir(path)
+
+    @_guard
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        parent, path = self._new_name(parent_inode, name)
+        writer = self._writer_for(parent)
+        node = await self.ns.lookup(parent_inode, os.fsdecode(name))
+        if node.is_dir:
+            raise IsADirectoryError(path)
+        await writer.unlink(path)
+
+    @_guard
+    async def rename(self, parent_old: int, name_old: bytes, parent_new: int, name_new: bytes,
+                     flags: int, ctx: Any) -> None:
+        old_parent, old = self._new_name(parent_old, name_old)
+        new_parent, new = self._new_name(parent_new, name_new)
+        writer = self._writer_for(old_parent)
+        self._writer_for(new_parent)
+        if flags & RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)  # not offered: an object store cannot swap two names
+        src = await self.ns.lookup(parent_old, os.fsdecode(name_old))
+        try:
+            dst: Node | None = await self.ns.lookup(parent_new, os.fsdecode(name_new))
+        except NotFound:
+            dst = None
+        if dst is not None:
+            if flags & RENAME_NOREPLACE:
+                raise Exists(new)
+            if dst.is_dir and not src.is_dir:
+                raise IsADirectoryError(new)
+            if src.is_dir and not dst.is_dir:
+                raise NotADirectoryError(new)
+            if dst.is_dir and await self.ns.list_dir(dst.inode):
+                raise NotEmpty(new)
+            if dst.is_dir:
+                await writer.rmdir(new)
+        if src.is_dir and (new + "/").startswith(old + "/"):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        await writer.rename(old, new, src.is_dir)
+
+    def _writer_for(self, node: Node) -> Writer:
+        """The writer, if ``node`` may be changed; EROFS in snapshots and on read-only mounts."""
+        if self.writer is None or node.read_only or in_tree(node.path):
+            raise ReadOnly(node.path or "/")
+        return self.writer
+
+    def _new_name(self, parent_inode: int, name: bytes) -> tuple[Node, str]:
+        parent = self.ns.node(parent_inode)
+        text = os.fsdecode(name)
+        if parent.path == "" and text in RESERVED:
+            raise ReadOnly(text)
+        return parent, f"{parent.path}/{text}" if parent.path else text
+
+    async def _exists(self, path: str) -> bool:
+        try:
+            await self.ns.resolve(path)
+        except NotFound:
+            return False
+        return True
 
     async def mknod(self, *args: Any) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def mkdir(self, *args: Any) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def unlink(self, *args: Any) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def rmdir(self, *args: Any) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
+        raise pyfuse3.FUSEError(errno.EPERM)  # regular files come by create; no devices, fifos, sockets
 
     async def symlink(self, *args: Any) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def rename(self, *args: Any) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
+        raise pyfuse3.FUSEError(errno.EPERM)  # an object store has no links
 
     async def link(self, *args: Any) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def create(self, *args: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        raise pyfuse3.FUSEError(errno.EROFS)
+        raise pyfuse3.FUSEError(errno.EPERM)
 
     @_guard
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:

@@ -85,6 +85,24 @@ class InodeTable:
         node.size, node.mtime_ns, node.ref, node.checked_at = size, mtime_ns, ref, checked_at
         return node
 
+    def rename(self, old: str, new: str) -> None:
+        """``old`` (and, for a directory, everything below it) is now called ``new``."""
+        target = self.by_path(new)
+        if target is not None:
+            self._unlink_path(target)
+        below = old + "/"
+        for node in [n for n in self._by_inode.values() if n.path == old or n.path.startswith(below)]:
+            if self._by_path.get(node.path) == node.inode:
+                del self._by_path[node.path]
+            node.path = new + node.path[len(old):]
+            self._by_path[node.path] = node.inode
+
+    def unlinked(self, path: str) -> None:
+        """``path`` no longer names its node (the inode lives on while the kernel holds it)."""
+        node = self.by_path(path)
+        if node is not None:
+            self._unlink_path(node)
+
     def forget(self, inode: int, count: int) -> None:
         node = self._by_inode.get(inode)
         if node is None or inode == ROOT_INODE:

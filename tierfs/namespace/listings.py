@@ -51,6 +51,26 @@ class ListingCache:
                 self._held -= len(old.entries)
         return listing
 
+    def update(self, path: str, name: str, entry: Entry | None) -> None:
+        """Put (or, with None, remove) one name in the cached listing of ``path``, if there is one.
+
+        A change made through this mount is seen at once, without listing the directory again.
+        """
+        listing = self._lists.get(path)
+        if listing is None:
+            return
+        entries = [e for e in listing.entries if e.name != name]
+        if entry is not None:
+            entries.append(entry)
+        self._held += len(entries) - len(listing.entries)
+        self._lists[path] = Listing(sorted(entries, key=lambda e: e.name), listing.fetched_at)
+
+    def drop_tree(self, path: str) -> None:
+        """Forget the listings of ``path`` and of every directory below it."""
+        below = path + "/"
+        for p in [p for p in self._lists if p == path or p.startswith(below) or path == ""]:
+            self.drop(p)
+
     def drop(self, path: str) -> None:
         old = self._lists.pop(path, None)
         if old is not None:

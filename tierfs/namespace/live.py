@@ -21,6 +21,7 @@ from tierfs.data.singleflight import SingleFlight
 from tierfs.errors import NotFound, StoreError
 from tierfs.namespace.inodes import ROOT_INODE, InodeTable, Node
 from tierfs.namespace.listings import Listing, ListingCache
+from tierfs.namespace.overlay import Overlay
 from tierfs.namespace.snapshots import SNAPSHOTS_DIR, SnapshotTree, in_tree, is_immutable
 from tierfs.refs import ObjectRef
 from tierfs.store.objects import Entry, ObjectStore
@@ -42,6 +43,7 @@ class Namespace:
         self.ttl = ttl
         self.inodes = InodeTable()
         self.listings = ListingCache(ttl, listing_entries)
+        self.overlay = Overlay()  # what this mount wrote that the lake does not have yet
         self.limiter = limiter
         self._listing_flights: SingleFlight[Listing] = SingleFlight()
         # Lookups answered by a stat because the parent had no listing yet.
@@ -79,11 +81,20 @@ class Namespace:
             raise NotADirectory(node.path)
         if in_tree(node.path):
             return await self.snapshots.list_dir(node.path)
-        listing = await self._listing(node.path)
+        added = self.overlay.entries(node.path)
+        try:
+            entries = (await self._listing(node.path)).entries
+        except NotFound:
+            if not self.overlay.has_dir(node.path):
+                raise
+            entries = []  # a directory made here that the lake has no object under yet
+        if added:
+            names = {e.name for e in added}
+            entries = sorted([*added, *(e for e in entries if e.name not in names)], key=lambda e: e.name)
         if node.path == "":
-            entries = [e for e in listing.entries if e.name not in RESERVED]
+            entries = [e for e in entries if e.name not in RESERVED]
             return sorted([*entries, Entry(SNAPSHOTS_DIR, True)], key=lambda e: e.name)
-        return listing.entries
+        return entries
 
     async def resolve(self, path: str) -> Entry:
         """What ``path`` (relative to the mount) names, without creating an inode for it."""
@@ -122,10 +133,37 @@ class Namespace:
     def forget(self, inode: int, count: int) -> None:
         self.inodes.forget(inode, count)
 
+    # -- changes made through this mount -----------------------------------
+    def changed(self, path: str, entry: Entry | None) -> Node | None:
+        """``path`` now holds ``entry`` in the lake (None: nothing); seen at once, no TTL wait."""
+        parent, name = posixpath.split(path)
+        self.listings.update(parent, name, entry)
+        self._stats.pop(path, None)
+        if entry is None:
+            self.inodes.unlinked(path)
+            return None
+        self._stats[path] = (entry, time.monotonic())
+        return self._node_for(parent, entry)
+
+    def moved(self, old: str, new: str, entry: Entry) -> None:
+        """``old`` (a file, or a directory and all below it) is now ``new``."""
+        self.inodes.rename(old, new)
+        self.overlay.move(old, new)
+        self.listings.drop_tree(old)
+        self.listings.drop_tree(new)
+        for p in [p for p in self._stats if p == old or p.startswith(old + "/")]:
+            del self._stats[p]
+        old_parent, old_name = posixpath.split(old)
+        self.listings.update(old_parent, old_name, None)
+        self.changed(new, entry)
+
     # -- internals --------------------------------------------------------
     async def _any_entry(self, path: str, parent: str, name: str) -> Entry:
         if in_tree(path):
             return await self.snapshots.entry(path)
+        added = self.overlay.entry(path)
+        if added is not None:
+            return added
         return await self._entry(path, parent, name)
 
     async def _lake_entries(self, path: str) -> list[Entry]:

@@ -83,7 +83,7 @@ class ObjectStore:
     def check(self) -> None:
         """Make sure the lake's root exists and can be listed; one clear line if not."""
         try:
-            info = retry_call(lambda: self.fs.info(self._full("")), attempts=min(self.retries, 2), what=f"stat {self.url}")
+            info = retry_call(lambda: self.fs.info(self.full("")), attempts=min(self.retries, 2), what=f"stat {self.url}")
         except FileNotFoundError:
             raise UserError(f"lake {self.url} does not exist: check the bucket name and prefix") from None
         except PermissionError as exc:
@@ -101,13 +101,13 @@ class ObjectStore:
     # -- reads ----------------------------------------------------------
     def list_dir(self, rel: str) -> list[Entry]:
         """Entries directly below ``rel`` (a '/'-separated path, '' = root)."""
-        full = self._full(rel)
+        full = self.full(rel)
 
         def call() -> list[dict[str, Any]]:
             out: list[dict[str, Any]] = self.fs.ls(full, detail=True)
             return out
 
-        infos = self._call(call, f"list {rel or '/'}")
+        infos = self.call(call, f"list {rel or '/'}")
         entries = []
         prefix = full.rstrip("/")
         for info in infos:
@@ -118,7 +118,7 @@ class ObjectStore:
         return entries
 
     def stat(self, rel: str) -> Entry:
-        info = self._call(lambda: self.fs.info(self._full(rel)), f"stat {rel}")
+        info = self.call(lambda: self.fs.info(self.full(rel)), f"stat {rel}")
         return self._entry(posixpath.basename(rel), rel, info)
 
     def read_range(self, ref: ObjectRef, start: int, end: int) -> bytes:
@@ -131,7 +131,7 @@ class ObjectStore:
 
         self._refuse_archived(ref)
         try:
-            data: bytes = self._call(call, f"read {ref.key} [{start}:{end}]")
+            data: bytes = self.call(call, f"read {ref.key} [{start}:{end}]")
         except PermissionError as exc:
             if "InvalidObjectState" in str(exc) or "archive" in str(exc).lower():
                 raise self._archived(ref, "an archive class") from None
@@ -147,7 +147,7 @@ class ObjectStore:
 
     def read_all(self, key: str) -> bytes:
         """A whole object by key (small objects: manifests and the like)."""
-        data: bytes = self._call(lambda: self.fs.cat_file(self._full(key)), f"read {key}")
+        data: bytes = self.call(lambda: self.fs.cat_file(self.full(key)), f"read {key}")
         self.stats.add("bytes", len(data))
         return data
 
@@ -171,14 +171,14 @@ class ObjectStore:
 
     # -- writes -----------------------------------------------------------
     def put_bytes(self, key: str, data: bytes) -> None:
-        parent = posixpath.dirname(self._full(key))
+        parent = posixpath.dirname(self.full(key))
 
         def call() -> None:
             if parent:
                 self.fs.makedirs(parent, exist_ok=True)
-            self.fs.pipe_file(self._full(key), data)
+            self.fs.pipe_file(self.full(key), data)
 
-        self._call(call, f"write {key}")
+        self.call(call, f"write {key}")
         self.stats.add("bytes_written", len(data))
 
     def exists(self, key: str) -> bool:
@@ -190,26 +190,63 @@ class ObjectStore:
 
     def delete(self, key: str) -> None:
         try:
-            self._call(lambda: self.fs.rm_file(self._full(key)), f"delete {key}")
+            self.call(lambda: self.fs.rm_file(self.full(key)), f"delete {key}")
         except NotFound:
             pass
 
     def delete_tree(self, rel: str) -> None:
         """Remove a prefix and everything under it (scratch areas)."""
         try:
-            self._call(lambda: self.fs.rm(self._full(rel), recursive=True), f"delete {rel}")
+            self.call(lambda: self.fs.rm(self.full(rel), recursive=True), f"delete {rel}")
         except NotFound:
             pass
 
     def move(self, src: str, dst: str) -> None:
-        parent = posixpath.dirname(self._full(dst))
+        parent = posixpath.dirname(self.full(dst))
 
         def call() -> None:
             if parent:
                 self.fs.makedirs(parent, exist_ok=True)
-            self.fs.mv(self._full(src), self._full(dst))
+            self.fs.mv(self.full(src), self.full(dst))
 
-        self._call(call, f"move {src} to {dst}")
+        self.call(call, f"move {src} to {dst}")
+
+    def copy(self, src: str, dst: str) -> None:
+        """Copy one object inside the lake (server side where the store can)."""
+        parent = posixpath.dirname(self.full(dst))
+
+        def call() -> None:
+            if parent and self.is_local:
+                self.fs.makedirs(parent, exist_ok=True)
+            self.fs.copy(self.full(src), self.full(dst))
+
+        self.call(call, f"copy {src} to {dst}")
+
+    def make_dir(self, rel: str) -> bool:
+        """Create an empty directory where the store has them (a local lake); False where it has none."""
+        if not self.is_local:
+            return False
+        self.call(lambda: os.mkdir(self.full(rel)), f"mkdir {rel}")
+        return True
+
+    def remove_dir(self, rel: str) -> None:
+        """Remove an empty directory of a local lake (object stores have none to remove)."""
+        if self.is_local:
+            self.call(lambda: os.rmdir(self.full(rel)), f"rmdir {rel}")
+
+    def rename_dir(self, src: str, dst: str) -> bool:
+        """Rename a whole directory in one atomic step where the store can (a local lake)."""
+        if not self.is_local:
+            return False
+        self.call(lambda: os.rename(self.full(src), self.full(dst)), f"rename {src} to {dst}")
+        return True
+
+    def set_mtime(self, rel: str, mtime_ns: int) -> bool:
+        """Set an object's modification time where the store keeps one we may set (a local lake)."""
+        if not self.is_local:
+            return False
+        self.call(lambda: os.utime(self.full(rel), ns=(mtime_ns, mtime_ns)), f"utime {rel}")
+        return True
 
     def open_read(self, ref: ObjectRef) -> Any:
         full, kwargs = self._versioned(ref)
@@ -223,12 +260,12 @@ class ObjectStore:
     def local_class(self, key: str) -> str:
         """A local lake's emulated storage class of ``key`` ('' when none is set)."""
         try:
-            return os.getxattr(self._full(key), LOCAL_CLASS_XATTR).decode()
+            return os.getxattr(self.full(key), LOCAL_CLASS_XATTR).decode()
         except OSError:
             return ""
 
     def set_local_class(self, key: str, storage_class: str) -> None:
-        os.setxattr(self._full(key), LOCAL_CLASS_XATTR, storage_class.encode())
+        os.setxattr(self.full(key), LOCAL_CLASS_XATTR, storage_class.encode())
 
     def _refuse_archived(self, ref: ObjectRef) -> None:
         """A local lake emulates archive classes: refuse a read as S3 would."""
@@ -246,7 +283,7 @@ class ObjectStore:
 
     def _versioned(self, ref: ObjectRef) -> tuple[str, dict[str, Any]]:
         """Path and keywords that read exactly the version ``ref`` pins."""
-        full = self._full(ref.key)
+        full = self.full(ref.key)
         if not (ref.version and self.version_aware):
             return full, {}
         if self._generation_suffix:
@@ -255,18 +292,18 @@ class ObjectStore:
 
     def open_write(self, key: str) -> Any:
         self.stats.add("requests")
-        parent = posixpath.dirname(self._full(key))
+        parent = posixpath.dirname(self.full(key))
         if parent:
             self.fs.makedirs(parent, exist_ok=True)
-        return self.fs.open(self._full(key), "wb")
+        return self.fs.open(self.full(key), "wb")
 
     # -- helpers --------------------------------------------------------
-    def _full(self, rel: str) -> str:
+    def full(self, rel: str) -> str:
         if not rel:
             return self.root or self.fs.root_marker
         return f"{self.root}/{rel}" if self.root else rel
 
-    def _call(self, fn: Any, what: str) -> Any:
+    def call(self, fn: Any, what: str) -> Any:
         self.stats.add("requests")
         t0 = time.perf_counter()
         try:

@@ -1,0 +1,329 @@
+"""The write path of the live view: staged files in, acknowledged objects out.
+
+A file opened for writing gets a staged file on local disk (``staging.py``).
+Writes land there; ``close`` (FUSE flush) and ``fsync`` upload it and return
+only once the object store has acknowledged the upload. The new object's
+blocks are then put into the tier chain under its new ObjectRef, so reading
+back what was just written is a cache hit. A failed upload answers EIO and
+keeps the staged file, which stays readable here and is uploaded again by the
+next close or fsync, or by the retry loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import posixpath
+import time
+
+import trio
+
+from tierfs.data.reader import BlockReader
+from tierfs.errors import NotFound, StoreError
+from tierfs.metrics import WRITE_COUNTERS, Counters
+from tierfs.namespace.live import Namespace
+from tierfs.refs import ObjectRef, block_span
+from tierfs.store.objects import Entry, ObjectStore
+from tierfs.store.upload import Uploader
+from tierfs.write.staging import CLEAN, DIRTY, PENDING, StagedFile, Staging
+from tierfs.write.tree import rename_tree
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST, RETRY_MAX = 5.0, 300.0  # seconds between retries of failed uploads
+
+
+class Writer:
+    def __init__(self, store: ObjectStore, uploader: Uploader, reader: BlockReader, namespace: Namespace,
+                 staging: Staging, limiter: trio.CapacityLimiter, rename_concurrency: int = 16):
+        self.store = store
+        self.uploader = uploader
+        self.reader = reader
+        self.ns = namespace
+        self.staging = staging
+        self.limiter = limiter
+        self.rename_concurrency = rename_concurrency
+        self._staged: dict[str, StagedFile] = {}  # by lake key
+        self._failed: set[StagedFile] = set()  # closed, upload not acknowledged: retried
+        self._wake = trio.Event()
+        self.stats = Counters(WRITE_COUNTERS, gauges={
+            "staged_files": lambda: len(self._staged),
+            "pending_uploads": lambda: len(self._failed),
+        })
+
+    # -- start-up ------------------------------------------------------------
+    def recover(self) -> str:
+        """Take over what a previous run left in staging; a note for the user ('' if nothing)."""
+        pending, unclosed = self.staging.leftovers()
+        for sf in pending:
+            self._register(sf)
+            self._failed.add(sf)
+        notes = []
+        if pending:
+            self.stats.add("recovered", len(pending))
+            log.warning("%d file(s) closed before a crash were not acknowledged by the store; uploading them now: %s",
+                        len(pending), ", ".join(sf.key for sf in pending))
+            notes.append(f"uploading {len(pending)} file(s) left staged by the previous run")
+        if unclosed:
+            log.warning("%d file(s) were being written, never closed, when the previous run ended; "
+                        "they are not uploaded and are kept in %s: %s",
+                        len(unclosed), self.staging.unclosed_dir, ", ".join(unclosed))
+            notes.append(f"{len(unclosed)} unclosed file(s) from the previous run kept in {self.staging.unclosed_dir}")
+        return "; ".join(notes)
+
+    async def retry_loop(self) -> None:
+        """Upload again, with backoff, whatever was closed but not acknowledged."""
+        delay = RETRY_FIRST
+        while True:
+            for sf in list(self._failed):
+                if sf.handles:
+                    continue  # its own close will upload it
+                try:
+                    await self.commit(sf)
+                    log.info("uploaded %s (staged, retried)", sf.key)
+                    delay = RETRY_FIRST
+                except Exception:
+                    pass  # commit logged it
+            with trio.move_on_after(delay if self._failed else RETRY_MAX):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            if self._failed:
+                delay = min(delay * 2, RETRY_MAX)
+
+    def in_progress(self) -> list[str]:
+        return sorted(sf.key for sf in self._failed)
+
+    # -- files ------------------------------------------------------------------
+    def staged(self, key: str) -> StagedFile | None:
+        return self._staged.get(key)
+
+    def create(self, key: str) -> StagedFile:
+        old = self._staged.get(key)
+        if old is not None:
+            self._forget(old)
+        sf = self.staging.create(key)
+        self._register(sf)
+        sf.handles += 1
+        return sf
+
+    async def open(self, key: str, ref: ObjectRef | None, truncate: bool) -> StagedFile:
+        """The staged file of ``key`` (one per key, shared by its handles), created over ``ref`` if new."""
+        sf = self._staged.get(key)
+        if sf is None:
+            sf = self.staging.create(key, base=ref)
+            self._register(sf)
+        sf.handles += 1
+        if truncate and sf.size:
+            await self.truncate(sf, 0)
+        return sf
+
+    async def write(self, sf: StagedFile, offset: int, data: bytes) -> int:
+        await self._before_change(sf, offset > 0)
+        try:
+            n = os.pwrite(sf.fd, data, offset)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("the staging disk is full (%s); free space there or set [cache] dir elsewhere",
+                          self.staging.root)
+            raise
+        sf.size = max(sf.size, offset + n)
+        self._changed(sf)
+        return n
+
+    async def read(self, sf: StagedFile, offset: int, size: int) -> bytes:
+        if not sf.materialized and sf.base is not None:
+            data, _ = await self.reader.read(sf.base, offset, size)
+            return data
+        return os.pread(sf.fd, size, offset)
+
+    async def truncate(self, sf: StagedFile, size: int) -> None:
+        await self._before_change(sf, size > 0)
+        os.ftruncate(sf.fd, size)
+        sf.size = size
+        self._changed(sf)
+
+    async def set_mtime(self, key: str, mtime_ns: int) -> None:
+        """utimens: kept where the store lets us set it (a local lake), else until the next refresh."""
+        sf = self._staged.get(key)
+        if sf is not None:
+            sf.mtime_ns = sf.user_mtime_ns = mtime_ns
+            if sf.dirty:
+                return  # applied after its upload
+        try:
+            if await trio.to_thread.run_sync(self.store.set_mtime, key, mtime_ns, limiter=self.limiter):
+                self.ns.changed(key, await trio.to_thread.run_sync(self.store.stat, key, limiter=self.limiter))
+        except NotFound:
+            pass  # a directory of an object store, or a file not uploaded yet
+
+    async def commit(self, sf: StagedFile) -> Entry | None:
+        """Upload ``sf`` if it changed; returns once the store has acknowledged it (close, fsync).
+
+        Raises StoreError (EIO) if the upload fails; the staged bytes are kept.
+        """
+        async with sf.upload_lock:
+            if not sf.dirty or sf.unlinked:
+                return None
+            generation = sf.generation
+            self.staging.mark(sf, PENDING)
+            try:
+                entry = await trio.to_thread.run_sync(
+                    self.uploader.upload, sf.data, sf.key, self.staging.upload_state(sf), limiter=self.limiter)
+            except Exception as exc:
+                self._failed.add(sf)
+                self._wake.set()  # the retry loop takes it from here
+                self.stats.add("upload_errors")
+                sf.error = f"{type(exc).__name__}: {exc}"
+                log.error("upload of %s failed (%s); its bytes stay staged in %s and the upload is retried",
+                          sf.key, sf.error, sf.data)
+                raise StoreError(f"upload of {sf.key} failed: {exc}") from None
+            sf.uploaded_generation = generation
+            sf.error = ""
+            self._failed.discard(sf)
+            self.staging.mark(sf, CLEAN)
+            self.stats.add("uploads")
+            self.stats.add("bytes_written", sf.size)
+            if sf.user_mtime_ns and await trio.to_thread.run_sync(
+                    self.store.set_mtime, sf.key, sf.user_mtime_ns, limiter=self.limiter):
+                entry = await trio.to_thread.run_sync(self.store.stat, sf.key, limiter=self.limiter)
+            await self._fill_tiers(sf, entry)
+        self.ns.changed(sf.key, entry)
+        if sf.handles == 0:
+            self._forget(sf)
+        return entry
+
+    def release(self, sf: StagedFile) -> None:
+        sf.handles = max(0, sf.handles - 1)
+        if sf.handles:
+            return
+        if sf.unlinked or not sf.dirty:
+            self._forget(sf)
+        elif sf not in self._failed:
+            # Closed without a flush that uploaded it (a flush that was interrupted): upload in the background.
+            self._failed.add(sf)
+            self._wake.set()
+
+    # -- names ------------------------------------------------------------------
+    async def unlink(self, key: str) -> None:
+        sf = self._staged.get(key)
+        if sf is not None:
+            async with sf.upload_lock:
+                sf.unlinked = True
+                self._forget(sf)
+        await trio.to_thread.run_sync(self.store.delete, key, limiter=self.limiter)
+        self.ns.changed(key, None)
+
+    async def mkdir(self, key: str) -> None:
+        if await trio.to_thread.run_sync(self.store.make_dir, key, limiter=self.limiter):
+            self.ns.changed(key, Entry(posixpath.basename(key), True))
+        else:
+            self.ns.overlay.add_dir(key)
+
+    async def rmdir(self, key: str) -> None:
+        self.ns.overlay.remove_dir(key)
+        await trio.to_thread.run_sync(self.store.remove_dir, key, limiter=self.limiter)
+        self.ns.changed(key, None)
+
+    async def rename(self, old: str, new: str, is_dir: bool) -> None:
+        """Rename a file or a directory (the caller has checked the target)."""
+        target = self._staged.get(new)
+        if target is not None:
+            target.unlinked = True
+            self._forget(target)
+        if is_dir:
+            moved = await rename_tree(self.store, old, new, self.limiter, self.rename_concurrency)
+            self.stats.add("renamed_objects", moved)
+            for key, below in list(self._staged.items()):
+                if key.startswith(old + "/"):
+                    self._rekey(below, new + key[len(old):])
+            self.ns.moved(old, new, Entry(posixpath.basename(new), True))
+            return
+        sf = self._staged.get(old)
+        if sf is None:
+            await trio.to_thread.run_sync(self.store.move, old, new, limiter=self.limiter)
+            self.stats.add("renamed_objects")
+            entry = await trio.to_thread.run_sync(self.store.stat, new, limiter=self.limiter)
+            self.ns.moved(old, new, entry)
+            return
+        async with sf.upload_lock:
+            in_lake = sf.uploaded_generation >= 0 or sf.base is not None
+            if in_lake:
+                try:
+                    await trio.to_thread.run_sync(self.store.move, old, new, limiter=self.limiter)
+                    self.stats.add("renamed_objects")
+                except NotFound:
+                    pass  # never uploaded after all
+            if sf.base is not None:
+                sf.base = None if sf.materialized else sf.base
+            self._rekey(sf, new)
+        overlay_entry = self.ns.overlay.entry(new)
+        assert overlay_entry is not None
+        self.ns.moved(old, new, overlay_entry)
+
+    # -- internals -------------------------------------------------------------
+    def _register(self, sf: StagedFile) -> None:
+        self._staged[sf.key] = sf
+        self.ns.overlay.add_file(sf.key, sf)
+
+    def _rekey(self, sf: StagedFile, key: str) -> None:
+        self._staged.pop(sf.key, None)
+        self.ns.overlay.remove_file(sf.key, sf)
+        self.staging.rekey(sf, key)
+        if sf.base is not None and not sf.materialized:
+            sf.base = ObjectRef(key, sf.base.size, sf.base.etag, sf.base.version)
+        self._register(sf)
+
+    def _forget(self, sf: StagedFile) -> None:
+        if self._staged.get(sf.key) is sf:
+            del self._staged[sf.key]
+        self.ns.overlay.remove_file(sf.key, sf)
+        self._failed.discard(sf)
+        state = self.staging.upload_state(sf)
+        if state.exists():
+            self.uploader.discard(state)
+        self.staging.drop(sf)
+
+    async def _before_change(self, sf: StagedFile, needs_old_bytes: bool) -> None:
+        """Wait for an upload of ``sf`` in flight; bring in the old bytes; journal it as dirty."""
+        if sf.upload_lock.locked() or not sf.materialized:
+            async with sf.upload_lock:
+                if not sf.materialized:
+                    if needs_old_bytes:
+                        await self._materialize(sf)
+                    sf.materialized = True
+        if sf.state == CLEAN:
+            self.staging.mark(sf, DIRTY)
+
+    async def _materialize(self, sf: StagedFile) -> None:
+        """Copy the object a file was opened over into its staged file (read-modify-write)."""
+        base = sf.base
+        assert base is not None
+        for index in range((base.size + self.reader.block_size - 1) // self.reader.block_size):
+            data, _ = await self.reader.block(base, index)
+            os.pwrite(sf.fd, data, index * self.reader.block_size)
+
+    def _changed(self, sf: StagedFile) -> None:
+        sf.generation += 1
+        sf.mtime_ns = time.time_ns()
+        sf.base = None if sf.materialized else sf.base
+
+    async def _fill_tiers(self, sf: StagedFile, entry: Entry) -> None:
+        """Put what was just uploaded into the tiers under its new ref: reading it back is a hit."""
+        ref = entry.ref
+        if ref is None or ref.size != sf.size:
+            return
+        block_size = self.reader.block_size
+        for index in range((ref.size + block_size - 1) // block_size):
+            start, end = block_span(index, block_size, ref.size)
+            data = await trio.to_thread.run_sync(os.pread, sf.fd, end - start, start)
+            if len(data) != end - start:
+                return
+            await self.reader.chain.put(ref.block_key(index, block_size), data)
+
+    def stop(self) -> None:
+        """At unmount: say what is left to upload (the next start does it)."""
+        left = [sf.key for sf in self._staged.values() if sf.dirty and not sf.unlinked]
+        if left:
+            log.warning("%d staged file(s) not uploaded at unmount; the next mount uploads the closed ones: %s",
+                        len(left), ", ".join(left))
+
