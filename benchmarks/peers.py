@@ -180,8 +180,9 @@ WORKLOADS: list[tuple[str, Callable[[Path, Dataset], tuple[float, str]]]] = [
 
 # -- systems -------------------------------------------------------------------------------
 class System:
-    def __init__(self, name: str, work: Path, server: SeaweedS3, local: Path):
+    def __init__(self, name: str, work: Path, server: SeaweedS3, local: Path, writable: bool = False):
         self.name, self.work, self.server, self.local = name, work, server, local
+        self.writable = writable
         self.mnt = work / f"mnt-{name}"
         self.cache = work / f"cache-{name}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -201,7 +202,8 @@ class System:
             cfg = s.s3_config(self.work / "tierfs.toml")
             subprocess.run([sys.executable, "-m", "tierfs", "mount", f"s3://{BUCKET}", str(self.mnt),
                             "--config", str(cfg), "--cache-dir", str(self.cache), "--cache-size", "20GiB",
-                            "--ram-size", "2GiB"], check=True, stdout=subprocess.DEVNULL)
+                            "--ram-size", "2GiB", *([] if self.writable else ["--read-only"])],
+                           check=True, stdout=subprocess.DEVNULL)
             self.pid = int(os.getxattr(self.mnt, "user.tierfs.pid"))
             return
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # rclone refuses it
@@ -210,13 +212,13 @@ class System:
                       f"secret_access_key={s.SECRET_KEY}:{BUCKET}")
             cmd = ["rclone", "mount", remote, str(self.mnt), "--vfs-cache-mode", "full",
                    "--cache-dir", str(self.cache), "--dir-cache-time", "1h", "--attr-timeout", "1h",
-                   "--vfs-cache-max-size", "20G", "--read-only"]
+                   "--vfs-cache-max-size", "20G", *(["--vfs-write-back", "0s"] if self.writable else ["--read-only"])]
         else:
             pw = self.work / "s3fs.passwd"
             pw.write_text(f"{s.ACCESS_KEY}:{s.SECRET_KEY}\n")
             pw.chmod(0o600)
             cmd = ["s3fs", BUCKET, str(self.mnt), "-f", "-o", f"url={s.endpoint}", "-o", "use_path_request_style",
-                   "-o", f"passwd_file={pw}", "-o", f"use_cache={self.cache}", "-o", "ro"]
+                   "-o", f"passwd_file={pw}", "-o", f"use_cache={self.cache}", *([] if self.writable else ["-o", "ro"])]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         deadline = time.monotonic() + 30

@@ -221,7 +221,7 @@ class Settings:
     lake_url: str = ""
     mountpoint: str = ""
     read_only: bool = False  # the live view refuses writes (EROFS), as snapshots always do
-    part_size: int = 16 * 1024**2  # multipart upload part; S3 wants 5 MiB at least
+    part_size: int = 32 * 1024**2  # multipart upload part; S3 wants 5 MiB at least, 10,000 parts at most
     upload_concurrency: int = 4  # parts of one upload in flight (memory: this many parts)
     rename_concurrency: int = 16  # object copies in flight while a directory is renamed
     store_retries: int = 5

@@ -197,7 +197,7 @@ async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Call
         if redis_tier is not None:
             nursery.start_soon(_refresh_gauges, redis_tier)
         if comps.writer is not None:
-            nursery.start_soon(comps.writer.retry_loop)
+            comps.writer.start(nursery)
 
         async def fuse_main() -> None:
             await pyfuse3.main(min_tasks=4, max_tasks=comps.settings.fuse_workers)

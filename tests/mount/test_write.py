@@ -6,6 +6,7 @@ import errno
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,10 @@ def test_a_file_just_written_reads_from_the_cache(lake: Path, tmp_path: Path) ->
     data = random_bytes(3 * 1024 * 1024 + 17, 1)
     with mounted(f"file://{lake}", mnt, tmp_path / "cache") as m:
         (mnt / "ckpt.bin").write_bytes(data)
+        assert (mnt / "ckpt.bin").read_bytes() == data  # right after close: from the staged bytes...
+        deadline = time.monotonic() + 30
+        while m.stats()["writes"]["staged_files"] and time.monotonic() < deadline:
+            time.sleep(0.05)  # ...until its blocks are in the tiers
         before = m.backend_bytes()
         with open(mnt / "ckpt.bin", "rb") as fh:
             assert fh.read() == data
@@ -191,7 +196,7 @@ def test_random_operations_match_a_local_directory(tmp_path: Path) -> None:
     write_tree(lake, {"a/seed.bin": b"seed" * 1000})
     write_tree(plain, {"a/seed.bin": b"seed" * 1000})
     mnt = tmp_path / "mnt"
-    with mounted(f"file://{lake}", mnt, tmp_path / "cache", "--block-size", "64KiB"):
+    with mounted(f"file://{lake}", mnt, tmp_path / "cache", "--block-size", "64KiB", "--log-level", "debug"):
         _random_ops(mnt, random.Random(7), 150)
         _random_ops(plain, random.Random(7), 150)
         assert _tree(mnt) == _tree(plain)

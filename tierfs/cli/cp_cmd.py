@@ -41,7 +41,7 @@ def _bar(label: str, total: int) -> object:
 @click.argument("dst")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), metavar="FILE",
               help="TOML settings file (endpoint, credentials, [write] part_size and upload_concurrency).")
-@click.option("--part-size", metavar="SIZE", help="Size of one part (upload) or ranged read (download).  [default: 16MiB]")
+@click.option("--part-size", metavar="SIZE", help="Size of one part (upload) or ranged read (download).  [default: 32MiB]")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), help="Parts in flight at once.  [default: 4]")
 def cp(src: str, dst: str, config_file: Path | None, part_size: str | None, jobs: int | None) -> None:
     """Copy a large file into the lake or out of it, without a mount.

@@ -62,6 +62,9 @@ def _guard(fn: F) -> F:
                 self.ops.add("errors")
                 log.warning("%s failed: %s: %s", name, type(exc).__name__, exc,
                             exc_info=log.isEnabledFor(logging.DEBUG))
+            elif log.isEnabledFor(logging.DEBUG):
+                log.debug("%s answered %s: %s: %s", name, errno.errorcode.get(code, code), type(exc).__name__, exc,
+                          exc_info=True)
             raise pyfuse3.FUSEError(code) from None
         finally:
             FUSE_SECONDS.labels(name).observe(time.perf_counter() - t0)
@@ -190,6 +193,7 @@ class TierfsOperations(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._files[fh]
         if handle.staged is not None and self.writer is not None:
+            handle.node.last_tier = "staged"
             return await self.writer.read(handle.staged, off, size)
         data, source = await self.reader.read(handle.ref, off, size)
         if source:

@@ -56,6 +56,8 @@ class StagedFile:
     generation: int = 0  # bumped by every change
     uploaded_generation: int = -1  # the generation the lake holds
     unlinked: bool = False
+    filling: bool = False  # its uploaded bytes are being put into the tiers
+    dropped: bool = False  # its fd is closed and its files removed
     user_mtime_ns: int = 0  # an mtime set by utimens, applied to the object after its upload
     error: str = ""  # why the last upload failed
     upload_lock: trio.Lock = field(default_factory=trio.Lock)

@@ -11,6 +11,7 @@ next close or fsync, or by the retry loop.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -47,6 +48,7 @@ class Writer:
         self._staged: dict[str, StagedFile] = {}  # by lake key
         self._failed: set[StagedFile] = set()  # closed, upload not acknowledged: retried
         self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
         self.stats = Counters(WRITE_COUNTERS, gauges={
             "staged_files": lambda: len(self._staged),
             "pending_uploads": lambda: len(self._failed),
@@ -71,6 +73,11 @@ class Writer:
                         len(unclosed), self.staging.unclosed_dir, ", ".join(unclosed))
             notes.append(f"{len(unclosed)} unclosed file(s) from the previous run kept in {self.staging.unclosed_dir}")
         return "; ".join(notes)
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Run the retry loop and the filling of tiers after uploads in the mount's nursery."""
+        self._nursery = nursery
+        nursery.start_soon(self.retry_loop)
 
     async def retry_loop(self) -> None:
         """Upload again, with backoff, whatever was closed but not acknowledged."""
@@ -166,6 +173,7 @@ class Writer:
                 return None
             generation = sf.generation
             self.staging.mark(sf, PENDING)
+            t0 = time.monotonic()
             try:
                 entry = await trio.to_thread.run_sync(
                     self.uploader.upload, sf.data, sf.key, self.staging.upload_state(sf), limiter=self.limiter)
@@ -186,18 +194,39 @@ class Writer:
             if sf.user_mtime_ns and await trio.to_thread.run_sync(
                     self.store.set_mtime, sf.key, sf.user_mtime_ns, limiter=self.limiter):
                 entry = await trio.to_thread.run_sync(self.store.stat, sf.key, limiter=self.limiter)
-            await self._fill_tiers(sf, entry)
+            log.info("uploaded %s: %d bytes in %.2f s", sf.key, sf.size, time.monotonic() - t0)
         self.ns.changed(sf.key, entry)
-        if sf.handles == 0:
-            self._forget(sf)
+        # The close returns now; the blocks go into the tiers behind it. Until
+        # they are in, reads of the file are served from the staged bytes.
+        sf.filling = True
+        if self._nursery is not None:
+            self._nursery.start_soon(self._fill_then_settle, sf, entry)
+        else:
+            await self._fill_then_settle(sf, entry)
         return entry
+
+    async def _fill_then_settle(self, sf: StagedFile, entry: Entry) -> None:
+        """Put the uploaded bytes into the tiers (writes to ``sf`` wait meanwhile); drop ``sf`` if closed."""
+        try:
+            async with sf.upload_lock:
+                if sf.generation == sf.uploaded_generation and not sf.unlinked:
+                    t0 = time.monotonic()
+                    await self._fill_tiers(sf, entry)
+                    log.debug("%s put into the tiers in %.2f s", sf.key, time.monotonic() - t0)
+        except Exception as exc:  # the tiers are a cache: a failure here loses nothing
+            log.warning("putting %s into the tiers failed: %s", sf.key, exc)
+        finally:
+            sf.filling = False
+            if sf.unlinked or (sf.handles == 0 and not sf.dirty):
+                self._forget(sf)
 
     def release(self, sf: StagedFile) -> None:
         sf.handles = max(0, sf.handles - 1)
         if sf.handles:
             return
         if sf.unlinked or not sf.dirty:
-            self._forget(sf)
+            if not sf.filling:
+                self._forget(sf)
         elif sf not in self._failed:
             # Closed without a flush that uploaded it (a flush that was interrupted): upload in the background.
             self._failed.add(sf)
@@ -231,34 +260,37 @@ class Writer:
             target.unlinked = True
             self._forget(target)
         if is_dir:
-            moved = await rename_tree(self.store, old, new, self.limiter, self.rename_concurrency)
-            self.stats.add("renamed_objects", moved)
-            for key, below in list(self._staged.items()):
-                if key.startswith(old + "/"):
-                    self._rekey(below, new + key[len(old):])
+            async with contextlib.AsyncExitStack() as stack:
+                # No upload into the old tree may land behind the copy.
+                below = [f for key, f in self._staged.items() if key.startswith(old + "/")]
+                for f in below:
+                    await stack.enter_async_context(f.upload_lock)
+                moved = await rename_tree(self.store, old, new, self.limiter, self.rename_concurrency)
+                self.stats.add("renamed_objects", moved)
+                for f in below:
+                    if not f.dropped:
+                        self._rekey(f, new + f.key[len(old):])
             self.ns.moved(old, new, Entry(posixpath.basename(new), True))
             return
         sf = self._staged.get(old)
-        if sf is None:
-            await trio.to_thread.run_sync(self.store.move, old, new, limiter=self.limiter)
-            self.stats.add("renamed_objects")
-            entry = await trio.to_thread.run_sync(self.store.stat, new, limiter=self.limiter)
-            self.ns.moved(old, new, entry)
-            return
-        async with sf.upload_lock:
-            in_lake = sf.uploaded_generation >= 0 or sf.base is not None
-            if in_lake:
-                try:
-                    await trio.to_thread.run_sync(self.store.move, old, new, limiter=self.limiter)
-                    self.stats.add("renamed_objects")
-                except NotFound:
-                    pass  # never uploaded after all
-            if sf.base is not None:
-                sf.base = None if sf.materialized else sf.base
-            self._rekey(sf, new)
-        overlay_entry = self.ns.overlay.entry(new)
-        assert overlay_entry is not None
-        self.ns.moved(old, new, overlay_entry)
+        if sf is not None:
+            async with sf.upload_lock:  # no upload or fill of it runs meanwhile
+                if not sf.dropped:  # (it may have settled while we waited)
+                    if sf.uploaded_generation >= 0 or sf.base is not None:
+                        try:
+                            await trio.to_thread.run_sync(self.store.move, old, new, limiter=self.limiter)
+                            self.stats.add("renamed_objects")
+                        except NotFound:
+                            pass  # never uploaded after all
+                    self._rekey(sf, new)
+                    overlay_entry = self.ns.overlay.entry(new)
+                    assert overlay_entry is not None
+                    self.ns.moved(old, new, overlay_entry)
+                    return
+        await trio.to_thread.run_sync(self.store.move, old, new, limiter=self.limiter)
+        self.stats.add("renamed_objects")
+        entry = await trio.to_thread.run_sync(self.store.stat, new, limiter=self.limiter)
+        self.ns.moved(old, new, entry)
 
     # -- internals -------------------------------------------------------------
     def _register(self, sf: StagedFile) -> None:
@@ -278,6 +310,14 @@ class Writer:
             del self._staged[sf.key]
         self.ns.overlay.remove_file(sf.key, sf)
         self._failed.discard(sf)
+        if sf.filling:
+            # Its fd is being read into the tiers: closing it now could hand
+            # the number to another file under the reader. The fill drops it.
+            sf.unlinked = True
+            return
+        if sf.dropped:
+            return
+        sf.dropped = True
         state = self.staging.upload_state(sf)
         if state.exists():
             self.uploader.discard(state)
