@@ -265,11 +265,12 @@ def test_sequential_reads_are_prefetched_and_requests_are_large(tmp_path: Path) 
         assert s["fuse"]["read"] < len(data) // (256 * 1024)  # large requests, not 128 KiB ones
 
 
-def test_a_warm_small_file_costs_two_fuse_requests(tmp_path: Path) -> None:
-    """docs/semantics.md: warm open/read/close = open + release; lookup, read and flush cost none."""
+@pytest.mark.parametrize("read_only", [True, False], ids=["read-only", "writable"])
+def test_a_warm_small_file_costs_two_fuse_requests(tmp_path: Path, read_only: bool) -> None:
+    """docs/semantics.md: warm open/read/close = open + release (+ flush on a writable mount); lookup and read cost none."""
     root = tmp_path / "lake"
     write_tree(root, {"d/small.jpg": random_bytes(50_000, seed=3)})
-    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache") as m:
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache", *(["--read-only"] if read_only else [])) as m:
         f = m.mountpoint / "d/small.jpg"
         for _ in range(2):  # the first pass fills the caches (and teaches the kernel flush is ENOSYS)
             f.read_bytes()
@@ -281,6 +282,7 @@ def test_a_warm_small_file_costs_two_fuse_requests(tmp_path: Path) -> None:
         after = m.stats()["fuse"]
         delta = {op: after[op] - before[op] for op in after}
         assert delta["open"] == 10 and delta["release"] == 10
+        assert delta["flush"] == (0 if read_only else 10)  # a read-only mount answers ENOSYS once
         assert delta["lookup"] == 0 and delta["read"] == 0 and delta["getattr"] <= 1
 
 

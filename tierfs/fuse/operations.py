@@ -213,6 +213,8 @@ class TierfsOperations(pyfuse3.Operations):
     @_guard
     async def flush(self, fh: int) -> None:
         """Every close(2) of a written file: upload it, answer once the store has it."""
+        if self.writer is None:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # nothing to flush, ever: the kernel stops asking
         await self._commit(self._files[fh])
 
     @_guard
