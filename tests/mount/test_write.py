@@ -196,7 +196,7 @@ def test_random_operations_match_a_local_directory(tmp_path: Path) -> None:
     write_tree(lake, {"a/seed.bin": b"seed" * 1000})
     write_tree(plain, {"a/seed.bin": b"seed" * 1000})
     mnt = tmp_path / "mnt"
-    with mounted(f"file://{lake}", mnt, tmp_path / "cache", "--block-size", "64KiB", "--log-level", "debug"):
+    with mounted(f"file://{lake}", mnt, tmp_path / "cache", "--block-size", "64KiB"):
         _random_ops(mnt, random.Random(7), 150)
         _random_ops(plain, random.Random(7), 150)
         assert _tree(mnt) == _tree(plain)

@@ -157,6 +157,13 @@ def render_stats(data: dict[str, Any]) -> str:
         f"backend: {b['requests']} requests, {format_size(b['bytes'])} read, {b['retries']} retries, {b['errors']} errors;  "
         f"inodes {data['inodes']}, open files {data['open_files']}, in-flight fetches {data['in_flight_fetches']}"
     )
+    w = data.get("writes", {})
+    if w:
+        console.print(
+            f"writes: {w['uploads']} uploads, {format_size(w['bytes_written'])} written, {w['upload_errors']} failed; "
+            f"{w['staged_files']} staged now, {w['pending_uploads']} waiting for a retry"
+            + (f"; {w['recovered']} recovered after a crash" if w.get("recovered") else "")
+        )
     fuse = data.get("fuse", {})
     if fuse:
         console.print("fuse requests: " + ", ".join(f"{op} {n}" for op, n in fuse.items() if n))
