@@ -91,6 +91,18 @@ def test_every_write_operation_lands_in_the_lake(lake: Path, tmp_path: Path) -> 
         assert e.value.errno == errno.EROFS
 
 
+def test_overwriting_the_start_of_an_object_keeps_the_rest(lake: Path, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    with mounted(f"file://{lake}", mnt, tmp_path / "cache") as m:
+        with open(mnt / "datasets/toy/train/dog/0001.jpg", "r+b") as fh:
+            fh.write(b"HEADER")
+        assert (lake / "datasets/toy/train/dog/0001.jpg").read_bytes() == b"HEADER" + b"d" * 1994
+        with open(mnt / "datasets/toy/train/cat/0001.jpg", "r+b") as fh:
+            fh.write(b"C" * 1500)  # longer than the object: nothing of it is left
+        assert (lake / "datasets/toy/train/cat/0001.jpg").read_bytes() == b"C" * 1500
+        assert m.stats()["writes"]["uploads"] == 2
+
+
 def test_a_file_just_written_reads_from_the_cache(lake: Path, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     data = random_bytes(3 * 1024 * 1024 + 17, 1)
@@ -169,7 +181,7 @@ def _random_ops(root: Path, rng: random.Random, steps: int) -> None:
         elif op == "write":
             name = rng.choice(files)
             with open(root / name, "r+b") as fh:
-                fh.seek(rng.randrange(0, 250_000))
+                fh.seek(rng.choice([0, rng.randrange(0, 250_000)]))  # the start too: a partial overwrite
                 fh.write(rng.randbytes(rng.randrange(1, 70_000)))
         elif op == "append":
             with open(root / rng.choice(files), "ab") as fh:

@@ -126,7 +126,8 @@ class Writer:
         return sf
 
     async def write(self, sf: StagedFile, offset: int, data: bytes) -> int:
-        await self._before_change(sf, offset > 0)
+        # The old bytes are needed unless this write covers all of them.
+        await self._before_change(sf, not (offset == 0 and len(data) >= sf.size))
         try:
             n = os.pwrite(sf.fd, data, offset)
         except OSError as exc:
