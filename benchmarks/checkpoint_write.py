@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import BUCKET, System, drop_caches
+from peers import BUCKET, System, drop_caches, unmount_all
 
 from tierfs.config import parse_size
 
@@ -139,11 +139,7 @@ def main() -> None:
             back = torch.load(work / "check.pt", weights_only=True)
             assert all(torch.equal(back["model"][k], v) for k, v in state["model"].items())  # type: ignore[attr-defined]
     finally:
-        for sysm in runners:
-            try:
-                sysm.umount(clear=True)
-            except Exception as exc:
-                print(f"cleanup of {sysm.name}: {exc}", file=sys.stderr)
+        unmount_all(runners)
         server.stop()
         subprocess.run(["sync"], check=False)
         shutil.rmtree(work, ignore_errors=True)

@@ -250,6 +250,15 @@ class System:
             shutil.rmtree(self.cache, ignore_errors=True)
 
 
+def unmount_all(runners: list[System]) -> None:
+    """Unmount and stop every system, whatever failed; say what could not be cleaned."""
+    for sysm in runners:
+        try:
+            sysm.umount(clear=True)
+        except Exception as exc:
+            print(f"cleanup of {sysm.name}: {exc}", file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", type=int, default=2000, help="small files")
@@ -295,11 +304,7 @@ def main() -> None:
                 print(f"  {name}: {sysm.name} done", file=sys.stderr)
                 sysm.umount(clear=True)
     finally:
-        for sysm in runners:
-            try:
-                sysm.umount(clear=True)
-            except Exception as exc:
-                print(f"cleanup of {sysm.name}: {exc}", file=sys.stderr)
+        unmount_all(runners)
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
 

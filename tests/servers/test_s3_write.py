@@ -214,3 +214,7 @@ def test_cp_uploads_and_downloads_resumably(s3_server: SeaweedS3, tmp_path: Path
     assert (out / "big.bin").read_bytes() == data
     res = run_tierfs("cp", "s3://cp-lake/models/missing.bin", str(out), "--config", str(cfg), env=env)
     assert res.returncode == 1 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+    bad = s3_server.s3_config(tmp_path / "bad.toml", secret="wrong-secret")
+    res = run_tierfs("cp", str(src), "s3://cp-lake/x.bin", "--config", str(bad), env=env)
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1
+    assert "check the credentials" in res.stderr, res.stderr

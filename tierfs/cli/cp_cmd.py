@@ -60,10 +60,16 @@ def cp(src: str, dst: str, config_file: Path | None, part_size: str | None, jobs
     if _is_url(src) == _is_url(dst):
         raise UserError("one of SRC and DST must be a lake URL (s3://…, gs://…, az://…, file:///…) "
                         "and the other a local path")
-    if _is_url(dst):
-        _upload(Path(src), dst, config_file, part_size, jobs)
-    else:
-        _download(src, Path(dst), config_file, part_size, jobs)
+    url = dst if _is_url(dst) else src
+    try:
+        if _is_url(dst):
+            _upload(Path(src), dst, config_file, part_size, jobs)
+        else:
+            _download(src, Path(dst), config_file, part_size, jobs)
+    except PermissionError as exc:
+        raise UserError(f"access to {url} was refused ({exc}): check the credentials") from None
+    except (NotFound, FileNotFoundError):
+        raise UserError(f"{url}: the bucket or prefix does not exist") from None
 
 
 def _sizes(settings: Settings, part_size: str | None, jobs: int | None) -> tuple[int, int]:

@@ -171,7 +171,7 @@ class TierfsOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache)
 
     def _new_handle(self, node: Node, staged: StagedFile, writable: bool) -> pyfuse3.FileInfo:
-        self.ns.inodes.opened(node)
+        self.ns.opened(node)
         node.cached_ref = None  # the kernel's pages of the old object must not be kept
         fh = next(self._fh)
         self._files[fh] = _FileHandle(node, staged.ref(), ReadAhead(self.reader.block_size, 0), staged, writable)
@@ -183,9 +183,7 @@ class TierfsOperations(pyfuse3.Operations):
         parent, path = self._new_name(parent_inode, name)
         writer = self._writer_for(parent)
         staged = writer.create(path)
-        entry = self.ns.overlay.entry(path)
-        assert entry is not None
-        node = self.ns.entry_node(parent.path, entry)
+        node = self.ns.staged_node(path)
         self.ns.remember(node)
         return self._new_handle(node, staged, writable=True), self.attrs(node)
 
@@ -235,9 +233,7 @@ class TierfsOperations(pyfuse3.Operations):
             return
         if handle.staged is not None and self.writer is not None:
             self.writer.release(handle.staged)
-            self.ns.inodes.closed(handle.node)
-        else:
-            self.ns.release(handle.node)
+        self.ns.release(handle.node)
 
     # -- the rest -------------------------------------------------------------
     @_guard

@@ -124,6 +124,17 @@ class Namespace:
         self.inodes.opened(node)
         return node, ref, keep_cache
 
+    def opened(self, node: Node) -> None:
+        """A handle is open on ``node`` (one that ``open`` did not hand out: a staged file's)."""
+        self.inodes.opened(node)
+
+    def staged_node(self, path: str) -> Node:
+        """The node of a file this mount is writing (in the overlay, not yet in the lake)."""
+        entry = self.overlay.entry(path)
+        if entry is None:
+            raise NotFound(path)
+        return self._node_for(posixpath.dirname(path), entry)
+
     def release(self, node: Node) -> None:
         self.inodes.closed(node)
 

@@ -63,6 +63,8 @@ class Overlay:
 
     # -- both ---------------------------------------------------------------
     def entry(self, path: str) -> Entry | None:
+        if not self._files and not self._dirs:
+            return None  # the usual case: every lookup of a dataset passes here
         staged = self._files.get(path)
         name = posixpath.basename(path)
         if staged is not None:
@@ -73,6 +75,8 @@ class Overlay:
 
     def entries(self, dir_path: str) -> list[Entry]:
         """The names directly in ``dir_path`` that the overlay adds."""
+        if not self._files and not self._dirs:
+            return []
         prefix = dir_path + "/" if dir_path else ""
         names: set[str] = set()
         for p in (*self._files, *self._dirs):

@@ -9,13 +9,13 @@ TARGET is never a half-downloaded file.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from tierfs import statefile
 from tierfs.refs import ObjectRef
 from tierfs.store.objects import ObjectStore
 
@@ -30,12 +30,10 @@ def download(store: ObjectStore, ref: ObjectRef, target: Path, chunk_size: int, 
     identity = ref.identity()
     count = max(1, -(-ref.size // chunk_size))
     done: set[int] = set()
-    try:
-        state = json.loads(state_path.read_text())
-        if state.get("identity") == identity and state.get("chunk_size") == chunk_size and partial.exists():
-            done = {int(i) for i in state.get("done", [])}
-    except (OSError, ValueError):
-        pass
+    state = statefile.load(state_path)
+    if isinstance(state, dict) and state.get("identity") == identity and state.get("chunk_size") == chunk_size \
+            and partial.exists():
+        done = {int(i) for i in state.get("done", [])}
     already = sum(min(chunk_size, ref.size - i * chunk_size) for i in done)
     if progress is not None and already:
         progress(already)
@@ -46,9 +44,7 @@ def download(store: ObjectStore, ref: ObjectRef, target: Path, chunk_size: int, 
         lock = threading.Lock()
 
         def save() -> None:
-            tmp = state_path.with_name(state_path.name + ".tmp")
-            tmp.write_text(json.dumps({"identity": identity, "chunk_size": chunk_size, "done": sorted(done)}))
-            os.replace(tmp, state_path)
+            statefile.save(state_path, {"identity": identity, "chunk_size": chunk_size, "done": sorted(done)})
 
         def one(index: int) -> None:
             start = index * chunk_size

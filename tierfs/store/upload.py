@@ -15,7 +15,6 @@ process — goes on from where it stopped instead of starting again.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import uuid
@@ -26,6 +25,7 @@ from typing import Any
 
 from fsspec.asyn import sync
 
+from tierfs import statefile
 from tierfs.errors import StoreError
 from tierfs.store.objects import Entry, ObjectStore
 
@@ -47,21 +47,18 @@ class UploadState:
 
     @classmethod
     def load(cls, path: Path | None) -> UploadState | None:
-        if path is None:
+        raw = statefile.load(path) if path is not None else None
+        if not isinstance(raw, dict):
             return None
         try:
-            raw = json.loads(path.read_text())
             raw["parts"] = {int(k): str(v) for k, v in raw.get("parts", {}).items()}
             return cls(**raw)
-        except (OSError, ValueError, TypeError):
+        except (ValueError, TypeError, AttributeError):  # not a state this version wrote
             return None
 
     def save(self, path: Path | None) -> None:
-        if path is None:
-            return
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        os.replace(tmp, path)
+        if path is not None:
+            statefile.save(path, asdict(self))
 
     def matches(self, key: str, size: int, mtime_ns: int, part_size: int) -> bool:
         return (self.key, self.size, self.mtime_ns, self.part_size) == (key, size, mtime_ns, part_size)

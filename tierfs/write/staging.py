@@ -22,7 +22,6 @@ are dropped: the lake has them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import trio
 
+from tierfs import statefile
 from tierfs.refs import ObjectRef
 from tierfs.tiers.disk import prepare_cache_dir
 
@@ -122,10 +122,10 @@ class Staging:
                 continue
             sid = record.stem
             data = self.root / f"{sid}.data"
+            rec = statefile.load(record)
             try:
-                rec = json.loads(record.read_text())
                 key, state = str(rec["key"]), str(rec["state"])
-            except (OSError, ValueError, KeyError):
+            except (TypeError, KeyError):
                 log.warning("staging record %s is unreadable; its data is kept in %s", record, self.unclosed_dir)
                 key, state = sid, DIRTY
             if not data.exists() or state == CLEAN:
@@ -147,7 +147,4 @@ class Staging:
         return pending, unclosed
 
     def _record(self, sf: StagedFile) -> None:
-        path = self.root / f"{sf.id}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"key": sf.key, "state": sf.state}))
-        os.replace(tmp, path)
+        statefile.save(self.root / f"{sf.id}.json", {"key": sf.key, "state": sf.state})

@@ -179,8 +179,9 @@ class Writer:
                 entry = await trio.to_thread.run_sync(
                     self.uploader.upload, sf.data, sf.key, self.staging.upload_state(sf), limiter=self.limiter)
             except Exception as exc:
-                self._failed.add(sf)
-                self._wake.set()  # the retry loop takes it from here
+                if not sf.unlinked:  # (replaced or deleted meanwhile: nothing to retry)
+                    self._failed.add(sf)
+                    self._wake.set()  # the retry loop takes it from here
                 self.stats.add("upload_errors")
                 sf.error = f"{type(exc).__name__}: {exc}"
                 log.error("upload of %s failed (%s); its bytes stay staged in %s and the upload is retried",
@@ -238,7 +239,6 @@ class Writer:
         sf = self._staged.get(key)
         if sf is not None:
             async with sf.upload_lock:
-                sf.unlinked = True
                 self._forget(sf)
         await trio.to_thread.run_sync(self.store.delete, key, limiter=self.limiter)
         self.ns.changed(key, None)
@@ -258,7 +258,6 @@ class Writer:
         """Rename a file or a directory (the caller has checked the target)."""
         target = self._staged.get(new)
         if target is not None:
-            target.unlinked = True
             self._forget(target)
         if is_dir:
             async with contextlib.AsyncExitStack() as stack:
@@ -307,6 +306,7 @@ class Writer:
         self._register(sf)
 
     def _forget(self, sf: StagedFile) -> None:
+        sf.unlinked = True  # whatever still holds it (an upload, a handle) must not bring it back
         if self._staged.get(sf.key) is sf:
             del self._staged[sf.key]
         self.ns.overlay.remove_file(sf.key, sf)
@@ -314,7 +314,6 @@ class Writer:
         if sf.filling:
             # Its fd is being read into the tiers: closing it now could hand
             # the number to another file under the reader. The fill drops it.
-            sf.unlinked = True
             return
         if sf.dropped:
             return
