@@ -43,6 +43,10 @@ class ReadOnly(TierfsError):
     errno = errno.EROFS
 
 
+class NoSpace(TierfsError):
+    errno = errno.ENOSPC
+
+
 class Exists(TierfsError):
     errno = errno.EEXIST
 

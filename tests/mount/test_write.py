@@ -135,6 +135,35 @@ def test_a_file_is_visible_here_before_close_and_in_the_lake_only_after(lake: Pa
         assert (lake / "log.txt").read_bytes() == b"line 1\n"
 
 
+def test_a_full_staging_disk_is_enospc_and_changes_nothing(lake: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        mnt = tmp_path / "mnt"
+        with mounted(f"file://{lake}", mnt, small / "cache", "--cache-size", "0",
+                     "--log-file", str(tmp_path / "tierfs.log")):
+            for name in ("big.bin", "datasets/toy/train/dog/0001.jpg"):  # a new file, an overwrite
+                with pytest.raises(OSError) as e, open(mnt / name, "wb") as fh:
+                    for _ in range(8):
+                        fh.write(b"x" * (1 << 20))
+                        fh.flush()
+                assert e.value.errno == errno.ENOSPC
+            time.sleep(0.3)  # release is asynchronous
+            assert "the staging disk is full" in (tmp_path / "tierfs.log").read_text()
+            assert not (lake / "big.bin").exists()  # an incomplete file is never uploaded...
+            assert (lake / "datasets/toy/train/dog/0001.jpg").read_bytes() == b"d" * 2000  # ...nor replaces one
+            assert (mnt / "datasets/toy/train/dog/0001.jpg").read_bytes() == b"d" * 2000
+            assert not (mnt / "big.bin").exists()
+            assert (mnt / "datasets/toy/train/cat/0001.jpg").read_bytes() == b"c" * 1000  # reads go on
+            (mnt / "small.txt").write_bytes(b"fits")  # and so do writes that fit
+            assert (lake / "small.txt").read_bytes() == b"fits"
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
 def test_read_only_mount_refuses_writes(lake: Path, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     with mounted(f"file://{lake}", mnt, tmp_path / "cache", "--read-only"):

@@ -231,9 +231,13 @@ class TierfsOperations(pyfuse3.Operations):
         handle = self._files.pop(fh, None)
         if handle is None:
             return
-        if handle.staged is not None and self.writer is not None:
-            self.writer.release(handle.staged)
+        if handle.staged is not None and self.writer is not None and self.writer.release(handle.staged):
+            # What this mount knew of the file came from writes that were thrown
+            # away: ask the lake again (the kernel drops its attributes after a
+            # write, and pages at the next open).
+            self.ns.stale(handle.node)
         self.ns.release(handle.node)
+
 
     # -- the rest -------------------------------------------------------------
     @_guard

@@ -135,6 +135,14 @@ class Namespace:
             raise NotFound(path)
         return self._node_for(posixpath.dirname(path), entry)
 
+    def stale(self, node: Node) -> None:
+        """Ask the lake about ``node`` on its next use: what this mount knew of it was thrown away."""
+        node.checked_at = 0.0
+        node.cached_ref = None
+        self._stats.pop(node.path, None)
+        if self.overlay.entry(node.path) is None and node.ref is not None and node.ref.etag.startswith("staged:"):
+            self.inodes.unlinked(node.path)  # never reached the lake
+
     def release(self, node: Node) -> None:
         self.inodes.closed(node)
 

@@ -60,6 +60,7 @@ class StagedFile:
     dropped: bool = False  # its fd is closed and its files removed
     user_mtime_ns: int = 0  # an mtime set by utimens, applied to the object after its upload
     error: str = ""  # why the last upload failed
+    write_error: str = ""  # a write to it failed: it is incomplete and never uploaded
     upload_lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property

@@ -21,7 +21,7 @@ import time
 import trio
 
 from tierfs.data.reader import BlockReader
-from tierfs.errors import NotFound, StoreError
+from tierfs.errors import NoSpace, NotFound, StoreError
 from tierfs.metrics import WRITE_COUNTERS, Counters
 from tierfs.namespace.live import Namespace
 from tierfs.refs import ObjectRef, block_span
@@ -131,9 +131,12 @@ class Writer:
         try:
             n = os.pwrite(sf.fd, data, offset)
         except OSError as exc:
+            # The file now lacks bytes its writer meant it to have: it must not
+            # replace the object in the lake (a good older checkpoint, say).
+            sf.write_error = exc.strerror or str(exc)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                log.error("the staging disk is full (%s); free space there or set [cache] dir elsewhere",
-                          self.staging.root)
+                log.error("the staging disk is full (%s); free space there or set [cache] dir elsewhere; "
+                          "%s will not be uploaded and the lake keeps what it had", self.staging.root, sf.key)
             raise
         sf.size = max(sf.size, offset + n)
         self._changed(sf)
@@ -172,6 +175,8 @@ class Writer:
         async with sf.upload_lock:
             if not sf.dirty or sf.unlinked:
                 return None
+            if sf.write_error:
+                raise NoSpace(f"{sf.key} is not uploaded: a write to it failed ({sf.write_error})")
             generation = sf.generation
             self.staging.mark(sf, PENDING)
             t0 = time.monotonic()
@@ -222,10 +227,15 @@ class Writer:
             if sf.unlinked or (sf.handles == 0 and not sf.dirty):
                 self._forget(sf)
 
-    def release(self, sf: StagedFile) -> None:
+    def release(self, sf: StagedFile) -> bool:
+        """A handle on ``sf`` closed; True if that discarded it (the lake's version is the file again)."""
         sf.handles = max(0, sf.handles - 1)
         if sf.handles:
-            return
+            return False
+        if sf.write_error:
+            log.warning("discarded the staged %s (a write to it failed); the lake keeps what it had", sf.key)
+            self._forget(sf)
+            return True
         if sf.unlinked or not sf.dirty:
             if not sf.filling:
                 self._forget(sf)
@@ -233,6 +243,7 @@ class Writer:
             # Closed without a flush that uploaded it (a flush that was interrupted): upload in the background.
             self._failed.add(sf)
             self._wake.set()
+        return False
 
     # -- names ------------------------------------------------------------------
     async def unlink(self, key: str) -> None:
