@@ -98,9 +98,6 @@ class Writer:
             if self._failed:
                 delay = min(delay * 2, RETRY_MAX)
 
-    def in_progress(self) -> list[str]:
-        return sorted(sf.key for sf in self._failed)
-
     # -- files ------------------------------------------------------------------
     def staged(self, key: str) -> StagedFile | None:
         return self._staged.get(key)
