@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv redis-server attr)
+# The Azure tests run Azurite, an npm package; take Debian's Node.js where none is installed.
+command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,7 +35,20 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     exit 1
   fi
   rm -f "$log"
-  "$VENV/bin/python" -c "import tierfs, pyfuse3, lmdb, s3fs, redis, prometheus_client"  # fail loudly if the install did not take
+  "$VENV/bin/python" -c "import tierfs, pyfuse3, lmdb, s3fs, gcsfs, adlfs, redis, prometheus_client"  # fail loudly if the install did not take
   touch "$stamp"
+fi
+# Azurite (Microsoft's Azure Storage emulator) for the Azure tests, pinned, kept beside the venv.
+AZURITE_DIR=${AZURITE_DIR:-.tools/azurite}
+if [ ! -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
+  echo "bootstrap: installing azurite@3.35.0 into $AZURITE_DIR"
+  mkdir -p "$AZURITE_DIR"
+  log=$(mktemp)
+  if ! npm install --prefix "$AZURITE_DIR" --no-audit --no-fund --loglevel=error azurite@3.35.0 >"$log" 2>&1; then
+    tail -20 "$log"
+    echo "bootstrap: npm install azurite failed (full log: $log)" >&2
+    exit 1
+  fi
+  rm -f "$log"
 fi
 echo "bootstrap: ready ($("$VENV/bin/tierfs" --version))"

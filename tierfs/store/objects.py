@@ -90,10 +90,8 @@ class ObjectStore:
             raise UserError(f"access to {self.url} was refused ({_one_line(exc)}): check the credentials") from None
         except Exception as exc:
             if is_credentials_error(exc):
-                raise UserError(
-                    f"no usable credentials for {self.url} ({_one_line(exc)}): set [s3] key and secret in the "
-                    "config, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an AWS profile"
-                ) from None
+                raise UserError(f"no usable credentials for {self.url} ({_one_line(exc)}): {_credentials_hint(self.url)}"
+                                ) from None
             raise UserError(f"cannot reach {self.url}: {_one_line(exc)}; check the endpoint and network") from None
         if info.get("type") != "directory":
             raise UserError(f"lake {self.url} is a file, not a bucket or prefix")
@@ -135,6 +133,10 @@ class ObjectStore:
         except PermissionError as exc:
             if "InvalidObjectState" in str(exc) or "archive" in str(exc).lower():
                 raise self._archived(ref, "an archive class") from None
+            raise
+        except Exception as exc:
+            if getattr(exc, "error_code", None) == "BlobArchived":  # Azure's Archive tier
+                raise self._archived(ref, "Archive tier") from None
             raise
         self.stats.add("bytes", len(data))
         if len(data) != end - start:
@@ -275,8 +277,8 @@ class ObjectStore:
                 raise self._archived(ref, cls)
 
     def _archived(self, ref: ObjectRef, where: str) -> Archived:
-        msg = (f"{ref.key} is archived ({where}): restore it first (S3: aws s3api restore-object "
-               f"--key {ref.key} --restore-request Days=7 …; or set its class back), then read again")
+        msg = (f"{ref.key} is archived ({where}): restore it first with `tierfs restore {self.url} {ref.key}` "
+               "(hours on S3 Glacier and Azure Archive), then read again")
         log.warning("%s", msg)
         self.stats.add("errors")
         return Archived(msg)
@@ -323,7 +325,7 @@ class ObjectStore:
         self.stats.add("requests")
 
     def _entry(self, name: str, rel: str, info: dict[str, Any]) -> Entry:
-        mtime_ns = _mtime_ns(info)
+        mtime_ns = mtime_ns_of(info)
         if info.get("type") == "directory":
             return Entry(name, True, 0, mtime_ns)
         size = int(info.get("size") or 0)
@@ -384,11 +386,21 @@ def _wants_versions(fs: Any, root: str, setting: str) -> bool:
         return False
 
 
+def _credentials_hint(url: str) -> str:
+    if url.startswith(("az://", "abfs://", "abfss://")):
+        return ("set connection_string, or account_name and account_key, in the config's [store] options, "
+                "or AZURE_STORAGE_CONNECTION_STRING")
+    if url.startswith(("gs://", "gcs://")):
+        return "set token in the config's [store] options, or GOOGLE_APPLICATION_CREDENTIALS"
+    return ("set [s3] key and secret in the config, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "or an AWS profile")
+
+
 def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
-def _mtime_ns(info: dict[str, Any]) -> int:
+def mtime_ns_of(info: dict[str, Any]) -> int:
     for key in ("LastModified", "mtime", "last_modified", "updated", "created"):
         value = info.get(key)
         if value is None:

@@ -36,9 +36,15 @@ _PERMANENT_NAMES = frozenset({
 })
 
 
+# Service error codes (Azure's error_code) that another attempt will not mend.
+_PERMANENT_CODES = frozenset({"BlobArchived", "BlobBeingRehydrated", "ContainerNotFound", "BlobNotFound"})
+
+
 def is_temp_failure(exc: BaseException) -> bool:
     """True when the same request may well succeed if sent again."""
     if isinstance(exc, _PERMANENT) or is_credentials_error(exc):
+        return False
+    if getattr(exc, "error_code", None) in _PERMANENT_CODES:
         return False
     if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
         return True
@@ -48,8 +54,13 @@ def is_temp_failure(exc: BaseException) -> bool:
     return module in ("botocore", "aiohttp", "aiobotocore", "google", "azure", "requests", "urllib3")
 
 
+# Azure's error codes for a key or token the account refuses.
+_CREDENTIAL_CODES = frozenset({"AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch",
+                               "InvalidAuthenticationInfo", "NoAuthenticationInformation"})
+
+
 def is_credentials_error(exc: BaseException) -> bool:
-    return type(exc).__name__ in _PERMANENT_NAMES
+    return type(exc).__name__ in _PERMANENT_NAMES or getattr(exc, "error_code", None) in _CREDENTIAL_CODES
 
 
 def retry_call(

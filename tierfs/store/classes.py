@@ -1,0 +1,216 @@
+"""Storage classes, per provider: list every object with its class, change one object's class.
+
+- A local lake emulates classes in an extended attribute (``user.tierfs.class``).
+- S3 copies the object onto itself with the new class.
+- GCS rewrites the object onto itself with the new class.
+- Azure sets the blob's access tier (Hot, Cool, Cold, Archive) in place.
+
+In a versioned bucket, a self-copy makes a new version. The version it was
+copied from is deleted afterwards, unless a snapshot pins it, so a transition
+never leaves a second billed copy behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from fsspec.asyn import sync
+
+from tierfs.errors import UserError
+from tierfs.refs import ObjectRef
+from tierfs.store.objects import Entry, ObjectStore, mtime_ns_of
+
+#: fsspec filesystem class -> provider name used by rules and prices.
+_PROVIDERS = {"S3FileSystem": "s3", "GCSFileSystem": "gcs", "AzureBlobFileSystem": "azure", "LocalFileSystem": "local"}
+
+
+def provider(store: ObjectStore) -> str:
+    return _PROVIDERS.get(type(store.fs).__name__, type(store.fs).__name__)
+
+
+def objects_with_classes(store: ObjectStore) -> Iterator[Entry]:
+    """Every object of the lake (name relative to the lake) with its storage class ('' where unknown)."""
+    kind = provider(store)
+    if kind == "azure":
+        yield from _azure_blobs(store)
+        return
+    for e in store.walk_files(""):
+        if kind == "local":
+            e = Entry(e.name, False, e.size, e.mtime_ns, e.ref, store.local_class(e.name))
+        yield e
+
+
+def set_class(store: ObjectStore, key: str, storage_class: str, pinned: frozenset[tuple[str, str]] = frozenset()) -> None:
+    """Move ``key`` to ``storage_class``; ``pinned`` are (key, version) pairs that snapshots read."""
+    kind = provider(store)
+    if kind == "local":
+        store.set_local_class(key, storage_class)
+    elif kind == "s3":
+        _s3_set_class(store, key, storage_class, pinned)
+    elif kind == "gcs":
+        _gcs_set_class(store, key, storage_class, pinned)
+    elif kind == "azure":
+        _azure_set_tier(store, key, storage_class)
+    else:
+        raise UserError(f"{store.url} has no storage classes to change (a {kind} store)")
+
+
+def restore(store: ObjectStore, key: str, days: int = 7) -> str:
+    """Make an archived object readable again; returns what was done, in a sentence.
+
+    S3 makes a temporary copy readable for ``days`` (the object keeps its class);
+    Azure rehydrates the blob to Hot; a local lake moves it back to STANDARD.
+    GCS reads its ARCHIVE class directly, so nothing needs restoring there.
+    """
+    kind = provider(store)
+    if not store.exists(key):
+        raise UserError(f"{key} is not in {store.url}")
+    if kind == "local":
+        store.set_local_class(key, "STANDARD")
+        return f"{key} is readable again (class STANDARD)"
+    if kind == "azure":
+        tier, status = _azure_tier(store, key)
+        if status:
+            return f"{key}: a rehydration is already in progress ({status})"
+        if tier != "Archive":
+            raise UserError(f"{key} is not archived (tier {tier}); it can be read as it is")
+        _azure_set_tier(store, key, "Hot")
+        return f"{key}: rehydration to Hot started (Azure: up to 15 hours at standard priority)"
+    if kind == "s3":
+        bucket, _, name = store.full(key).partition("/")
+        request = {"Days": days, "GlacierJobParameters": {"Tier": "Standard"}}
+        try:
+            store.call(lambda: store.fs.call_s3("restore_object", Bucket=bucket, Key=name, RestoreRequest=request),
+                       f"restore {key}")
+        except OSError as exc:
+            text = str(exc)
+            if "RestoreAlreadyInProgress" in text:
+                return f"{key}: a restore is already in progress"
+            if "InvalidObjectState" in text:
+                raise UserError(f"{key} is not in an archive class; it can be read as it is") from None
+            raise UserError(f"{store.url} refused to restore {key}: {text.splitlines()[0] if text else exc}") from None
+        return (f"{key}: restore requested (S3 standard retrieval: 3-5 hours from GLACIER, up to 12 from "
+                f"DEEP_ARCHIVE); the copy stays readable for {days} days")
+    if kind == "gcs":
+        return f"{key}: GCS reads ARCHIVE objects directly; nothing to restore"
+    raise UserError(f"{store.url} has no archive classes (a {kind} store)")
+
+
+def delete_version(store: ObjectStore, key: str, version: str) -> None:
+    """Delete one noncurrent version (S3 version id, GCS generation)."""
+    kind = provider(store)
+    if kind == "s3":
+        bucket, _, name = store.full(key).partition("/")
+        store.call(lambda: store.fs.call_s3("delete_object", Bucket=bucket, Key=name, VersionId=version),
+                   f"delete {key} version {version}")
+    elif kind == "gcs":
+        store.call(lambda: store.fs.rm_file(f"{store.full(key)}#{version}"), f"delete {key} generation {version}")
+    else:
+        raise UserError(f"{store.url} keeps no object versions to delete")
+
+
+# -- S3 -----------------------------------------------------------------------
+def _s3_set_class(store: ObjectStore, key: str, storage_class: str, pinned: frozenset[tuple[str, str]]) -> None:
+    bucket, _, name = store.full(key).partition("/")
+
+    def copy() -> dict[str, Any]:
+        # REPLACE with the object's own metadata: some S3 servers (SeaweedFS) refuse
+        # a self-copy under COPY even when the storage class changes.
+        head = store.fs.call_s3("head_object", Bucket=bucket, Key=name)
+        extra = {"ContentType": head["ContentType"]} if head.get("ContentType") else {}
+        out: dict[str, Any] = store.fs.call_s3(
+            "copy_object", Bucket=bucket, Key=name, CopySource={"Bucket": bucket, "Key": name},
+            StorageClass=storage_class, MetadataDirective="REPLACE", Metadata=head.get("Metadata", {}), **extra)
+        return out
+
+    out = store.call(copy, f"transition {key}")
+    old, new = str(out.get("CopySourceVersionId") or ""), str(out.get("VersionId") or "")
+    if old and new and old != new and old != "null" and (key, old) not in pinned:
+        delete_version(store, key, old)
+
+
+# -- GCS ----------------------------------------------------------------------
+def _gcs_set_class(store: ObjectStore, key: str, storage_class: str, pinned: frozenset[tuple[str, str]]) -> None:
+    fs = store.fs
+    bucket, _, name = store.full(key).partition("/")
+
+    async def rewrite() -> dict[str, Any]:
+        token = None
+        while True:
+            out: dict[str, Any] = await fs._call(
+                "POST", "b/{}/o/{}/rewriteTo/b/{}/o/{}", bucket, name, bucket, name,
+                headers={"Content-Type": "application/json"}, json={"storageClass": storage_class},
+                rewriteToken=token, json_out=True)
+            if out.get("done") is True:
+                return out
+            token = out["rewriteToken"]
+
+    before = store.call(lambda: fs.info(store.full(key)), f"stat {key}")
+    out = store.call(lambda: sync(fs.loop, rewrite), f"transition {key}")
+    old, new = str(before.get("generation") or ""), str(out.get("resource", {}).get("generation") or "")
+    if store.version_aware and old and new and old != new and (key, old) not in pinned:
+        delete_version(store, key, old)
+
+
+# -- Azure --------------------------------------------------------------------
+def _container(store: ObjectStore, key: str) -> tuple[str, str]:
+    container, _, name = store.full(key).partition("/")
+    return container, name
+
+
+def _azure_set_tier(store: ObjectStore, key: str, tier: str) -> None:
+    fs = store.fs
+    container, name = _container(store, key)
+
+    async def set_tier() -> None:
+        async with fs.service_client.get_blob_client(container, name) as blob:
+            # Only a move out of Archive reads the priority; Standard is the cheap one (hours).
+            await blob.set_standard_blob_tier(tier, rehydrate_priority="Standard")
+
+    store.call(lambda: sync(fs.loop, set_tier), f"set tier of {key}")
+
+
+def _azure_tier(store: ObjectStore, key: str) -> tuple[str, str]:
+    """The blob's access tier and its archive status (a rehydration under way, or '')."""
+    fs = store.fs
+    container, name = _container(store, key)
+
+    async def get() -> tuple[str, str]:
+        async with fs.service_client.get_blob_client(container, name) as blob:
+            props = await blob.get_blob_properties()
+            return str(props.blob_tier or ""), str(props.archive_status or "")
+
+    out: tuple[str, str] = store.call(lambda: sync(fs.loop, get), f"stat {key}")
+    return out
+
+
+def _azure_blobs(store: ObjectStore) -> Iterator[Entry]:
+    """Every blob under the lake with its access tier, one listing page in memory at a time.
+
+    adlfs' listings carry no access tier, so this lists through the Azure client.
+    """
+    fs = store.fs
+    container, _, prefix = store.root.partition("/")
+    base = f"{prefix}/" if prefix else ""
+
+    async def page(token: str | None) -> tuple[list[Any], str | None]:
+        async with fs.service_client.get_container_client(container) as cc:
+            pages = cc.list_blobs(name_starts_with=base or None, include=["metadata"],
+                                  results_per_page=5000).by_page(continuation_token=token)
+            blobs = [b async for b in await pages.__anext__()]
+            return blobs, pages.continuation_token
+
+    token: str | None = None
+    while True:
+        blobs, token = store.call(lambda t=token: sync(fs.loop, page, t), f"list {store.url}")
+        for b in blobs:
+            if b.name.endswith("/") or (b.metadata or {}).get("is_directory") == "true":
+                continue  # adlfs' directory markers
+            rel = b.name[len(base):]
+            mtime_ns = mtime_ns_of({"last_modified": b.last_modified})
+            etag = str(b.etag or "").strip('"')
+            yield Entry(rel, False, int(b.size or 0), mtime_ns, ObjectRef(rel, int(b.size or 0), etag),
+                        str(b.blob_tier or ""))
+        if not token:
+            return
