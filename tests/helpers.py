@@ -434,3 +434,27 @@ def check_reads_through_tiers(m: Mount, files: dict[str, bytes], strip: str = ""
     for key, data in files.items():
         assert (m.mountpoint / key.removeprefix(strip)).read_bytes() == data, key
     assert m.backend_bytes() == fetched
+
+
+class MotoS3(Emulator):
+    """moto's S3 server: unlike SeaweedFS it keeps archive classes and serves RestoreObject."""
+
+    log_name = "moto.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
+
+    def fs(self) -> Any:
+        import s3fs
+
+        return s3fs.S3FileSystem(key="moto", secret="moto", skip_instance_cache=True,
+                                 client_kwargs={"endpoint_url": self.endpoint, "region_name": "us-east-1"})
+
+    def config(self, path: Path) -> Path:
+        path.write_text(f'[s3]\nendpoint_url = "{self.endpoint}"\nregion = "us-east-1"\nkey = "moto"\nsecret = "moto"\n'
+                        "[store]\nretries = 2\ntimeout = 5\n")
+        return path

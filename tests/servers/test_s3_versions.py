@@ -102,3 +102,36 @@ def test_noncurrent_expiration_spares_pinned_versions(s3_server: SeaweedS3, tmp_
         snap = m.mountpoint / ".snapshots/ds/v1"
         assert (snap / "pinned.bin").read_bytes() == b"pinned v1"
         assert (snap / "free.bin").read_bytes() == b"free v1"
+
+
+def test_a_transition_leaves_no_second_copy_and_spares_pinned_versions(s3_server: SeaweedS3, tmp_path: Path) -> None:
+    """A self-copy in a versioned bucket makes a new version: the old one goes, unless a snapshot reads it."""
+    fs = s3_server.fs()
+    fs.mkdir("tr-lake")
+    fs.make_bucket_versioned("tr-lake", True)
+    fs.pipe("tr-lake/ds/pinned.bin", b"pinned" * 100)
+    run_tierfs("snapshot", "create", "s3://tr-lake", "ds", "v1", "--config", str(s3_server.s3_config(tmp_path / "s3.toml")),
+               check=True)
+    fs.pipe("tr-lake/ds/free.bin", b"free" * 100)
+    fs.pipe("tr-lake/ds/twice.bin", b"old")  # a snapshot pins nothing of it; its old version stays noncurrent
+    fs.pipe("tr-lake/ds/twice.bin", b"new" * 100)
+    cfg = tmp_path / "s3.toml"
+    rules = tmp_path / "r.toml"
+    rules.write_text('[[rule]]\nid = "cool"\nprefix = "ds/"\ntransitions = [{ days = 0, class = "STANDARD_IA" }]\n')
+    plan = run_tierfs("lifecycle", "plan", "s3://tr-lake", "--rules", str(rules), "--config", str(cfg), check=True).stdout
+    assert "ds/pinned.bin\tkept: this version is pinned by a snapshot" in plan
+    out = run_tierfs("lifecycle", "apply", "s3://tr-lake", "--rules", str(rules), "--config", str(cfg), check=True).stdout
+    assert "2 transitioned" in out
+    fv = s3_server.fs(version_aware=True)
+    assert fs.info("tr-lake/ds/free.bin")["StorageClass"] == "STANDARD_IA"
+    assert len(fv.object_version_info("tr-lake/ds/free.bin")) == 1  # the copied-from version is gone
+    assert len(fv.object_version_info("tr-lake/ds/twice.bin")) == 2  # "old" stays: only the copied version went
+    assert fs.cat("tr-lake/ds/twice.bin") == b"new" * 100
+    assert len(fv.object_version_info("tr-lake/ds/pinned.bin")) == 1
+    assert fs.info("tr-lake/ds/pinned.bin")["StorageClass"] == "STANDARD"
+    with mounted("s3://tr-lake", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
+        assert (m.mountpoint / ".snapshots/ds/v1/pinned.bin").read_bytes() == b"pinned" * 100
+        assert (m.mountpoint / "ds/free.bin").read_bytes() == b"free" * 100
+    again = run_tierfs("lifecycle", "apply", "s3://tr-lake", "--rules", str(rules), "--config", str(cfg), check=True)
+    assert "0 transitioned" in again.stdout
+

@@ -19,7 +19,7 @@ from fsspec.asyn import sync
 
 from tierfs.errors import UserError
 from tierfs.refs import ObjectRef
-from tierfs.store.objects import Entry, ObjectStore, mtime_ns_of
+from tierfs.store.objects import Entry, ObjectStore, error_code, mtime_ns_of
 
 #: fsspec filesystem class -> provider name used by rules and prices.
 _PROVIDERS = {"S3FileSystem": "s3", "GCSFileSystem": "gcs", "AzureBlobFileSystem": "azure", "LocalFileSystem": "local"}
@@ -84,12 +84,12 @@ def restore(store: ObjectStore, key: str, days: int = 7) -> str:
             store.call(lambda: store.fs.call_s3("restore_object", Bucket=bucket, Key=name, RestoreRequest=request),
                        f"restore {key}")
         except OSError as exc:
-            text = str(exc)
-            if "RestoreAlreadyInProgress" in text:
+            code = error_code(exc)
+            if code == "RestoreAlreadyInProgress":
                 return f"{key}: a restore is already in progress"
-            if "InvalidObjectState" in text:
+            if code == "InvalidObjectState":
                 raise UserError(f"{key} is not in an archive class; it can be read as it is") from None
-            raise UserError(f"{store.url} refused to restore {key}: {text.splitlines()[0] if text else exc}") from None
+            raise UserError(f"{store.url} refused to restore {key}: {exc.strerror or exc}") from None
         return (f"{key}: restore requested (S3 standard retrieval: 3-5 hours from GLACIER, up to 12 from "
                 f"DEEP_ARCHIVE); the copy stays readable for {days} days")
     if kind == "gcs":
@@ -114,19 +114,22 @@ def delete_version(store: ObjectStore, key: str, version: str) -> None:
 def _s3_set_class(store: ObjectStore, key: str, storage_class: str, pinned: frozenset[tuple[str, str]]) -> None:
     bucket, _, name = store.full(key).partition("/")
 
-    def copy() -> dict[str, Any]:
-        # REPLACE with the object's own metadata: some S3 servers (SeaweedFS) refuse
-        # a self-copy under COPY even when the storage class changes.
+    def copy() -> tuple[str, dict[str, Any]]:
         head = store.fs.call_s3("head_object", Bucket=bucket, Key=name)
         extra = {"ContentType": head["ContentType"]} if head.get("ContentType") else {}
+        # REPLACE with the object's own metadata: some S3 servers (SeaweedFS) refuse a
+        # self-copy under COPY even when the class changes. If-Match: the bytes copied
+        # are the bytes of the version seen here, so that version may go afterwards.
         out: dict[str, Any] = store.fs.call_s3(
             "copy_object", Bucket=bucket, Key=name, CopySource={"Bucket": bucket, "Key": name},
-            StorageClass=storage_class, MetadataDirective="REPLACE", Metadata=head.get("Metadata", {}), **extra)
-        return out
+            CopySourceIfMatch=head["ETag"], StorageClass=storage_class, MetadataDirective="REPLACE",
+            Metadata=head.get("Metadata", {}), **extra)
+        return str(head.get("VersionId") or ""), out
 
-    out = store.call(copy, f"transition {key}")
-    old, new = str(out.get("CopySourceVersionId") or ""), str(out.get("VersionId") or "")
-    if old and new and old != new and old != "null" and (key, old) not in pinned:
+    seen, out = store.call(copy, f"transition {key}")
+    old = str(out.get("CopySourceVersionId") or seen)
+    new = str(out.get("VersionId") or "")
+    if old == seen and old not in ("", "null") and new and old != new and (key, old) not in pinned:
         delete_version(store, key, old)
 
 

@@ -130,12 +130,11 @@ class ObjectStore:
         self._refuse_archived(ref)
         try:
             data: bytes = self.call(call, f"read {ref.key} [{start}:{end}]")
-        except PermissionError as exc:
-            if "InvalidObjectState" in str(exc) or "archive" in str(exc).lower():
-                raise self._archived(ref, "an archive class") from None
-            raise
         except Exception as exc:
-            if getattr(exc, "error_code", None) == "BlobArchived":  # Azure's Archive tier
+            code = error_code(exc)
+            if code == "InvalidObjectState":  # S3: GLACIER or DEEP_ARCHIVE, not restored
+                raise self._archived(ref, "an S3 archive class") from None
+            if code == "BlobArchived":  # Azure's Archive tier
                 raise self._archived(ref, "Archive tier") from None
             raise
         self.stats.add("bytes", len(data))
@@ -384,6 +383,23 @@ def _wants_versions(fs: Any, root: str, setting: str) -> bool:
         return bool(fs.is_bucket_versioned(bucket))
     except Exception:  # no such bucket, no permission: check() will say so
         return False
+
+
+def error_code(exc: BaseException) -> str:
+    """The service's error code behind ``exc`` (S3's Error.Code, Azure's error_code), or ''.
+
+    s3fs turns botocore's ClientError into a builtin OSError raised from it.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        code = getattr(seen, "error_code", None)
+        if code:
+            return str(code)
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict) and response.get("Error", {}).get("Code"):
+            return str(response["Error"]["Code"])
+        seen = seen.__cause__ or seen.__context__
+    return ""
 
 
 def _credentials_hint(url: str) -> str:

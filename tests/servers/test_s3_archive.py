@@ -1,0 +1,54 @@
+"""Archive classes on S3, against moto's S3 server (SeaweedFS keeps the class but serves archived reads).
+
+A GLACIER object the mount needs is a clear read error naming `tierfs restore`,
+and after the restore the same mount reads it.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import MotoS3, assert_one_line_error, mounted, run_tierfs
+
+pytestmark = [pytest.mark.servers, pytest.mark.mount]
+
+
+@pytest.fixture
+def moto(tmp_path: Path) -> Iterator[MotoS3]:
+    server = MotoS3(tmp_path / "moto").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_glacier_read_is_a_clear_error_and_restore_brings_it_back(moto: MotoS3, tmp_path: Path) -> None:
+    fs = moto.fs()
+    fs.call_s3("create_bucket", Bucket="glacier-lake")
+    fs.pipe("glacier-lake/old/ckpt.pt", b"frozen" * 500)
+    fs.pipe("glacier-lake/old/notes.txt", b"readable")
+    cfg = moto.config(tmp_path / "moto.toml")
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nid = "freeze"\nprefix = "old/ckpt"\ntransitions = [{ days = 0, class = "GLACIER" }]\n')
+    out = run_tierfs("lifecycle", "apply", "s3://glacier-lake", "--rules", str(rules), "--config", str(cfg),
+                     check=True).stdout
+    assert "1 transitioned" in out
+    assert fs.info("glacier-lake/old/ckpt.pt")["StorageClass"] == "GLACIER"
+    assert_one_line_error(run_tierfs("restore", "s3://glacier-lake", "old/notes.txt", "--config", str(cfg)),
+                          "old/notes.txt is not in an archive class")
+    with mounted("s3://glacier-lake", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
+        with pytest.raises(OSError) as e:
+            (m.mountpoint / "old/ckpt.pt").read_bytes()
+        assert e.value.errno == errno.EIO
+        assert (m.mountpoint / "old/notes.txt").read_bytes() == b"readable"
+        assert ("old/ckpt.pt is archived (an S3 archive class): restore it first with "
+                "`tierfs restore s3://glacier-lake old/ckpt.pt`") in m.log_tail()
+        out = run_tierfs("restore", "s3://glacier-lake", "old/ckpt.pt", "--days", "2", "--config", str(cfg),
+                         check=True).stdout
+        assert "restore requested" in out and "readable for 2 days" in out
+        # moto restores at once; S3 takes hours. The object keeps its class.
+        assert (m.mountpoint / "old/ckpt.pt").read_bytes() == b"frozen" * 500
+    assert fs.info("glacier-lake/old/ckpt.pt")["StorageClass"] == "GLACIER"
