@@ -4,6 +4,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -12,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 # time; the emulator does not speak it. Set before anything imports gcsfs.
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
-from helpers import RedisServer, SeaweedS3, write_tree
+from helpers import Azurite, Emulator, FakeGcs, MotoS3, RedisServer, SeaweedS3, write_tree
 
 
 @pytest.fixture
@@ -44,3 +45,32 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+E = TypeVar("E", bound=Emulator)
+
+
+def _running(server: E) -> Iterator[E]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def gcs(tmp_path: Path) -> Iterator[FakeGcs]:
+    """fake-gcs-server on loopback, in memory."""
+    yield from _running(FakeGcs(tmp_path / "gcs"))
+
+
+@pytest.fixture
+def azure(tmp_path: Path) -> Iterator[Azurite]:
+    """Azurite's blob service on loopback, in memory."""
+    yield from _running(Azurite(tmp_path / "azurite"))
+
+
+@pytest.fixture
+def moto(tmp_path: Path) -> Iterator[MotoS3]:
+    """moto's S3 server on loopback (archive classes, RestoreObject)."""
+    yield from _running(MotoS3(tmp_path / "moto"))

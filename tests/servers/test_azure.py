@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,6 @@ pytestmark = [pytest.mark.servers, pytest.mark.mount,
               pytest.mark.filterwarnings("ignore:Sending a large body:ResourceWarning")]
 MiB = 1 << 20
 
-
-@pytest.fixture
-def azure(tmp_path: Path) -> Iterator[Azurite]:
-    server = Azurite(tmp_path / "azurite").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def upload(azure: Azurite, container: str, files: dict[str, bytes]) -> None:

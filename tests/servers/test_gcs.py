@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,14 +10,6 @@ from helpers import FakeGcs, mounted, random_bytes, run_tierfs
 
 pytestmark = [pytest.mark.servers, pytest.mark.mount]
 
-
-@pytest.fixture
-def gcs(tmp_path: Path) -> Iterator[FakeGcs]:
-    server = FakeGcs(tmp_path / "gcs").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_pinned_generations_survive_overwrite_and_delete(gcs: FakeGcs, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ and after the restore the same mount reads it.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,6 @@ from helpers import MotoS3, assert_one_line_error, mounted, run_tierfs
 
 pytestmark = [pytest.mark.servers, pytest.mark.mount]
 
-
-@pytest.fixture
-def moto(tmp_path: Path) -> Iterator[MotoS3]:
-    server = MotoS3(tmp_path / "moto").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_glacier_read_is_a_clear_error_and_restore_brings_it_back(moto: MotoS3, tmp_path: Path) -> None:
