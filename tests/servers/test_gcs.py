@@ -44,3 +44,21 @@ def test_unversioned_gcs_bucket_uses_copy_mode(gcs: FakeGcs, tmp_path: Path) -> 
     fs.pipe("gcs-plain/ds/a.bin", b"changed")
     with mounted("gs://gcs-plain", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
         assert (m.mountpoint / ".snapshots/ds/v1/a.bin").read_bytes() == b"aaa"
+
+
+def test_lifecycle_on_gcs_expires_and_leaves_classes_to_the_bucket(gcs: FakeGcs, tmp_path: Path) -> None:
+    fs = gcs.fs()
+    fs.mkdir("gcs-rules")
+    fs.pipe("gcs-rules/raw/a.bin", b"a" * 1000)
+    fs.pipe("gcs-rules/experiments/x.log", b"x")
+    cfg = gcs.config(tmp_path / "gcs.toml")
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nid = "cold"\nprefix = "raw/"\ntransitions = [{ days = 0, class = "COLDLINE" }]\n\n'
+                     '[[rule]]\nid = "tmp"\nprefix = "experiments/"\nexpiration_days = 0\n')
+    plan = run_tierfs("lifecycle", "plan", "gs://gcs-rules", "--rules", str(rules), "--config", str(cfg), check=True).stdout
+    assert "raw/a.bin\tkept: rule cold would move it to COLDLINE: on GCS" in plan
+    out = run_tierfs("lifecycle", "apply", "gs://gcs-rules", "--rules", str(rules), "--config", str(cfg), check=True).stdout
+    assert "0 transitioned, 1 expired" in out
+    assert fs.exists("gcs-rules/raw/a.bin") and not fs.exists("gcs-rules/experiments/x.log")
+    cost = run_tierfs("cost", "gs://gcs-rules", "--config", str(cfg), check=True).stdout
+    assert any(line.split()[:3] == ["raw", "STANDARD", "1"] for line in cost.splitlines()), cost

@@ -43,3 +43,22 @@ def test_glacier_read_is_a_clear_error_and_restore_brings_it_back(moto: MotoS3, 
         # moto restores at once; S3 takes hours. The object keeps its class.
         assert (m.mountpoint / "old/ckpt.pt").read_bytes() == b"frozen" * 500
     assert fs.info("glacier-lake/old/ckpt.pt")["StorageClass"] == "GLACIER"
+
+
+def test_native_rules_with_transitions_install_on_s3(moto: MotoS3, tmp_path: Path) -> None:
+    fs = moto.fs()
+    fs.call_s3("create_bucket", Bucket="native-lake")
+    fs.pipe("native-lake/team/datasets/a.bin", b"a")
+    cfg = moto.config(tmp_path / "moto.toml")
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nid = "cool-down"\nprefix = "datasets/"\n'
+                     'transitions = [{ days = 30, class = "STANDARD_IA" }, { days = 365, class = "DEEP_ARCHIVE" }]\n'
+                     'noncurrent_expiration_days = 60\n')
+    out = run_tierfs("lifecycle", "apply", "s3://native-lake/team", "--rules", str(rules), "--native",
+                     "--config", str(cfg), check=True).stdout
+    assert "installed 1 rules as the lifecycle configuration of bucket native-lake" in out
+    (rule,) = fs.call_s3("get_bucket_lifecycle_configuration", Bucket="native-lake")["Rules"]
+    assert rule["ID"] == "cool-down" and rule["Filter"] == {"Prefix": "team/datasets/"}
+    assert rule["Transitions"] == [{"Days": 30, "StorageClass": "STANDARD_IA"},
+                                   {"Days": 365, "StorageClass": "DEEP_ARCHIVE"}]
+    assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": 60}

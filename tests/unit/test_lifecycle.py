@@ -56,7 +56,7 @@ def test_noncurrent_versions_count_from_when_they_stopped_being_current() -> Non
     ({"rule": [{"prefix": "a/", "expiration_days": 1}]}, "rule #1: field 'id' is required"),
     ({"rule": [{"id": "x", "prefix": "a/", "expiration_days": -1}]}, "rule 'x': field 'expiration_days' must be a whole number"),
     ({"rule": [{"id": "x", "transitions": [{"days": 30, "class": "GLACIER_FAST"}]}]},
-     "rule 'x': field 'transitions': class 'GLACIER_FAST' is not a storage class here"),
+     "rule 'x': field 'transitions': class 'GLACIER_FAST' is not an S3 storage class"),
     ({"rule": [{"id": "x", "transitions": [{"days": 30}]}]}, "rule 'x': field 'transitions': each entry needs exactly"),
     ({"rule": [{"id": "x", "prefx": "a/", "expiration_days": 1}]}, "rule 'x': unknown field 'prefx'"),
     ({"rule": [{"id": "x", "prefix": "a/"}]}, "rule 'x': does nothing"),

@@ -140,6 +140,32 @@ def lifecycle_apply(lake_url: str, rules_file: Path, native: bool, config_file: 
         click.echo(f"installed {len(rules.rules)} rules as the lifecycle configuration of bucket {bucket}")
 
 
+@lifecycle.command("export")
+@click.argument("lake_url")
+@click.option("--rules", "rules_file", type=click.Path(path_type=Path), required=True)
+def lifecycle_export(lake_url: str, rules_file: Path) -> None:
+    """Print the rules as the provider's own lifecycle document (S3, GCS or Azure JSON).
+
+    The provider then applies them itself, in place. How to install the document
+    is printed on stderr, so `> FILE` keeps only the JSON.
+    """
+    import json
+
+    from fsspec.core import split_protocol
+
+    from tierfs.sidecar.cost import provider_of
+    from tierfs.sidecar.native import INSTALL_HINT, document
+
+    scheme, path = split_protocol(lake_url)
+    bucket, _, prefix = (path or "").strip("/").partition("/")
+    if scheme not in ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss") or not bucket:
+        raise UserError(f"{lake_url} is not a bucket URL: export is for s3://…, gs://… and az://container/… lakes")
+    provider = provider_of(lake_url)
+    rules = _rules_only(lake_url, rules_file)
+    click.echo(json.dumps(document(provider, rules, bucket, f"{prefix}/" if prefix else ""), indent=2))
+    click.echo(f"install with: {INSTALL_HINT[provider].format(bucket=bucket)}", err=True)
+
+
 @cli.command()
 @click.argument("lake_url")
 @click.argument("keys", nargs=-1, required=True)

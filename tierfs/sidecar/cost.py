@@ -119,6 +119,10 @@ def report(store: ObjectStore, provider: str, prices: dict[str, float], rules: R
                 if item.key in pinned and (act.kind == "expire" or act.to_class in ARCHIVED):
                     rep.kept.append((item.key, f"pinned by a snapshot; rule {act.rule} would {act.kind}"))
                     break
+                if act.kind == "transition" and provider == "gcs":
+                    rep.kept.append((item.key, f"rule {act.rule} would move it to {act.to_class}: on GCS, storage "
+                                               "classes are left to the bucket's own rules (tierfs lifecycle export)"))
+                    break
                 if item.version and (item.key, item.version) in versions:
                     # A self-copy would leave the pinned version behind: two billed copies.
                     rep.kept.append((item.key, f"this version is pinned by a snapshot; rule {act.rule} would copy it "

@@ -9,9 +9,9 @@ bucket's native lifecycle configuration.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from tierfs.errors import UserError
+from tierfs.sidecar.native import s3_configuration
 from tierfs.sidecar.rules import Action, RuleSet
 from tierfs.store.classes import delete_version, set_class
 from tierfs.store.objects import ObjectStore
@@ -40,32 +40,14 @@ def apply_actions(store: ObjectStore, actions: list[Action], pinned: frozenset[t
     return moved, expired
 
 
-def native_configuration(rules: RuleSet, base_prefix: str = "") -> dict[str, Any]:
-    """The rules as an S3 lifecycle configuration (PutBucketLifecycleConfiguration)."""
-    out = []
-    for r in rules.rules:
-        rule: dict[str, Any] = {"ID": r.id, "Status": "Enabled" if r.enabled else "Disabled",
-                                "Filter": {"Prefix": base_prefix + r.prefix}}
-        if r.transitions:
-            rule["Transitions"] = [{"Days": t.days, "StorageClass": t.storage_class} for t in r.transitions]
-        if r.expiration_days is not None:
-            rule["Expiration"] = {"Days": r.expiration_days}
-        if r.noncurrent_transitions:
-            rule["NoncurrentVersionTransitions"] = [
-                {"NoncurrentDays": t.days, "StorageClass": t.storage_class} for t in r.noncurrent_transitions]
-        if r.noncurrent_expiration_days is not None:
-            rule["NoncurrentVersionExpiration"] = {"NoncurrentDays": r.noncurrent_expiration_days}
-        out.append(rule)
-    return {"Rules": out}
-
-
 def install_native(store: ObjectStore, rules: RuleSet) -> str:
     if type(store.fs).__name__ != "S3FileSystem":
-        raise UserError(f"native lifecycle rules can be installed on S3 buckets only, not {store.url}")
+        raise UserError(f"tierfs installs native lifecycle rules on S3 buckets only; for {store.url}, "
+                        "print them with `tierfs lifecycle export` and install them with the provider's CLI")
     bucket, _, prefix = store.root.partition("/")
     try:
         store.fs.call_s3("put_bucket_lifecycle_configuration", Bucket=bucket,
-                         LifecycleConfiguration=native_configuration(rules, f"{prefix}/" if prefix else ""))
+                         LifecycleConfiguration=s3_configuration(rules, f"{prefix}/" if prefix else ""))
     except OSError as exc:
         raise UserError(f"bucket {bucket} refused the rules as native lifecycle configuration ({exc.strerror or exc}); "
                         "some servers accept expirations only — apply without --native") from None

@@ -135,7 +135,6 @@ def load_rules(path: Path, provider: str) -> RuleSet:
 
 
 def parse_rules(doc: dict[str, Any], provider: str, where: str = "rules") -> RuleSet:
-    classes = CLASSES[provider]
     unknown = set(doc) - {"rule", "retention"}
     if unknown:
         raise ConfigError(f"{where}: unknown table {sorted(unknown)[0]!r}; expected [[rule]] and [[retention]]")
@@ -160,9 +159,9 @@ def parse_rules(doc: dict[str, Any], provider: str, where: str = "rules") -> Rul
             raise ConfigError(f"{where}: {label}: field 'enabled' must be true or false")
         rule = Rule(
             rid, prefix, enabled,
-            _transitions(raw.get("transitions", []), classes, f"{where}: {label}: field 'transitions'"),
+            _transitions(raw.get("transitions", []), provider, f"{where}: {label}: field 'transitions'"),
             _days(raw.get("expiration_days"), f"{where}: {label}: field 'expiration_days'"),
-            _transitions(raw.get("noncurrent_transitions", []), classes,
+            _transitions(raw.get("noncurrent_transitions", []), provider,
                          f"{where}: {label}: field 'noncurrent_transitions'"),
             _days(raw.get("noncurrent_expiration_days"), f"{where}: {label}: field 'noncurrent_expiration_days'"),
         )
@@ -192,7 +191,11 @@ def _days(value: Any, where: str) -> int | None:
     return value
 
 
-def _transitions(value: Any, classes: tuple[str, ...], where: str) -> tuple[Transition, ...]:
+_PROVIDER_NAMES = {"s3": "an S3", "gcs": "a GCS", "azure": "an Azure"}
+
+
+def _transitions(value: Any, provider: str, where: str) -> tuple[Transition, ...]:
+    classes = CLASSES[provider]
     if not isinstance(value, list):
         raise ConfigError(f"{where} must be a list of {{ days = N, class = \"...\" }}")
     out = []
@@ -201,7 +204,8 @@ def _transitions(value: Any, classes: tuple[str, ...], where: str) -> tuple[Tran
             raise ConfigError(f"{where}: each entry needs exactly 'days' and 'class' (got {t!r})")
         days = _days(t["days"], f"{where}: days")
         if t["class"] not in classes:
-            raise ConfigError(f"{where}: class {t['class']!r} is not a storage class here; one of: {', '.join(classes)}")
+            raise ConfigError(f"{where}: class {t['class']!r} is not {_PROVIDER_NAMES[provider]} storage class; "
+                              f"one of: {', '.join(classes)}")
         assert days is not None
         out.append(Transition(days, t["class"]))
     return tuple(sorted(out, key=lambda t: t.days))

@@ -2,7 +2,8 @@
 
 - A local lake emulates classes in an extended attribute (``user.tierfs.class``).
 - S3 copies the object onto itself with the new class.
-- GCS rewrites the object onto itself with the new class.
+- GCS is left to its own lifecycle management (`tierfs lifecycle export`):
+  its emulator here ignores a class change, so tierfs does not make one.
 - Azure sets the blob's access tier (Hot, Cool, Cold, Archive) in place.
 
 In a versioned bucket, a self-copy makes a new version. The version it was
@@ -48,8 +49,6 @@ def set_class(store: ObjectStore, key: str, storage_class: str, pinned: frozense
         store.set_local_class(key, storage_class)
     elif kind == "s3":
         _s3_set_class(store, key, storage_class, pinned)
-    elif kind == "gcs":
-        _gcs_set_class(store, key, storage_class, pinned)
     elif kind == "azure":
         _azure_set_tier(store, key, storage_class)
     else:
@@ -98,14 +97,12 @@ def restore(store: ObjectStore, key: str, days: int = 7) -> str:
 
 
 def delete_version(store: ObjectStore, key: str, version: str) -> None:
-    """Delete one noncurrent version (S3 version id, GCS generation)."""
+    """Delete one noncurrent S3 version."""
     kind = provider(store)
     if kind == "s3":
         bucket, _, name = store.full(key).partition("/")
         store.call(lambda: store.fs.call_s3("delete_object", Bucket=bucket, Key=name, VersionId=version),
                    f"delete {key} version {version}")
-    elif kind == "gcs":
-        store.call(lambda: store.fs.rm_file(f"{store.full(key)}#{version}"), f"delete {key} generation {version}")
     else:
         raise UserError(f"{store.url} keeps no object versions to delete")
 
@@ -130,29 +127,6 @@ def _s3_set_class(store: ObjectStore, key: str, storage_class: str, pinned: froz
     old = str(out.get("CopySourceVersionId") or seen)
     new = str(out.get("VersionId") or "")
     if old == seen and old not in ("", "null") and new and old != new and (key, old) not in pinned:
-        delete_version(store, key, old)
-
-
-# -- GCS ----------------------------------------------------------------------
-def _gcs_set_class(store: ObjectStore, key: str, storage_class: str, pinned: frozenset[tuple[str, str]]) -> None:
-    fs = store.fs
-    bucket, _, name = store.full(key).partition("/")
-
-    async def rewrite() -> dict[str, Any]:
-        token = None
-        while True:
-            out: dict[str, Any] = await fs._call(
-                "POST", "b/{}/o/{}/rewriteTo/b/{}/o/{}", bucket, name, bucket, name,
-                headers={"Content-Type": "application/json"}, json={"storageClass": storage_class},
-                rewriteToken=token, json_out=True)
-            if out.get("done") is True:
-                return out
-            token = out["rewriteToken"]
-
-    before = store.call(lambda: fs.info(store.full(key)), f"stat {key}")
-    out = store.call(lambda: sync(fs.loop, rewrite), f"transition {key}")
-    old, new = str(before.get("generation") or ""), str(out.get("resource", {}).get("generation") or "")
-    if store.version_aware and old and new and old != new and (key, old) not in pinned:
         delete_version(store, key, old)
 
 
