@@ -70,7 +70,7 @@ def test_lake_path_does_not_exist(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("url", "needle"), [
     ("bogus://x/y", "Protocol not known: bogus"),
-    ("az://container/prefix", "adlfs"),  # a backend whose library is not installed
+    ("az://container/prefix", "no usable credentials for az://container/prefix: set connection_string"),
 ])
 def test_unusable_url(url: str, needle: str, tmp_path: Path) -> None:
     (tmp_path / "mnt").mkdir()

@@ -73,6 +73,8 @@ class ObjectStore:
         except ImportError as exc:
             raise UserError(f"cannot open {url}: {exc} (pip install it into tierfs' environment)") from None
         except ValueError as exc:
+            if "credential" in str(exc).lower():  # adlfs: no account name, key or connection string
+                raise UserError(f"no usable credentials for {url}: {_credentials_hint(url)}") from None
             raise UserError(f"cannot open {url}: {exc}; use file:///path, memory://, s3://bucket/prefix, gs://… or az://…") from None
         except Exception as exc:  # client constructors raise their own trees
             raise UserError(f"cannot open {url}: {_one_line(exc)}") from None
