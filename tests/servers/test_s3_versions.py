@@ -120,8 +120,14 @@ def test_a_transition_leaves_no_second_copy_and_spares_pinned_versions(s3_server
     rules.write_text('[[rule]]\nid = "cool"\nprefix = "ds/"\ntransitions = [{ days = 0, class = "STANDARD_IA" }]\n')
     plan = run_tierfs("lifecycle", "plan", "s3://tr-lake", "--rules", str(rules), "--config", str(cfg), check=True).stdout
     assert "ds/pinned.bin\tkept: this version is pinned by a snapshot" in plan
-    out = run_tierfs("lifecycle", "apply", "s3://tr-lake", "--rules", str(rules), "--config", str(cfg), check=True).stdout
-    assert "2 transitioned" in out
+    with mounted("s3://tr-lake", tmp_path / "early", tmp_path / "early-cache", config=cfg) as early:
+        assert (early.mountpoint / "ds/free.bin").stat().st_size == 400  # listed with the version about to go
+        out = run_tierfs("lifecycle", "apply", "s3://tr-lake", "--rules", str(rules), "--config", str(cfg),
+                         check=True).stdout
+        assert "2 transitioned" in out
+        # its version is gone; the current one holds the same bytes (same ETag), so the read goes on
+        assert (early.mountpoint / "ds/free.bin").read_bytes() == b"free" * 100
+        assert "ds/free.bin: version" in early.log_tail() and "the same bytes" in early.log_tail()
     fv = s3_server.fs(version_aware=True)
     assert fs.info("tr-lake/ds/free.bin")["StorageClass"] == "STANDARD_IA"
     assert len(fv.object_version_info("tr-lake/ds/free.bin")) == 1  # the copied-from version is gone

@@ -132,6 +132,10 @@ class ObjectStore:
         self._refuse_archived(ref)
         try:
             data: bytes = self.call(call, f"read {ref.key} [{start}:{end}]")
+        except NotFound:
+            if not (ref.version and self.version_aware):
+                raise
+            data = self._read_same_bytes(ref, start, end)
         except Exception as exc:
             code = error_code(exc)
             if code == "InvalidObjectState":  # S3: GLACIER or DEEP_ARCHIVE, not restored
@@ -146,6 +150,21 @@ class ObjectStore:
             raise StoreError(
                 f"{ref.key} changed upstream: wanted {end - start} bytes at {start}, got {len(data)}"
             )
+        return data
+
+    def _read_same_bytes(self, ref: ObjectRef, start: int, end: int) -> bytes:
+        """The version ``ref`` pins is gone: read the current version if it holds the same bytes.
+
+        A storage-class transition copies an object onto itself and deletes the
+        version it copied from; same size and ETag mean the same bytes.
+        """
+        now = self.stat(ref.key)
+        if now.ref is None or now.ref.size != ref.size or now.ref.etag != ref.etag or not now.ref.version:
+            raise NotFound(f"{ref.key} version {ref.version}")
+        log.info("%s: version %s is gone; reading version %s, the same bytes", ref.key, ref.version, now.ref.version)
+        full, kwargs = self._versioned(now.ref)
+        data: bytes = self.call(lambda: self.fs.cat_file(full, start=start, end=end, **kwargs),
+                                f"read {ref.key} [{start}:{end}]")
         return data
 
     def read_all(self, key: str) -> bytes:
