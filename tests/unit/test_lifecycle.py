@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import run_tierfs
+from helpers import assert_one_line_error, run_tierfs
 
 from tierfs.config import load
 from tierfs.errors import ConfigError
@@ -159,3 +159,15 @@ def test_snapshot_retention_keeps_the_last_and_the_tagged(tmp_path: Path) -> Non
     names = [ln.split("\t")[0] for ln in run_tierfs("snapshot", "list", f"file://{root}", check=True).stdout.splitlines()]
     assert names == ["toy@v0", "toy@v2", "toy@v3"]
     assert "toy@v1" not in run_tierfs("lifecycle", "plan", f"file://{root}", "--rules", str(rules), check=True).stdout
+
+
+def test_restore_on_a_local_lake(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    (root / "old").mkdir(parents=True)
+    (root / "old/ckpt.pt").write_bytes(b"frozen")
+    os.setxattr(root / "old/ckpt.pt", LOCAL_CLASS_XATTR, b"DEEP_ARCHIVE")
+    out = run_tierfs("restore", f"file://{root}", "old/ckpt.pt", check=True).stdout
+    assert "old/ckpt.pt is readable again" in out
+    assert os.getxattr(root / "old/ckpt.pt", LOCAL_CLASS_XATTR) == b"STANDARD"
+    assert_one_line_error(run_tierfs("restore", f"file://{root}", "old/ckpt.pt"), "is not archived (class STANDARD)")
+    assert_one_line_error(run_tierfs("restore", f"file://{root}", "old/missing.pt"), "old/missing.pt is not in")

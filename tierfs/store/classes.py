@@ -20,7 +20,7 @@ from fsspec.asyn import sync
 
 from tierfs.errors import UserError
 from tierfs.refs import ObjectRef
-from tierfs.store.objects import Entry, ObjectStore, error_code, mtime_ns_of
+from tierfs.store.objects import ARCHIVE_CLASSES, Entry, ObjectStore, error_code, mtime_ns_of
 
 #: fsspec filesystem class -> provider name used by rules and prices.
 _PROVIDERS = {"S3FileSystem": "s3", "GCSFileSystem": "gcs", "AzureBlobFileSystem": "azure", "LocalFileSystem": "local"}
@@ -66,6 +66,9 @@ def restore(store: ObjectStore, key: str, days: int = 7) -> str:
     if not store.exists(key):
         raise UserError(f"{key} is not in {store.url}")
     if kind == "local":
+        current = store.local_class(key)
+        if current not in ARCHIVE_CLASSES:
+            raise UserError(f"{key} is not archived (class {current or 'STANDARD'}); it can be read as it is")
         store.set_local_class(key, "STANDARD")
         return f"{key} is readable again (class STANDARD)"
     if kind == "azure":
