@@ -2,8 +2,8 @@
 
 - A local lake emulates classes in an extended attribute (``user.tierfs.class``).
 - S3 copies the object onto itself with the new class.
-- GCS is left to its own lifecycle management (`tierfs lifecycle export`):
-  its emulator here ignores a class change, so tierfs does not make one.
+- GCS classes are left to the bucket's own lifecycle rules (`tierfs
+  lifecycle export` prints them); tierfs does not rewrite GCS objects.
 - Azure sets the blob's access tier (Hot, Cool, Cold, Archive) in place.
 
 In a versioned bucket, a self-copy makes a new version. The version it was
