@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 # time; the emulator does not speak it. Set before anything imports gcsfs.
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
-from helpers import Azurite, Emulator, FakeGcs, MotoS3, RedisServer, SeaweedS3, write_tree
+from helpers import Azurite, Emulator, FakeGcs, GcsRulesEmulator, MotoS3, RedisServer, SeaweedS3, write_tree
 
 
 @pytest.fixture
@@ -62,6 +62,12 @@ def _running(server: E) -> Iterator[E]:
 def gcs(tmp_path: Path) -> Iterator[FakeGcs]:
     """fake-gcs-server on loopback, in memory."""
     yield from _running(FakeGcs(tmp_path / "gcs"))
+
+
+@pytest.fixture
+def gcs_rules(tmp_path: Path) -> Iterator[GcsRulesEmulator]:
+    """gcp-storage-emulator on loopback, in memory (keeps bucket lifecycle rules)."""
+    yield from _running(GcsRulesEmulator(tmp_path / "gcs-rules"))
 
 
 @pytest.fixture

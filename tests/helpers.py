@@ -392,6 +392,16 @@ class FakeGcs(Emulator):
         return path
 
 
+class GcsRulesEmulator(FakeGcs):
+    """gcp-storage-emulator (PyPI), in memory: unlike fake-gcs-server it keeps a bucket's lifecycle field."""
+
+    log_name = "gcp-storage-emulator.log"
+
+    def argv(self) -> list[str]:
+        return [str(Path(sys.executable).parent / "gcp-storage-emulator"), "start", "-H", "127.0.0.1",
+                "--port", str(self.port), "-q", "-M"]
+
+
 #: Azurite's well-known development account (public; the emulator accepts only it).
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import FakeGcs, mounted, random_bytes, run_tierfs
+from fsspec.asyn import sync
+from helpers import FakeGcs, GcsRulesEmulator, mounted, random_bytes, run_tierfs
 
 pytestmark = [pytest.mark.servers, pytest.mark.mount]
 
@@ -62,3 +63,25 @@ def test_lifecycle_on_gcs_expires_and_leaves_classes_to_the_bucket(gcs: FakeGcs,
     assert fs.exists("gcs-rules/raw/a.bin") and not fs.exists("gcs-rules/experiments/x.log")
     cost = run_tierfs("cost", "gs://gcs-rules", "--config", str(cfg), check=True).stdout
     assert any(line.split()[:3] == ["raw", "STANDARD", "1"] for line in cost.splitlines()), cost
+
+
+def test_native_rules_install_on_a_gcs_bucket(gcs_rules: GcsRulesEmulator, tmp_path: Path) -> None:
+    fs = gcs_rules.fs()
+    fs.mkdir("gcs-native")
+    fs.pipe("gcs-native/team/datasets/a.bin", b"a")
+    cfg = gcs_rules.config(tmp_path / "gcs.toml")
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nid = "cool-down"\nprefix = "datasets/"\n'
+                     'transitions = [{ days = 30, class = "NEARLINE" }, { days = 365, class = "ARCHIVE" }]\n\n'
+                     '[[rule]]\nid = "tmp"\nprefix = "experiments/"\nexpiration_days = 90\n')
+    out = run_tierfs("lifecycle", "apply", "gs://gcs-native/team", "--rules", str(rules), "--native",
+                     "--config", str(cfg), check=True).stdout
+    assert "installed 2 rules as the lifecycle configuration of bucket gcs-native" in out
+    bucket = sync(fs.loop, fs._call, "GET", "b/{}", "gcs-native", json_out=True)
+    assert bucket["lifecycle"] == {"rule": [
+        {"action": {"type": "SetStorageClass", "storageClass": "NEARLINE"},
+         "condition": {"age": 30, "isLive": True, "matchesPrefix": ["team/datasets/"]}},
+        {"action": {"type": "SetStorageClass", "storageClass": "ARCHIVE"},
+         "condition": {"age": 365, "isLive": True, "matchesPrefix": ["team/datasets/"]}},
+        {"action": {"type": "Delete"}, "condition": {"age": 90, "isLive": True, "matchesPrefix": ["team/experiments/"]}},
+    ]}

@@ -111,7 +111,7 @@ def _report(lake_url: str, rules_file: Path | None, config_file: Path | None) ->
 @lifecycle.command("apply")
 @click.argument("lake_url")
 @click.option("--rules", "rules_file", type=click.Path(path_type=Path), required=True)
-@click.option("--native", is_flag=True, help="Also install the rules as the bucket's own lifecycle configuration (S3).")
+@click.option("--native", is_flag=True, help="Also install the rules as the bucket's own lifecycle configuration (S3, GCS), replacing it.")
 @_CONFIG
 def lifecycle_apply(lake_url: str, rules_file: Path, native: bool, config_file: Path | None) -> None:
     """Perform what `plan` lists (idempotent: a second run changes nothing)."""

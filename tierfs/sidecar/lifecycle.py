@@ -2,18 +2,20 @@
 
 `plan` lists the actions from the objects as they are now, so running `apply`
 twice changes nothing the second time. How a class changes on each provider
-is `tierfs.store.classes`'s business. Rules can also be installed as an S3
-bucket's native lifecycle configuration.
+is `tierfs.store.classes`'s business. Rules can also be installed as an S3 or
+GCS bucket's native lifecycle configuration.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from fsspec.asyn import sync
+
 from tierfs.errors import UserError
-from tierfs.sidecar.native import s3_configuration
+from tierfs.sidecar.native import gcs_lifecycle, s3_configuration
 from tierfs.sidecar.rules import Action, RuleSet
-from tierfs.store.classes import delete_version, set_class
+from tierfs.store.classes import delete_version, provider, set_class
 from tierfs.store.objects import ObjectStore
 
 
@@ -41,13 +43,30 @@ def apply_actions(store: ObjectStore, actions: list[Action], pinned: frozenset[t
 
 
 def install_native(store: ObjectStore, rules: RuleSet) -> str:
-    if type(store.fs).__name__ != "S3FileSystem":
-        raise UserError(f"tierfs installs native lifecycle rules on S3 buckets only; for {store.url}, "
-                        "print them with `tierfs lifecycle export` and install them with the provider's CLI")
+    """Install the rules as the bucket's own lifecycle configuration (S3, GCS); returns the bucket.
+
+    This replaces whatever lifecycle configuration the bucket had. Azure's
+    equivalent is a storage-account management policy, set through Azure's
+    management API rather than the storage account: `tierfs lifecycle export`
+    prints it for `az storage account management-policy create`.
+    """
+    kind = provider(store)
     bucket, _, prefix = store.root.partition("/")
+    base = f"{prefix}/" if prefix else ""
+    if kind == "s3":
+        def put() -> None:
+            store.fs.call_s3("put_bucket_lifecycle_configuration", Bucket=bucket,
+                             LifecycleConfiguration=s3_configuration(rules, base))
+    elif kind == "gcs":
+        fs = store.fs
+
+        def put() -> None:
+            sync(fs.loop, fs._call, "PATCH", "b/{}", bucket, json=gcs_lifecycle(rules, base), json_out=True)
+    else:
+        raise UserError(f"tierfs installs native lifecycle rules on S3 and GCS buckets; for {store.url}, "
+                        "print them with `tierfs lifecycle export` and install them with the provider's CLI")
     try:
-        store.fs.call_s3("put_bucket_lifecycle_configuration", Bucket=bucket,
-                         LifecycleConfiguration=s3_configuration(rules, f"{prefix}/" if prefix else ""))
+        store.call(put, f"install lifecycle rules on {bucket}")
     except OSError as exc:
         raise UserError(f"bucket {bucket} refused the rules as native lifecycle configuration ({exc.strerror or exc}); "
                         "some servers accept expirations only — apply without --native") from None

@@ -3,7 +3,8 @@
 - S3: a bucket lifecycle configuration (PutBucketLifecycleConfiguration;
   `tierfs lifecycle apply --native` installs it).
 - GCS: the bucket's ``lifecycle`` field, for
-  ``gcloud storage buckets update gs://BUCKET --lifecycle-file=FILE``.
+  ``gcloud storage buckets update gs://BUCKET --lifecycle-file=FILE``
+  (`apply --native` installs it).
 - Azure: a storage-account management policy, for
   ``az storage account management-policy create --policy @FILE``.
 
@@ -26,7 +27,7 @@ from tierfs.sidecar.rules import RuleSet
 INSTALL_HINT = {
     "s3": "aws s3api put-bucket-lifecycle-configuration --bucket {bucket} --lifecycle-configuration file://FILE "
           "(or tierfs lifecycle apply --native)",
-    "gcs": "gcloud storage buckets update gs://{bucket} --lifecycle-file=FILE",
+    "gcs": "gcloud storage buckets update gs://{bucket} --lifecycle-file=FILE (or tierfs lifecycle apply --native)",
     "azure": "az storage account management-policy create --account-name ACCOUNT --resource-group GROUP --policy @FILE",
 }
 
