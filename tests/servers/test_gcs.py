@@ -55,9 +55,11 @@ def test_lifecycle_on_gcs_expires_and_leaves_classes_to_the_bucket(gcs: FakeGcs,
     cfg = gcs.config(tmp_path / "gcs.toml")
     rules = tmp_path / "rules.toml"
     rules.write_text('[[rule]]\nid = "cold"\nprefix = "raw/"\ntransitions = [{ days = 0, class = "COLDLINE" }]\n\n'
-                     '[[rule]]\nid = "tmp"\nprefix = "experiments/"\nexpiration_days = 0\n')
+                     '[[rule]]\nid = "tmp"\nprefix = "experiments/"\nexpiration_days = 0\n'
+                     'noncurrent_expiration_days = 30\n')
     plan = run_tierfs("lifecycle", "plan", "gs://gcs-rules", "--rules", str(rules), "--config", str(cfg), check=True).stdout
     assert "raw/a.bin\tkept: rule cold would move it to COLDLINE: on GCS" in plan
+    assert "(noncurrent generations)\tkept: on GCS, noncurrent rules are left to the bucket's own rules" in plan
     out = run_tierfs("lifecycle", "apply", "gs://gcs-rules", "--rules", str(rules), "--config", str(cfg), check=True).stdout
     assert "0 transitioned, 1 expired" in out
     assert fs.exists("gcs-rules/raw/a.bin") and not fs.exists("gcs-rules/experiments/x.log")

@@ -81,7 +81,7 @@ def lifecycle_plan(lake_url: str, rules_file: Path, config_file: Path | None) ->
         click.echo(f"{a.key}\t{what}\t(rule {a.rule})")
     for key, why in rep.kept:
         click.echo(f"{key}\tkept: {why}")
-    click.echo(f"{len(rep.actions)} changes, {len(rep.kept)} refused; monthly cost {rep.total:.4f} -> "
+    click.echo(f"{len(rep.actions)} changes, {len(rep.kept)} kept; monthly cost {rep.total:.4f} -> "
                f"{rep.after:.4f} USD ({rep.provider} prices)")
 
 
@@ -133,7 +133,7 @@ def lifecycle_apply(lake_url: str, rules_file: Path, native: bool, config_file: 
                   disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("apply", total=len(rep.actions))
         moved, expired = apply_actions(store, rep.actions, pinned, on_done=lambda _a: bar.advance(task))
-    click.echo(f"applied {rules_file}: {moved} transitioned, {expired} expired, {len(rep.kept)} kept for snapshots; "
+    click.echo(f"applied {rules_file}: {moved} transitioned, {expired} expired, {len(rep.kept)} kept (plan says why); "
                f"monthly cost now about {rep.after:.4f} USD")
     if native:
         bucket = install_native(store, rules)

@@ -133,6 +133,12 @@ def report(store: ObjectStore, provider: str, prices: dict[str, float], rules: R
                 break  # the first matching rule that acts decides
         rep.after += after
     if rules is not None and any(r.noncurrent_expiration_days is not None or r.noncurrent_transitions for r in rules.rules):
+        if provider == "gcs":
+            rep.kept.append(("(noncurrent generations)", "on GCS, noncurrent rules are left to the bucket's own "
+                                                         "rules: install them with apply --native"))
+        elif provider == "azure":
+            rep.kept.append(("(noncurrent versions)", "tierfs does not read Azure blob versions: install the "
+                                                      "policy from tierfs lifecycle export"))
         _noncurrent(store, prices, rules, now, versions, rep)
     return rep
 

@@ -129,7 +129,7 @@ def run_job(job: Job, store_config: Path | None) -> str:
         return (f"plan: {len(plan.actions)} changes, {len(plan.kept)} kept, {len(doomed)} snapshots to expire; "
                 f"{plan.total:.4f} -> {plan.after:.4f} USD/month")
     moved, expired = apply_actions(store, plan.actions, frozenset(versions))
-    return (f"applied: {moved} transitioned, {expired} expired, {len(plan.kept)} kept for snapshots, "
+    return (f"applied: {moved} transitioned, {expired} expired, {len(plan.kept)} kept, "
             f"{gone} snapshots expired by retention")
 
 
