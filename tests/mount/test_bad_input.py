@@ -71,6 +71,7 @@ def test_lake_path_does_not_exist(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("url", "needle"), [
     ("bogus://x/y", "Protocol not known: bogus"),
     ("az://container/prefix", "no usable credentials for az://container/prefix: set connection_string"),
+    ("az://ml/prefix", "'ml' is not an Azure container name (3 to 63 lowercase"),
 ])
 def test_unusable_url(url: str, needle: str, tmp_path: Path) -> None:
     (tmp_path / "mnt").mkdir()

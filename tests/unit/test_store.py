@@ -7,7 +7,7 @@ import pytest
 from tierfs.config import load
 from tierfs.errors import NotFound, StoreError, UserError
 from tierfs.store.objects import ObjectStore
-from tierfs.store.retry import is_temp_failure
+from tierfs.store.retry import is_credentials_error, is_temp_failure
 
 
 def test_list_and_stat(flaky: Any) -> None:
@@ -66,6 +66,21 @@ def test_etag_stand_in_changes_with_content(flaky: Any) -> None:
 def test_is_temp_failure() -> None:
     assert is_temp_failure(ConnectionError()) and is_temp_failure(TimeoutError()) and is_temp_failure(OSError(5, "x"))
     assert not is_temp_failure(FileNotFoundError()) and not is_temp_failure(PermissionError())
+
+
+def test_azure_errors_by_code_and_status() -> None:
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError
+
+    def azure_error(status: int, code: str) -> HttpResponseError:
+        exc = HttpResponseError(message=code)
+        exc.status_code, exc.error_code = status, code
+        return exc
+
+    assert is_temp_failure(azure_error(503, "ServerBusy")) and is_temp_failure(azure_error(429, "TooManyRequests"))
+    assert is_temp_failure(ServiceRequestError("connection refused"))
+    assert not is_temp_failure(azure_error(409, "BlobArchived"))
+    assert not is_temp_failure(azure_error(400, "OutOfRangeInput"))
+    assert is_credentials_error(azure_error(403, "AuthenticationFailed"))
 
 
 @pytest.mark.parametrize(("url", "message"), [

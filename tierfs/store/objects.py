@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import os
 import posixpath
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Storage classes whose objects must be restored before they can be read.
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE", "Archive"})
+#: Azure's rule for container names.
+_AZURE_CONTAINER = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 #: Where a local lake keeps an object's emulated storage class.
 LOCAL_CLASS_XATTR = "user.tierfs.class"
 
@@ -65,6 +68,11 @@ class ObjectStore:
         if not url:
             raise UserError("no lake URL given: pass LAKE_URL or set [lake] url in the config file")
         options = storage_options(settings)
+        if url.startswith(("az://", "abfs://", "abfss://")):
+            container = url.split("://", 1)[1].split("/", 1)[0].split("@", 1)[0]
+            if not _AZURE_CONTAINER.fullmatch(container):
+                raise UserError(f"{url}: {container!r} is not an Azure container name (3 to 63 lowercase "
+                                "letters, digits and single hyphens, starting and ending with a letter or digit)")
         if url.startswith(("gs://", "gcs://")):
             # gcsfs probes for hierarchical namespaces unless told not to; emulators do not answer it.
             os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")

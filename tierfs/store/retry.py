@@ -46,6 +46,9 @@ def is_temp_failure(exc: BaseException) -> bool:
         return False
     if getattr(exc, "error_code", None) in _PERMANENT_CODES:
         return False
+    status = getattr(exc, "status_code", None)  # azure-core's HttpResponseError
+    if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
+        return False  # the request itself is wrong: sending it again cannot help
     if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
         return True
     # Client libraries under fsspec raise their own trees (botocore, aiohttp,
