@@ -66,8 +66,10 @@ def install_native(store: ObjectStore, rules: RuleSet) -> str:
         raise UserError(f"tierfs installs native lifecycle rules on S3 and GCS buckets; for {store.url}, "
                         "print them with `tierfs lifecycle export` and install them with the provider's CLI")
     try:
-        store.call(put, f"install lifecycle rules on {bucket}")
-    except OSError as exc:
-        raise UserError(f"bucket {bucket} refused the rules as native lifecycle configuration ({exc.strerror or exc}); "
-                        "some servers accept expirations only — apply without --native") from None
+        put()  # once: a refusal is an answer, not a failure to retry
+    except Exception as exc:
+        reason = (str(getattr(exc, "strerror", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+        hint = ("; some servers accept expirations only — apply without --native"
+                if "not implemented" in reason.lower() else "")
+        raise UserError(f"bucket {bucket} refused the rules as native lifecycle configuration ({reason}){hint}") from None
     return bucket
