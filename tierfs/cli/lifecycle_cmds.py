@@ -111,9 +111,11 @@ def _report(lake_url: str, rules_file: Path | None, config_file: Path | None) ->
 @lifecycle.command("apply")
 @click.argument("lake_url")
 @click.option("--rules", "rules_file", type=click.Path(path_type=Path), required=True)
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="Objects changed at a time.")
 @click.option("--native", is_flag=True, help="Also install the rules as the bucket's own lifecycle configuration (S3, GCS), replacing it.")
 @_CONFIG
-def lifecycle_apply(lake_url: str, rules_file: Path, native: bool, config_file: Path | None) -> None:
+def lifecycle_apply(lake_url: str, rules_file: Path, jobs: int, native: bool, config_file: Path | None) -> None:
     """Perform what `plan` lists (idempotent: a second run changes nothing)."""
     import sys
 
@@ -132,7 +134,7 @@ def lifecycle_apply(lake_url: str, rules_file: Path, native: bool, config_file: 
     with Progress(TextColumn("[bold]apply"), BarColumn(), MofNCompleteColumn(), transient=True,
                   disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("apply", total=len(rep.actions))
-        moved, expired = apply_actions(store, rep.actions, pinned, on_done=lambda _a: bar.advance(task))
+        moved, expired = apply_actions(store, rep.actions, pinned, on_done=lambda _a: bar.advance(task), jobs=jobs)
     click.echo(f"applied {rules_file}: {moved} transitioned, {expired} expired, {len(rep.kept)} kept (plan says why); "
                f"monthly cost now about {rep.after:.4f} USD")
     if native:

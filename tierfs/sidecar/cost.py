@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tierfs.sidecar.rules import Action, RuleSet, evaluate
 from tierfs.store.classes import objects_with_classes
@@ -36,13 +36,14 @@ class Item:
     written: float  # epoch seconds
     storage_class: str
     version: str = ""  # the current version id (versioned S3, GCS generation)
+    etag: str = ""
 
 
 def inventory(store: ObjectStore, provider: str) -> Iterator[Item]:
     """Every object of the lake with its size, age and storage class (tierfs' own area included)."""
     for e in objects_with_classes(store):
         yield Item(e.name, e.size, e.mtime_ns / 1e9, e.storage_class or DEFAULT_CLASS[provider],
-                   e.ref.version if e.ref else "")
+                   e.ref.version if e.ref else "", e.ref.etag if e.ref else "")
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def report(store: ObjectStore, provider: str, prices: dict[str, float], rules: R
                     rep.kept.append((item.key, f"this version is pinned by a snapshot; rule {act.rule} would copy it "
                                                "to a new version: let the provider's own lifecycle rules move it"))
                     break
-                rep.actions.append(act)
+                rep.actions.append(replace(act, etag=item.etag, listed_version=item.version))
                 after = 0.0 if act.kind == "expire" else price(prices, act.to_class, item.size)
                 break  # the first matching rule that acts decides
         rep.after += after

@@ -8,7 +8,9 @@ GCS bucket's native lifecycle configuration.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from fsspec.asyn import sync
 
@@ -20,25 +22,41 @@ from tierfs.store.objects import ObjectStore
 
 
 def apply_actions(store: ObjectStore, actions: list[Action], pinned: frozenset[tuple[str, str]] = frozenset(),
-                  on_done: Callable[[Action], None] | None = None) -> tuple[int, int]:
-    """Perform the actions; returns (transitioned, expired).
+                  on_done: Callable[[Action], None] | None = None, jobs: int = 16) -> tuple[int, int]:
+    """Perform the actions, ``jobs`` at a time; returns (transitioned, expired).
 
     ``pinned`` are the (key, version) pairs snapshots read: a transition in a
     versioned bucket deletes the version it copied from unless it is one of them.
+    Each action touches one object (or one version), so they run in any order.
+    On the first failure no new action starts; those under way finish, and the
+    failure is raised. What was done stays done: a rerun plans only the rest.
     """
-    moved = expired = 0
-    for a in actions:
+    def one(a: Action) -> tuple[Action, bool]:
         if a.kind == "expire" and a.version:
             delete_version(store, a.key, a.version)
-            expired += 1
         elif a.kind == "expire":
             store.delete(a.key)
-            expired += 1
         else:
-            set_class(store, a.key, a.to_class, pinned)
-            moved += 1
-        if on_done:
-            on_done(a)
+            return a, set_class(store, a.key, a.to_class, pinned, a.etag, a.listed_version)
+        return a, True
+
+    moved = expired = 0
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="lifecycle") as pool:
+        queue = iter(actions)
+        running = {pool.submit(one, a) for a in itertools.islice(queue, 4 * jobs)}
+        try:
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    a, changed = fut.result()
+                    moved += changed and a.kind == "transition"
+                    expired += a.kind == "expire"
+                    if on_done:
+                        on_done(a)
+                running |= {pool.submit(one, a) for a in itertools.islice(queue, len(done))}
+        finally:
+            for fut in running:
+                fut.cancel()
     return moved, expired
 
 

@@ -83,7 +83,9 @@ class Action:
     kind: str  # "transition" or "expire"
     rule: str
     to_class: str = ""
-    version: str = ""
+    version: str = ""  # a noncurrent version's id; '' for the current object
+    etag: str = ""  # the current object's ETag as listed, where the store has one
+    listed_version: str = ""  # the current object's version id as listed (versioned buckets)
 
 
 def age_days(now: float, since: float) -> int:

@@ -13,6 +13,7 @@ never leaves a second billed copy behind.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,8 @@ from fsspec.asyn import sync
 from tierfs.errors import UserError
 from tierfs.refs import ObjectRef
 from tierfs.store.objects import ARCHIVE_CLASSES, Entry, ObjectStore, error_code, mtime_ns_of
+
+log = logging.getLogger(__name__)
 
 #: fsspec filesystem class -> provider name used by rules and prices.
 _PROVIDERS = {"S3FileSystem": "s3", "GCSFileSystem": "gcs", "AzureBlobFileSystem": "azure", "LocalFileSystem": "local"}
@@ -42,17 +45,24 @@ def objects_with_classes(store: ObjectStore) -> Iterator[Entry]:
         yield e
 
 
-def set_class(store: ObjectStore, key: str, storage_class: str, pinned: frozenset[tuple[str, str]] = frozenset()) -> None:
-    """Move ``key`` to ``storage_class``; ``pinned`` are (key, version) pairs that snapshots read."""
+def set_class(store: ObjectStore, key: str, storage_class: str, pinned: frozenset[tuple[str, str]] = frozenset(),
+              etag: str = "", listed_version: str = "") -> bool:
+    """Move ``key`` to ``storage_class``; ``pinned`` are (key, version) pairs that snapshots read.
+
+    ``etag`` and ``listed_version`` are the object as listed: S3 then copies
+    only if the object still has that ETag. False when the object changed or
+    went since it was listed.
+    """
     kind = provider(store)
     if kind == "local":
         store.set_local_class(key, storage_class)
     elif kind == "s3":
-        _s3_set_class(store, key, storage_class, pinned)
+        return _s3_set_class(store, key, storage_class, pinned, etag, listed_version)
     elif kind == "azure":
         _azure_set_tier(store, key, storage_class)
     else:
         raise UserError(f"{store.url} has no storage classes to change (a {kind} store)")
+    return True
 
 
 def restore(store: ObjectStore, key: str, days: int = 7) -> str:
@@ -111,26 +121,58 @@ def delete_version(store: ObjectStore, key: str, version: str) -> None:
 
 
 # -- S3 -----------------------------------------------------------------------
-def _s3_set_class(store: ObjectStore, key: str, storage_class: str, pinned: frozenset[tuple[str, str]]) -> None:
+#: S3 servers that refuse a self-copy under MetadataDirective=COPY even when the class changes (SeaweedFS).
+_SELF_COPY_REFUSED = "self-copy-needs-replace"
+
+
+def _s3_set_class(store: ObjectStore, key: str, storage_class: str, pinned: frozenset[tuple[str, str]],
+                  etag: str, listed_version: str) -> bool:
+    """One CopyObject onto itself with the new class, If-Match the listed ETag.
+
+    Where the server refuses that, a HEAD first and a copy that REPLACEs the
+    metadata with the object's own. Either way the bytes copied are those of
+    the version seen, so in a versioned bucket that version may go afterwards.
+    """
     bucket, _, name = store.full(key).partition("/")
+    source = {"Bucket": bucket, "Key": name}
 
-    def copy() -> tuple[str, dict[str, Any]]:
-        head = store.fs.call_s3("head_object", Bucket=bucket, Key=name)
-        extra = {"ContentType": head["ContentType"]} if head.get("ContentType") else {}
-        # REPLACE with the object's own metadata: some S3 servers (SeaweedFS) refuse a
-        # self-copy under COPY even when the class changes. If-Match: the bytes copied
-        # are the bytes of the version seen here, so that version may go afterwards.
-        out: dict[str, Any] = store.fs.call_s3(
-            "copy_object", Bucket=bucket, Key=name, CopySource={"Bucket": bucket, "Key": name},
-            CopySourceIfMatch=head["ETag"], StorageClass=storage_class, MetadataDirective="REPLACE",
-            Metadata=head.get("Metadata", {}), **extra)
-        return str(head.get("VersionId") or ""), out
+    def copy() -> tuple[str, dict[str, Any]] | None:
+        try:
+            if etag and _SELF_COPY_REFUSED not in store.quirks:
+                try:
+                    out: dict[str, Any] = store.fs.call_s3(
+                        "copy_object", Bucket=bucket, Key=name, CopySource=source, CopySourceIfMatch=f'"{etag}"',
+                        StorageClass=storage_class, MetadataDirective="COPY")
+                    return "", out
+                except OSError as exc:
+                    if error_code(exc) != "InvalidRequest":
+                        raise
+                    store.quirks.add(_SELF_COPY_REFUSED)
+            head = store.fs.call_s3("head_object", Bucket=bucket, Key=name)
+            if etag and head["ETag"].strip('"') != etag:
+                return None
+            extra = {"ContentType": head["ContentType"]} if head.get("ContentType") else {}
+            out = store.fs.call_s3(
+                "copy_object", Bucket=bucket, Key=name, CopySource=source, CopySourceIfMatch=head["ETag"],
+                StorageClass=storage_class, MetadataDirective="REPLACE", Metadata=head.get("Metadata", {}), **extra)
+            return str(head.get("VersionId") or ""), out
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError) or error_code(exc) == "PreconditionFailed":
+                return None  # changed or gone since it was listed
+            raise
 
-    seen, out = store.call(copy, f"transition {key}")
+    done = store.call(copy, f"transition {key}")
+    if done is None:
+        log.info("%s changed since it was listed; left for the next run", key)
+        return False
+    seen, out = done
+    if not seen and str(out.get("CopyObjectResult", {}).get("ETag", "")).strip('"') == etag:
+        seen = listed_version  # the copy holds the listed bytes (for servers that do not name the source)
     old = str(out.get("CopySourceVersionId") or seen)
     new = str(out.get("VersionId") or "")
-    if old == seen and old not in ("", "null") and new and old != new and (key, old) not in pinned:
+    if old not in ("", "null") and new and old != new and (key, old) not in pinned:
         delete_version(store, key, old)
+    return True
 
 
 # -- Azure --------------------------------------------------------------------

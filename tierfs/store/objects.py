@@ -60,6 +60,8 @@ class ObjectStore:
         # s3fs reads a pinned version with a keyword, gcsfs with a "#generation" suffix.
         self.version_aware = bool(getattr(fs, "version_aware", False))
         self._generation_suffix = type(fs).__name__ == "GCSFileSystem"
+        #: What this server was found to do differently, learnt while running (e.g. SeaweedFS' self-copy).
+        self.quirks: set[str] = set()
 
     # -- construction ---------------------------------------------------
     @classmethod
