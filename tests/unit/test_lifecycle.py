@@ -12,7 +12,8 @@ from helpers import assert_one_line_error, run_tierfs
 from tierfs.config import load
 from tierfs.errors import ConfigError
 from tierfs.sidecar.cost import PRICES, report
-from tierfs.sidecar.rules import DAY, Rule, Transition, evaluate, parse_rules
+from tierfs.sidecar.lifecycle import apply_actions
+from tierfs.sidecar.rules import DAY, Action, Rule, Transition, evaluate, parse_rules
 from tierfs.store.objects import LOCAL_CLASS_XATTR, ObjectStore
 
 NOW = 1_800_000_000.0
@@ -141,6 +142,25 @@ def test_apply_is_idempotent_on_a_local_lake(tmp_path: Path) -> None:
     assert (root / "raw/a.bin").stat().st_mtime == pytest.approx(old)  # its age is kept
     out = run_tierfs("lifecycle", "apply", f"file://{root}", "--rules", str(rules), check=True).stdout
     assert "0 transitioned, 0 expired" in out
+
+
+def test_parallel_apply_stops_at_a_failure_and_a_rerun_finishes(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    (root / "raw").mkdir(parents=True)
+    for i in range(200):
+        (root / f"raw/{i:03d}.bin").write_bytes(b"x")
+    store = ObjectStore.open(load(None, {"lake_url": f"file://{root}"}))
+    actions = [Action(f"raw/{i:03d}.bin", "transition", "cool", "STANDARD_IA") for i in range(200)]
+    actions.insert(50, Action("raw/gone.bin", "transition", "cool", "STANDARD_IA"))
+    seen: list[Action] = []
+    with pytest.raises(FileNotFoundError):
+        apply_actions(store, actions, on_done=seen.append, jobs=8)
+    done = sum(os.getxattr(root / f"raw/{i:03d}.bin", LOCAL_CLASS_XATTR) == b"STANDARD_IA"
+               for i in range(200) if os.listxattr(root / f"raw/{i:03d}.bin"))
+    assert 50 <= done < 200 and len(seen) == done  # no new action started after the failure
+    rest = [a for a in actions if a.key != "raw/gone.bin"]
+    assert apply_actions(store, rest, jobs=8) == (200, 0)
+    assert all(os.getxattr(root / f"raw/{i:03d}.bin", LOCAL_CLASS_XATTR) == b"STANDARD_IA" for i in range(200))
 
 
 def test_snapshot_retention_keeps_the_last_and_the_tagged(tmp_path: Path) -> None:

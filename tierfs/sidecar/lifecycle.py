@@ -41,6 +41,7 @@ def apply_actions(store: ObjectStore, actions: list[Action], pinned: frozenset[t
         return a, True
 
     moved = expired = 0
+    failures: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="lifecycle") as pool:
         queue = iter(actions)
         running = {pool.submit(one, a) for a in itertools.islice(queue, 4 * jobs)}
@@ -48,15 +49,22 @@ def apply_actions(store: ObjectStore, actions: list[Action], pinned: frozenset[t
             while running:
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    a, changed = fut.result()
+                    try:
+                        a, changed = fut.result()
+                    except Exception as exc:
+                        failures.append(exc)
+                        continue
                     moved += changed and a.kind == "transition"
                     expired += a.kind == "expire"
                     if on_done:
                         on_done(a)
-                running |= {pool.submit(one, a) for a in itertools.islice(queue, len(done))}
+                if not failures:
+                    running |= {pool.submit(one, a) for a in itertools.islice(queue, len(done))}
         finally:
-            for fut in running:
+            for fut in running:  # only on an interrupt: otherwise nothing is left running here
                 fut.cancel()
+    if failures:
+        raise failures[0]
     return moved, expired
 
 
