@@ -8,9 +8,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
-from helpers import assert_one_line_error, run_tierfs, write_tree
+from helpers import assert_one_line_error, free_port, run_tierfs, write_tree
 
 
 def test_sidecar_runs_jobs_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -24,7 +25,11 @@ def test_sidecar_runs_jobs_and_stops_on_sigterm(tmp_path: Path) -> None:
     rules = tmp_path / "rules.toml"
     rules.write_text('[[rule]]\nid = "exp"\nprefix = "experiments/"\nexpiration_days = 90\n')
     cfg = tmp_path / "sidecar.toml"
+    port = free_port()
     cfg.write_text(f'''
+[sidecar]
+metrics = "127.0.0.1:{port}"
+
 [[job]]
 name = "ckpt"
 kind = "backup"
@@ -39,6 +44,7 @@ kind = "lifecycle"
 lake = "file://{lake}"
 rules = "{rules}"
 apply = true
+jobs = 4
 every = "1h"
 ''')
     sock_path = tmp_path / "notify.sock"
@@ -56,6 +62,8 @@ every = "1h"
             if text.count("job ckpt: backup") >= 3 and "job rules: applied" in text:
                 break
             time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -67,6 +75,9 @@ every = "1h"
     text = (tmp_path / "sidecar.log").read_text()
     assert text.count("job ckpt: backup") >= 3  # on schedule
     assert "job rules: applied: 0 transitioned, 1 expired" in text
+    assert 'tierfs_lifecycle_objects_total{action="expired",job="rules"} 1.0' in metrics
+    assert 'tierfs_lake_monthly_cost_usd{job="rules",when="now"}' in metrics
+    assert 'tierfs_sidecar_job_runs_total{job="ckpt",outcome="ok"}' in metrics
     assert not (lake / "experiments/old.log").exists()
     assert "sidecar stopped" in text and "Traceback" not in text
     backups = run_tierfs("backup", "list", f"file://{lake}/backups/n1", check=True).stdout.splitlines()
@@ -79,3 +90,7 @@ def test_bad_sidecar_config(tmp_path: Path) -> None:
     assert_one_line_error(run_tierfs("sidecar", "--config", str(cfg)), "job 'x': field 'every' = 'often'")
     cfg.write_text('[[job]]\nname = "x"\nkind = "rsync"\n')
     assert_one_line_error(run_tierfs("sidecar", "--config", str(cfg)), "field 'kind' must be lifecycle or backup")
+    cfg.write_text('[[job]]\nname = "r"\nkind = "lifecycle"\nlake = "file:///tmp"\nrules = "r.toml"\njobs = 0\n')
+    assert_one_line_error(run_tierfs("sidecar", "--config", str(cfg)), "job 'r': field 'jobs' must be a whole number")
+    cfg.write_text('[[job]]\nname = "r"\nkind = "lifecycle"\nlake = "file:///tmp"\nrules = "r.toml"\napply = "yes"\n')
+    assert_one_line_error(run_tierfs("sidecar", "--config", str(cfg)), "job 'r': field 'apply' must be true or false")

@@ -10,6 +10,8 @@
     lake = "s3://ml-lake"
     rules = "/etc/tierfs/lifecycle.toml"
     apply = true
+    jobs = 16                            # objects changed at a time
+    native = false                       # true: also install the rules on the bucket (S3, GCS)
     every = "24h"
 
     [[job]]
@@ -49,8 +51,12 @@ RUNS = Counter("tierfs_sidecar_job_runs", "Sidecar job runs", ["job", "outcome"]
 LAST_SECONDS = Gauge("tierfs_sidecar_job_last_seconds", "Duration of the job's last run", ["job"], registry=REGISTRY)
 LAST_SUCCESS = Gauge("tierfs_sidecar_job_last_success_timestamp", "When the job last succeeded", ["job"],
                      registry=REGISTRY)
+LIFECYCLE_OBJECTS = Counter("tierfs_lifecycle_objects", "Objects a lifecycle job changed",
+                            ["job", "action"], registry=REGISTRY)
+MONTHLY_COST = Gauge("tierfs_lake_monthly_cost_usd", "The lake's storage cost a month at its last run: now, "
+                     "and once every rule has acted", ["job", "when"], registry=REGISTRY)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_FIELDS = {"lifecycle": {"name", "kind", "every", "lake", "rules", "apply"},
+_FIELDS = {"lifecycle": {"name", "kind", "every", "lake", "rules", "apply", "jobs", "native"},
            "backup": {"name", "kind", "every", "source", "target", "keep"}}
 
 
@@ -88,6 +94,13 @@ def load_jobs(path: Path) -> tuple[dict[str, Any], list[Job]]:
         for key in need:
             if not isinstance(raw.get(key), str) or not raw[key]:
                 raise ConfigError(f"{where}: field {key!r} is required")
+        if kind == "lifecycle":
+            jobs_at_once = raw.get("jobs", 16)
+            if isinstance(jobs_at_once, bool) or not isinstance(jobs_at_once, int) or not 1 <= jobs_at_once <= 256:
+                raise ConfigError(f"{where}: field 'jobs' must be a whole number from 1 to 256 (got {jobs_at_once!r})")
+            for flag in ("apply", "native"):
+                if not isinstance(raw.get(flag, False), bool):
+                    raise ConfigError(f"{where}: field {flag!r} must be true or false")
         every = parse_duration(raw.get("every", "24h"), f"{where}: field 'every'")
         jobs.append(Job(str(name), kind, every, {k: v for k, v in raw.items() if k not in ("name", "kind", "every")}))
     if not jobs:
@@ -125,12 +138,21 @@ def run_job(job: Job, store_config: Path | None) -> str:
     versions = pinned_versions(store)
     plan = report(store, provider, {**PRICES[provider], **getattr(settings, f"prices_{provider}")}, rules,
                   time.time(), pinned_keys(store), versions)
+    MONTHLY_COST.labels(job.name, "now").set(plan.total)
+    MONTHLY_COST.labels(job.name, "after_rules").set(plan.after)
     if not job.args.get("apply", False):
         return (f"plan: {len(plan.actions)} changes, {len(plan.kept)} kept, {len(doomed)} snapshots to expire; "
                 f"{plan.total:.4f} -> {plan.after:.4f} USD/month")
-    moved, expired = apply_actions(store, plan.actions, frozenset(versions))
+    moved, expired = apply_actions(store, plan.actions, frozenset(versions), jobs=int(job.args.get("jobs", 16)))
+    LIFECYCLE_OBJECTS.labels(job.name, "transitioned").inc(moved)
+    LIFECYCLE_OBJECTS.labels(job.name, "expired").inc(expired)
+    native = ""
+    if job.args.get("native", False):
+        from tierfs.sidecar.lifecycle import install_native
+
+        native = f"; rules installed on bucket {install_native(store, rules)}"
     return (f"applied: {moved} transitioned, {expired} expired, {len(plan.kept)} kept, "
-            f"{gone} snapshots expired by retention")
+            f"{gone} snapshots expired by retention{native}")
 
 
 async def _loop(job: Job, store_config: Path | None) -> None:
