@@ -87,3 +87,17 @@ def test_native_rules_install_on_a_gcs_bucket(gcs_rules: GcsRulesEmulator, tmp_p
          "condition": {"age": 365, "isLive": True, "matchesPrefix": ["team/datasets/"]}},
         {"action": {"type": "Delete"}, "condition": {"age": 90, "isLive": True, "matchesPrefix": ["team/experiments/"]}},
     ]}
+
+
+def test_cost_counts_noncurrent_generations(gcs: FakeGcs, tmp_path: Path) -> None:
+    """Old generations are billed like any object: the cost report prices them in rows of their own."""
+    fs = gcs.fs()
+    fs.mkdir("gcs-gens", enable_versioning=True)
+    fs.pipe("gcs-gens/ds/a.bin", b"1" * 3000)
+    fs.pipe("gcs-gens/ds/a.bin", b"2" * 1000)  # the 3000-byte generation is now noncurrent
+    cfg = gcs.config(tmp_path / "gcs.toml")
+    out = run_tierfs("cost", "gs://gcs-gens", "--config", str(cfg), check=True).stdout
+    rows = {tuple(line.split()[:4]) for line in out.splitlines()}
+    assert any(r[:3] == ("ds", "STANDARD", "1") for r in rows), out
+    assert any(r[:4] == ("ds", "STANDARD", "(old)", "1") for r in rows), out
+    assert f"total: {4000 * 0.020 / 1e9:.4f} USD/month" in out

@@ -95,6 +95,8 @@ def test_noncurrent_expiration_spares_pinned_versions(s3_server: SeaweedS3, tmp_
     assert plan.count("kept: pinned by a snapshot") == 2
     out = run_tierfs("lifecycle", "apply", "s3://nc-lake", "--rules", str(rules), "--config", str(cfg), check=True).stdout
     assert "1 expired" in out
+    cost = run_tierfs("cost", "s3://nc-lake", "--config", str(cfg), check=True).stdout
+    assert any(line.split()[:4] == ["ds", "STANDARD", "(old)", "2"] for line in cost.splitlines()), cost
     fv = s3_server.fs(version_aware=True)
     assert len(fv.object_version_info("nc-lake/ds/free.bin")) == 2
     assert len(fv.object_version_info("nc-lake/ds/pinned.bin")) == 2

@@ -53,9 +53,9 @@ def lake_init(lake_url: str, rules_file: Path, config_file: Path | None) -> None
 def cost(lake_url: str, rules_file: Path | None, config_file: Path | None) -> None:
     """Bytes and monthly storage cost per prefix and storage class, and what the rules would save."""
     rep, _ = _report(lake_url, rules_file, config_file)
-    click.echo(f"{'prefix':<20}{'class':<16}{'objects':>9}{'bytes':>12}{'USD/month':>12}")
+    click.echo(f"{'prefix':<20}{'class':<22}{'objects':>9}{'bytes':>12}{'USD/month':>12}")
     for (top, cls), (n, b, usd) in sorted(rep.cells.items()):
-        click.echo(f"{top:<20}{cls:<16}{int(n):>9}{format_size(b):>12}{usd:>12.4f}")
+        click.echo(f"{top:<20}{cls:<22}{int(n):>9}{format_size(b):>12}{usd:>12.4f}")
     click.echo(f"total: {rep.total:.4f} USD/month; with the {'given' if rules_file else 'default'} lifecycle: "
                f"{rep.after:.4f} (saves {rep.total - rep.after:.4f}, {len(rep.actions)} objects change)")
 

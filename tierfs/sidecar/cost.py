@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from tierfs.sidecar.rules import Action, RuleSet, evaluate
 from tierfs.store.classes import objects_with_classes
-from tierfs.store.objects import ObjectStore
+from tierfs.store.objects import ObjectStore, mtime_ns_of
 from tierfs.versions.manifest import RESERVED
 
 PRICES: dict[str, dict[str, float]] = {
@@ -56,8 +56,13 @@ class Version:
 
 
 def noncurrent_versions(store: ObjectStore) -> Iterator[Version]:
-    """Noncurrent versions in a versioned S3 bucket (under the lake's prefix), one page at a time."""
-    if type(store.fs).__name__ != "S3FileSystem" or not store.version_aware:
+    """Noncurrent versions in a versioned S3 bucket or GCS generations (under the lake's prefix)."""
+    if not store.version_aware:
+        return
+    if type(store.fs).__name__ == "GCSFileSystem":
+        yield from _gcs_noncurrent(store)
+        return
+    if type(store.fs).__name__ != "S3FileSystem":
         return
     bucket, _, prefix = store.root.partition("/")
     base = f"{prefix}/" if prefix else ""
@@ -78,6 +83,18 @@ def noncurrent_versions(store: ObjectStore) -> Iterator[Version]:
             return
         kwargs["KeyMarker"] = page["NextKeyMarker"]
         kwargs["VersionIdMarker"] = page.get("NextVersionIdMarker", "")
+
+
+def _gcs_noncurrent(store: ObjectStore) -> Iterator[Version]:
+    """GCS generations with a timeDeleted: replaced or deleted, still kept (and billed)."""
+    base = store.full("").rstrip("/") + "/"
+    found = store.call(lambda: store.fs.find(store.full(""), versions=True, detail=True), f"list {store.url} generations")
+    for info in found.values():
+        if not info.get("timeDeleted"):
+            continue
+        since = mtime_ns_of({"updated": info["timeDeleted"]}) / 1e9
+        yield Version(str(info["name"])[len(base):], str(info["generation"]), int(info.get("size") or 0),
+                      str(info.get("storageClass") or "STANDARD"), since)
 
 
 def price(prices: dict[str, float], storage_class: str, size: int) -> float:
@@ -133,25 +150,33 @@ def report(store: ObjectStore, provider: str, prices: dict[str, float], rules: R
                 after = 0.0 if act.kind == "expire" else price(prices, act.to_class, item.size)
                 break  # the first matching rule that acts decides
         rep.after += after
-    if rules is not None and any(r.noncurrent_expiration_days is not None or r.noncurrent_transitions for r in rules.rules):
-        if provider == "gcs":
-            rep.kept.append(("(noncurrent generations)", "on GCS, noncurrent rules are left to the bucket's own "
-                                                         "rules: install them with apply --native"))
-        elif provider == "azure":
-            rep.kept.append(("(noncurrent versions)", "tierfs does not read Azure blob versions: install the "
-                                                      "policy from tierfs lifecycle export"))
-        _noncurrent(store, prices, rules, now, versions, rep)
+    noncurrent_rules = rules is not None and any(
+        r.noncurrent_expiration_days is not None or r.noncurrent_transitions for r in rules.rules)
+    if noncurrent_rules and provider == "gcs":
+        rep.kept.append(("(noncurrent generations)", "on GCS, noncurrent rules are left to the bucket's own "
+                                                     "rules: install them with apply --native"))
+    elif noncurrent_rules and provider == "azure":
+        rep.kept.append(("(noncurrent versions)", "tierfs does not read Azure blob versions: install the "
+                                                  "policy from tierfs lifecycle export"))
+    # Old versions are billed like any object: always priced, acted on only by S3 rules here.
+    _noncurrent(store, prices, rules if noncurrent_rules and provider == "s3" else None, now, versions, rep)
     return rep
 
 
-def _noncurrent(store: ObjectStore, prices: dict[str, float], rules: RuleSet, now: float,
+def _noncurrent(store: ObjectStore, prices: dict[str, float], rules: RuleSet | None, now: float,
                 pinned: set[tuple[str, str]], rep: CostReport) -> None:
-    """Noncurrent versions: expiring them is done here; moving them is left to native rules."""
+    """Noncurrent versions, priced in cells of their own; expiring them (S3) is done here, moving them is left
+    to native rules."""
     for v in noncurrent_versions(store):
         cost = price(prices, v.storage_class, v.size)
+        top = v.key.split("/", 1)[0] if "/" in v.key else "/"
+        cell = rep.cells[(top, f"{v.storage_class} (old)")]
+        cell[0] += 1
+        cell[1] += v.size
+        cell[2] += cost
         rep.total += cost
         after = cost
-        for rule in rules.rules:
+        for rule in rules.rules if rules is not None else ():
             act = evaluate(rule, v.key, v.storage_class, v.noncurrent_since, now, v.noncurrent_since, v.version)
             if act is None:
                 continue
