@@ -422,7 +422,9 @@ def error_code(exc: BaseException) -> str:
     s3fs turns botocore's ClientError into a builtin OSError raised from it.
     """
     seen: BaseException | None = exc
-    while seen is not None:
+    for _ in range(8):  # the chain is short; never follow a long (or odd) one far
+        if seen is None:
+            break
         code = getattr(seen, "error_code", None)
         if code:
             return str(code)
