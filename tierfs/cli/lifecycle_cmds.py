@@ -14,7 +14,6 @@ from tierfs.errors import UserError
 from tierfs.sidecar.cost import CostReport
 from tierfs.sidecar.rules import RuleSet
 from tierfs.store.objects import ObjectStore
-from tierfs.versions.catalog import pinned_keys, pinned_versions
 
 _CONFIG = click.option("--config", "config_file", type=click.Path(path_type=Path), metavar="FILE",
                        help="TOML settings file (endpoint, credentials, [prices]).")
@@ -71,10 +70,11 @@ def lifecycle() -> None:
 @_CONFIG
 def lifecycle_plan(lake_url: str, rules_file: Path, config_file: Path | None) -> None:
     """What the rules would change now, and the monthly cost before and after."""
-    rep, rules = _report(lake_url, rules_file, config_file)
     from tierfs.sidecar.retention import expired_snapshots
 
-    for meta, why in expired_snapshots(open_lake(lake_url, config_file), rules.retention, time.time()):
+    store = open_lake(lake_url, config_file)
+    rep, rules = _report(lake_url, rules_file, config_file, store)
+    for meta, why in expired_snapshots(store, rules.retention, time.time()):
         click.echo(f"snapshot {meta.dataset}@{meta.name}	expire	(retention: {why})")
     for a in rep.actions:
         what = f"-> {a.to_class}" if a.kind == "transition" else "expire"
@@ -92,20 +92,19 @@ def _rules_only(lake_url: str, rules_file: Path) -> RuleSet:
     return load_rules(rules_file, provider_of(lake_url))
 
 
-def _report(lake_url: str, rules_file: Path | None, config_file: Path | None) -> tuple[CostReport, RuleSet]:
+def _report(lake_url: str, rules_file: Path | None, config_file: Path | None,
+            store: ObjectStore | None = None) -> tuple[CostReport, RuleSet]:
     import tomllib
 
-    from tierfs.sidecar.cost import PRICES, provider_of, report
+    from tierfs.sidecar.cost import plan_lake, provider_of
     from tierfs.sidecar.rules import load_rules, parse_rules
     from tierfs.sidecar.starter import starter_rules
 
-    settings = load(config_file, {"lake_url": lake_url})
     provider = provider_of(lake_url)
-    prices = {**PRICES[provider], **getattr(settings, f"prices_{provider}")}
     rules = (load_rules(rules_file, provider) if rules_file
              else parse_rules(tomllib.loads(starter_rules(provider)), provider, "default rules"))
-    store = open_lake(lake_url, config_file)
-    return report(store, provider, prices, rules, time.time(), pinned_keys(store), pinned_versions(store)), rules
+    store = store or open_lake(lake_url, config_file)
+    return plan_lake(store, load(config_file, {"lake_url": lake_url}), provider, rules, time.time()), rules
 
 
 @lifecycle.command("apply")
@@ -129,12 +128,12 @@ def lifecycle_apply(lake_url: str, rules_file: Path, jobs: int, native: bool, co
     gone = expire_snapshots(store, expired_snapshots(store, _rules_only(lake_url, rules_file).retention, time.time()))
     if gone:
         click.echo(f"expired {gone} snapshots by retention; run tierfs gc to free their copies")
-    rep, rules = _report(lake_url, rules_file, config_file)
-    pinned = frozenset(pinned_versions(store))
+    rep, rules = _report(lake_url, rules_file, config_file, store)
     with Progress(TextColumn("[bold]apply"), BarColumn(), MofNCompleteColumn(), transient=True,
                   disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("apply", total=len(rep.actions))
-        moved, expired = apply_actions(store, rep.actions, pinned, on_done=lambda _a: bar.advance(task), jobs=jobs)
+        moved, expired = apply_actions(store, rep.actions, rep.pinned_versions, on_done=lambda _a: bar.advance(task),
+                                       jobs=jobs)
     click.echo(f"applied {rules_file}: {moved} transitioned, {expired} expired, {len(rep.kept)} kept (plan says why); "
                f"monthly cost now about {rep.after:.4f} USD")
     if native:

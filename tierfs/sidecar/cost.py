@@ -10,9 +10,11 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
+from tierfs.config import Settings
 from tierfs.sidecar.rules import Action, RuleSet, evaluate
 from tierfs.store.classes import objects_with_classes
 from tierfs.store.objects import ObjectStore, mtime_ns_of
+from tierfs.versions import catalog
 from tierfs.versions.manifest import RESERVED
 
 PRICES: dict[str, dict[str, float]] = {
@@ -110,6 +112,28 @@ class CostReport:
     after: float = 0.0  # with the rules applied
     actions: list[Action] = field(default_factory=list)
     kept: list[tuple[str, str]] = field(default_factory=list)  # (key, why) actions refused
+    pinned_versions: frozenset[tuple[str, str]] = frozenset()  # what apply must never delete
+
+
+    def add(self, top: str, storage_class: str, size: int, usd: float) -> float:
+        """Count one object (or old version) in its cell and the total; returns ``usd``."""
+        cell = self.cells[(top, storage_class)]
+        cell[0] += 1
+        cell[1] += size
+        cell[2] += usd
+        self.total += usd
+        return usd
+
+
+def _top(key: str) -> str:
+    return key.split("/", 1)[0] if "/" in key else "/"
+
+
+def plan_lake(store: ObjectStore, settings: Settings, provider: str, rules: RuleSet | None, now: float) -> CostReport:
+    """The cost report at the configured prices, sparing everything a snapshot pins."""
+    keys, versions = catalog.pinned(store)
+    prices = {**PRICES[provider], **getattr(settings, f"prices_{provider}")}
+    return report(store, provider, prices, rules, now, keys, versions)
 
 
 def report(store: ObjectStore, provider: str, prices: dict[str, float], rules: RuleSet | None,
@@ -117,17 +141,12 @@ def report(store: ObjectStore, provider: str, prices: dict[str, float], rules: R
     """Cost now, and after ``rules`` — never touching what a retained snapshot pins."""
     from tierfs.sidecar.rules import ARCHIVED
 
-    rep = CostReport(provider)
+    versions = frozenset(pinned_versions or ())
+    rep = CostReport(provider, pinned_versions=versions)
     pinned = pinned or set()
-    versions = pinned_versions or set()
     for item in inventory(store, provider):
-        top = item.key.split("/", 1)[0] if "/" in item.key else "/"
-        cost = price(prices, item.storage_class, item.size)
-        cell = rep.cells[(top, item.storage_class)]
-        cell[0] += 1
-        cell[1] += item.size
-        cell[2] += cost
-        rep.total += cost
+        top = _top(item.key)
+        cost = rep.add(top, item.storage_class, item.size, price(prices, item.storage_class, item.size))
         after = cost
         if rules is not None and top != RESERVED:
             for rule in rules.rules:
@@ -164,17 +183,11 @@ def report(store: ObjectStore, provider: str, prices: dict[str, float], rules: R
 
 
 def _noncurrent(store: ObjectStore, prices: dict[str, float], rules: RuleSet | None, now: float,
-                pinned: set[tuple[str, str]], rep: CostReport) -> None:
+                pinned: frozenset[tuple[str, str]], rep: CostReport) -> None:
     """Noncurrent versions, priced in cells of their own; expiring them (S3) is done here, moving them is left
     to native rules."""
     for v in noncurrent_versions(store):
-        cost = price(prices, v.storage_class, v.size)
-        top = v.key.split("/", 1)[0] if "/" in v.key else "/"
-        cell = rep.cells[(top, f"{v.storage_class} (old)")]
-        cell[0] += 1
-        cell[1] += v.size
-        cell[2] += cost
-        rep.total += cost
+        cost = rep.add(_top(v.key), f"{v.storage_class} (old)", v.size, price(prices, v.storage_class, v.size))
         after = cost
         for rule in rules.rules if rules is not None else ():
             act = evaluate(rule, v.key, v.storage_class, v.noncurrent_since, now, v.noncurrent_since, v.version)

@@ -119,8 +119,9 @@ def run_job(job: Job, store_config: Path | None) -> str:
         rep = run_backup(Path(job.args["source"]), store, job.args.get("keep"))
         return (f"backup {rep.info.id}: {rep.info.files} files, {rep.uploaded} uploaded, {rep.reused} unchanged"
                 + (f", expired {len(rep.expired)}" if rep.expired else ""))
-    from tierfs.sidecar.cost import PRICES, provider_of, report
+    from tierfs.sidecar.cost import plan_lake, provider_of
     from tierfs.sidecar.lifecycle import apply_actions
+    from tierfs.sidecar.retention import expire_snapshots, expired_snapshots
     from tierfs.sidecar.rules import load_rules
 
     lake = job.args["lake"]
@@ -129,21 +130,16 @@ def run_job(job: Job, store_config: Path | None) -> str:
     store = ObjectStore.open(settings)
     store.check()
     rules = load_rules(Path(job.args["rules"]), provider)
-    from tierfs.sidecar.retention import expire_snapshots, expired_snapshots
-    from tierfs.versions.catalog import pinned_keys, pinned_versions
-
     doomed = expired_snapshots(store, rules.retention, time.time())
+    # Retention first: what a deleted snapshot pinned is no longer protected below.
     gone = expire_snapshots(store, doomed) if job.args.get("apply", False) else 0
-
-    versions = pinned_versions(store)
-    plan = report(store, provider, {**PRICES[provider], **getattr(settings, f"prices_{provider}")}, rules,
-                  time.time(), pinned_keys(store), versions)
+    plan = plan_lake(store, settings, provider, rules, time.time())
     MONTHLY_COST.labels(job.name, "now").set(plan.total)
     MONTHLY_COST.labels(job.name, "after_rules").set(plan.after)
     if not job.args.get("apply", False):
         return (f"plan: {len(plan.actions)} changes, {len(plan.kept)} kept, {len(doomed)} snapshots to expire; "
                 f"{plan.total:.4f} -> {plan.after:.4f} USD/month")
-    moved, expired = apply_actions(store, plan.actions, frozenset(versions), jobs=int(job.args.get("jobs", 16)))
+    moved, expired = apply_actions(store, plan.actions, plan.pinned_versions, jobs=int(job.args.get("jobs", 16)))
     LIFECYCLE_OBJECTS.labels(job.name, "transitioned").inc(moved)
     LIFECYCLE_OBJECTS.labels(job.name, "expired").inc(expired)
     native = ""

@@ -58,24 +58,24 @@ def open_snapshot(store: ObjectStore, dataset: str, name: str) -> ManifestReader
     return ManifestReader.open(dataset, name, store.read_all)
 
 
-def pinned_keys(store: ObjectStore) -> set[str]:
-    """Lake keys whose versions snapshots pin (pinned mode): lifecycle must not expire or archive them."""
+def pinned(store: ObjectStore) -> tuple[set[str], set[tuple[str, str]]]:
+    """What pinned-mode snapshots read, from one pass over their manifests.
+
+    Returns the lake keys (lifecycle must not expire or archive them) and the
+    (key, version id) pairs (no transition may delete those versions).
+    """
     keys: set[str] = set()
+    versions: set[tuple[str, str]] = set()
     for ds in list_datasets(store):
         for meta in list_snapshots(store, ds):
-            if meta.mode == "pinned":
-                keys.update(e.key for e in open_snapshot(store, ds, meta.name) if not e.is_dir)
-    return keys
-
-
-def pinned_versions(store: ObjectStore) -> set[tuple[str, str]]:
-    """(key, version id) pairs that pinned-mode snapshots read."""
-    out: set[tuple[str, str]] = set()
-    for ds in list_datasets(store):
-        for meta in list_snapshots(store, ds):
-            if meta.mode == "pinned":
-                out.update((e.key, e.version) for e in open_snapshot(store, ds, meta.name) if not e.is_dir and e.version)
-    return out
+            if meta.mode != "pinned":
+                continue
+            for e in open_snapshot(store, ds, meta.name):
+                if not e.is_dir:
+                    keys.add(e.key)
+                    if e.version:
+                        versions.add((e.key, e.version))
+    return keys, versions
 
 
 def delete_snapshot(store: ObjectStore, dataset: str, name: str) -> SnapshotMeta:
