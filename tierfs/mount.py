@@ -142,13 +142,13 @@ def fetch_through_tiers(store: ObjectStore, reader: BlockReader, key: str) -> by
 def run_foreground(settings: Settings, mountpoint: Path, on_ready: Callable[[str], None] | None = None) -> None:
     """Check, mount, serve until unmounted or SIGTERM/SIGINT, then clean up."""
     check_fuse()
-    check_mountpoint(mountpoint, settings.allow_nonempty)
+    cleared = check_mountpoint(mountpoint, settings.allow_nonempty)
     store = ObjectStore.open(settings)
     store.check()
     comps = build(settings, store)
     metrics_server = None
     try:
-        notes = []
+        notes = [cleared] if cleared else []
         redis_tier = comps.redis()
         if redis_tier is not None and not redis_tier.connect():
             notes.append("redis tier off: Redis cannot be reached; reads go on without it and it is retried")
@@ -258,7 +258,8 @@ def spawn_daemon(argv: list[str], log_file: Path, timeout: float = 120.0) -> tup
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log_fh, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tierfs", *argv, "--foreground", "--ready-fd", str(write_fd)],
+            # -P: the cwd is not put on sys.path, so a folder named tierfs/ there cannot shadow the package.
+            [sys.executable, "-P", "-m", "tierfs", *argv, "--foreground", "--ready-fd", str(write_fd)],
             stdin=devnull, stdout=log_fh, stderr=log_fh, pass_fds=(write_fd,),
             start_new_session=True, close_fds=True,
         )

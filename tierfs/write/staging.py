@@ -105,6 +105,15 @@ class Staging:
     def upload_state(self, sf: StagedFile) -> Path:
         return self.root / f"{sf.id}.upload.json"
 
+    def unrecord(self, sf: StagedFile) -> None:
+        """Take ``sf`` out of the journal (never uploaded, never recovered); its open fd stays usable.
+
+        Its data file goes too: the fd keeps the bytes until it is closed, and a
+        crash leaves nothing behind.
+        """
+        for path in (self.root / f"{sf.id}.json", sf.data):
+            path.unlink(missing_ok=True)
+
     def drop(self, sf: StagedFile) -> None:
         """Forget a staged file: its bytes and its record."""
         try:
@@ -148,4 +157,6 @@ class Staging:
         return pending, unclosed
 
     def _record(self, sf: StagedFile) -> None:
+        if sf.unlinked:
+            return  # out of the journal for good (see unrecord)
         statefile.save(self.root / f"{sf.id}.json", {"key": sf.key, "state": sf.state})

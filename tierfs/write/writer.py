@@ -319,11 +319,15 @@ class Writer:
             del self._staged[sf.key]
         self.ns.overlay.remove_file(sf.key, sf)
         self._failed.discard(sf)
-        if sf.filling:
-            # Its fd is being read into the tiers: closing it now could hand
-            # the number to another file under the reader. The fill drops it.
-            return
         if sf.dropped:
+            return
+        if sf.handles or sf.filling:
+            # Still open (POSIX: an unlinked file lives until its last close),
+            # or its fd is being read into the tiers. Closing the fd now would
+            # hand its number to the next staged file, and this file's reads
+            # and writes would land in that one. Its record goes now, so a
+            # crash never uploads it; the last release (or the fill) closes it.
+            self.staging.unrecord(sf)
             return
         sf.dropped = True
         state = self.staging.upload_state(sf)

@@ -1,0 +1,83 @@
+"""POSIX: a file unlinked (or renamed over) while open stays readable and writable through its handles
+until the last close, and no other file is ever touched."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from helpers import mounted, random_bytes
+
+
+def test_unlinked_open_file_keeps_its_bytes_and_leaves_others_alone(lake: Path, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    with mounted(f"file://{lake}", mnt, tmp_path / "cache"):
+        a_bytes, b_bytes = random_bytes(70_000, 1), random_bytes(50_000, 2)
+        fd_a = os.open(mnt / "a.bin", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.write(fd_a, a_bytes)
+            os.unlink(mnt / "a.bin")
+            # A new staged file right after: it must not take over a's bytes.
+            fd_b = os.open(mnt / "b.bin", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                os.write(fd_b, b_bytes)
+                assert os.pread(fd_a, len(a_bytes), 0) == a_bytes
+                os.pwrite(fd_a, b"TAIL", len(a_bytes))
+                assert os.pread(fd_b, len(b_bytes) + 10, 0) == b_bytes
+                assert os.pread(fd_a, len(a_bytes) + 10, 0) == a_bytes + b"TAIL"
+            finally:
+                os.close(fd_b)
+        finally:
+            os.close(fd_a)
+        assert (lake / "b.bin").read_bytes() == b_bytes
+        assert (mnt / "b.bin").read_bytes() == b_bytes
+        assert not (lake / "a.bin").exists()
+        assert "a.bin" not in os.listdir(mnt)
+
+
+def test_temporary_file_on_the_mount(lake: Path, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    with mounted(f"file://{lake}", mnt, tmp_path / "cache"):
+        with tempfile.TemporaryFile(dir=mnt) as fh:
+            fh.write(b"scratch" * 1000)
+            fh.seek(0)
+            assert fh.read() == b"scratch" * 1000
+        assert [n for n in os.listdir(mnt) if n.startswith("tmp")] == []
+        assert [p.name for p in lake.iterdir() if p.name.startswith("tmp")] == []
+
+
+def test_rename_over_an_open_file(lake: Path, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    with mounted(f"file://{lake}", mnt, tmp_path / "cache"):
+        old, new = random_bytes(30_000, 3), random_bytes(40_000, 4)
+        with open(mnt / "ckpt.pt", "w+b") as held:
+            held.write(old)
+            held.flush()  # uploaded: the lake has the old checkpoint
+            (mnt / "ckpt.pt.tmp").write_bytes(new)
+            os.replace(mnt / "ckpt.pt.tmp", mnt / "ckpt.pt")
+            held.seek(0)
+            assert held.read() == old  # the handle still reads the file it opened
+            held.write(b"more")  # written to the replaced file: goes nowhere
+        assert (lake / "ckpt.pt").read_bytes() == new
+        assert (mnt / "ckpt.pt").read_bytes() == new
+        assert not (lake / "ckpt.pt.tmp").exists()
+
+
+def test_two_handles_on_an_unlinked_file(lake: Path, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    with mounted(f"file://{lake}", mnt, tmp_path / "cache"):
+        p = mnt / "shared.bin"
+        p.write_bytes(b"x" * 10_000)
+        fd1 = os.open(p, os.O_RDWR)
+        fd2 = os.open(p, os.O_RDONLY)
+        try:
+            os.pwrite(fd1, b"Y" * 100, 0)
+            os.unlink(p)
+            os.close(fd1)  # not the last close: fd2 still reads it
+            (mnt / "other.bin").write_bytes(b"o" * 5000)
+            assert os.pread(fd2, 200, 0) == b"Y" * 100 + b"x" * 100
+        finally:
+            os.close(fd2)
+        assert (lake / "other.bin").read_bytes() == b"o" * 5000
+        assert not (lake / "shared.bin").exists()
