@@ -175,6 +175,8 @@ _KEYS = [
     _Key("write", "rename_concurrency", _count, "rename_concurrency"),
     _Key("store", "retries", _retries, "store_retries"),
     _Key("store", "timeout", _positive_float, "store_timeout"),
+    _Key("store", "read_deadline", _positive_float, "store_read_deadline"),
+    _Key("store", "metadata_deadline", _positive_float, "store_metadata_deadline"),
     _Key("store", "options", _table, "store_options"),
     _Key("store", "versions", _versions, "store_versions"),
     _Key("s3", "endpoint_url", _string, "s3_endpoint_url"),
@@ -224,8 +226,11 @@ class Settings:
     part_size: int = 32 * 1024**2  # multipart upload part; S3 wants 5 MiB at least, 10,000 parts at most
     upload_concurrency: int = 4  # parts of one upload in flight (memory: this many parts)
     rename_concurrency: int = 16  # object copies in flight while a directory is renamed
-    store_retries: int = 5
-    store_timeout: float = 30.0
+    store_retries: int = 5  # attempts after the first, all within the call's deadline
+    store_timeout: float = 10.0  # one attempt (connect + answer)
+    # A whole call to the store, retries included: a stalled store becomes EIO this fast.
+    store_read_deadline: float = 30.0
+    store_metadata_deadline: float = 10.0
     store_options: dict[str, Any] = field(default_factory=dict)
     # Read object versions (S3 version ids): "auto" asks the bucket whether versioning is on.
     store_versions: str = "auto"

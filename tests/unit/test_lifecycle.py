@@ -111,7 +111,8 @@ def test_lake_init_and_plan_cli(tmp_path: Path) -> None:
     root.mkdir()
     rules = tmp_path / "rules.toml"
     run_tierfs("lake", "init", f"file://{root}", "--rules-file", str(rules), check=True)
-    assert sorted(p.name for p in root.iterdir()) == ["curated", "experiments", "models", "processed", "raw"]
+    # (.tierfs/ is tierfs' own area, where uploads land before their rename into place)
+    assert sorted(p.name for p in root.iterdir() if p.name != ".tierfs") == ["curated", "experiments", "models", "processed", "raw"]
     (root / "experiments/run1.log").write_bytes(b"x" * 1000)
     old = time.time() - 91 * DAY
     os.utime(root / "experiments/run1.log", (old, old))

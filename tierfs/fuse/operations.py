@@ -30,7 +30,7 @@ from tierfs.namespace.inodes import ROOT_INODE, Node
 from tierfs.namespace.live import RESERVED, Namespace
 from tierfs.namespace.snapshots import in_tree
 from tierfs.refs import ObjectRef
-from tierfs.store.objects import Entry
+from tierfs.store.objects import Changed, Entry
 from tierfs.write.staging import StagedFile
 from tierfs.write.writer import Writer
 
@@ -193,7 +193,14 @@ class TierfsOperations(pyfuse3.Operations):
         if handle.staged is not None and self.writer is not None:
             handle.node.last_tier = "staged"
             return await self.writer.read(handle.staged, off, size)
-        data, source = await self.reader.read(handle.ref, off, size)
+        try:
+            data, source = await self.reader.read(handle.ref, off, size)
+        except Changed:
+            # The object was rewritten upstream since this file was opened: this
+            # read is EIO (never the new bytes under the old identity), and the
+            # next open asks the lake again.
+            self.ns.stale(handle.node)
+            raise
         if source:
             handle.node.last_tier = source
         self.reader.read_ahead(handle.ra, handle.ref, off, len(data))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from tierfs.config import Settings
 from tierfs.sidecar.rules import Action, RuleSet, evaluate
 from tierfs.store.classes import objects_with_classes
-from tierfs.store.objects import ObjectStore, mtime_ns_of
+from tierfs.store.objects import ObjectStore
 from tierfs.versions import catalog
 from tierfs.versions.manifest import RESERVED
 
@@ -61,42 +61,8 @@ def noncurrent_versions(store: ObjectStore) -> Iterator[Version]:
     """Noncurrent versions in a versioned S3 bucket or GCS generations (under the lake's prefix)."""
     if not store.version_aware:
         return
-    if type(store.fs).__name__ == "GCSFileSystem":
-        yield from _gcs_noncurrent(store)
-        return
-    if type(store.fs).__name__ != "S3FileSystem":
-        return
-    bucket, _, prefix = store.root.partition("/")
-    base = f"{prefix}/" if prefix else ""
-    kwargs: dict[str, str] = {"Bucket": bucket, "Prefix": base}
-    newer: dict[str, float] = {}  # key -> LastModified of the newest version or marker seen so far
-    while True:
-        page = store.fs.call_s3("list_object_versions", **kwargs)
-        events = [(v, False) for v in page.get("Versions", [])] + [(d, True) for d in page.get("DeleteMarkers", [])]
-        # within a key, newest first; a page may split a key, so `newer` carries over
-        events.sort(key=lambda e: (e[0]["Key"], -e[0]["LastModified"].timestamp()))
-        for v, is_marker in events:
-            key = v["Key"][len(base):]
-            when = v["LastModified"].timestamp()
-            if not v.get("IsLatest") and not is_marker and key in newer:
-                yield Version(key, v["VersionId"], int(v.get("Size", 0)), v.get("StorageClass", "STANDARD"), newer[key])
-            newer[key] = when
-        if not page.get("IsTruncated"):
-            return
-        kwargs["KeyMarker"] = page["NextKeyMarker"]
-        kwargs["VersionIdMarker"] = page.get("NextVersionIdMarker", "")
-
-
-def _gcs_noncurrent(store: ObjectStore) -> Iterator[Version]:
-    """GCS generations with a timeDeleted: replaced or deleted, still kept (and billed)."""
-    base = store.full("").rstrip("/") + "/"
-    found = store.call(lambda: store.fs.find(store.full(""), versions=True, detail=True), f"list {store.url} generations")
-    for info in found.values():
-        if not info.get("timeDeleted"):
-            continue
-        since = mtime_ns_of({"updated": info["timeDeleted"]}) / 1e9
-        yield Version(str(info["name"])[len(base):], str(info["generation"]), int(info.get("size") or 0),
-                      str(info.get("storageClass") or "STANDARD"), since)
+    for v in store.backend.noncurrent_versions():
+        yield Version(v["key"], v["version"], v["size"], v["storage_class"], v["since"])
 
 
 def price(prices: dict[str, float], storage_class: str, size: int) -> float:

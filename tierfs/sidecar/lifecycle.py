@@ -12,12 +12,10 @@ import itertools
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from fsspec.asyn import sync
-
 from tierfs.errors import UserError
-from tierfs.sidecar.native import gcs_lifecycle, s3_configuration
+from tierfs.sidecar.native import document as native_document
 from tierfs.sidecar.rules import Action, RuleSet
-from tierfs.store.classes import delete_version, provider, set_class
+from tierfs.store.classes import delete_version, set_class
 from tierfs.store.objects import ObjectStore
 
 
@@ -76,23 +74,14 @@ def install_native(store: ObjectStore, rules: RuleSet) -> str:
     management API rather than the storage account: `tierfs lifecycle export`
     prints it for `az storage account management-policy create`.
     """
-    kind = provider(store)
     bucket, _, prefix = store.root.partition("/")
     base = f"{prefix}/" if prefix else ""
-    if kind == "s3":
-        def put() -> None:
-            store.fs.call_s3("put_bucket_lifecycle_configuration", Bucket=bucket,
-                             LifecycleConfiguration=s3_configuration(rules, base))
-    elif kind == "gcs":
-        fs = store.fs
+    document = native_document(store.provider, rules, bucket, base)
 
-        def put() -> None:
-            sync(fs.loop, fs._call, "PATCH", "b/{}", bucket, json=gcs_lifecycle(rules, base), json_out=True)
-    else:
-        raise UserError(f"tierfs installs native lifecycle rules on S3 and GCS buckets; for {store.url}, "
-                        "print them with `tierfs lifecycle export` and install them with the provider's CLI")
     try:
-        put()  # once: a refusal is an answer, not a failure to retry
+        store.backend.install_rules(document)  # once: a refusal is an answer, not a failure to retry
+    except UserError:
+        raise  # a provider without native rules says so
     except Exception as exc:
         reason = (str(getattr(exc, "strerror", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
         hint = ("; some servers accept expirations only — apply without --native"

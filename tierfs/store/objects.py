@@ -1,22 +1,23 @@
-"""The object store: the lake's source of truth, reached through fsspec.
+"""The object store: the lake's source of truth, one provider backend behind one facade.
 
-Only moves bytes and listings by key: list a prefix, stat a key, read a byte
-range of an ObjectRef. Every call is blocking (fsspec's sync API runs its async
-implementations on fsspec's own IO thread) and is made from worker threads;
-each is retried with backoff on temporary failures and counted.
+The rest of tierfs talks to :class:`ObjectStore`: list a prefix, stat a key,
+read a byte range of an ObjectRef, put an object and learn its identity. The
+provider's quirks live in its backend (``local.py``, ``memory.py``, ``s3.py``,
+``gcs.py``, ``azure.py``, or the generic fsspec one in ``backend.py``). Here
+is what every call shares: one retry budget (jittered backoff, the clients'
+own retries off) inside a total deadline per call — metadata and data
+separately — and the counters. Every call is blocking and is made from a
+worker thread.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
-import posixpath
 import re
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -25,43 +26,31 @@ from tierfs.config import Settings
 from tierfs.errors import Archived, NotFound, StoreError, UserError
 from tierfs.metrics import BACKEND_COUNTERS, BACKEND_SECONDS, Counters
 from tierfs.refs import ObjectRef
+from tierfs.store.backend import ARCHIVE_CLASSES, Backend, Changed, Entry, join_key, mtime_ns_of
+from tierfs.store.local import LOCAL_CLASS_XATTR
 from tierfs.store.retry import is_credentials_error, is_temp_failure, retry_call
 
+__all__ = ["ARCHIVE_CLASSES", "LOCAL_CLASS_XATTR", "Changed", "Entry", "ObjectStore", "error_code", "mtime_ns_of"]
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-
-#: Storage classes whose objects must be restored before they can be read.
-ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE", "Archive"})
 #: Azure's rule for container names.
 _AZURE_CONTAINER = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
-#: Where a local lake keeps an object's emulated storage class.
-LOCAL_CLASS_XATTR = "user.tierfs.class"
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One name in a listing: a file (with its ObjectRef) or a directory."""
-
-    name: str
-    is_dir: bool
-    size: int = 0
-    mtime_ns: int = 0
-    ref: ObjectRef | None = None
-    storage_class: str = ""  # where the store reports one (S3, GCS, Azure)
 
 
 class ObjectStore:
-    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, retries: int = 5):
-        self.fs = fs
-        self.root = root.rstrip("/")
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, retries: int = 5,
+                 settings: Settings | None = None):
+        settings = settings or Settings(lake_url=url)
         self.url = url
         self.retries = retries
+        self.read_deadline = settings.store_read_deadline
+        self.metadata_deadline = settings.store_metadata_deadline
         self.stats = Counters(BACKEND_COUNTERS)
-        # s3fs reads a pinned version with a keyword, gcsfs with a "#generation" suffix.
-        self.version_aware = bool(getattr(fs, "version_aware", False))
-        self._generation_suffix = type(fs).__name__ == "GCSFileSystem"
-        #: What this server was found to do differently, learnt while running (e.g. SeaweedFS' self-copy).
-        self.quirks: set[str] = set()
+        self.backend = _backend_class(url)(fs, root, url, settings)
+        self.backend.call = self.call
+        self.root = self.backend.root
 
     # -- construction ---------------------------------------------------
     @classmethod
@@ -88,14 +77,24 @@ class ObjectStore:
             raise UserError(f"cannot open {url}: {exc}; use file:///path, memory://, s3://bucket/prefix, gs://… or az://…") from None
         except Exception as exc:  # client constructors raise their own trees
             raise UserError(f"cannot open {url}: {_one_line(exc)}") from None
-        if _wants_versions(fs, root, settings.store_versions):
-            fs, root = url_to_fs(url, **{**options, "version_aware": True})
-        return cls(fs, root, url, retries=settings.store_retries)
+        try:
+            store = cls(fs, root, url, retries=settings.store_retries, settings=settings)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"cannot open {url}: {_one_line(exc)}") from None
+        if settings.store_versions != "off":
+            try:
+                store.backend.version_aware = store.backend.wants_versions(settings.store_versions)
+            except Exception:  # no such bucket, no permission: check() will say so
+                store.backend.version_aware = False
+        return store
 
     def check(self) -> None:
         """Make sure the lake's root exists and can be listed; one clear line if not."""
         try:
-            info = retry_call(lambda: self.fs.info(self.full("")), attempts=min(self.retries, 2), what=f"stat {self.url}")
+            info = retry_call(self.backend.check, attempts=min(self.retries, 2), what=f"stat {self.url}",
+                              deadline=self.metadata_deadline)
         except FileNotFoundError:
             raise UserError(f"lake {self.url} does not exist: check the bucket name and prefix") from None
         except PermissionError as exc:
@@ -108,78 +107,65 @@ class ObjectStore:
         if info.get("type") != "directory":
             raise UserError(f"lake {self.url} is a file, not a bucket or prefix")
 
+    # -- what the backend is ------------------------------------------------
+    @property
+    def provider(self) -> str:
+        return self.backend.provider
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return self.backend.fs
+
+    @property
+    def version_aware(self) -> bool:
+        return self.backend.version_aware
+
+    @property
+    def quirks(self) -> set[str]:
+        return self.backend.quirks
+
+    @property
+    def is_local(self) -> bool:
+        return self.backend.provider == "local"
+
+    def full(self, rel: str) -> str:
+        return self.backend.full(rel)
+
     # -- reads ----------------------------------------------------------
     def list_dir(self, rel: str) -> list[Entry]:
         """Entries directly below ``rel`` (a '/'-separated path, '' = root)."""
-        full = self.full(rel)
-
-        def call() -> list[dict[str, Any]]:
-            out: list[dict[str, Any]] = self.fs.ls(full, detail=True)
-            return out
-
-        infos = self.call(call, f"list {rel or '/'}")
-        entries = []
-        prefix = full.rstrip("/")
-        for info in infos:
-            name = str(info["name"]).rstrip("/")
-            if name == prefix or not name:
-                continue  # some stores list the directory itself
-            entries.append(self._entry(posixpath.basename(name), _join(rel, posixpath.basename(name)), info))
-        return entries
+        out: list[Entry] = self.call(lambda: self.backend.list_dir(rel), f"list {rel or '/'}")
+        return out
 
     def stat(self, rel: str) -> Entry:
-        info = self.call(lambda: self.fs.info(self.full(rel)), f"stat {rel}")
-        return self._entry(posixpath.basename(rel), rel, info)
+        out: Entry = self.call(lambda: self.backend.stat(rel), f"stat {rel}")
+        return out
 
     def read_range(self, ref: ObjectRef, start: int, end: int) -> bytes:
-        """Bytes [start, end) of the object ``ref`` names."""
-        full, kwargs = self._versioned(ref)
-
-        def call() -> bytes:
-            data: bytes = self.fs.cat_file(full, start=start, end=end, **kwargs)
-            return data
-
-        self._refuse_archived(ref)
+        """Bytes [start, end) of exactly the object ``ref`` names; Changed (EIO) if it is another now."""
         try:
-            data: bytes = self.call(call, f"read {ref.key} [{start}:{end}]")
-        except NotFound:
-            if not (ref.version and self.version_aware):
-                raise
-            data = self._read_same_bytes(ref, start, end)
+            data: bytes = self.call(lambda: self.backend.read_range(ref, start, end),
+                                    f"read {ref.key} [{start}:{end}]", deadline=self.read_deadline)
+        except Archived:
+            self.stats.add("errors")
+            raise
         except Exception as exc:
-            code = error_code(exc)
-            if code == "InvalidObjectState":  # S3: GLACIER or DEEP_ARCHIVE, not restored
-                raise self._archived(ref, "an S3 archive class") from None
-            if code == "BlobArchived":  # Azure's Archive tier
-                raise self._archived(ref, "Archive tier") from None
+            archived = self.backend.archived(ref, exc)
+            if archived is not None:
+                self.stats.add("errors")
+                log.warning("%s", archived)
+                raise archived from None
             raise
         self.stats.add("bytes", len(data))
         if len(data) != end - start:
-            # The object changed or shrank since it was listed: never serve
-            # bytes of another version under this ref.
-            raise StoreError(
-                f"{ref.key} changed upstream: wanted {end - start} bytes at {start}, got {len(data)}"
-            )
-        return data
-
-    def _read_same_bytes(self, ref: ObjectRef, start: int, end: int) -> bytes:
-        """The version ``ref`` pins is gone: read the current version if it holds the same bytes.
-
-        A storage-class transition copies an object onto itself and deletes the
-        version it copied from; same size and ETag mean the same bytes.
-        """
-        now = self.stat(ref.key)
-        if now.ref is None or now.ref.size != ref.size or now.ref.etag != ref.etag or not now.ref.version:
-            raise NotFound(f"{ref.key} version {ref.version}")
-        log.info("%s: version %s is gone; reading version %s, the same bytes", ref.key, ref.version, now.ref.version)
-        full, kwargs = self._versioned(now.ref)
-        data: bytes = self.call(lambda: self.fs.cat_file(full, start=start, end=end, **kwargs),
-                                f"read {ref.key} [{start}:{end}]")
+            # Shorter than the ref says: another version, whatever the store claimed.
+            self.stats.add("errors")
+            raise Changed(f"{ref.key} changed upstream: wanted {end - start} bytes at {start}, got {len(data)}")
         return data
 
     def read_all(self, key: str) -> bytes:
         """A whole object by key (small objects: manifests and the like)."""
-        data: bytes = self.call(lambda: self.fs.cat_file(self.full(key)), f"read {key}")
+        data: bytes = self.call(lambda: self.backend.read_all(key), f"read {key}", deadline=self.read_deadline)
         self.stats.add("bytes", len(data))
         return data
 
@@ -192,26 +178,14 @@ class ObjectStore:
         while stack:
             sub = stack.pop()
             try:
-                entries = self.list_dir(_join(rel, sub))
+                entries = self.list_dir(join_key(rel, sub))
             except NotFound:
                 continue
             for e in sorted(entries, key=lambda e: e.name, reverse=True):
                 if e.is_dir:
-                    stack.append(_join(sub, e.name))
+                    stack.append(join_key(sub, e.name))
                 else:
-                    yield Entry(_join(sub, e.name), False, e.size, e.mtime_ns, e.ref, e.storage_class)
-
-    # -- writes -----------------------------------------------------------
-    def put_bytes(self, key: str, data: bytes) -> None:
-        parent = posixpath.dirname(self.full(key))
-
-        def call() -> None:
-            if parent:
-                self.fs.makedirs(parent, exist_ok=True)
-            self.fs.pipe_file(self.full(key), data)
-
-        self.call(call, f"write {key}")
-        self.stats.add("bytes_written", len(data))
+                    yield Entry(join_key(sub, e.name), False, e.size, e.mtime_ns, e.ref, e.storage_class)
 
     def exists(self, key: str) -> bool:
         try:
@@ -220,155 +194,117 @@ class ObjectStore:
             return False
         return True
 
+    def open_read(self, ref: ObjectRef) -> Any:
+        self.stats.add("requests")
+        return self.backend.open_read(ref)
+
+    # -- writes -----------------------------------------------------------
+    def put_bytes(self, key: str, data: bytes) -> Entry:
+        """Put a small object; its Entry (identity) as the store answered the PUT."""
+        entry: Entry = self.call(lambda: self.backend.put_bytes(key, data), f"write {key}",
+                                 deadline=self.read_deadline)
+        self.stats.add("bytes_written", len(data))
+        return entry
+
+    def open_write(self, key: str) -> Any:
+        self.stats.add("requests")
+        return self.backend.open_write(key)
+
     def delete(self, key: str) -> None:
         try:
-            self.call(lambda: self.fs.rm_file(self.full(key)), f"delete {key}")
+            self.call(lambda: self.backend.delete(key), f"delete {key}")
         except NotFound:
             pass
 
     def delete_tree(self, rel: str) -> None:
         """Remove a prefix and everything under it (scratch areas)."""
         try:
-            self.call(lambda: self.fs.rm(self.full(rel), recursive=True), f"delete {rel}")
+            self.call(lambda: self.backend.delete_tree(rel), f"delete {rel}", deadline=self.read_deadline)
         except NotFound:
             pass
 
     def move(self, src: str, dst: str) -> None:
-        parent = posixpath.dirname(self.full(dst))
-
-        def call() -> None:
-            if parent:
-                self.fs.makedirs(parent, exist_ok=True)
-            self.fs.mv(self.full(src), self.full(dst))
-
-        self.call(call, f"move {src} to {dst}")
+        self.call(lambda: self.backend.move(src, dst), f"move {src} to {dst}", deadline=self.read_deadline)
 
     def copy(self, src: str, dst: str) -> None:
         """Copy one object inside the lake (server side where the store can)."""
-        parent = posixpath.dirname(self.full(dst))
-
-        def call() -> None:
-            if parent and self.is_local:
-                self.fs.makedirs(parent, exist_ok=True)
-            self.fs.copy(self.full(src), self.full(dst))
-
-        self.call(call, f"copy {src} to {dst}")
+        self.call(lambda: self.backend.copy(src, dst), f"copy {src} to {dst}", deadline=self.read_deadline)
 
     def make_dir(self, rel: str) -> bool:
         """Create an empty directory where the store has them (a local lake); False where it has none."""
-        if not self.is_local:
-            return False
-        self.call(lambda: os.mkdir(self.full(rel)), f"mkdir {rel}")
-        return True
+        out: bool = self.call(lambda: self.backend.make_dir(rel), f"mkdir {rel}")
+        return out
 
     def remove_dir(self, rel: str) -> None:
         """Remove an empty directory of a local lake (object stores have none to remove)."""
-        if self.is_local:
-            self.call(lambda: os.rmdir(self.full(rel)), f"rmdir {rel}")
+        self.call(lambda: self.backend.remove_dir(rel), f"rmdir {rel}")
 
     def rename_dir(self, src: str, dst: str) -> bool:
         """Rename a whole directory in one atomic step where the store can (a local lake)."""
-        if not self.is_local:
-            return False
-        self.call(lambda: os.rename(self.full(src), self.full(dst)), f"rename {src} to {dst}")
-        return True
+        out: bool = self.call(lambda: self.backend.rename_dir(src, dst), f"rename {src} to {dst}")
+        return out
 
     def set_mtime(self, rel: str, mtime_ns: int) -> bool:
         """Set an object's modification time where the store keeps one we may set (a local lake)."""
-        if not self.is_local:
-            return False
-        self.call(lambda: os.utime(self.full(rel), ns=(mtime_ns, mtime_ns)), f"utime {rel}")
-        return True
+        out: bool = self.call(lambda: self.backend.set_mtime(rel, mtime_ns), f"utime {rel}")
+        return out
 
-    def open_read(self, ref: ObjectRef) -> Any:
-        full, kwargs = self._versioned(ref)
+    # -- the retry budget -------------------------------------------------
+    def call(self, fn: Callable[[], T], what: str, deadline: float | None = None, attempts: int | None = None) -> T:
+        """``fn`` (one request) with retries on temporary failures, all of it within ``deadline`` seconds.
+
+        Calls get the metadata deadline unless told otherwise. The deadline is
+        also handed to the backend, which bounds each attempt by what is left
+        of it, so a store that stalls gives up in time. A call inside another
+        (a multipart upload's parts) never outlives the outer one.
+        """
         self.stats.add("requests")
-        return self.fs.open(full, "rb", **kwargs)
-
-    @property
-    def is_local(self) -> bool:
-        return type(self.fs).__name__ == "LocalFileSystem"
-
-    def local_class(self, key: str) -> str:
-        """A local lake's emulated storage class of ``key`` ('' when none is set)."""
-        try:
-            return os.getxattr(self.full(key), LOCAL_CLASS_XATTR).decode()
-        except OSError:
-            return ""
-
-    def set_local_class(self, key: str, storage_class: str) -> None:
-        os.setxattr(self.full(key), LOCAL_CLASS_XATTR, storage_class.encode())
-
-    def _refuse_archived(self, ref: ObjectRef) -> None:
-        """A local lake emulates archive classes: refuse a read as S3 would."""
-        if self.is_local:
-            cls = self.local_class(ref.key)
-            if cls in ARCHIVE_CLASSES:
-                raise self._archived(ref, cls)
-
-    def _archived(self, ref: ObjectRef, where: str) -> Archived:
-        msg = (f"{ref.key} is archived ({where}): restore it first with `tierfs restore {self.url} {ref.key}` "
-               "(hours on S3 Glacier and Azure Archive), then read again")
-        log.warning("%s", msg)
-        self.stats.add("errors")
-        return Archived(msg)
-
-    def _versioned(self, ref: ObjectRef) -> tuple[str, dict[str, Any]]:
-        """Path and keywords that read exactly the version ``ref`` pins."""
-        full = self.full(ref.key)
-        if not (ref.version and self.version_aware):
-            return full, {}
-        if self._generation_suffix:
-            return f"{full}#{ref.version}", {}
-        return full, {"version_id": ref.version}
-
-    def open_write(self, key: str) -> Any:
-        self.stats.add("requests")
-        parent = posixpath.dirname(self.full(key))
-        if parent:
-            self.fs.makedirs(parent, exist_ok=True)
-        return self.fs.open(self.full(key), "wb")
-
-    # -- helpers --------------------------------------------------------
-    def full(self, rel: str) -> str:
-        if not rel:
-            return self.root or self.fs.root_marker
-        return f"{self.root}/{rel}" if self.root else rel
-
-    def call(self, fn: Any, what: str) -> Any:
-        self.stats.add("requests")
+        limit = self.metadata_deadline if deadline is None else deadline
         t0 = time.perf_counter()
+        bound = self.backend.deadline
+        outer = bound.until
+        bound.until = min(outer, time.monotonic() + limit)
         try:
-            return retry_call(fn, attempts=self.retries, what=what, on_retry=self._on_retry)
+            return retry_call(fn, attempts=self.retries if attempts is None else attempts, what=what,
+                              on_retry=self._on_retry, deadline=bound.until - time.monotonic())
         except FileNotFoundError:
             raise NotFound(what) from None
+        except Changed:
+            self.stats.add("errors")
+            raise
         except Exception as exc:
             if is_temp_failure(exc):
                 self.stats.add("errors")
                 raise StoreError(f"{what}: {_one_line(exc)}") from exc
             raise
         finally:
+            bound.until = outer
             BACKEND_SECONDS.labels(what.split(" ", 1)[0]).observe(time.perf_counter() - t0)
 
     def _on_retry(self, exc: BaseException) -> None:
         self.stats.add("retries")
         self.stats.add("requests")
 
-    def _entry(self, name: str, rel: str, info: dict[str, Any]) -> Entry:
-        mtime_ns = mtime_ns_of(info)
-        if info.get("type") == "directory":
-            return Entry(name, True, 0, mtime_ns)
-        size = int(info.get("size") or 0)
-        etag = str(info.get("ETag") or info.get("etag") or info.get("md5Hash") or "").strip('"')
-        version = str(info.get("VersionId") or info.get("generation") or info.get("version_id") or "")
-        if version == "None":
-            version = ""
-        if not etag:
-            # Stores without etags (local, memory): inode + mtime + size names
-            # the bytes well enough; an in-place rewrite changes mtime.
-            etag = f"{info.get('ino', '')}-{mtime_ns:x}-{size:x}"
-        storage_class = str(info.get("StorageClass") or info.get("storageClass") or info.get("access_tier") or "")
-        return Entry(name, False, size, mtime_ns, ObjectRef(rel, size, etag, version), storage_class)
+
+def _backend_class(url: str) -> type[Backend]:
+    """The backend for a lake URL's scheme: the one place a provider is chosen."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
+    if scheme in ("file", "local"):
+        from tierfs.store.local import LocalBackend
+        return LocalBackend
+    if scheme == "memory":
+        from tierfs.store.memory import MemoryBackend
+        return MemoryBackend
+    if scheme in ("s3", "s3a"):
+        from tierfs.store.s3 import S3Backend
+        return S3Backend
+    if scheme in ("gs", "gcs"):
+        from tierfs.store.gcs import GcsBackend
+        return GcsBackend
+    if scheme in ("az", "abfs", "abfss"):
+        from tierfs.store.azure import AzureBackend
+        return AzureBackend
+    return Backend
 
 
 def storage_options(settings: Settings) -> dict[str, Any]:
@@ -400,22 +336,6 @@ def storage_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
-def _wants_versions(fs: Any, root: str, setting: str) -> bool:
-    """Whether to read object versions: on, off, or (auto) if the S3 bucket keeps them."""
-    gcs = type(fs).__name__ == "GCSFileSystem"
-    if setting == "off" or not (gcs or hasattr(fs, "is_bucket_versioned")):
-        return False
-    if setting == "on":
-        return True
-    bucket = root.split("/", 1)[0]
-    try:
-        if gcs:
-            return bool(fs.info(bucket).get("versioning", {}).get("enabled"))
-        return bool(fs.is_bucket_versioned(bucket))
-    except Exception:  # no such bucket, no permission: check() will say so
-        return False
-
-
 def error_code(exc: BaseException) -> str:
     """The service's error code behind ``exc`` (S3's Error.Code, Azure's error_code), or ''.
 
@@ -445,25 +365,6 @@ def _credentials_hint(url: str) -> str:
             "or an AWS profile")
 
 
-def _join(parent: str, name: str) -> str:
-    return f"{parent}/{name}" if parent else name
-
-
-def mtime_ns_of(info: dict[str, Any]) -> int:
-    for key in ("LastModified", "mtime", "last_modified", "updated", "created"):
-        value = info.get(key)
-        if value is None:
-            continue
-        if isinstance(value, dt.datetime):
-            return int(value.timestamp() * 1e9)
-        if isinstance(value, (int, float)):
-            return int(value * 1e9)
-        if isinstance(value, str):
-            try:
-                return int(dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1e9)
-            except ValueError:
-                continue
-    return 0
 
 
 def _one_line(exc: BaseException) -> str:

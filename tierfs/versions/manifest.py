@@ -160,7 +160,7 @@ class SnapshotMeta:
 class ManifestWriter:
     """Streams sorted entries into parts; ``finish`` returns the part list for meta.json."""
 
-    def __init__(self, put: Callable[[str, bytes], None], base: str, part_entries: int = PART_ENTRIES):
+    def __init__(self, put: Callable[[str, bytes], object], base: str, part_entries: int = PART_ENTRIES):
         self._put = put
         self._base = base
         self._part_entries = part_entries

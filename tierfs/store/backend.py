@@ -1,0 +1,288 @@
+"""One backend per provider, behind one small interface: the bottom of the read path.
+
+A backend moves bytes and listings by key and knows its provider's quirks,
+error codes and options; nothing above it asks which provider it is. Each
+method is ONE attempt: :class:`tierfs.store.objects.ObjectStore` owns the
+retry budget, the deadline and the counters. A method that runs an fsspec
+coroutine does so through :meth:`Backend.run`, which bounds it by the time
+left to the call in progress, so a store that stalls instead of failing
+turns into an error within the deadline.
+
+This base class is also the generic backend, for any URL fsspec knows: it
+reads and writes through fsspec's sync API and cannot make its reads
+conditional, so it checks what it can (the length).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import posixpath
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import fsspec
+from fsspec.asyn import sync
+
+from tierfs.config import Settings
+from tierfs.errors import Archived, StoreError, UserError
+from tierfs.refs import ObjectRef
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One name in a listing: a file (with its ObjectRef) or a directory."""
+
+    name: str
+    is_dir: bool
+    size: int = 0
+    mtime_ns: int = 0
+    ref: ObjectRef | None = None
+    storage_class: str = ""  # where the store reports one (S3, GCS, Azure)
+
+
+class Changed(StoreError):
+    """The object is no longer the version the read named (a precondition failed): never other bytes."""
+
+
+#: Storage classes whose objects must be restored before they can be read.
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE", "Archive"})
+
+
+class Deadline(threading.local):
+    """When the store call running in this thread must end (monotonic seconds; inf: none)."""
+
+    until: float = float("inf")
+
+    def left(self) -> float:
+        return self.until - time.monotonic()
+
+
+class Backend:
+    """The generic fsspec backend; providers subclass it and override what they do better."""
+
+    provider: ClassVar[str] = "fsspec"
+    #: Longest key (bytes of UTF-8, the lake's root prefix included) and longest path component.
+    key_max: ClassVar[int] = 1024
+    name_max: ClassVar[int] = 1024
+    #: Whether uploads go up as resumable multipart uploads (S3).
+    multipart: ClassVar[bool] = False
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, settings: Settings | None = None):
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.url = url
+        self.settings = settings or Settings(lake_url=url)
+        self.attempt_timeout = self.settings.store_timeout
+        self.deadline = Deadline()
+        self.version_aware = False
+        #: What this server was found to do differently, learnt while running (e.g. SeaweedFS' self-copy).
+        self.quirks: set[str] = set()
+        #: Runs one request with the store's retry budget and deadline; ObjectStore sets its own.
+        self.call: Callable[[Callable[[], Any], str], Any] = lambda fn, what: fn()
+
+    # -- keys --------------------------------------------------------------
+    def full(self, rel: str) -> str:
+        if not rel:
+            return self.root or self.fs.root_marker
+        return f"{self.root}/{rel}" if self.root else rel
+
+    def run(self, coro_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run an fsspec coroutine on its loop, cancelled when this call's deadline passes."""
+        timeout = max(0.05, min(self.attempt_timeout, self.deadline.left()))
+        return sync(self.fs.loop, coro_fn, *args, timeout=timeout, **kwargs)
+
+    # -- metadata -----------------------------------------------------------
+    def check(self) -> dict[str, Any]:
+        info: dict[str, Any] = self.fs.info(self.full(""))
+        return info
+
+    def list_dir(self, rel: str) -> list[Entry]:
+        """Entries directly below ``rel`` (a '/'-separated path, '' = root)."""
+        rel = rel.strip("/")
+        full = self.full(rel)
+        infos: list[dict[str, Any]] = self.fs.ls(full, detail=True)
+        prefix = full.rstrip("/")
+        out = []
+        for info in infos:
+            name = str(info["name"]).rstrip("/")
+            if name == prefix or not name:
+                continue  # some stores list the directory itself
+            base = posixpath.basename(name)
+            out.append(self.entry(base, join_key(rel, base), info))
+        return out
+
+    def stat(self, rel: str) -> Entry:
+        return self.entry(posixpath.basename(rel), rel, self.fs.info(self.full(rel)))
+
+    def entry(self, name: str, rel: str, info: dict[str, Any]) -> Entry:
+        """An fsspec info dict as an Entry (the ObjectRef names the bytes: etag or version)."""
+        mtime_ns = mtime_ns_of(info)
+        if info.get("type") == "directory":
+            return Entry(name, True, 0, mtime_ns)
+        size = int(info.get("size") or 0)
+        etag = str(info.get("ETag") or info.get("etag") or info.get("md5Hash") or "").strip('"')
+        version = str(info.get("VersionId") or info.get("generation") or info.get("version_id") or "")
+        if version == "None":
+            version = ""
+        if not etag:
+            # Stores without etags (local, memory): inode + mtime + size names
+            # the bytes well enough; an in-place rewrite changes mtime.
+            etag = f"{info.get('ino', '')}-{mtime_ns:x}-{size:x}"
+        storage_class = str(info.get("StorageClass") or info.get("storageClass") or info.get("access_tier") or "")
+        return Entry(name, False, size, mtime_ns, ObjectRef(rel, size, etag, version), storage_class)
+
+    # -- data ---------------------------------------------------------------
+    def read_range(self, ref: ObjectRef, start: int, end: int) -> bytes:
+        """Bytes [start, end) of exactly the object ``ref`` names, or Changed."""
+        data: bytes = self.fs.cat_file(self.full(ref.key), start=start, end=end)
+        return data
+
+    def read_all(self, key: str) -> bytes:
+        data: bytes = self.fs.cat_file(self.full(key))
+        return data
+
+    def open_read(self, ref: ObjectRef) -> Any:
+        return self.fs.open(self.full(ref.key), "rb")
+
+    def open_write(self, key: str) -> Any:
+        parent = posixpath.dirname(self.full(key))
+        if parent:
+            self.fs.makedirs(parent, exist_ok=True)
+        return self.fs.open(self.full(key), "wb")
+
+    # -- writes: each returns the new object's Entry ----------------------------
+    def put_file(self, local: Path, key: str) -> Entry:
+        """Upload a local file in one piece (atomic: the object appears whole or not at all)."""
+        full = self.full(key)
+        parent = posixpath.dirname(full)
+        if parent:
+            self.fs.makedirs(parent, exist_ok=True)
+        self.fs.put_file(str(local), full)
+        # The generic fsspec API hands back no identity; the providers below take it from the PUT's answer.
+        return self.stat(key)
+
+    def put_bytes(self, key: str, data: bytes) -> Entry:
+        full = self.full(key)
+        parent = posixpath.dirname(full)
+        if parent:
+            self.fs.makedirs(parent, exist_ok=True)
+        self.fs.pipe_file(full, data)
+        return self.stat(key)
+
+    def delete(self, key: str) -> None:
+        self.fs.rm_file(self.full(key))
+
+    def delete_tree(self, rel: str) -> None:
+        self.fs.rm(self.full(rel), recursive=True)
+
+    def move(self, src: str, dst: str) -> None:
+        parent = posixpath.dirname(self.full(dst))
+        if parent:
+            self.fs.makedirs(parent, exist_ok=True)
+        self.fs.mv(self.full(src), self.full(dst))
+
+    def copy(self, src: str, dst: str) -> None:
+        """Copy one object inside the lake (server side where the store can)."""
+        self.fs.copy(self.full(src), self.full(dst))
+
+    # Directories and times exist only where the store has them (a local lake).
+    def make_dir(self, rel: str) -> bool:
+        return False
+
+    def remove_dir(self, rel: str) -> None:
+        return None
+
+    def rename_dir(self, src: str, dst: str) -> bool:
+        return False
+
+    def set_mtime(self, rel: str, mtime_ns: int) -> bool:
+        return False
+
+    # -- multipart (S3) ---------------------------------------------------------
+    def multipart_upload(self, local: Path, key: str, state: Any, save: Callable[[], None],
+                         concurrency: int, progress: Callable[[int], None] | None) -> Entry:
+        raise NotImplementedError(f"{self.provider} has no multipart uploads")
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        return None
+
+    # -- versions and storage classes -------------------------------------------
+    def wants_versions(self, setting: str) -> bool:
+        """Whether to read pinned object versions: on, off, or (auto) if the bucket keeps them."""
+        return False
+
+    def archived(self, ref: ObjectRef, exc: BaseException | None) -> Archived | None:
+        """The Archived error ``exc`` means (an archive class, not restored), or None."""
+        return None
+
+    def objects_with_classes(self, walk: Iterator[Entry]) -> Iterator[Entry]:
+        """Every object of the lake (``walk``: the lake's files) with its storage class ('' where unknown)."""
+        yield from walk
+
+    def set_class(self, key: str, storage_class: str, pinned: frozenset[tuple[str, str]],
+                  etag: str, listed_version: str) -> bool:
+        raise UserError(f"{self.url} has no storage classes to change (a {self.provider} store)")
+
+    def restore(self, key: str, days: int) -> str:
+        raise UserError(f"{self.url} has no archive classes (a {self.provider} store)")
+
+    def delete_version(self, key: str, version: str) -> None:
+        raise UserError(f"{self.url} keeps no object versions to delete")
+
+    def noncurrent_versions(self) -> Iterator[dict[str, Any]]:
+        """Replaced or deleted versions still kept (and billed): key, version, size, class, since."""
+        return iter(())
+
+    def install_rules(self, document: dict[str, Any]) -> None:
+        raise UserError(f"tierfs installs native lifecycle rules on S3 and GCS buckets; for {self.url}, "
+                        "print them with `tierfs lifecycle export` and install them with the provider's CLI")
+
+    def credentials_hint(self) -> str:
+        return "check the store options in the config's [store] table"
+
+
+def expected_etag(ref: ObjectRef) -> str:
+    """The ETag a read of ``ref`` must find ('' when there is nothing to check it against).
+
+    A ref with a content hash names a content-addressed copy (a snapshot's):
+    its key is its hash, so it never changes, and the ETag it carries is the
+    live object's it was frozen from, not its own.
+    """
+    if ref.content_hash or ref.etag.startswith("staged:"):
+        return ""
+    return ref.etag
+
+
+def mtime_ns_of(info: dict[str, Any]) -> int:
+    for key in ("LastModified", "mtime", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, dt.datetime):
+            return int(value.timestamp() * 1e9)
+        if isinstance(value, (int, float)):
+            return int(value * 1e9)
+        if isinstance(value, str):
+            try:
+                return int(dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1e9)
+            except ValueError:
+                continue
+    return 0
+
+
+def join_key(parent: str, name: str) -> str:
+    """``parent/name`` as a key: no doubled or leading slash, whichever side is empty."""
+    parent, name = parent.strip("/"), name.strip("/")
+    return f"{parent}/{name}" if parent and name else parent or name
+
+
+def os_name_max(path: str) -> int:
+    try:
+        return os.statvfs(path).f_namemax
+    except OSError:
+        return 255

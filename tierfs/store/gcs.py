@@ -1,0 +1,132 @@
+"""Google Cloud Storage (and its emulators): gcsfs, every read pinned to the generation it expects.
+
+Every GCS object carries a generation, versioned bucket or not, and a read
+that names one gets exactly those bytes or a 404: a rewrite upstream between
+two block reads of one file can never mix versions. An upload's identity is
+the object resource the upload itself answers with. Storage classes are left
+to the bucket's own lifecycle rules (`tierfs lifecycle export`).
+
+The data path stays on gcsfs here (not obstore): the emulators the tests run
+(fake-gcs-server, gcp-storage-emulator) need gcsfs' anonymous, plain-HTTP
+access, which obstore's GCS client does not offer without a service account.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from tierfs.refs import ObjectRef
+from tierfs.store.backend import Backend, Changed, Entry, mtime_ns_of
+
+#: Uploads above this size go up as a resumable upload, in chunks of it (a multiple of 256 KiB).
+_CHUNK = 16 << 20
+
+
+class GcsBackend(Backend):
+    provider: ClassVar[str] = "gcs"
+    key_max: ClassVar[int] = 1024  # GCS: an object name is at most 1,024 bytes of UTF-8
+    name_max: ClassVar[int] = 1024
+
+    # -- metadata -----------------------------------------------------------
+    def list_dir(self, rel: str) -> list[Entry]:
+        return [e for e in super().list_dir(rel) if e.name]
+
+    # -- data ---------------------------------------------------------------
+    def read_range(self, ref: ObjectRef, start: int, end: int) -> bytes:
+        fs: Any = self.fs
+        generation = ref.version or None
+        try:
+            data: bytes = self.run(fs._cat_file_sequential, self.full(ref.key), start=start, end=end,
+                                   generation=generation)
+        except FileNotFoundError:
+            if generation and not self.version_aware:
+                # Unversioned: the generation read is gone because the object was rewritten.
+                raise Changed(f"{ref.key} changed upstream (generation {generation} is gone)") from None
+            raise
+        return data
+
+    def read_all(self, key: str) -> bytes:
+        fs: Any = self.fs
+        data: bytes = self.run(fs._cat_file_sequential, self.full(key))
+        return data
+
+    def open_read(self, ref: ObjectRef) -> Any:
+        path = self.full(ref.key)
+        return self.fs.open(f"{path}#{ref.version}" if ref.version and self.version_aware else path, "rb")
+
+    # -- writes ----------------------------------------------------------------
+    def put_file(self, local: Path, key: str) -> Entry:
+        size = os.stat(local).st_size
+        with open(local, "rb") as fh:
+            if size <= _CHUNK:
+                return self._upload(key, fh.read())
+            return self._upload_resumable(key, fh, size)
+
+    def put_bytes(self, key: str, data: bytes) -> Entry:
+        return self._upload(key, data)
+
+    def _upload(self, key: str, data: bytes) -> Entry:
+        from gcsfs.core import simple_upload
+
+        bucket, name, _ = self.fs.split_path(self.full(key))
+        out = self.run(simple_upload, self.fs, bucket, name, data)
+        return self._answer(key, out)
+
+    def _upload_resumable(self, key: str, fh: Any, size: int) -> Entry:
+        from gcsfs.core import initiate_upload, upload_chunk
+
+        bucket, name, _ = self.fs.split_path(self.full(key))
+        location = self.run(initiate_upload, self.fs, bucket, name, "application/octet-stream")
+        out = None
+        for offset in range(0, size, _CHUNK):
+            chunk = fh.read(_CHUNK)
+            out = self.run(upload_chunk, self.fs, location, chunk, offset, size, "application/octet-stream")
+        return self._answer(key, out)
+
+    def _answer(self, key: str, out: Any) -> Entry:
+        """The object resource the upload answered: its generation is this upload's, never another writer's."""
+        self.fs.invalidate_cache(self.full(key))
+        if not isinstance(out, dict) or "generation" not in out:
+            return self.stat(key)  # an emulator that answers without the resource
+        size = int(out.get("size") or 0)
+        etag = str(out.get("md5Hash") or out.get("etag") or "").strip('"')
+        return Entry(posixpath.basename(key), False, size, mtime_ns_of(out),
+                     ObjectRef(key, size, etag, str(out["generation"])), str(out.get("storageClass") or ""))
+
+    # -- versions -------------------------------------------------------------------
+    def wants_versions(self, setting: str) -> bool:
+        if setting == "on":
+            wanted = True
+        else:
+            bucket = self.root.split("/", 1)[0]
+            wanted = bool(self.fs.info(bucket).get("versioning", {}).get("enabled"))
+        if wanted and not getattr(self.fs, "version_aware", False):
+            fs: Any = self.fs
+            self.fs = type(fs)(**{**fs.storage_options, "version_aware": True})
+        return wanted
+
+    def noncurrent_versions(self) -> Iterator[dict[str, Any]]:
+        """GCS generations with a timeDeleted: replaced or deleted, still kept (and billed)."""
+        base = self.full("").rstrip("/") + "/"
+        found = self.call(lambda: self.fs.find(self.full(""), versions=True, detail=True), f"list {self.url} generations")
+        for info in found.values():
+            if not info.get("timeDeleted"):
+                continue
+            yield {"key": str(info["name"])[len(base):], "version": str(info["generation"]),
+                   "size": int(info.get("size") or 0), "storage_class": str(info.get("storageClass") or "STANDARD"),
+                   "since": mtime_ns_of({"updated": info["timeDeleted"]}) / 1e9}
+
+    def restore(self, key: str, days: int) -> str:
+        return f"{key}: GCS reads ARCHIVE objects directly; nothing to restore"
+
+    def install_rules(self, document: dict[str, Any]) -> None:
+        fs: Any = self.fs
+        bucket = self.root.split("/", 1)[0]
+        self.run(fs._call, "PATCH", "b/{}", bucket, json=document, json_out=True)
+
+    def credentials_hint(self) -> str:
+        return "set token in the config's [store] options, or GOOGLE_APPLICATION_CREDENTIALS"

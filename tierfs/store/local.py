@@ -1,0 +1,162 @@
+"""A lake in a local directory (``file://``): real directories, atomic renames, emulated classes.
+
+An object's identity is its inode, mtime and size (a local filesystem has no
+ETags): an upload is a new file renamed into place, so it gets a new inode,
+and an in-place rewrite changes the mtime. A read checks the identity on the
+open file before and after it reads, so it never returns another version's
+bytes. Storage classes are emulated in an extended attribute, so lifecycle
+rules can be tried on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import fsspec
+
+from tierfs.config import Settings
+from tierfs.errors import Archived, UserError
+from tierfs.refs import ObjectRef
+from tierfs.store.backend import ARCHIVE_CLASSES, Backend, Changed, Entry, expected_etag, os_name_max
+
+#: Where a local lake keeps an object's emulated storage class.
+LOCAL_CLASS_XATTR = "user.tierfs.class"
+#: Where an upload lands before its rename into place (hidden from the live view with all of .tierfs/).
+UPLOAD_DIR = ".tierfs/upload"
+
+
+class LocalBackend(Backend):
+    provider: ClassVar[str] = "local"
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, settings: Settings | None = None):
+        super().__init__(fs, root, url, settings)
+        self.name_max = os_name_max(self.root or "/")  # type: ignore[misc]
+        self.key_max = os.pathconf(self.root, "PC_PATH_MAX") if os.path.isdir(self.root) else 4096  # type: ignore[misc]
+
+    # -- data ---------------------------------------------------------------
+    def read_range(self, ref: ObjectRef, start: int, end: int) -> bytes:
+        self._refuse_archived(ref)
+        fd = os.open(self.full(ref.key), os.O_RDONLY)
+        try:
+            self._same(ref, os.fstat(fd))
+            data = os.pread(fd, end - start, start)
+            self._same(ref, os.fstat(fd))  # not rewritten in place while we read
+        finally:
+            os.close(fd)
+        return data
+
+    def _same(self, ref: ObjectRef, st: os.stat_result) -> None:
+        expected = expected_etag(ref)
+        if expected and _identity(st) != expected:
+            raise Changed(f"{ref.key} changed upstream (it is not the version this read was for)")
+
+    # -- writes ---------------------------------------------------------------
+    def put_file(self, local: Path, key: str) -> Entry:
+        """Copied under .tierfs/upload, then renamed into place: atomic, and its identity is the copy's."""
+        tmp_dir = self.full(UPLOAD_DIR)
+        os.makedirs(tmp_dir, exist_ok=True)
+        tmp = f"{tmp_dir}/{uuid.uuid4().hex}"
+        try:
+            self.fs.put_file(str(local), tmp)
+            return self._into_place(tmp, key)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def put_bytes(self, key: str, data: bytes) -> Entry:
+        tmp_dir = self.full(UPLOAD_DIR)
+        os.makedirs(tmp_dir, exist_ok=True)
+        tmp = f"{tmp_dir}/{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            return self._into_place(tmp, key)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def _into_place(self, tmp: str, key: str) -> Entry:
+        # The identity is read off the file before the rename (which keeps the inode):
+        # a second writer of the same key cannot slip its identity in between.
+        st = os.stat(tmp)
+        full = self.full(key)
+        parent = os.path.dirname(full)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        os.replace(tmp, full)
+        return Entry(posixpath.basename(key), False, st.st_size, st.st_mtime_ns,
+                     ObjectRef(key, st.st_size, _identity(st)))
+
+    def copy(self, src: str, dst: str) -> None:
+        parent = posixpath.dirname(self.full(dst))
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        self.fs.copy(self.full(src), self.full(dst))
+
+    # -- directories and times ------------------------------------------------
+    def make_dir(self, rel: str) -> bool:
+        os.mkdir(self.full(rel))
+        return True
+
+    def remove_dir(self, rel: str) -> None:
+        os.rmdir(self.full(rel))
+
+    def rename_dir(self, src: str, dst: str) -> bool:
+        os.rename(self.full(src), self.full(dst))
+        return True
+
+    def set_mtime(self, rel: str, mtime_ns: int) -> bool:
+        os.utime(self.full(rel), ns=(mtime_ns, mtime_ns))
+        return True
+
+    # -- emulated storage classes ------------------------------------------------
+    def local_class(self, key: str) -> str:
+        """The emulated storage class of ``key`` ('' when none is set)."""
+        try:
+            return os.getxattr(self.full(key), LOCAL_CLASS_XATTR).decode()
+        except OSError:
+            return ""
+
+    def set_local_class(self, key: str, storage_class: str) -> None:
+        os.setxattr(self.full(key), LOCAL_CLASS_XATTR, storage_class.encode())
+
+    def _refuse_archived(self, ref: ObjectRef) -> None:
+        """Refuse a read of an emulated archive class, as S3 would."""
+        cls = self.local_class(ref.key)
+        if cls in ARCHIVE_CLASSES:
+            raise Archived(archived_message(self.url, ref.key, cls))
+
+    def objects_with_classes(self, walk: Iterator[Entry]) -> Iterator[Entry]:
+        for e in walk:
+            yield Entry(e.name, False, e.size, e.mtime_ns, e.ref, self.local_class(e.name))
+
+    def set_class(self, key: str, storage_class: str, pinned: frozenset[tuple[str, str]],
+                  etag: str, listed_version: str) -> bool:
+        self.set_local_class(key, storage_class)
+        return True
+
+    def restore(self, key: str, days: int) -> str:
+        current = self.local_class(key)
+        if current not in ARCHIVE_CLASSES:
+            raise UserError(f"{key} is not archived (class {current or 'STANDARD'}); it can be read as it is")
+        self.set_local_class(key, "STANDARD")
+        return f"{key} is readable again (class STANDARD)"
+
+    def credentials_hint(self) -> str:
+        return "check that the directory exists and tierfs may read it"
+
+
+def _identity(st: os.stat_result) -> str:
+    """The stand-in ETag of a local file (the same formula as a listing's; see Backend.entry)."""
+    return f"{st.st_ino}-{int(st.st_mtime * 1e9):x}-{st.st_size:x}"  # float mtime: what fsspec's info gives
+
+
+def archived_message(url: str, key: str, where: str) -> str:
+    return (f"{key} is archived ({where}): restore it first with `tierfs restore {url} {key}` "
+            "(hours on S3 Glacier and Azure Archive), then read again")
+

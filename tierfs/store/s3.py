@@ -1,0 +1,450 @@
+"""S3 and S3-compatible servers (SeaweedFS, MinIO, moto): obstore on the data path, s3fs for the rest.
+
+Reads, listings, stats and single-request puts go through obstore (Rust's
+``object_store``): its sync calls release the GIL and share one
+multi-threaded runtime, so worker threads really run in parallel, where
+s3fs funnels every request through fsspec's one asyncio thread. obstore's
+retries are off (tierfs has one retry budget) and each request is bounded by
+the attempt timeout. Every read names the bytes it expects: ``If-Match`` the
+ETag, and the version id where the bucket keeps versions. A put's identity
+is the PUT's (or CompleteMultipartUpload's) own answer.
+
+s3fs (botocore) serves what obstore has no call for: resumable multipart
+uploads with their state, storage classes, restores, version listings and
+bucket lifecycle configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import posixpath
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import fsspec
+import obstore
+
+from tierfs.config import Settings
+from tierfs.errors import Archived, NotFound, StoreError, UserError
+from tierfs.refs import ObjectRef
+from tierfs.store.backend import Backend, Changed, Entry, expected_etag, join_key
+from tierfs.store.local import archived_message
+
+log = logging.getLogger(__name__)
+
+#: S3 servers that refuse a self-copy under MetadataDirective=COPY even when the class changes (SeaweedFS).
+_SELF_COPY_REFUSED = "self-copy-needs-replace"
+
+
+class S3Backend(Backend):
+    provider: ClassVar[str] = "s3"
+    key_max: ClassVar[int] = 1024  # S3: a key is at most 1,024 bytes of UTF-8
+    name_max: ClassVar[int] = 1024
+    multipart: ClassVar[bool] = True
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, settings: Settings | None = None):
+        super().__init__(fs, root, url, settings)
+        fs.retries = 1  # s3fs' own retry loop: one attempt; tierfs retries
+        self.bucket, _, self.prefix = self.root.partition("/")
+        self._obs: Any = None
+
+    # -- obstore ----------------------------------------------------------------
+    @property
+    def obs(self) -> Any:
+        """The obstore client, made on first use (it is not fork-safe: never before the daemon starts)."""
+        if self._obs is None:
+            self._obs = _obstore_for(self.fs, self.bucket, self.attempt_timeout)
+        return self._obs
+
+    def _path(self, rel: str) -> str:
+        """The key inside the bucket."""
+        rel = rel.strip("/")
+        return f"{self.prefix}/{rel}" if self.prefix and rel else (self.prefix or rel)
+
+    # -- metadata -------------------------------------------------------------------
+    def list_dir(self, rel: str) -> list[Entry]:
+        if self.version_aware:
+            # obstore's listings carry no version ids, and a versioned lake's refs pin them.
+            return super().list_dir(rel)
+        path = self._path(rel)
+        out = obstore.list_with_delimiter(self.obs, path or None)
+        base = f"{path}/" if path else ""
+        entries = []
+        for p in out["common_prefixes"]:
+            name = p[len(base):].rstrip("/")
+            if name:
+                entries.append(Entry(name, True))
+        for m in out["objects"]:
+            name = m["path"][len(base):]
+            if not name or name.endswith("/"):
+                continue  # the directory itself, or a directory marker some servers keep
+            entries.append(self._meta_entry(name, join_key(rel, name), m))
+        if not entries and rel and not self._exists_as_object_prefix(path):
+            raise FileNotFoundError(rel)
+        return entries
+
+    def _exists_as_object_prefix(self, path: str) -> bool:
+        """An empty listing: a directory marker ``path/`` still makes it a directory (an empty one)."""
+        try:
+            obstore.head(self.obs, path + "/")
+        except FileNotFoundError:
+            return False
+        return True
+
+    def stat(self, rel: str) -> Entry:
+        path = self._path(rel)
+        if not path:
+            return Entry("", True)
+        try:
+            meta = obstore.head(self.obs, path)
+        except FileNotFoundError:
+            listing = obstore.list_with_delimiter(self.obs, path)
+            if listing["objects"] or listing["common_prefixes"] or self._exists_as_object_prefix(path):
+                return Entry(posixpath.basename(rel), True)
+            raise
+        if self.version_aware and not meta.get("version"):
+            return self.entry(posixpath.basename(rel), rel, self.fs.info(self.full(rel)))
+        return self._meta_entry(posixpath.basename(rel), rel, meta)
+
+    def _meta_entry(self, name: str, rel: str, meta: Any) -> Entry:
+        size = int(meta["size"])
+        mtime = meta.get("last_modified")
+        mtime_ns = int(mtime.timestamp() * 1e9) if isinstance(mtime, dt.datetime) else 0
+        etag = str(meta.get("e_tag") or "").strip('"')
+        version = str(meta.get("version") or "") if self.version_aware else ""
+        return Entry(name, False, size, mtime_ns, ObjectRef(rel, size, etag, version))
+
+    # -- data -------------------------------------------------------------------------
+    def read_range(self, ref: ObjectRef, start: int, end: int) -> bytes:
+        options: Any = {"range": (start, end)}
+        if expected_etag(ref):
+            options["if_match"] = f'"{ref.etag}"'
+        if ref.version and self.version_aware:
+            options["version"] = ref.version
+        try:
+            return bytes(obstore.get(self.obs, self._path(ref.key), options=options).bytes())
+        except FileNotFoundError:
+            if not (ref.version and self.version_aware):
+                raise
+            return self._read_same_bytes(ref, start, end)
+        except Exception as exc:
+            if type(exc).__name__ == "PreconditionError":
+                raise Changed(f"{ref.key} changed upstream (ETag is no longer {ref.etag})") from None
+            raise
+
+    def _read_same_bytes(self, ref: ObjectRef, start: int, end: int) -> bytes:
+        """The version ``ref`` pins is gone: read the current version if it holds the same bytes.
+
+        A storage-class transition copies an object onto itself and deletes the
+        version it copied from; same size and ETag mean the same bytes.
+        """
+        now = self.stat(ref.key)
+        if now.ref is None or now.ref.size != ref.size or now.ref.etag != ref.etag or not now.ref.version:
+            raise NotFound(f"{ref.key} version {ref.version}")
+        log.info("%s: version %s is gone; reading version %s, the same bytes", ref.key, ref.version, now.ref.version)
+        options: Any = {"range": (start, end), "version": now.ref.version, "if_match": f'"{ref.etag}"'}
+        return bytes(obstore.get(self.obs, self._path(ref.key), options=options).bytes())
+
+    def read_all(self, key: str) -> bytes:
+        return bytes(obstore.get(self.obs, self._path(key)).bytes())
+
+    def archived(self, ref: ObjectRef, exc: BaseException | None) -> Archived | None:
+        if exc is not None and (error_code_of(exc) == "InvalidObjectState" or "InvalidObjectState" in str(exc)):
+            return Archived(archived_message(self.url, ref.key, "an S3 archive class"))
+        return None
+
+    # -- writes ---------------------------------------------------------------------------
+    def put_file(self, local: Path, key: str) -> Entry:
+        size = os.stat(local).st_size
+        out = obstore.put(self.obs, self._path(key), local, use_multipart=False)
+        return self._put_entry(key, size, out)
+
+    def put_bytes(self, key: str, data: bytes) -> Entry:
+        out = obstore.put(self.obs, self._path(key), data, use_multipart=False)
+        return self._put_entry(key, len(data), out)
+
+    def _put_entry(self, key: str, size: int, out: Any) -> Entry:
+        """The new object as the store answered the PUT: its ETag and version are ours, never another writer's."""
+        etag = str(out.get("e_tag") or "").strip('"')
+        version = str(out.get("version") or "") if self.version_aware else ""
+        return Entry(posixpath.basename(key), False, size, time.time_ns(), ObjectRef(key, size, etag, version))
+
+    def delete(self, key: str) -> None:
+        obstore.delete(self.obs, self._path(key))
+
+    def copy(self, src: str, dst: str) -> None:
+        obstore.copy(self.obs, self._path(src), self._path(dst))
+
+    def move(self, src: str, dst: str) -> None:
+        obstore.rename(self.obs, self._path(src), self._path(dst))
+
+    # -- multipart: resumable, with the state the caller saves after each part --------------
+    def multipart_upload(self, local: Path, key: str, state: Any, save: Callable[[], None],
+                         concurrency: int, progress: Callable[[int], None] | None) -> Entry:
+        out: Entry = self.run(self._multipart_async, local, key, state, save, concurrency, progress)
+        return out
+
+    def run(self, coro_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        from fsspec.asyn import sync
+
+        # A whole multipart upload is bounded by the call's deadline, not one attempt's timeout.
+        timeout = max(0.05, self.deadline.left()) if coro_fn == self._multipart_async else None
+        if timeout is None:
+            return super().run(coro_fn, *args, **kwargs)
+        return sync(self.fs.loop, coro_fn, *args, timeout=timeout, **kwargs)
+
+    async def _multipart_async(self, local: Path, key: str, state: Any, save: Callable[[], None],
+                               concurrency: int, progress: Callable[[int], None] | None) -> Entry:
+        fs: Any = self.fs
+        name = self._path(key)
+        if state.upload_id:
+            state.parts = await self._acknowledged_parts(name, state.upload_id)
+            if state.parts is None:  # the store forgot the upload: start again
+                state.upload_id, state.parts = "", {}
+        if not state.upload_id:
+            mpu = await fs._call_s3("create_multipart_upload", Bucket=self.bucket, Key=name)
+            state.upload_id = mpu["UploadId"]
+            state.parts = {}
+            save()
+        count = max(1, -(-state.size // state.part_size))
+        done = sum(min(state.part_size, state.size - (n - 1) * state.part_size) for n in state.parts)
+        if progress is not None and done:
+            progress(done)
+        todo = [n for n in range(1, count + 1) if n not in state.parts]
+        slots = asyncio.Semaphore(max(1, concurrency))
+        loop = asyncio.get_running_loop()
+
+        async def part(number: int) -> None:
+            async with slots:
+                start = (number - 1) * state.part_size
+                length = min(state.part_size, state.size - start)
+                body = await loop.run_in_executor(None, _pread, local, start, length)
+                if len(body) != length:
+                    raise StoreError(f"{local} changed while it was uploaded")
+                out = await asyncio.wait_for(
+                    fs._call_s3("upload_part", Bucket=self.bucket, Key=name, PartNumber=number,
+                                UploadId=state.upload_id, Body=body),
+                    timeout=max(self.attempt_timeout, length / (1 << 20)))  # a part: 1 s per MiB at least
+                state.parts[number] = out["ETag"]
+                save()
+                if progress is not None:
+                    progress(length)
+
+        tasks = [asyncio.ensure_future(part(n)) for n in todo]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        parts = [{"PartNumber": n, "ETag": state.parts[n]} for n in sorted(state.parts)]
+        out = await fs._call_s3("complete_multipart_upload", Bucket=self.bucket, Key=name,
+                                UploadId=state.upload_id, MultipartUpload={"Parts": parts})
+        fs.invalidate_cache(self.full(key))
+        etag = str(out.get("ETag") or "").strip('"')
+        version = str(out.get("VersionId") or "") if self.version_aware else ""
+        return Entry(posixpath.basename(key), False, state.size, time.time_ns(),
+                     ObjectRef(key, state.size, etag, version))
+
+    async def _acknowledged_parts(self, name: str, upload_id: str) -> Any:
+        """Parts the store holds for an upload, or None if it no longer knows the upload."""
+        fs: Any = self.fs
+        parts: dict[int, str] = {}
+        marker = 0
+        while True:
+            try:
+                out = await fs._call_s3("list_parts", Bucket=self.bucket, Key=name, UploadId=upload_id,
+                                        PartNumberMarker=marker)
+            except FileNotFoundError:
+                return None
+            except Exception as exc:
+                if "NoSuchUpload" in str(exc):
+                    return None
+                raise
+            for p in out.get("Parts", []):
+                parts[int(p["PartNumber"])] = str(p["ETag"])
+            if not out.get("IsTruncated"):
+                return parts
+            marker = int(out["NextPartNumberMarker"])
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        fs: Any = self.fs
+        self.run(fs._call_s3, "abort_multipart_upload", Bucket=self.bucket, Key=self._path(key), UploadId=upload_id)
+
+    # -- versions --------------------------------------------------------------------
+    def wants_versions(self, setting: str) -> bool:
+        fs: Any = self.fs
+        wanted = setting == "on" or bool(self.run(fs._is_bucket_versioned, self.bucket))
+        if wanted and not fs.version_aware:
+            # s3fs reads a version id only when made version-aware (open_read of a pinned ref).
+            self.fs = type(fs)(**{**fs.storage_options, "version_aware": True})
+            self.fs.retries = 1
+        return wanted
+
+    def delete_version(self, key: str, version: str) -> None:
+        fs: Any = self.fs
+        self.call(lambda: self.run(fs._call_s3, "delete_object", Bucket=self.bucket, Key=self._path(key),
+                                   VersionId=version), f"delete {key} version {version}")
+
+    def noncurrent_versions(self) -> Iterator[dict[str, Any]]:
+        fs: Any = self.fs
+        base = f"{self.prefix}/" if self.prefix else ""
+        kwargs: dict[str, str] = {"Bucket": self.bucket, "Prefix": base}
+        newer: dict[str, float] = {}  # key -> LastModified of the newest version or marker seen so far
+        while True:
+            page: dict[str, Any] = self.call(lambda kw=dict(kwargs): self.run(fs._call_s3, "list_object_versions", **kw),  # type: ignore[misc]
+                                             f"list {self.url} versions")
+            events = [(v, False) for v in page.get("Versions", [])] + [(d, True) for d in page.get("DeleteMarkers", [])]
+            # within a key, newest first; a page may split a key, so `newer` carries over
+            events.sort(key=lambda e: (e[0]["Key"], -e[0]["LastModified"].timestamp()))
+            for v, is_marker in events:
+                key = v["Key"][len(base):]
+                when = v["LastModified"].timestamp()
+                if not v.get("IsLatest") and not is_marker and key in newer:
+                    yield {"key": key, "version": v["VersionId"], "size": int(v.get("Size", 0)),
+                           "storage_class": v.get("StorageClass", "STANDARD"), "since": newer[key]}
+                newer[key] = when
+            if not page.get("IsTruncated"):
+                return
+            kwargs["KeyMarker"] = page["NextKeyMarker"]
+            kwargs["VersionIdMarker"] = page.get("NextVersionIdMarker", "")
+
+    # -- storage classes --------------------------------------------------------------
+    def objects_with_classes(self, walk: Iterator[Entry]) -> Iterator[Entry]:
+        """Every object with its storage class: from s3fs' listings (obstore's carry no class)."""
+        stack = [""]
+        while stack:
+            sub = stack.pop()
+            try:
+                entries = self.call(lambda s=sub: Backend.list_dir(self, s), f"list {sub or '/'}")  # type: ignore[misc]
+            except (FileNotFoundError, NotFound):
+                continue
+            for e in sorted(entries, key=lambda e: e.name, reverse=True):
+                if e.is_dir:
+                    stack.append(join_key(sub, e.name))
+                else:
+                    yield Entry(join_key(sub, e.name), False, e.size, e.mtime_ns, e.ref, e.storage_class)
+
+    def set_class(self, key: str, storage_class: str, pinned: frozenset[tuple[str, str]],
+                  etag: str, listed_version: str) -> bool:
+        """One CopyObject onto itself with the new class, If-Match the listed ETag.
+
+        Where the server refuses that, a HEAD first and a copy that REPLACEs the
+        metadata with the object's own. Either way the bytes copied are those of
+        the version seen, so in a versioned bucket that version may go afterwards.
+        """
+        fs: Any = self.fs
+        name = self._path(key)
+        source = {"Bucket": self.bucket, "Key": name}
+
+        def copy() -> tuple[str, dict[str, Any]] | None:
+            try:
+                if etag and _SELF_COPY_REFUSED not in self.quirks:
+                    try:
+                        out: dict[str, Any] = self.run(
+                            fs._call_s3, "copy_object", Bucket=self.bucket, Key=name, CopySource=source,
+                            CopySourceIfMatch=f'"{etag}"', StorageClass=storage_class, MetadataDirective="COPY")
+                        return "", out
+                    except OSError as exc:
+                        if error_code_of(exc) != "InvalidRequest":
+                            raise
+                        self.quirks.add(_SELF_COPY_REFUSED)
+                head = self.run(fs._call_s3, "head_object", Bucket=self.bucket, Key=name)
+                if etag and head["ETag"].strip('"') != etag:
+                    return None
+                extra = {"ContentType": head["ContentType"]} if head.get("ContentType") else {}
+                out = self.run(
+                    fs._call_s3, "copy_object", Bucket=self.bucket, Key=name, CopySource=source,
+                    CopySourceIfMatch=head["ETag"], StorageClass=storage_class, MetadataDirective="REPLACE",
+                    Metadata=head.get("Metadata", {}), **extra)
+                return str(head.get("VersionId") or ""), out
+            except OSError as exc:
+                if isinstance(exc, FileNotFoundError) or error_code_of(exc) == "PreconditionFailed":
+                    return None  # changed or gone since it was listed
+                raise
+
+        done = self.call(copy, f"transition {key}")
+        if done is None:
+            log.info("%s changed since it was listed; left for the next run", key)
+            return False
+        seen, out = done
+        if not seen and str(out.get("CopyObjectResult", {}).get("ETag", "")).strip('"') == etag:
+            seen = listed_version  # the copy holds the listed bytes (for servers that do not name the source)
+        old = str(out.get("CopySourceVersionId") or seen)
+        new = str(out.get("VersionId") or "")
+        if old not in ("", "null") and new and old != new and (key, old) not in pinned:
+            self.delete_version(key, old)
+        return True
+
+    def restore(self, key: str, days: int) -> str:
+        fs: Any = self.fs
+        request = {"Days": days, "GlacierJobParameters": {"Tier": "Standard"}}
+        try:
+            self.call(lambda: self.run(fs._call_s3, "restore_object", Bucket=self.bucket, Key=self._path(key),
+                                       RestoreRequest=request), f"restore {key}")
+        except OSError as exc:
+            code = error_code_of(exc)
+            if code == "RestoreAlreadyInProgress":
+                return f"{key}: a restore is already in progress"
+            if code == "InvalidObjectState":
+                raise UserError(f"{key} is not in an archive class; it can be read as it is") from None
+            raise UserError(f"{self.url} refused to restore {key}: {exc.strerror or exc}") from None
+        return (f"{key}: restore requested (S3 standard retrieval: 3-5 hours from GLACIER, up to 12 from "
+                f"DEEP_ARCHIVE); the copy stays readable for {days} days")
+
+    def install_rules(self, document: dict[str, Any]) -> None:
+        fs: Any = self.fs
+        self.run(fs._call_s3, "put_bucket_lifecycle_configuration", Bucket=self.bucket,
+                 LifecycleConfiguration=document)
+
+    def credentials_hint(self) -> str:
+        return ("set [s3] key and secret in the config, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "or an AWS profile")
+
+
+def _obstore_for(fs: Any, bucket: str, timeout: float) -> Any:
+    """An obstore S3Store with the s3fs filesystem's endpoint, region and credentials, retries off."""
+    from obstore.store import S3Store
+
+    client = dict(getattr(fs, "client_kwargs", None) or {})
+    endpoint = client.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    config: Any = {}
+    if endpoint:
+        config["endpoint"] = endpoint
+        config["virtual_hosted_style_request"] = False  # path style, as every S3-compatible server takes
+    region = client.get("region_name") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    config["region"] = region or "us-east-1"
+    if getattr(fs, "anon", False):
+        config["skip_signature"] = True
+    elif getattr(fs, "key", None) and getattr(fs, "secret", None):
+        config["access_key_id"] = fs.key
+        config["secret_access_key"] = fs.secret
+        if getattr(fs, "token", None):
+            config["token"] = fs.token
+    elif getattr(fs, "profile", None):
+        raise UserError("an AWS profile is set but obstore reads credentials from the environment only: set "
+                        "[s3] key and secret (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) instead")
+    seconds = f"{max(1, round(timeout))}s"
+    client_options: Any = {"timeout": seconds, "connect_timeout": f"{max(1, min(10, round(timeout)))}s",
+                      "allow_http": bool(endpoint and endpoint.startswith("http://"))}
+    retry: Any = {"max_retries": 0, "retry_timeout": dt.timedelta(seconds=timeout)}
+    return S3Store(bucket, config=config, client_options=client_options, retry_config=retry)
+
+
+def error_code_of(exc: BaseException) -> str:
+    from tierfs.store.objects import error_code
+
+    return error_code(exc)
+
+
+
+
+def _pread(path: Path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as fh:
+        return os.pread(fh.fileno(), length, offset)
