@@ -9,6 +9,7 @@ each is retried with backoff on temporary failures and counted.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import posixpath
@@ -22,7 +23,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from tierfs.config import Settings
-from tierfs.errors import Archived, NotFound, StoreError, UserError
+from tierfs.errors import Archived, NameTooLong, NotFound, StoreError, UserError
 from tierfs.metrics import BACKEND_COUNTERS, BACKEND_SECONDS, Counters
 from tierfs.refs import ObjectRef
 from tierfs.store.retry import is_credentials_error, is_temp_failure, retry_call
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE", "Archive"})
 #: Azure's rule for container names.
 _AZURE_CONTAINER = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+#: Object stores whose limit is on the whole key (1024 bytes; Azure: characters), not on each component.
+_KEY_LIMITED = frozenset({"S3FileSystem", "GCSFileSystem", "AzureBlobFileSystem"})
 #: Where a local lake keeps an object's emulated storage class.
 LOCAL_CLASS_XATTR = "user.tierfs.class"
 
@@ -328,6 +331,92 @@ class ObjectStore:
         if parent:
             self.fs.makedirs(parent, exist_ok=True)
         return self.fs.open(self.full(key), "wb")
+
+    # -- names the store accepts -------------------------------------------
+    # The one place that knows how long a name each store takes. A name past
+    # these limits is refused where it is made (ENAMETOOLONG at create, mkdir,
+    # rename): the store would refuse it only at the upload, after the bytes
+    # were written, and again at every retry.
+
+    @functools.cached_property
+    def _name_limits(self) -> tuple[int, int]:
+        """(longest path component, longest key with the lake's root), counted as ``key_length`` counts."""
+        kind = type(self.fs).__name__
+        if kind == "LocalFileSystem":
+            root = self.full("")
+            try:
+                component = os.statvfs(root).f_namemax
+            except OSError:
+                component = 255
+            try:
+                path_max = os.pathconf(root, "PC_PATH_MAX")
+            except (OSError, ValueError):
+                path_max = 4096
+            return component, path_max - 1  # PATH_MAX counts the terminating NUL
+        if kind in _KEY_LIMITED:
+            return 1024, 1024  # S3, GCS: 1024 bytes of UTF-8; Azure: 1024 characters; any split into components
+        # memory://: nothing but memory bounds it. Another fsspec store: its
+        # limits are not known here, and too strict a guess would hide objects
+        # it holds; its own refusal (at the upload) is the check.
+        return 1 << 16, 1 << 20
+
+    def key_length(self, rel: str) -> int:
+        """The length of ``rel``'s key as its store counts it: bytes (characters on Azure), root prefix included.
+
+        On a local lake that is the whole path; the bucket (container) of an
+        object store is not part of its keys.
+        """
+        full = self.full(rel)
+        kind = type(self.fs).__name__
+        if kind in _KEY_LIMITED:
+            key = full.split("/", 1)[1] if "/" in full else ""
+            return len(key) if kind == "AzureBlobFileSystem" else len(os.fsencode(key))
+        return len(os.fsencode(full))  # (fsencode: the bytes the name came in as, UTF-8 or not)
+
+    @property
+    def key_max(self) -> int:
+        """The longest key the store takes, root prefix included (see ``key_length``)."""
+        return self._name_limits[1]
+
+    @property
+    def name_max(self) -> int:
+        """The longest single name here: the store's limit per component, or what the root prefix leaves of a key."""
+        component, key_max = self._name_limits
+        return min(component, key_max - (self.key_length("x") - 1))
+
+    def check_key(self, rel: str) -> None:
+        """Raise NameTooLong unless the store can hold ``rel``: every component and the whole key within limits."""
+        component, key_max = self._name_limits
+        length = self.key_length(rel)
+        if length > key_max:
+            unit = "characters" if type(self.fs).__name__ == "AzureBlobFileSystem" else "bytes"
+            raise NameTooLong(f"{rel}: a key of {length} {unit} with the lake's root; "
+                              f"{self.url} takes at most {key_max}")
+        if length > component:  # (a key shorter than the limit has no component longer than it)
+            for name in rel.split("/"):
+                if len(os.fsencode(name)) > component:
+                    raise NameTooLong(f"{rel}: a name of {len(os.fsencode(name))} bytes; "
+                                      f"{self.url} takes at most {component} per name")
+
+    def check_move(self, old: str, new: str) -> None:
+        """Raise NameTooLong, before anything moves, if a key below ``old`` would be too long below ``new``.
+
+        Lists the whole tree, and only when the new name is the longer one.
+        """
+        if self.key_length(new) <= self.key_length(old):
+            return  # no key below gets longer
+        stack = [""]
+        while stack:
+            sub = stack.pop()
+            try:
+                entries = self.list_dir(_join(old, sub))
+            except NotFound:
+                continue  # (a directory only this mount knows of yet)
+            for e in entries:
+                rel = _join(sub, e.name)
+                self.check_key(f"{new}/{rel}")  # directories too: on a local lake they are paths
+                if e.is_dir:
+                    stack.append(rel)
 
     # -- helpers --------------------------------------------------------
     def full(self, rel: str) -> str:
