@@ -131,6 +131,25 @@ def _prices(value: Any) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items()}
 
 
+def _min_free(value: Any) -> int | float:
+    """'5%' -> 0.05 (a fraction of the cache dir's filesystem); a size -> bytes."""
+    expected = "a size such as 20GiB or a percentage of the cache dir's filesystem such as 5%"
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            percent = float(value.strip()[:-1])
+        except ValueError:
+            raise ValueError(expected) from None
+        if not 0 <= percent < 100:
+            raise ValueError(expected)
+        return percent / 100
+    if isinstance(value, float):
+        raise ValueError(expected)
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise ValueError(expected) from None
+
+
 def _policy(value: Any) -> str:
     if value not in ("lru", "stable"):
         raise ValueError("lru or stable")
@@ -204,6 +223,7 @@ _KEYS = [
     _Key("cache", "high_watermark", _fraction, "high_watermark"),
     _Key("cache", "low_watermark", _fraction, "low_watermark"),
     _Key("cache", "policy", _policy, "cache_policy"),
+    _Key("cache", "min_free", _min_free, "cache_min_free"),
     _Key("cache", "read_ahead", parse_size, "read_ahead"),
     _Key("cache", "prefetch_memory", parse_size, "prefetch_memory"),
     _Key("fuse", "read_ahead_kb", _retries, "kernel_read_ahead_kb"),
@@ -260,6 +280,9 @@ class Settings:
     high_watermark: float = 0.95
     low_watermark: float = 0.85
     cache_policy: str = "stable"  # disk eviction: "stable" (cyclic epochs) or "lru"
+    # Free space the disk tier leaves on its filesystem (staged writes need it): bytes, or a
+    # fraction of it; None: 5 %, but at least 1 GiB or half the filesystem if smaller (tiers/disk.py).
+    cache_min_free: int | float | None = None
     read_ahead: int = 32 * 1024**2  # largest read-ahead window of one open file
     prefetch_memory: int = 128 * 1024**2  # bound on blocks being prefetched at once
     kernel_read_ahead_kb: int = 4096  # the mount's bdi read_ahead_kb: larger FUSE read requests

@@ -55,6 +55,12 @@ class NotEmpty(TierfsError):
     errno = errno.ENOTEMPTY
 
 
+class NameTooLong(TierfsError):
+    """A name (one component, or the whole key) is longer than the lake can hold."""
+
+    errno = errno.ENAMETOOLONG
+
+
 class CorruptBlock(TierfsError):
     """A cached block failed its checksum; the caller drops it and refetches."""
 

@@ -86,6 +86,9 @@ class Components:
     def redis(self) -> RedisTier | None:
         return next((t for t in self.chain.tiers if isinstance(t, RedisTier)), None)
 
+    def disk(self) -> DiskTier | None:
+        return next((t for t in self.chain.tiers if isinstance(t, DiskTier)), None)
+
     def close(self) -> None:
         self.chain.close()
         if self.writer is not None:
@@ -104,8 +107,8 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
             settings.redis_ttl, settings.redis_max_block_size, settings.redis_pool_size, settings.redis_timeout,
         )))
     if settings.cache_size > 0:
-        tiers.append(DiskTier(settings.resolved_cache_dir(), settings.cache_size,
-                              settings.high_watermark, settings.low_watermark, settings.cache_policy))
+        tiers.append(DiskTier(settings.resolved_cache_dir(), settings.cache_size, settings.high_watermark,
+                              settings.low_watermark, settings.cache_policy, settings.cache_min_free))
     # Worker threads: one pool for the tiers' disk I/O, one for the store's
     # network calls, so a slow store never starves cache hits.
     chain = TierChain(tiers, trio.CapacityLimiter(16))
@@ -118,7 +121,8 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
     writer = None
     if not settings.read_only:
         writer = Writer(store, Uploader(store, settings.part_size, settings.upload_concurrency), reader, namespace,
-                        Staging(settings.resolved_cache_dir() / "staging"), store_limiter,
+                        # A leftover under a key the lake refuses is set aside at recovery, not retried forever.
+                        Staging(settings.resolved_cache_dir() / "staging", key_check=store.check_key), store_limiter,
                         settings.rename_concurrency)
     warmer = Warmer(reader, namespace.resolve_ref,
                     settings.resolved_cache_dir() if settings.cache_size > 0 else None)
@@ -156,6 +160,9 @@ def run_foreground(settings: Settings, mountpoint: Path, on_ready: Callable[[str
             recovered = comps.writer.recover()
             if recovered:
                 notes.append(recovered)
+        disk_tier = comps.disk()
+        if disk_tier is not None and (too_big := disk_tier.fit_note()):
+            notes.append(too_big)
         if settings.metrics_listen:
             export_stats(comps.stats)
             try:

@@ -97,7 +97,8 @@ def test_two_nodes_writing_one_key_cache_what_the_lake_holds(server: Server, tmp
             barrier = threading.Barrier(2)
             errors: list[BaseException] = []
 
-            def write(m: Mount) -> None:
+            def write(m: Mount, barrier: threading.Barrier = barrier, data: dict[Mount, bytes] = data,
+                      errors: list[BaseException] = errors) -> None:
                 try:
                     barrier.wait(10)
                     (m.mountpoint / "ckpt/model.pt").write_bytes(data[m])

@@ -1,16 +1,21 @@
-"""Disk tier specifics: checksums, crash repair, layout, lock, mode."""
+"""Disk tier specifics: checksums, crash repair, layout, lock, mode, the free-space reserve."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from tierfs.errors import UserError
+from tierfs.config import load
+from tierfs.errors import ConfigError, UserError
 from tierfs.refs import ObjectRef
-from tierfs.tiers.disk import DiskTier
+from tierfs.tiers import disk as disk_module
+from tierfs.tiers.disk import DiskTier, reserve_bytes
 from tierfs.tiers.lmdb_index import LANDING
 
 
@@ -181,5 +186,178 @@ def test_stable_policy_keeps_hit_blocks_over_new_ones(tmp_path: Path) -> None:
             t.put(key(b), b"n" * 4096)  # a scan of never-reread blocks
         assert all(t.get(key(b)) is not None for b in range(10))
         assert t.bytes_held() <= 20 * 4096
+    finally:
+        t.close()
+
+
+# -- the free-space reserve of the cache dir's filesystem ------------------------------------------
+
+class FakeDisk:
+    """The filesystem under a cache dir as statvfs and block writes see it: ``size`` bytes, used by the
+    tier's block files and by ``others`` bytes of everyone else (staged files, say)."""
+
+    def __init__(self, root: Path, size: int, monkeypatch: pytest.MonkeyPatch):
+        self.root, self.size, self.others, self.statvfs_calls = root, size, 0, 0
+        real_statvfs, real_open = os.statvfs, open
+
+        def statvfs(path: Any) -> Any:
+            if not str(path).startswith(str(root)):
+                return real_statvfs(path)
+            self.statvfs_calls += 1
+            return SimpleNamespace(f_frsize=4096, f_blocks=size // 4096, f_bavail=max(0, self.free()) // 4096)
+
+        def open_(path: Any, mode: str = "r", *args: Any, **kw: Any) -> Any:
+            fh = real_open(path, mode, *args, **kw)
+            return _Full(fh, self) if "w" in mode else fh
+
+        monkeypatch.setattr(os, "statvfs", statvfs)
+        monkeypatch.setattr(disk_module, "open", open_, raising=False)
+
+    def used(self) -> int:
+        return sum(p.stat().st_size for sub in ("blocks", "tmp") for p in (self.root / sub).rglob("*") if p.is_file())
+
+    def free(self) -> int:
+        return self.size - self.others - self.used()
+
+
+class _Full:
+    """A file on a FakeDisk: a write that does not fit fails with ENOSPC."""
+
+    def __init__(self, fh: Any, disk: FakeDisk):
+        self.fh, self.disk = fh, disk
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self.disk.free():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return int(self.fh.write(data))
+
+    def __enter__(self) -> _Full:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.fh.close()
+
+
+MiB = 1 << 20
+
+
+def block(n: int, size: int = MiB) -> bytes:
+    return bytes([n % 251]) * size
+
+
+def test_default_reserve_is_5_percent_with_a_floor() -> None:
+    assert reserve_bytes(None, 4 << 40) == int((4 << 40) * 0.05)  # a large NVMe: 5 %
+    assert reserve_bytes(None, 10 << 30) == 1 << 30  # room for a staged checkpoint, not 512 MiB
+    assert reserve_bytes(None, 64 * MiB) == 32 * MiB  # a small filesystem: half of it, not all
+    assert reserve_bytes(0.1, 1000) == 100 and reserve_bytes(123, 1 << 40) == 123
+
+
+def test_min_free_setting(tmp_path: Path) -> None:
+    cfg = tmp_path / "t.toml"
+    for text, value in (('"10%"', 0.1), ('"2GiB"', 2 << 30), ("0", 0)):
+        cfg.write_text(f"[cache]\nmin_free = {text}\n")
+        assert load(cfg).cache_min_free == value
+    assert load(None).cache_min_free is None
+    for bad in ('"lots"', '"150%"', "0.5", '"-1%"'):
+        cfg.write_text(f"[cache]\nmin_free = {bad}\n")
+        with pytest.raises(ConfigError, match=r"\[cache\] min_free = .* is not allowed; expected a size such as "
+                                               r"20GiB or a percentage of the cache dir's filesystem such as 5%"):
+            load(cfg)
+
+
+def test_blocks_evict_lru_until_the_reserve_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = FakeDisk(tmp_path / "c", 16 * MiB, monkeypatch)
+    t = DiskTier(tmp_path / "c", 500 << 30, policy="lru", min_free=4 * MiB)  # a size far beyond the disk
+    try:
+        for n in range(40):
+            t.put(key(n), block(n))
+            assert disk.free() >= 4 * MiB, n
+        assert t.stats.get("evictions") > 0 and t.skipped == 0
+        assert 8 * MiB <= t.bytes_held() <= 12 * MiB  # it fills what fits, less the watermarks' slack
+        assert t.get(key(39)) == block(39) and t.get(key(0)) is None  # the least recently used went
+        # staged files grow: the next block makes the cache give the room back
+        disk.others = 6 * MiB
+        monkeypatch.setattr(disk_module, "_STATVFS_SECONDS", 0.0)  # the growth is seen at once
+        t.put(key(40), block(40))
+        assert disk.free() >= 4 * MiB and t.get(key(40)) == block(40)
+    finally:
+        t.close()
+
+
+def test_enospc_evicts_until_the_disk_has_room_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = FakeDisk(tmp_path / "c", 64 * MiB, monkeypatch)
+    t = DiskTier(tmp_path / "c", 500 << 30)  # the default reserve: half of a small filesystem
+    try:
+        for n in range(40):
+            t.put(key(n), block(n))
+        held = t.bytes_held()
+        assert held > 8 * MiB
+        # A staged checkpoint takes every free byte between the space check of a block and its write.
+        monkeypatch.setattr(t, "_room_for", lambda n: True, raising=False)
+        disk.others = disk.free()
+        t.put(key(99), block(99))  # ENOSPC: not an error
+        assert t.get(key(99)) is None
+        # evicted for real: the reserve (32 MiB) is back, or as much of it as the cache held
+        assert disk.free() >= min(32 * MiB, held) - MiB, (disk.free(), held)
+    finally:
+        t.close()
+
+
+def test_enospc_evicts_only_down_to_the_reserve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = FakeDisk(tmp_path / "c", 32 * MiB, monkeypatch)
+    t = DiskTier(tmp_path / "c", 500 << 30, policy="lru", min_free=2 * MiB)
+    try:
+        for n in range(40):
+            t.put(key(n), block(n))
+        monkeypatch.setattr(t, "_room_for", lambda n: True, raising=False)
+        disk.others = disk.free()
+        t.put(key(99), block(99))
+        assert 2 * MiB <= disk.free() <= 8 * MiB, disk.free()  # the reserve and the watermarks' slack
+        assert t.bytes_held() >= 20 * MiB
+        assert t.get(key(39)) == block(39)  # the youngest blocks stay
+    finally:
+        t.close()
+
+
+def test_a_block_that_cannot_fit_is_skipped_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = FakeDisk(tmp_path / "c", 16 * MiB, monkeypatch)
+    disk.others = 13 * MiB  # the disk is someone else's: 3 MiB free, 4 MiB reserve
+    t = DiskTier(tmp_path / "c", 500 << 30, min_free=4 * MiB)
+    try:
+        t.put(key(1), block(1))
+        assert t.get(key(1)) is None and t.skipped == 1 and t.stats.get("errors") == 0
+        assert disk.used() == 0
+        disk.others = 0
+        monkeypatch.setattr(disk_module, "_STATVFS_SECONDS", 0.0)
+        t.put(key(1), block(1))  # room again: cached again
+        assert t.get(key(1)) == block(1)
+    finally:
+        t.close()
+
+
+def test_free_space_is_read_once_per_many_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = FakeDisk(tmp_path / "c", 1 << 40, monkeypatch)
+    t = DiskTier(tmp_path / "c", 1 << 30)
+    try:
+        for n in range(64):
+            t.put(key(n), block(n, 64 * 1024))
+        assert disk.statvfs_calls <= 4
+    finally:
+        t.close()
+
+
+def test_mount_note_when_the_size_cannot_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeDisk(tmp_path / "c", 64 * MiB, monkeypatch)
+    t = DiskTier(tmp_path / "c", 500 << 30)
+    try:
+        note = t.fit_note()
+        assert note.startswith("disk cache limited to 32.0 MiB, not the 500.0 GiB of [cache] size: ")
+        assert "keeping 32.0 MiB free; lower [cache] size to fit, or give a --cache-dir on a larger disk" in note
+        assert "\n" not in note
+    finally:
+        t.close()
+    t = DiskTier(tmp_path / "c", 16 * MiB)
+    try:
+        assert t.fit_note() == ""
     finally:
         t.close()

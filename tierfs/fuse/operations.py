@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import pyfuse3
+import trio
 
 from tierfs.data.readahead import ReadAhead
 from tierfs.data.reader import BlockReader
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 XATTR_PREFIX = "user.tierfs."
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # linux/fs.h
+FUSE_NAME_MAX = 1024  # the kernel refuses longer names before asking the filesystem
 FUSE_OPS = ("lookup", "getattr", "readdir", "open", "read", "release", "statfs", "getxattr", "errors",
             "create", "write", "flush", "fsync", "setattr", "mkdir", "rmdir", "unlink", "rename")
 _COUNTED = frozenset(FUSE_OPS)
@@ -110,7 +112,10 @@ class TierfsOperations(pyfuse3.Operations):
     # -- names ------------------------------------------------------------
     @_guard
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        node = await self.ns.lookup(parent_inode, os.fsdecode(name))
+        text = os.fsdecode(name)
+        parent = self.ns.node(parent_inode)
+        self._check_name(f"{parent.path}/{text}" if parent.path else text)  # the lake can hold no such name
+        node = await self.ns.lookup(parent_inode, text)
         self.ns.remember(node)
         return self.attrs(node)
 
@@ -253,7 +258,7 @@ class TierfsOperations(pyfuse3.Operations):
         s.f_bsize = s.f_frsize = 4096
         s.f_blocks = s.f_bfree = s.f_bavail = 1 << 40  # an object store has no fixed size
         s.f_files = s.f_ffree = s.f_favail = 1 << 32
-        s.f_namemax = 1024
+        s.f_namemax = min(self.ns.store.name_max, FUSE_NAME_MAX)
         return s
 
     @_guard
@@ -368,10 +373,15 @@ class TierfsOperations(pyfuse3.Operations):
                 raise NotADirectoryError(new)
             if dst.is_dir and await self.ns.list_dir(dst.inode):
                 raise NotEmpty(new)
-            if dst.is_dir:
-                await writer.rmdir(new)
         if src.is_dir and (new + "/").startswith(old + "/"):
             raise pyfuse3.FUSEError(errno.EINVAL)
+        if src.is_dir:
+            # Every key below must fit under the new name, checked before anything moves.
+            for key, _ in self.ns.overlay.files_under(old):  # staged here, not in the lake yet
+                self._check_name(new + key[len(old):])
+            await trio.to_thread.run_sync(self.ns.store.check_move, old, new, limiter=self.ns.limiter)
+        if dst is not None and dst.is_dir:
+            await writer.rmdir(new)
         await writer.rename(old, new, src.is_dir)
 
     def _writer_for(self, node: Node) -> Writer:
@@ -385,7 +395,14 @@ class TierfsOperations(pyfuse3.Operations):
         text = os.fsdecode(name)
         if parent.path == "" and text in RESERVED:
             raise ReadOnly(text)
-        return parent, f"{parent.path}/{text}" if parent.path else text
+        path = f"{parent.path}/{text}" if parent.path else text
+        self._check_name(path)
+        return parent, path
+
+    def _check_name(self, path: str) -> None:
+        """ENAMETOOLONG now for a name the lake cannot hold, rather than EIO from its upload at close."""
+        if not in_tree(path):  # (snapshot paths are not keys; that tree is read-only)
+            self.ns.store.check_key(path)
 
     async def _exists(self, path: str) -> bool:
         try:

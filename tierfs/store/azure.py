@@ -20,14 +20,13 @@ from typing import Any, ClassVar
 
 from tierfs.errors import Archived, UserError
 from tierfs.refs import ObjectRef
-from tierfs.store.backend import Backend, Changed, Entry, expected_etag, mtime_ns_of
+from tierfs.store.backend import Backend, BucketKeys, Changed, Entry, expected_etag, mtime_ns_of
 from tierfs.store.local import archived_message
 
 
-class AzureBackend(Backend):
+class AzureBackend(BucketKeys, Backend):
     provider: ClassVar[str] = "azure"
-    key_max: ClassVar[int] = 1024  # Azure: a blob name is at most 1,024 characters
-    name_max: ClassVar[int] = 1024
+    counts_characters: ClassVar[bool] = True  # a blob name is at most 1,024 characters
 
     def _blob(self, key: str) -> Any:
         container, _, name = self.full(key).partition("/")

@@ -66,9 +66,8 @@ class Backend:
     """The generic fsspec backend; providers subclass it and override what they do better."""
 
     provider: ClassVar[str] = "fsspec"
-    #: Longest key (bytes of UTF-8, the lake's root prefix included) and longest path component.
-    key_max: ClassVar[int] = 1024
-    name_max: ClassVar[int] = 1024
+    #: Whether key lengths count characters (Azure) rather than bytes of UTF-8.
+    counts_characters: ClassVar[bool] = False
     #: Whether uploads go up as resumable multipart uploads (S3).
     multipart: ClassVar[bool] = False
 
@@ -90,6 +89,20 @@ class Backend:
         if not rel:
             return self.root or self.fs.root_marker
         return f"{self.root}/{rel}" if self.root else rel
+
+    @property
+    def name_limits(self) -> tuple[int, int]:
+        """(longest path component, longest key with the lake's root), counted as ``key_length`` counts.
+
+        Another fsspec store: its limits are not known here, and too strict a
+        guess would hide objects it holds; its own refusal (at the upload) is
+        the check.
+        """
+        return 1 << 16, 1 << 20
+
+    def key_length(self, rel: str) -> int:
+        """The length of ``rel``'s key as the store counts it, root prefix included."""
+        return len(os.fsencode(self.full(rel)))  # (fsencode: the bytes the name came in as, UTF-8 or not)
 
     def run(self, coro_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run an fsspec coroutine on its loop, cancelled when this call's deadline passes."""
@@ -281,8 +294,16 @@ def join_key(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent and name else parent or name
 
 
-def os_name_max(path: str) -> int:
-    try:
-        return os.statvfs(path).f_namemax
-    except OSError:
-        return 255
+class BucketKeys:
+    """Object stores whose limit is on the whole key inside the bucket (1024), not on each component."""
+
+    counts_characters: ClassVar[bool] = False
+
+    @property
+    def name_limits(self) -> tuple[int, int]:
+        return 1024, 1024  # S3, GCS: 1024 bytes of UTF-8; Azure: 1024 characters
+
+    def key_length(self, rel: str) -> int:
+        full: str = self.full(rel)  # type: ignore[attr-defined]
+        key = full.split("/", 1)[1] if "/" in full else ""  # the bucket is not part of the key
+        return len(key) if self.counts_characters else len(os.fsencode(key))

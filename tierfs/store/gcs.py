@@ -20,16 +20,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tierfs.refs import ObjectRef
-from tierfs.store.backend import Backend, Changed, Entry, mtime_ns_of
+from tierfs.store.backend import Backend, BucketKeys, Changed, Entry, mtime_ns_of
 
 #: Uploads above this size go up as a resumable upload, in chunks of it (a multiple of 256 KiB).
 _CHUNK = 16 << 20
 
 
-class GcsBackend(Backend):
+class GcsBackend(BucketKeys, Backend):
     provider: ClassVar[str] = "gcs"
-    key_max: ClassVar[int] = 1024  # GCS: an object name is at most 1,024 bytes of UTF-8
-    name_max: ClassVar[int] = 1024
 
     # -- metadata -----------------------------------------------------------
     def list_dir(self, rel: str) -> list[Entry]:

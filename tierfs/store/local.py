@@ -10,6 +10,7 @@ rules can be tried on a laptop.
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import uuid
@@ -17,12 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
-import fsspec
-
-from tierfs.config import Settings
 from tierfs.errors import Archived, UserError
 from tierfs.refs import ObjectRef
-from tierfs.store.backend import ARCHIVE_CLASSES, Backend, Changed, Entry, expected_etag, os_name_max
+from tierfs.store.backend import ARCHIVE_CLASSES, Backend, Changed, Entry, expected_etag
 
 #: Where a local lake keeps an object's emulated storage class.
 LOCAL_CLASS_XATTR = "user.tierfs.class"
@@ -33,10 +31,19 @@ UPLOAD_DIR = ".tierfs/upload"
 class LocalBackend(Backend):
     provider: ClassVar[str] = "local"
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, settings: Settings | None = None):
-        super().__init__(fs, root, url, settings)
-        self.name_max = os_name_max(self.root or "/")  # type: ignore[misc]
-        self.key_max = os.pathconf(self.root, "PC_PATH_MAX") if os.path.isdir(self.root) else 4096  # type: ignore[misc]
+    @functools.cached_property
+    def name_limits(self) -> tuple[int, int]:
+        """The local filesystem's: a name of f_namemax bytes, a path of PATH_MAX."""
+        root = self.full("")
+        try:
+            component = os.statvfs(root).f_namemax
+        except OSError:
+            component = 255
+        try:
+            path_max = os.pathconf(root, "PC_PATH_MAX")
+        except (OSError, ValueError):
+            path_max = 4096
+        return component, path_max - 1  # PATH_MAX counts the terminating NUL
 
     # -- data ---------------------------------------------------------------
     def read_range(self, ref: ObjectRef, start: int, end: int) -> bytes:

@@ -16,8 +16,6 @@ from tierfs.store.backend import Backend, Changed, expected_etag
 
 class MemoryBackend(Backend):
     provider: ClassVar[str] = "memory"
-    key_max: ClassVar[int] = 4096
-    name_max: ClassVar[int] = 1024
 
     def read_range(self, ref: ObjectRef, start: int, end: int) -> bytes:
         expected = expected_etag(ref)

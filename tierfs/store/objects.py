@@ -23,7 +23,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from tierfs.config import Settings
-from tierfs.errors import Archived, NotFound, StoreError, UserError
+from tierfs.errors import Archived, NameTooLong, NotFound, StoreError, UserError
 from tierfs.metrics import BACKEND_COUNTERS, BACKEND_SECONDS, Counters
 from tierfs.refs import ObjectRef
 from tierfs.store.backend import ARCHIVE_CLASSES, Backend, Changed, Entry, join_key, mtime_ns_of
@@ -248,6 +248,60 @@ class ObjectStore:
         """Set an object's modification time where the store keeps one we may set (a local lake)."""
         out: bool = self.call(lambda: self.backend.set_mtime(rel, mtime_ns), f"utime {rel}")
         return out
+
+    # -- names the store accepts -------------------------------------------
+    # A name past the backend's limits is refused where it is made
+    # (ENAMETOOLONG at create, mkdir, rename): the store would refuse it only
+    # at the upload, after the bytes were written, and again at every retry.
+
+    def key_length(self, rel: str) -> int:
+        """The length of ``rel``'s key as its store counts it (see Backend.key_length)."""
+        return self.backend.key_length(rel)
+
+    @property
+    def key_max(self) -> int:
+        """The longest key the store takes, root prefix included (see ``key_length``)."""
+        return self.backend.name_limits[1]
+
+    @property
+    def name_max(self) -> int:
+        """The longest single name here: the store's limit per component, or what the root prefix leaves of a key."""
+        component, key_max = self.backend.name_limits
+        return min(component, key_max - (self.key_length("x") - 1))
+
+    def check_key(self, rel: str) -> None:
+        """Raise NameTooLong unless the store can hold ``rel``: every component and the whole key within limits."""
+        component, key_max = self.backend.name_limits
+        length = self.key_length(rel)
+        if length > key_max:
+            unit = "characters" if self.backend.counts_characters else "bytes"
+            raise NameTooLong(f"{rel}: a key of {length} {unit} with the lake's root; "
+                              f"{self.url} takes at most {key_max}")
+        if length > component:  # (a key shorter than the limit has no component longer than it)
+            for name in rel.split("/"):
+                if len(os.fsencode(name)) > component:
+                    raise NameTooLong(f"{rel}: a name of {len(os.fsencode(name))} bytes; "
+                                      f"{self.url} takes at most {component} per name")
+
+    def check_move(self, old: str, new: str) -> None:
+        """Raise NameTooLong, before anything moves, if a key below ``old`` would be too long below ``new``.
+
+        Lists the whole tree, and only when the new name is the longer one.
+        """
+        if self.key_length(new) <= self.key_length(old):
+            return  # no key below gets longer
+        stack = [""]
+        while stack:
+            sub = stack.pop()
+            try:
+                entries = self.list_dir(join_key(old, sub))
+            except NotFound:
+                continue  # (a directory only this mount knows of yet)
+            for e in entries:
+                rel = join_key(sub, e.name)
+                self.check_key(f"{new}/{rel}")  # directories too: on a local lake they are paths
+                if e.is_dir:
+                    stack.append(rel)
 
     # -- the retry budget -------------------------------------------------
     def call(self, fn: Callable[[], T], what: str, deadline: float | None = None, attempts: int | None = None) -> T:

@@ -32,7 +32,7 @@ import obstore
 from tierfs.config import Settings
 from tierfs.errors import Archived, NotFound, StoreError, UserError
 from tierfs.refs import ObjectRef
-from tierfs.store.backend import Backend, Changed, Entry, expected_etag, join_key
+from tierfs.store.backend import Backend, BucketKeys, Changed, Entry, expected_etag, join_key
 from tierfs.store.local import archived_message
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,8 @@ log = logging.getLogger(__name__)
 _SELF_COPY_REFUSED = "self-copy-needs-replace"
 
 
-class S3Backend(Backend):
+class S3Backend(BucketKeys, Backend):
     provider: ClassVar[str] = "s3"
-    key_max: ClassVar[int] = 1024  # S3: a key is at most 1,024 bytes of UTF-8
-    name_max: ClassVar[int] = 1024
     multipart: ClassVar[bool] = True
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, settings: Settings | None = None):

@@ -11,6 +11,13 @@ Layout of the cache dir (mode 0700)::
 A block lands as temp file -> rename -> index entry, and leaves as index entry
 (marked pending) -> unlink -> pending cleared, so at any crash point the
 pending marks name every block whose file and index may disagree.
+
+The tier is bounded twice: by its configured size (the watermarks) and by the
+filesystem it lives on, whose free space it never lets fall below a reserve
+(``min_free``): staged files (``<cache dir>/staging``) share that filesystem,
+and a checkpoint written through the mount must find room there. A block that
+cannot land without eating into the reserve evicts older blocks, or is not
+cached at all; the read it came from is served all the same.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from pathlib import Path
 import lmdb
 import xxhash
 
+from tierfs.config import format_size
 from tierfs.errors import UserError
 from tierfs.refs import BlockKey
 from tierfs.tiers.base import Tier
@@ -37,6 +45,23 @@ log = logging.getLogger(__name__)
 LAYOUT = "tierfs-disk-cache 1\n"
 _TOUCH_BATCH = 512
 _TOUCH_SECONDS = 2.0
+DEFAULT_MIN_FREE = 0.05  # of the filesystem, as Mountpoint for S3 keeps
+_MIN_FREE_FLOOR = 1 << 30  # room for a staged checkpoint; at most half a small filesystem, or no cache fits there
+# statvfs is cheap but others (staged files, logs) change the free space too:
+# between calls, free space is estimated from what this tier wrote, and read
+# again after this many bytes or seconds.
+_STATVFS_BYTES = 32 << 20
+_STATVFS_SECONDS = 0.5
+
+
+def reserve_bytes(min_free: int | float | None, fs_bytes: int) -> int:
+    """The free space to keep on a filesystem of ``fs_bytes``: ``min_free`` bytes,
+    a fraction of the filesystem (a float), or (None) the default."""
+    if min_free is None:
+        return max(int(fs_bytes * DEFAULT_MIN_FREE), min(_MIN_FREE_FLOOR, fs_bytes // 2))
+    if isinstance(min_free, float):
+        return int(fs_bytes * min_free)
+    return min_free
 
 
 def checksum(data: bytes) -> int:
@@ -46,17 +71,29 @@ def checksum(data: bytes) -> int:
 class DiskTier(Tier):
     name = "disk"
 
-    def __init__(self, root: Path, capacity: int, high: float = 0.95, low: float = 0.85, policy: str = "lru"):
+    def __init__(self, root: Path, capacity: int, high: float = 0.95, low: float = 0.85, policy: str = "lru",
+                 min_free: int | float | None = None):
         """``policy``: ``lru`` evicts the least recently used block. ``stable``
         (for datasets larger than the cache, read in cyclic epochs, where LRU
         evicts exactly what the next epoch reads first) keeps blocks that were
         hit apart and evicts never-hit blocks newest first, so a stable part of
-        the dataset stays cached from one epoch to the next."""
+        the dataset stays cached from one epoch to the next.
+
+        ``min_free``: the free space kept on the cache dir's filesystem, in
+        bytes or (a float) as a fraction of it; None: ``reserve_bytes``' default."""
         self.policy = policy
         self.root = root
         self.capacity = capacity
+        self.high, self.low = high, low
         self.high_bytes = int(capacity * high)
         self.low_bytes = int(capacity * low)
+        self.min_free = min_free
+        self._space_lock = threading.Lock()
+        self._free = self._reserve = 0  # at the last statvfs
+        self._written = 0  # bytes this tier wrote since then
+        self._statvfs_at = 0.0
+        self.skipped = 0  # blocks not cached for want of free space
+        self._last_skip_log = 0.0
         self._lock_fd = prepare_cache_dir(root)
         self.blocks_dir = root / "blocks"
         self.tmp_dir = root / "tmp"
@@ -102,6 +139,9 @@ class DiskTier(Tier):
     def put(self, key: BlockKey, data: bytes) -> None:
         if len(data) > self.high_bytes - self.low_bytes or time.monotonic() < self._full_until:
             return
+        if not self._room_for(len(data)):
+            self._skipped()
+            return
         final = self._path(key.hex)
         tmp = self.tmp_dir / f"{key.hex}.{threading.get_ident():x}"
         try:
@@ -114,10 +154,23 @@ class DiskTier(Tier):
         except (OSError, lmdb.MapFullError) as exc:
             tmp.unlink(missing_ok=True)
             self._drop([key.digest])  # whatever half of the landing happened
-            if isinstance(exc, lmdb.MapFullError) or exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if isinstance(exc, lmdb.MapFullError):
                 self._full_until = time.monotonic() + 10
-                log.warning("disk cache: %s is full; evicting and bypassing the disk tier for 10 s", self.root)
-                self._evict_to(self.low_bytes)
+                log.warning("disk cache: the index of %s is full; evicting and bypassing the disk tier for 10 s",
+                            self.root)
+                self._evict_to(int(self.bytes_held() * self.low))
+                return
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                # Evict for real: until the filesystem has its reserve again
+                # (the configured size may be far beyond what the disk holds).
+                self._make_room(len(data))
+                with self._space_lock:
+                    self._statvfs()
+                    short = self._free < self._reserve
+                if short:  # what fills the disk is not this cache: keep off it for a while
+                    self._full_until = time.monotonic() + 10
+                log.warning("disk cache: %s is full; evicted to keep %s free there%s", self.root,
+                            format_size(self._reserve), ", and bypassing the disk tier for 10 s" if short else "")
                 return
             raise
         except Exception:
@@ -140,6 +193,26 @@ class DiskTier(Tier):
         self.index.set_clean(True)
         self.index.close()
         os.close(self._lock_fd)
+
+    def room(self) -> tuple[int, int, int]:
+        """(bytes this tier can hold on its filesystem now, free bytes there, the reserve kept free)."""
+        with self._space_lock:
+            self._statvfs()
+            free, reserve = self._free, self._reserve
+        return max(0, free + self.bytes_held() - reserve), free, reserve
+
+    def fit_note(self) -> str:
+        """A note for the user if the configured size cannot fit on the filesystem ('' if it can)."""
+        fits, free, reserve = self.room()
+        if self.capacity <= fits:
+            return ""
+        log.warning("disk cache: [cache] size = %s does not fit on the filesystem of %s: it has %s free, "
+                    "the cache holds %s and %s are kept free there for staged writes ([cache] min_free); "
+                    "the disk tier holds at most %s", format_size(self.capacity), self.root, format_size(free),
+                    format_size(self.bytes_held()), format_size(reserve), format_size(fits))
+        return (f"disk cache limited to {format_size(fits)}, not the {format_size(self.capacity)} of [cache] size: "
+                f"{self.root} has room for no more while keeping {format_size(reserve)} free; "
+                "lower [cache] size to fit, or give a --cache-dir on a larger disk")
 
     # -- internals ------------------------------------------------------
     def _path(self, hexkey: str) -> Path:
@@ -173,6 +246,51 @@ class DiskTier(Tier):
         for d in digests:
             self._path(d.hex()).unlink(missing_ok=True)
         self.index.unmark(digests)
+
+    def _statvfs(self) -> None:
+        """Read the filesystem's free space and the reserve (with ``_space_lock`` held)."""
+        st = os.statvfs(self.root)
+        self._free = st.f_bavail * st.f_frsize
+        self._reserve = reserve_bytes(self.min_free, st.f_blocks * st.f_frsize)
+        self._written = 0
+        self._statvfs_at = time.monotonic()
+
+    def _room_for(self, n: int) -> bool:
+        """Whether ``n`` more bytes may land and leave the reserve free; evicts blocks to make room."""
+        cost = n + 8192  # the file's last block and its directory entry, roughly
+        with self._space_lock:
+            stale = self._written + cost > _STATVFS_BYTES or time.monotonic() - self._statvfs_at > _STATVFS_SECONDS
+            # A short estimate is confirmed before anything is evicted: it errs on the full side.
+            if stale or self._free - self._written - cost < self._reserve:
+                self._statvfs()
+            if self._free - self._written - cost >= self._reserve:
+                self._written += cost
+                return True
+        self._make_room(cost)
+        with self._space_lock:
+            self._statvfs()
+            if self._free - cost >= self._reserve:
+                self._written += cost
+                return True
+        return False
+
+    def _make_room(self, n: int) -> None:
+        """Evict until ``n`` more bytes fit above the reserve, with the watermarks' slack below that."""
+        with self._space_lock:
+            self._statvfs()
+            free, reserve = self._free, self._reserve
+        held = self.bytes_held()
+        fits = held + free - reserve - n  # what the cache may hold once the n bytes land
+        if held > fits:
+            self._evict_to(max(0, int(fits * self.low / self.high)))
+
+    def _skipped(self) -> None:
+        self.skipped += 1
+        now = time.monotonic()
+        if now - self._last_skip_log > 60:
+            self._last_skip_log = now
+            log.info("disk cache: %s has no room above its %s reserve; blocks are not cached there for now "
+                     "(%d so far)", self.root, format_size(self._reserve), self.skipped)
 
     def _evict_to(self, target: int) -> None:
         if not self._evict_lock.acquire(blocking=False):

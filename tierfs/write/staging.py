@@ -16,22 +16,27 @@ The state in the record:
 
 After a crash of the daemon, the next start uploads every ``pending`` file and
 reports it. A ``dirty`` file was never confirmed and may be half-written: it is
-moved to ``staging/unclosed/`` and reported, never uploaded. ``clean`` files
-are dropped: the lake has them.
+moved to ``staging/unclosed/`` and reported, never uploaded. So is a
+``pending`` file whose key the lake can never hold (too long a name: an upload
+of it would fail at every retry). ``clean`` files are dropped: the lake has
+them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
 from tierfs import statefile
+from tierfs.errors import NameTooLong
 from tierfs.refs import ObjectRef
 from tierfs.tiers.disk import prepare_cache_dir
 
@@ -73,9 +78,11 @@ class StagedFile:
 
 
 class Staging:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, key_check: Callable[[str], None] | None = None):
         self.root = root
         self.unclosed_dir = root / "unclosed"
+        #: Raises NameTooLong for a key the lake can never hold (ObjectStore.check_key); None: every key is taken.
+        self.key_check = key_check
         self._lock_fd = prepare_cache_dir(root)  # one mount per staging dir
 
     def close(self) -> None:
@@ -142,19 +149,46 @@ class Staging:
                 record.unlink(missing_ok=True)
                 data.unlink(missing_ok=True)
                 continue
-            if state == PENDING:
+            refused = self._refused(key) if state == PENDING else ""
+            if state == PENDING and not refused:
                 fd = os.open(data, os.O_RDWR)
                 st = os.fstat(fd)
                 pending.append(StagedFile(sid, key, data, fd, PENDING, size=st.st_size, mtime_ns=st.st_mtime_ns,
                                           generation=1, uploaded_generation=0))
                 continue
+            if refused:
+                log.warning("a file closed before the previous run ended is not uploaded but kept in %s: "
+                            "the lake cannot hold its name (%s)", self.unclosed_dir, refused)
             self.unclosed_dir.mkdir(exist_ok=True)
-            safe = key.replace("/", "__")
-            os.replace(data, self.unclosed_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{sid[:8]}-{safe}")
+            os.replace(data, self.unclosed_dir / self._aside_name(sid, key))
             record.unlink(missing_ok=True)
             (self.root / f"{sid}.upload.json").unlink(missing_ok=True)
             unclosed.append(key)
         return pending, unclosed
+
+    def _refused(self, key: str) -> str:
+        """Why the lake can never hold ``key`` ('' if it can)."""
+        if self.key_check is None:
+            return ""
+        try:
+            self.key_check(key)
+        except NameTooLong as exc:
+            return str(exc)
+        return ""
+
+    def _aside_name(self, sid: str, key: str) -> str:
+        """The name of a file set aside in unclosed/: when, which record, which key, within the local name limit."""
+        # Encoded with "replace": a key that is not valid Unicode still gives a name that can be made.
+        raw = f"{time.strftime('%Y%m%dT%H%M%S')}-{sid[:8]}-{key.replace('/', '__')}".encode(errors="replace")
+        try:
+            limit = os.statvfs(self.root).f_namemax
+        except OSError:
+            limit = 255
+        if len(raw) > limit:
+            # Cut the key short; the hash of all of it keeps two long keys from meeting in one name.
+            tag = "-" + hashlib.sha256(raw).hexdigest()[:12]
+            raw = raw[:limit - len(tag)] + tag.encode()
+        return raw.decode(errors="ignore")  # (a character cut in half is left out)
 
     def _record(self, sf: StagedFile) -> None:
         if sf.unlinked:
