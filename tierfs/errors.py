@@ -66,7 +66,14 @@ class CorruptBlock(TierfsError):
 
 
 def to_errno(exc: BaseException) -> int:
-    """The errno a failed FUSE request answers with."""
+    """The errno a failed FUSE request answers with.
+
+    Concurrent work (the blocks of one read) fails as an exception group: its
+    errno is the first specific one among what failed, EIO if none is.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        codes = [to_errno(e) for e in exc.exceptions]
+        return next((c for c in codes if c != errno.EIO), errno.EIO)
     if isinstance(exc, TierfsError):
         return exc.errno
     if isinstance(exc, FileNotFoundError):
@@ -82,3 +89,10 @@ def to_errno(exc: BaseException) -> int:
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno
     return errno.EIO
+
+
+def leaf(exc: BaseException) -> BaseException:
+    """The first error inside an exception group (itself if it is none): what a log line should name."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

@@ -261,9 +261,15 @@ def spawn_daemon(argv: list[str], log_file: Path, timeout: float = 120.0) -> tup
     The child reports READY, or one line of error, through a pipe; if it dies
     without a word, the tail of its log says why.
     """
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_fh = open(log_file, "ab")  # noqa: SIM115 - closed once the daemon has it
+    except OSError as exc:
+        where = "cache dir" if log_file.name == "tierfs.log" else "log file"
+        raise UserError(f"cannot write the daemon's log {log_file} ({exc.strerror or exc}): give a {where} that "
+                        "can be written (--cache-dir DIR, or --log-file FILE)") from None
     read_fd, write_fd = os.pipe()
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log_fh, open(os.devnull, "rb") as devnull:
+    with log_fh, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(
             # -P: the cwd is not put on sys.path, so a folder named tierfs/ there cannot shadow the package.
             [sys.executable, "-P", "-m", "tierfs", *argv, "--foreground", "--ready-fd", str(write_fd)],

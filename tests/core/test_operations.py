@@ -85,3 +85,26 @@ async def test_stats_xattr(comps: Any) -> None:
     assert {"requests", "bytes", "errors", "retries"} <= set(stats["backend"])
     for t in stats["tiers"].values():
         assert {"hits", "misses", "bytes_served", "bytes_held", "entries", "evictions"} <= set(t)
+
+
+async def test_a_multi_block_read_keeps_the_errno_of_what_failed(comps: Any) -> None:
+    """A read over several blocks fetches them concurrently: its error is the block's, not a bare EIO."""
+    ops = comps.operations
+    ds = await ops.lookup(ROOT_INODE, b"ds", None)
+    a = await ops.lookup(ds.st_ino, b"a.bin", None)
+    fi = await ops.open(a.st_ino, 0, None)
+    comps.store.fs.rm(f"{comps.store.root}/ds/a.bin")  # gone upstream, after the open
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.read(fi.fh, 0, 10_000)  # three 4 KiB blocks
+    assert e.value.errno == errno.ENOENT
+    await ops.release(fi.fh)
+
+
+async def test_rename_under_a_file_is_enotdir_not_a_new_name(comps: Any) -> None:
+    ops = comps.operations
+    ds = await ops.lookup(ROOT_INODE, b"ds", None)
+    a = await ops.lookup(ds.st_ino, b"a.bin", None)
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.rename(ds.st_ino, b"empty", a.st_ino, b"x", 0, None)
+    assert e.value.errno == errno.ENOTDIR
+    assert comps.store.exists("ds/empty") and not comps.store.exists("ds/a.bin/x")

@@ -62,6 +62,17 @@ def test_cache_dir_not_writable(lake: Path, tmp_path: Path) -> None:
     assert_one_line_error(res, "cache dir", "not usable")
 
 
+@pytest.mark.parametrize("kind", ["a file", "below a file"])
+def test_cache_dir_that_cannot_be_a_directory(kind: str, lake: Path, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("keep")
+    cache = tmp_path / "f" if kind == "a file" else tmp_path / "f/sub"
+    (tmp_path / "mnt").mkdir()
+    for extra in ((), ("--foreground",)):
+        res = mount(f"file://{lake}", tmp_path / "mnt", cache, *extra)
+        assert_one_line_error(res, "cache dir", "--cache-dir")
+    assert (tmp_path / "f").read_text() == "keep"
+
+
 def test_lake_path_does_not_exist(tmp_path: Path) -> None:
     (tmp_path / "mnt").mkdir()
     res = mount(f"file://{tmp_path}/no-such-lake", tmp_path / "mnt", tmp_path / "cache")

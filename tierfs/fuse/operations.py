@@ -24,7 +24,7 @@ import trio
 from tierfs.data.readahead import ReadAhead
 from tierfs.data.reader import BlockReader
 from tierfs.data.warm import Warmer
-from tierfs.errors import Exists, NotEmpty, NotFound, ReadOnly, to_errno
+from tierfs.errors import Exists, NotEmpty, NotFound, ReadOnly, leaf, to_errno
 from tierfs.fuse.attrs import AttrMaker
 from tierfs.metrics import FUSE_SECONDS, Counters
 from tierfs.namespace.inodes import ROOT_INODE, Node
@@ -60,12 +60,13 @@ def _guard(fn: F) -> F:
             raise
         except Exception as exc:
             code = to_errno(exc)
+            what = leaf(exc)
             if code == errno.EIO:
                 self.ops.add("errors")
-                log.warning("%s failed: %s: %s", name, type(exc).__name__, exc,
+                log.warning("%s failed: %s: %s", name, type(what).__name__, what,
                             exc_info=log.isEnabledFor(logging.DEBUG))
             elif log.isEnabledFor(logging.DEBUG):
-                log.debug("%s answered %s: %s: %s", name, errno.errorcode.get(code, code), type(exc).__name__, exc,
+                log.debug("%s answered %s: %s: %s", name, errno.errorcode.get(code, code), type(what).__name__, what,
                           exc_info=True)
             raise pyfuse3.FUSEError(code) from None
         finally:
@@ -392,6 +393,8 @@ class TierfsOperations(pyfuse3.Operations):
 
     def _new_name(self, parent_inode: int, name: bytes) -> tuple[Node, str]:
         parent = self.ns.node(parent_inode)
+        if not parent.is_dir:
+            raise NotADirectoryError(parent.path)  # never a new name below a file
         text = os.fsdecode(name)
         if parent.path == "" and text in RESERVED:
             raise ReadOnly(text)
