@@ -81,3 +81,34 @@ def test_two_handles_on_an_unlinked_file(lake: Path, tmp_path: Path) -> None:
             os.close(fd2)
         assert (lake / "other.bin").read_bytes() == b"o" * 5000
         assert not (lake / "shared.bin").exists()
+
+
+def test_a_lake_file_unlinked_or_replaced_while_open_stays_readable(lake: Path, tmp_path: Path) -> None:
+    """Opened for reading (or for writing, not yet written), then deleted or renamed over: its bytes stay."""
+    from helpers import drop_page_cache
+
+    mnt = tmp_path / "mnt"
+    a, b, c = random_bytes(300_000, 5), random_bytes(200_000, 6), random_bytes(100_000, 7)
+    (lake / "a.bin").write_bytes(a)
+    (lake / "b.bin").write_bytes(b)
+    (lake / "c.bin").write_bytes(c)
+    with mounted(f"file://{lake}", mnt, tmp_path / "cache", "--ram-size", "0", "--cache-size", "0"):
+        ro = os.open(mnt / "a.bin", os.O_RDONLY)
+        rw = os.open(mnt / "b.bin", os.O_RDWR)
+        over = os.open(mnt / "c.bin", os.O_RDONLY)
+        try:
+            os.unlink(mnt / "a.bin")
+            os.rename(mnt / "b.bin", mnt / "b2.bin")
+            os.unlink(mnt / "b2.bin")
+            (mnt / "new.bin").write_bytes(b"n" * 1000)
+            os.replace(mnt / "new.bin", mnt / "c.bin")
+            drop_page_cache()
+            assert os.pread(ro, len(a), 0) == a
+            assert os.pread(rw, len(b), 0) == b
+            assert os.pread(over, len(c), 0) == c
+        finally:
+            for fd in (ro, rw, over):
+                os.close(fd)
+        assert not (lake / "a.bin").exists() and not (lake / "b2.bin").exists()
+        assert (lake / "c.bin").read_bytes() == b"n" * 1000
+        assert sorted(os.listdir(mnt)) == [".snapshots", "c.bin", "datasets"]

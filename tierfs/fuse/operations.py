@@ -349,6 +349,7 @@ class TierfsOperations(pyfuse3.Operations):
         node = await self.ns.lookup(parent_inode, os.fsdecode(name))
         if node.is_dir:
             raise IsADirectoryError(path)
+        await self._keep_open_bytes(node)
         await writer.unlink(path)
 
     @_guard
@@ -376,6 +377,8 @@ class TierfsOperations(pyfuse3.Operations):
                 raise NotEmpty(new)
         if src.is_dir and (new + "/").startswith(old + "/"):
             raise pyfuse3.FUSEError(errno.EINVAL)
+        if dst is not None and not dst.is_dir:
+            await self._keep_open_bytes(dst)  # replaced: its open handles keep reading what they opened
         if src.is_dir:
             # Every key below must fit under the new name, checked before anything moves.
             for key, _ in self.ns.overlay.files_under(old):  # staged here, not in the lake yet
@@ -384,6 +387,25 @@ class TierfsOperations(pyfuse3.Operations):
         if dst is not None and dst.is_dir:
             await writer.rmdir(new)
         await writer.rename(old, new, src.is_dir)
+
+    async def _keep_open_bytes(self, node: Node) -> None:
+        """Before ``node``'s object leaves the lake (unlink, rename over it): keep it readable by its handles."""
+        if not node.opens or self.writer is None:
+            return
+        handles = [h for h in self._files.values() if h.node is node]
+        staged = {id(h.staged): h.staged for h in handles if h.staged is not None}
+        for sf in staged.values():
+            await self.writer.keep_for_handles(node.path, sf, None)
+        by_ref: dict[ObjectRef, list[_FileHandle]] = {}
+        for h in handles:
+            if h.staged is None:
+                by_ref.setdefault(h.ref, []).append(h)
+        for ref, group in by_ref.items():
+            kept = await self.writer.keep_for_handles(node.path, None, ref)
+            if kept is not None:
+                kept.handles += len(group)
+                for h in group:
+                    h.staged = kept
 
     def _writer_for(self, node: Node) -> Writer:
         """The writer, if ``node`` may be changed; EROFS in snapshots and on read-only mounts."""

@@ -242,6 +242,29 @@ class Writer:
             self._wake.set()
         return False
 
+    async def keep_for_handles(self, key: str, sf: StagedFile | None, ref: ObjectRef | None) -> StagedFile | None:
+        """Hold the bytes open handles read before ``key`` is unlinked or replaced in the lake.
+
+        POSIX keeps an unlinked open file readable until its last close; here
+        its bytes may live only in the lake object about to go. A staged file
+        not yet materialized gets its object's bytes copied in; handles that
+        read the lake object (``ref``) get a staged file of their own, out of
+        the journal, that lives as long as they do. Returns that file (or None).
+        """
+        if sf is not None:
+            async with sf.upload_lock:
+                if not sf.materialized and sf.base is not None:
+                    await self._materialize(sf)
+                    sf.materialized = True
+            return None
+        if ref is None:
+            return None
+        kept = self.staging.create(key, base=ref)
+        await self._materialize(kept)
+        kept.materialized, kept.unlinked, kept.state = True, True, CLEAN
+        self.staging.unrecord(kept)
+        return kept
+
     # -- names ------------------------------------------------------------------
     async def unlink(self, key: str) -> None:
         sf = self._staged.get(key)
