@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any, Self
 
 TIERFS = [sys.executable, "-m", "tierfs"]
+# The secret the Redis tier's values are sealed with; the mounts a test starts share it, as a cluster's nodes do.
+REDIS_SECRET = "tierfs-test-suite-redis-secret"
+os.environ.setdefault("TIERFS_REDIS_SECRET", REDIS_SECRET)
 
 
 def write_tree(root: Path, files: dict[str, bytes]) -> None:

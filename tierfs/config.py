@@ -182,7 +182,8 @@ class _Key:
 # (section, key in TOML) -> attribute of Settings. The TOML layout:
 #   [lake] url   [store] retries timeout options   [s3] endpoint_url region ...
 #   [cache] dir size ram_size block_size high_watermark low_watermark
-#   [redis] url password db key_prefix ttl max_block_size pool_size timeout
+#   [redis] url password db key_prefix ttl max_block_size pool_size timeout secret secret_file username
+#           ca_file cert_file key_file allow_no_auth
 #   [mount] mountpoint read_only   [write] part_size upload_concurrency rename_concurrency
 #   [metrics] listen   [metadata] ttl listing_entries   [fuse] workers allow_other   [log] level file
 _KEYS = [
@@ -212,6 +213,13 @@ _KEYS = [
     _Key("redis", "max_block_size", parse_size, "redis_max_block_size"),
     _Key("redis", "pool_size", _count, "redis_pool_size"),
     _Key("redis", "timeout", _positive_float, "redis_timeout"),
+    _Key("redis", "secret", _string, "redis_secret"),
+    _Key("redis", "secret_file", _string, "redis_secret_file"),
+    _Key("redis", "username", _string, "redis_username"),
+    _Key("redis", "ca_file", _string, "redis_ca_file"),
+    _Key("redis", "cert_file", _string, "redis_cert_file"),
+    _Key("redis", "key_file", _string, "redis_key_file"),
+    _Key("redis", "allow_no_auth", _bool, "redis_allow_no_auth"),
     _Key("metrics", "listen", _host_port, "metrics_listen"),
     _Key("prices", "s3", _prices, "prices_s3"),
     _Key("prices", "gcs", _prices, "prices_gcs"),
@@ -226,6 +234,7 @@ _KEYS = [
     _Key("cache", "min_free", _min_free, "cache_min_free"),
     _Key("cache", "read_ahead", parse_size, "read_ahead"),
     _Key("cache", "prefetch_memory", parse_size, "prefetch_memory"),
+    _Key("cache", "encryption_key_file", _string, "cache_key_file"),
     _Key("fuse", "read_ahead_kb", _retries, "kernel_read_ahead_kb"),
     _Key("metadata", "ttl", _positive_float, "metadata_ttl"),
     _Key("metadata", "listing_entries", _count, "listing_entries"),
@@ -251,17 +260,27 @@ class Settings:
     # A whole call to the store, retries included: a stalled store becomes EIO this fast.
     store_read_deadline: float = 30.0
     store_metadata_deadline: float = 10.0
-    store_options: dict[str, Any] = field(default_factory=dict)
+    store_options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold account keys
     # Read object versions (S3 version ids): "auto" asks the bucket whether versioning is on.
     store_versions: str = "auto"
     s3_endpoint_url: str = ""
     s3_region: str = ""
     s3_profile: str = ""
     s3_key: str = ""
-    s3_secret: str = ""
+    s3_secret: str = field(default="", repr=False)
     s3_anon: bool = False
-    redis_url: str = ""  # empty: no Redis tier
-    redis_password: str = ""
+    redis_url: str = field(default="", repr=False)  # empty: no Redis tier (may carry a password: not in reprs)
+    redis_password: str = field(default="", repr=False)
+    # The secret every node shares: each Redis value carries a MAC under it (or TIERFS_REDIS_SECRET).
+    redis_secret: str = field(default="", repr=False)
+    redis_secret_file: str = ""
+    redis_username: str = ""  # Redis 6 ACL user (AUTH user password)
+    redis_ca_file: str = ""  # rediss://: the CA that signed the server's certificate
+    redis_cert_file: str = ""  # rediss://: this node's client certificate, where the server checks them
+    redis_key_file: str = ""
+    redis_allow_no_auth: bool = False  # a Redis off this host without a password is refused unless set
+    # AES-GCM for disk blocks and Redis values: a file holding the key (or TIERFS_CACHE_KEY), never in the cache dir.
+    cache_key_file: str = ""
     redis_db: int | None = None
     redis_key_prefix: str = "tierfs:"
     redis_ttl: float = 7 * 24 * 3600.0

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pyfuse3
 import trio
@@ -42,6 +43,7 @@ from tierfs.tiers.chain import TierChain
 from tierfs.tiers.disk import DiskTier
 from tierfs.tiers.ram import RamTier
 from tierfs.tiers.redis import RedisSettings, RedisTier
+from tierfs.tiers.seal import read_secret
 from tierfs.write.staging import Staging
 from tierfs.write.writer import Writer
 
@@ -102,10 +104,7 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
     if settings.ram_size > 0:
         tiers.append(RamTier(settings.ram_size))
     if settings.redis_url:
-        tiers.append(RedisTier(RedisSettings(
-            settings.redis_url, settings.redis_password, settings.redis_db, settings.redis_key_prefix,
-            settings.redis_ttl, settings.redis_max_block_size, settings.redis_pool_size, settings.redis_timeout,
-        )))
+        tiers.append(RedisTier(redis_settings(settings)))
     if settings.cache_size > 0:
         tiers.append(DiskTier(settings.resolved_cache_dir(), settings.cache_size, settings.high_watermark,
                               settings.low_watermark, settings.cache_policy, settings.cache_min_free))
@@ -132,6 +131,19 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
     comps = Components(settings, store, chain, namespace, reader, ops, time.monotonic(), writer)
     holder.append(comps)
     return comps
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    """The Redis tier's settings, its secrets read from where the config says (never from argv)."""
+    return RedisSettings(
+        settings.redis_url, settings.redis_password or os.environ.get("TIERFS_REDIS_PASSWORD", ""),
+        settings.redis_db, settings.redis_key_prefix, settings.redis_ttl, settings.redis_max_block_size,
+        settings.redis_pool_size, settings.redis_timeout,
+        secret=read_secret(settings.redis_secret, settings.redis_secret_file, "TIERFS_REDIS_SECRET", "[redis] secret"),
+        data_key=read_secret("", settings.cache_key_file, "TIERFS_CACHE_KEY", "cache encryption key"),
+        username=settings.redis_username, ca_file=settings.redis_ca_file, cert_file=settings.redis_cert_file,
+        key_file=settings.redis_key_file, allow_no_auth=settings.redis_allow_no_auth,
+    )
 
 
 def fetch_through_tiers(store: ObjectStore, reader: BlockReader, key: str) -> bytes:
@@ -255,7 +267,35 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 
 
 # -- background start -------------------------------------------------------------
-def spawn_daemon(argv: list[str], log_file: Path, timeout: float = 120.0) -> tuple[int, str]:
+def daemon_argv(argv: list[str]) -> tuple[list[str], dict[str, str], str]:
+    """The daemon's argv without secrets, the environment that carries them, and what was exposed ('' if none).
+
+    A password in ``--redis redis://:PASSWORD@host`` would sit in the
+    daemon's /proc/PID/cmdline for as long as it runs; the daemon gets the URL
+    without it and the password in its environment (readable by root only).
+    """
+    out, env, exposed = list(argv), {}, ""
+    for i, arg in enumerate(out):
+        flag, eq, value = arg.partition("=")
+        if flag == "--redis" and eq:
+            index, url = i, value
+        elif arg == "--redis" and i + 1 < len(out):
+            index, url = i + 1, out[i + 1]
+        else:
+            continue
+        parts = urlsplit(url)
+        if parts.password:
+            host = parts.netloc.rsplit("@", 1)[1]
+            user = f"{parts.username}@" if parts.username else ""
+            bare = urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+            out[index] = f"--redis={bare}" if index == i else bare
+            env["TIERFS_REDIS_PASSWORD"] = unquote(parts.password)
+            exposed = "the Redis password"
+    return out, env, exposed
+
+
+def spawn_daemon(argv: list[str], log_file: Path, timeout: float = 120.0,
+                 env: dict[str, str] | None = None) -> tuple[int, str]:
     """Start ``tierfs mount … --foreground`` in the background; returns its pid (and notes) once ready.
 
     The child reports READY, or one line of error, through a pipe; if it dies
@@ -274,7 +314,7 @@ def spawn_daemon(argv: list[str], log_file: Path, timeout: float = 120.0) -> tup
             # -P: the cwd is not put on sys.path, so a folder named tierfs/ there cannot shadow the package.
             [sys.executable, "-P", "-m", "tierfs", *argv, "--foreground", "--ready-fd", str(write_fd)],
             stdin=devnull, stdout=log_fh, stderr=log_fh, pass_fds=(write_fd,),
-            start_new_session=True, close_fds=True,
+            start_new_session=True, close_fds=True, env={**os.environ, **(env or {})},
         )
     os.close(write_fd)
     message = b""

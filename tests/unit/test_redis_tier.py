@@ -22,7 +22,7 @@ def key(n: int):
 
 
 def tier_for(server: RedisServer, **kw: object) -> RedisTier:
-    t = RedisTier(RedisSettings(server.url, **kw))  # type: ignore[arg-type]
+    t = RedisTier(RedisSettings(server.url, **{"secret": b"unit", **kw}))  # type: ignore[arg-type]
     assert t.connect()
     return t
 
@@ -108,7 +108,7 @@ def test_slow_redis_is_bounded_by_timeouts(redis_server: RedisServer) -> None:
 
 
 def test_absent_redis_starts_down(tmp_path: Path) -> None:
-    t = RedisTier(RedisSettings(f"redis://127.0.0.1:{free_port()}/0"))
+    t = RedisTier(RedisSettings(f"redis://127.0.0.1:{free_port()}/0", secret=b"unit"))
     assert t.connect() is False
     assert not t.is_up() and t.get(key(1)) is None
 
@@ -118,18 +118,18 @@ def test_wrong_password(tmp_path: Path) -> None:
     try:
         url = f"redis://:wrong@127.0.0.1:{server.port}/0"
         with pytest.raises(UserError, match="refused the password") as e:
-            RedisTier(RedisSettings(url)).connect()
+            RedisTier(RedisSettings(url, secret=b"unit")).connect()
         assert "wrong" not in str(e.value)  # never print credentials
         with pytest.raises(UserError, match="wants a password"):
-            RedisTier(RedisSettings(f"redis://127.0.0.1:{server.port}/0")).connect()
-        assert RedisTier(RedisSettings(server.url)).connect()
+            RedisTier(RedisSettings(f"redis://127.0.0.1:{server.port}/0", secret=b"unit")).connect()
+        assert RedisTier(RedisSettings(server.url, secret=b"unit")).connect()
     finally:
         server.stop()
 
 
 def test_tls_client_against_plain_server(redis_server: RedisServer) -> None:
     with pytest.raises(UserError, match="TLS mismatch"):
-        RedisTier(RedisSettings(f"rediss://127.0.0.1:{redis_server.port}/0")).connect()
+        RedisTier(RedisSettings(f"rediss://127.0.0.1:{redis_server.port}/0", secret=b"unit")).connect()
 
 
 def test_plain_client_against_tls_server(tmp_path: Path) -> None:
@@ -144,10 +144,47 @@ def test_plain_client_against_tls_server(tmp_path: Path) -> None:
                  "--tls-key-file", str(key_file), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no")
     try:
         with pytest.raises(UserError, match="rediss://"):
-            RedisTier(RedisSettings(f"redis://127.0.0.1:{port}/0")).connect()
-        ok = RedisTier(RedisSettings(f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none"))
+            RedisTier(RedisSettings(f"redis://127.0.0.1:{port}/0", secret=b"unit")).connect()
+        ok = RedisTier(RedisSettings(f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none", secret=b"unit"))
         assert ok.connect()
         ok.put(key(1), b"over tls")
         assert ok.get(key(1)) == b"over tls"
     finally:
         server.stop()
+
+
+def test_a_planted_value_with_a_valid_unkeyed_checksum_is_never_served(redis_server: RedisServer) -> None:
+    """What an attacker who reaches Redis can write: the right key, their bytes, any checksum they like."""
+    import struct
+
+    import xxhash
+
+    t = tier_for(redis_server)
+    evil = b"planted bytes"
+    for forged in (struct.pack(">Q", xxhash.xxh3_64_intdigest(evil)) + evil,  # the old unkeyed format
+                   b"M" + b"\0" * 32 + evil):  # the sealed layout, without the secret
+        redis_server.client().set(b"tierfs:" + key(3).digest, forged)
+        assert t.get(key(3)) is None
+    t.put(key(4), b"good")
+    raw = redis_server.client().get(b"tierfs:" + key(4).digest)
+    redis_server.client().set(b"tierfs:" + key(5).digest, raw)  # a valid value moved to another key
+    assert t.get(key(5)) is None and t.get(key(4)) == b"good"
+    other = RedisTier(RedisSettings(redis_server.url, secret=b"another lake's secret"))
+    assert other.connect() and other.get(key(4)) is None  # another secret: a miss, not an error
+
+
+def test_encrypted_values_hold_no_plaintext(redis_server: RedisServer) -> None:
+    t = tier_for(redis_server, data_key=b"k" * 32)
+    t.put(key(6), b"secret training sample " * 10)
+    raw = redis_server.client().get(b"tierfs:" + key(6).digest)
+    assert b"training sample" not in raw and t.get(key(6)) == b"secret training sample " * 10
+    assert tier_for(redis_server, data_key=b"j" * 32).get(key(6)) is None  # another key: a miss
+
+
+def test_redis_without_a_secret_or_auth_is_refused() -> None:
+    with pytest.raises(UserError, match="secret"):
+        RedisTier(RedisSettings("redis://127.0.0.1:6379/0"))
+    with pytest.raises(UserError, match="without a password"):
+        RedisTier(RedisSettings("redis://cache-host.invalid:6379/0", secret=b"s"))
+    RedisTier(RedisSettings("redis://cache-host.invalid:6379/0", secret=b"s", allow_no_auth=True)).close()
+    RedisTier(RedisSettings("redis://:pw@cache-host.invalid:6379/0", secret=b"s")).close()

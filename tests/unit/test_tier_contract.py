@@ -29,7 +29,7 @@ def tier(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Tier]:
         # A real redis-server whose maxmemory (allkeys-lru) bounds the tier, as in production.
         server = RedisServer(tmp_path / "redis").start()
         server.client().config_set("maxmemory", str(1200 * 1024))
-        t = RedisTier(RedisSettings(server.url, key_prefix=f"t{tmp_path.name}:"))
+        t = RedisTier(RedisSettings(server.url, key_prefix=f"t{tmp_path.name}:", secret=b"contract"))
         assert t.connect()
     else:
         t = DiskTier(tmp_path / "cache", 64 * 1024)

@@ -72,8 +72,12 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
         mountpoint = mountpoint.absolute()
         if not foreground:
             log_path = Path(settings.log_file) if settings.log_file else settings.resolved_cache_dir() / "tierfs.log"
-            pid, notes = mount_mod.spawn_daemon(sys.argv[1:], log_path)
+            argv, env, exposed = mount_mod.daemon_argv(sys.argv[1:])
+            pid, notes = mount_mod.spawn_daemon(argv, log_path, env=env)
             click.echo(f"mounted {settings.lake_url} at {mountpoint} (pid {pid}, log {log_path})")
+            if exposed:
+                notes = "; ".join(n for n in (notes, f"{exposed} was given on the command line, where any user can "
+                                              "read it (ps): put it in a config file only root can read") if n)
             if notes:
                 click.echo(f"note: {notes}")
             return

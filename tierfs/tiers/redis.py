@@ -1,10 +1,14 @@
 """Redis tier: the cache that training nodes share, between RAM and disk.
 
 One node's miss warms the rack: blocks a node fetched are put into Redis, and
-another node's first read of them is a Redis hit. Values are
-``checksum (8 bytes) + block``; a value that fails its checksum is deleted and
-treated as a miss. Redis bounds itself (``maxmemory`` with ``allkeys-lru``);
-each value also carries a TTL.
+another node's first read of them is a Redis hit. Anyone who can reach Redis
+could read or plant values, so each value is sealed (``seal.py``): a MAC under
+the secret the nodes share, over the block key and the block (or AES-GCM with
+the cache key); a value that fails is deleted and treated as a miss, never
+served. AUTH (user and password) and TLS (``rediss://``, a CA, a client
+certificate) guard the connection; a Redis off this host without a password
+is refused unless the config says so. Redis bounds itself (``maxmemory``
+with ``allkeys-lru``); each value also carries a TTL.
 
 Never a liability (DESIGN.md, invariant 2): every call has a short timeout; on
 a connection error or timeout the tier is marked down and skipped — reads go
@@ -14,27 +18,27 @@ to 30 s) by a PING, and used again once Redis answers.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
-import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import redis
-import xxhash
 
 from tierfs.errors import UserError
 from tierfs.refs import BlockKey
 from tierfs.tiers.base import Tier
+from tierfs.tiers.seal import Sealer
 
 log = logging.getLogger(__name__)
-_SUM = struct.Struct(">Q")
 
 
 @dataclass(frozen=True)
 class RedisSettings:
-    url: str
-    password: str = ""
+    url: str = field(repr=False)
+    password: str = field(default="", repr=False)
     db: int | None = None
     key_prefix: str = "tierfs:"
     ttl: float = 7 * 24 * 3600.0  # seconds a block lives in Redis; 0 = no TTL
@@ -42,6 +46,13 @@ class RedisSettings:
     pool_size: int = 32
     timeout: float = 0.25  # seconds per command: a sick Redis must never be slower than the store
     connect_timeout: float = 0.5
+    secret: bytes = field(default=b"", repr=False)  # the nodes' shared secret: values carry a MAC under it
+    data_key: bytes = field(default=b"", repr=False)  # AES-GCM instead, where the caches are encrypted
+    username: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    allow_no_auth: bool = False
 
 
 class RedisTier(Tier):
@@ -49,6 +60,11 @@ class RedisTier(Tier):
 
     def __init__(self, settings: RedisSettings):
         self.settings = settings
+        if not settings.secret and not settings.data_key:
+            raise UserError("the Redis tier needs the secret every node shares (values carry a MAC under it): "
+                            "set [redis] secret_file (the same file on every node; make one with "
+                            "head -c 32 /dev/urandom | base64) or TIERFS_REDIS_SECRET")
+        self.sealer = Sealer(settings.secret, settings.data_key)
         kwargs: dict[str, object] = {
             "socket_timeout": settings.timeout,
             "socket_connect_timeout": settings.connect_timeout,
@@ -58,12 +74,27 @@ class RedisTier(Tier):
         }
         if settings.password:
             kwargs["password"] = settings.password
+        if settings.username:
+            kwargs["username"] = settings.username
         if settings.db is not None:
             kwargs["db"] = settings.db
+        if settings.url.startswith("rediss://"):
+            kwargs["ssl_cert_reqs"] = "required"
+            if settings.ca_file:
+                kwargs["ssl_ca_certs"] = settings.ca_file
+            if settings.cert_file:
+                kwargs["ssl_certfile"] = settings.cert_file
+                kwargs["ssl_keyfile"] = settings.key_file or None
+        elif settings.ca_file or settings.cert_file:
+            raise UserError(f"[redis] ca_file and cert_file are for TLS: use a rediss:// URL, not {_safe(settings.url)}")
         try:
+            parts = urlsplit(settings.url)
             pool = redis.BlockingConnectionPool.from_url(settings.url, timeout=settings.timeout, **kwargs)
         except ValueError as exc:
-            raise UserError(f"redis URL {_safe(settings.url)} is not valid: {exc}") from None
+            raise UserError(f"redis URL {_safe(settings.url)} is not valid: {_first(str(exc))}") from None
+        if not (settings.password or parts.password) and not settings.allow_no_auth and not _loopback(parts.hostname):
+            raise UserError(f"redis {_safe(settings.url)} is reached over the network without a password: set "
+                            "[redis] password (Redis AUTH), or allow_no_auth = true if the network is yours alone")
         self.client = redis.Redis(connection_pool=pool)
         self._lock = threading.Lock()
         self._up = True
@@ -71,6 +102,7 @@ class RedisTier(Tier):
         self._backoff = 1.0
         self._held = 0
         self._entries = 0
+        self._last_bad_log = 0.0
         super().__init__()
 
     # -- start-up -----------------------------------------------------------
@@ -125,19 +157,23 @@ class RedisTier(Tier):
         if raw is None:
             self._miss()
             return None
-        raw = bytes(raw)  # type: ignore[arg-type]
-        if len(raw) < _SUM.size or _SUM.unpack_from(raw)[0] != xxhash.xxh3_64_intdigest(raw[_SUM.size:]):
-            log.warning("redis tier: block %s failed its checksum; dropped, refetching", key.hex)
+        data = self.sealer.open(key.digest, bytes(raw))  # type: ignore[arg-type]
+        if data is None:
             self.stats.add("errors")
+            now = time.monotonic()
+            if now - self._last_bad_log > 60:  # once a minute: planted or corrupt values may come in floods
+                self._last_bad_log = now
+                log.warning("redis tier: block %s is not sealed by this lake's secret (planted, corrupt, or "
+                            "written under another secret); dropped, refetching", key.hex)
             self.evict(key)
             self._miss()
             return None
-        return self._hit(raw[_SUM.size:])
+        return self._hit(data)
 
     def put(self, key: BlockKey, data: bytes) -> None:
         if len(data) > self.settings.max_block_size or not self._usable():
             return
-        value = _SUM.pack(xxhash.xxh3_64_intdigest(data)) + data
+        value = self.sealer.seal(key.digest, data)
         ttl = int(self.settings.ttl) if self.settings.ttl >= 1 else None
         try:
             self.client.set(self._key(key), value, ex=ttl)
@@ -222,6 +258,15 @@ class RedisTier(Tier):
 
     def _key(self, key: BlockKey) -> bytes:
         return self.settings.key_prefix.encode() + key.digest
+
+
+def _loopback(host: str | None) -> bool:
+    if not host or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: somewhere on the network
 
 
 def _safe(url: str) -> str:

@@ -1,0 +1,178 @@
+"""The shared tier and the daemon under an attacker's eyes: planted values, TLS, secrets that must not leak.
+
+Real mounts, a real redis-server (plain and TLS with a CA made here).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from helpers import REDIS_SECRET, Mount, RedisServer, drop_page_cache, free_port, mounted, random_bytes, write_tree
+
+pytestmark = pytest.mark.mount
+KiB = 1024
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    root = tmp_path / "lake"
+    files = {f"ds/{i:03d}.bin": random_bytes(100_000 + i, seed=i) for i in range(20)}
+    write_tree(root, files)
+    return root, files
+
+
+def test_values_planted_in_redis_are_never_served(lake: tuple[Path, dict[str, bytes]], tmp_path: Path,
+                                                  redis_server: RedisServer) -> None:
+    """Right key, wrong bytes, a valid (unkeyed) checksum: a miss and a refetch, on every node."""
+    import struct
+
+    import xxhash
+
+    root, files = lake
+    only_redis = ("--redis", redis_server.url, "--ram-size", "0", "--cache-size", "0", "--block-size", "64KiB")
+    with mounted(f"file://{root}", tmp_path / "a", tmp_path / "cache-a", *only_redis) as a:
+        for rel, data in files.items():
+            assert (a.mountpoint / rel).read_bytes() == data
+    # With the secret, node B is served what node A put there.
+    with mounted(f"file://{root}", tmp_path / "b", tmp_path / "cache-b", *only_redis) as b:
+        for rel, data in files.items():
+            assert (b.mountpoint / rel).read_bytes() == data
+        assert b.stats()["backend"]["bytes"] == 0
+    client = redis_server.client()
+    keys = client.keys("tierfs:*")
+    assert keys
+    evil = b"\xee" * (64 * KiB)
+    for k in keys:
+        client.set(k, struct.pack(">Q", xxhash.xxh3_64_intdigest(evil)) + evil)
+    drop_page_cache()
+    with mounted(f"file://{root}", tmp_path / "c", tmp_path / "cache-c", *only_redis) as c:
+        for rel, data in files.items():
+            assert (c.mountpoint / rel).read_bytes() == data
+        stats = c.stats()
+        assert stats["tiers"]["redis"]["errors"] == len(keys) and stats["tiers"]["redis"]["hits"] == 0
+        assert stats["backend"]["bytes"] == sum(len(d) for d in files.values())
+
+
+def _make_tls(work: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, made with `cryptography`."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    work.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    def cert(name: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: ec.EllipticCurvePrivateKey,
+             ca: bool, san: x509.GeneralName | None = None) -> x509.Certificate:
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+             .issuer_name(issuer).public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san is not None:
+            b = b.add_extension(x509.SubjectAlternativeName([san]), critical=False)
+        return b.sign(signer, hashes.SHA256())
+
+    out: dict[str, Path] = {}
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tierfs test CA")])
+    ca = cert("tierfs test CA", ca_key, ca_name, ca_key, True)
+    for name, san in (("server", x509.IPAddress(ipaddress.ip_address("127.0.0.1"))), ("client", None)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        c = cert(name, key, ca_name, ca_key, False, san)
+        out[f"{name}.crt"] = work / f"{name}.crt"
+        out[f"{name}.key"] = work / f"{name}.key"
+        out[f"{name}.crt"].write_bytes(c.public_bytes(serialization.Encoding.PEM))
+        out[f"{name}.key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+        out[f"{name}.key"].chmod(0o600)
+    out["ca.crt"] = work / "ca.crt"
+    out["ca.crt"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return out
+
+
+def test_tls_redis_with_a_client_certificate(lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    root, files = lake
+    tls = _make_tls(tmp_path / "tls")
+    port = free_port()
+    # Started here rather than by RedisServer, which waits on a plain port this server does not open.
+    args = ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(tmp_path), "--tls-cert-file", str(tls["server.crt"]),
+            "--tls-key-file", str(tls["server.key"]), "--tls-ca-cert-file", str(tls["ca.crt"]),
+            "--tls-auth-clients", "yes"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        from helpers import wait_port
+
+        wait_port(port, 20)
+        cfg = tmp_path / "tls.toml"
+        cfg.write_text(f'[redis]\nurl = "rediss://127.0.0.1:{port}/0"\nca_file = "{tls["ca.crt"]}"\n'
+                       f'cert_file = "{tls["client.crt"]}"\nkey_file = "{tls["client.key"]}"\n'
+                       '[cache]\nram_size = "0"\nsize = "0"\nblock_size = "64KiB"\n')
+        with mounted(f"file://{root}", tmp_path / "a", tmp_path / "cache-a", config=cfg) as a:
+            assert "redis tier off" not in a.output
+            for rel, data in files.items():
+                assert (a.mountpoint / rel).read_bytes() == data
+        with mounted(f"file://{root}", tmp_path / "b", tmp_path / "cache-b", config=cfg) as b:
+            for rel, data in files.items():
+                assert (b.mountpoint / rel).read_bytes() == data
+            assert b.stats()["backend"]["bytes"] == 0 and b.stats()["tiers"]["redis"]["hits"] > 0
+        # Without the client certificate the server refuses the handshake: the tier is not used.
+        no_cert = tmp_path / "nocert.toml"
+        no_cert.write_text(f'[redis]\nurl = "rediss://127.0.0.1:{port}/0"\nca_file = "{tls["ca.crt"]}"\n'
+                           '[cache]\nram_size = "0"\nsize = "0"\n')
+        m = Mount(f"file://{root}", tmp_path / "c", tmp_path / "cache-c", config=no_cert)
+        try:
+            m.start()
+        except AssertionError as exc:
+            assert "redis" in str(exc)
+        else:
+            try:
+                (m.mountpoint / "ds/000.bin").read_bytes()
+                assert m.stats()["tiers"]["redis"]["hits"] == 0
+            finally:
+                m.umount()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_no_secret_in_argv_logs_stats_metrics_or_xattrs(lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    root, files = lake
+    password = "redis-password-0b5c"  # known values, looked for everywhere afterwards
+    server = RedisServer(tmp_path / "redis", password=password).start()
+    metrics = free_port()
+    try:
+        with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache", "--redis", server.url,
+                     "--metrics", f"127.0.0.1:{metrics}") as m:
+            assert m.pid is not None
+            assert "command line" in m.output  # the user is told the password was exposed by their own argv
+            for rel, data in files.items():
+                assert (m.mountpoint / rel).read_bytes() == data
+            assert m.stats()["tiers"]["redis"]["up"]
+            cmdline = Path(f"/proc/{m.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            stats = os.getxattr(m.mountpoint, "user.tierfs.stats").decode()
+            xattrs = " ".join(os.getxattr(m.mountpoint / "ds/000.bin", n).decode(errors="replace")
+                              for n in os.listxattr(m.mountpoint / "ds/000.bin"))
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as resp:
+                scraped = resp.read().decode()
+            shown = subprocess.run([sys.executable, "-m", "tierfs", "stats", str(m.mountpoint), "--json"],
+                                   capture_output=True, text=True, timeout=60).stdout
+        bad = subprocess.run([sys.executable, "-m", "tierfs", "mount", f"file://{root}", str(tmp_path / "mnt"),
+                              "--redis", f"redis://:{password}@127.0.0.1:notaport/0", "--cache-dir",
+                              str(tmp_path / "cache2")], capture_output=True, text=True, timeout=60)
+        log = (tmp_path / "cache" / "tierfs.log").read_text()
+        for where, text in (("argv", cmdline), ("stats", stats), ("xattrs", xattrs), ("metrics", scraped),
+                            ("tierfs stats", shown), ("log", log), ("a failed mount", bad.stdout + bad.stderr)):
+            for secret in (password, REDIS_SECRET):
+                assert secret not in text, f"{where} shows a secret"
+    finally:
+        server.stop()
