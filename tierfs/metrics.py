@@ -9,6 +9,8 @@ served for Prometheus.
 
 from __future__ import annotations
 
+import logging
+
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -109,9 +111,19 @@ def export_stats(snapshot: Callable[[], dict[str, Any]]) -> None:
 
 
 def serve(listen: str) -> Any:
-    """Serve /metrics on HOST:PORT; returns the server (call .shutdown())."""
+    """Serve /metrics on HOST:PORT (":PORT" is this host only); returns the server (call .shutdown()).
+
+    The metrics have no authentication: they are served on loopback unless a
+    host is named, and a wildcard address is said in the log.
+    """
     host, _, port = listen.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=REGISTRY)
+    host = host.strip("[]") or "127.0.0.1"
+    if host in ("0.0.0.0", "::", "*"):
+        host = "::" if host == "::" else "0.0.0.0"
+        logging.getLogger(__name__).warning(
+            "metrics served on every interface (%s), without authentication: anyone who reaches port %s reads "
+            "them; bind 127.0.0.1 and scrape through a proxy, or firewall the port", listen, port)
+    server, _thread = start_http_server(int(port), addr=host, registry=REGISTRY)
     return server
 
 
