@@ -10,7 +10,6 @@ served for Prometheus.
 from __future__ import annotations
 
 import logging
-
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
