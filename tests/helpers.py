@@ -274,6 +274,7 @@ class SeaweedS3:
             f'secret = "{secret or self.SECRET_KEY}"\n'
             "[store]\nretries = 2\ntimeout = 5\n"
         )
+        path.chmod(0o600)  # it holds credentials: tierfs mount refuses a config others can read
         return path
 
 
@@ -392,6 +393,7 @@ class FakeGcs(Emulator):
 
     def config(self, path: Path) -> Path:
         path.write_text(f'[store]\noptions = {{ endpoint_url = "{self.endpoint}", token = "anon" }}\nretries = 2\n')
+        path.chmod(0o600)  # it holds credentials: tierfs mount refuses a config others can read
         return path
 
 
@@ -434,6 +436,7 @@ class Azurite(Emulator):
 
     def config(self, path: Path) -> Path:
         path.write_text(f'[store]\noptions = {{ connection_string = "{self.connection_string}" }}\nretries = 2\n')
+        path.chmod(0o600)  # it holds credentials: tierfs mount refuses a config others can read
         return path
 
 
@@ -470,4 +473,5 @@ class MotoS3(Emulator):
     def config(self, path: Path) -> Path:
         path.write_text(f'[s3]\nendpoint_url = "{self.endpoint}"\nregion = "us-east-1"\nkey = "moto"\nsecret = "moto"\n'
                         "[store]\nretries = 2\ntimeout = 5\n")
+        path.chmod(0o600)  # it holds credentials: tierfs mount refuses a config others can read
         return path

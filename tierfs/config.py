@@ -343,6 +343,49 @@ class Settings:
         return self
 
 
+#: Settings that hold secrets (never in reprs; a config file holding one must be private).
+_SECRET_ATTRS = {"s3_secret": "[s3] secret", "redis_password": "[redis] password", "redis_secret": "[redis] secret"}
+#: Store options that hold secrets (Azure account keys, connection strings, SAS tokens, passwords).
+_SECRET_OPTION = ("key", "secret", "token", "password", "connection_string", "sas", "credential")
+#: Values of such options that name a way to find credentials rather than being one (gcsfs' token).
+_NOT_SECRET = frozenset({"anon", "google_default", "cloud", "browser", "cache"})
+
+
+def secrets_in(settings: Settings) -> list[str]:
+    """Which secrets ``settings`` holds, by their config names."""
+    out = [name for attr, name in _SECRET_ATTRS.items() if getattr(settings, attr)]
+    if "@" in settings.redis_url.split("://", 1)[-1].split("/", 1)[0]:
+        out.append("[redis] url (a password in it)")
+    out += [f"[store] options.{k}" for k, v in settings.store_options.items()
+            if v and any(word in k.lower() for word in _SECRET_OPTION)
+            and not str(v).startswith("/") and str(v) not in _NOT_SECRET]
+    return out
+
+
+def check_private(path: Path, settings: Settings, allow_readable: bool = False) -> str:
+    """A config file holding secrets must not be readable by others: refused (unless allowed), or a warning.
+
+    Readable by other users: refused, unless ``allow_readable``; readable by
+    its group: a warning. Returns the warning ('' when there is none).
+    """
+    held = secrets_in(settings)
+    if not held:
+        return ""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return ""
+    what = f"{path} holds {', '.join(held)} and can be read by"
+    if mode & 0o004:
+        if not allow_readable:
+            raise ConfigError(f"{what} every user (mode {mode:04o}): chmod 600 {path}, "
+                              "or pass --allow-readable-secrets to use it anyway")
+        return f"{what} every user (mode {mode:04o}); chmod 600 {path}"
+    if mode & 0o040:
+        return f"{what} its group (mode {mode:04o}); chmod 600 {path} unless that group is meant to"
+    return ""
+
+
 def load(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None = None) -> Settings:
     """Settings from a TOML file (optional) with command-line ``overrides``.
 

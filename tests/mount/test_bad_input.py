@@ -136,3 +136,21 @@ def test_help_and_version() -> None:
     for flag in ("--config", "--cache-dir", "--cache-size", "--ram-size", "--block-size", "--metadata-ttl", "--foreground"):
         assert flag in res.stdout
     assert run_tierfs("--version", check=True).stdout.startswith("tierfs, version ")
+
+
+def test_a_config_holding_a_secret_must_be_private(lake: Path, tmp_path: Path) -> None:
+    (tmp_path / "mnt").mkdir()
+    cfg = tmp_path / "train.toml"
+    cfg.write_text('[s3]\nkey = "AKIA"\nsecret = "s3-secret-value"\n')
+    cfg.chmod(0o644)
+    res = mount(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", "--config", str(cfg))
+    assert_one_line_error(res, "can be read by every user", "chmod 600", "--allow-readable-secrets")
+    assert "s3-secret-value" not in res.stderr
+    with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", "--allow-readable-secrets", config=cfg) as m:
+        assert "chmod 600" in m.output
+    cfg.chmod(0o640)
+    with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
+        assert "its group" in m.output
+    cfg.chmod(0o600)
+    with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
+        assert "chmod" not in m.output

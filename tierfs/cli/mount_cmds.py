@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from tierfs.cli import cli, setup_logging
-from tierfs.config import Settings, format_size, load
+from tierfs.config import Settings, check_private, format_size, load
 from tierfs.errors import UserError
 
 log = logging.getLogger("tierfs")
@@ -38,13 +38,15 @@ PID_XATTR = "user.tierfs.pid"
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="How much to log.  [default: info]")
 @click.option("--read-only", "read_only", is_flag=True, default=None,
               help="Refuse writes to the live view too (snapshots are always read-only).")
+@click.option("--allow-readable-secrets", is_flag=True,
+              help="Mount even though the --config file holds a secret and other users can read it.")
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground and log to stderr.")
 @click.option("--ready-fd", type=int, hidden=True)
 def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | None, cache_dir: str | None,
           cache_size: str | None, ram_size: str | None, block_size: str | None,
           metadata_ttl: str | None, redis_url: str | None, metrics_listen: str | None,
           log_file: str | None, log_level: str | None, read_only: bool | None,
-          foreground: bool, ready_fd: int | None) -> None:
+          allow_readable_secrets: bool, foreground: bool, ready_fd: int | None) -> None:
     """Mount LAKE_URL at MOUNTPOINT.
 
     LAKE_URL is an fsspec URL: file:///path, s3://bucket/prefix (endpoint and
@@ -65,6 +67,7 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
             "log_file": log_file, "log_level": log_level, "redis_url": redis_url,
             "metrics_listen": metrics_listen, "read_only": read_only or None,
         })
+        exposed = check_private(config_file, settings, allow_readable_secrets) if config_file is not None else ""
         if mountpoint is None and settings.mountpoint:
             mountpoint = Path(settings.mountpoint)
         if not settings.lake_url or mountpoint is None:
@@ -72,16 +75,20 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
         mountpoint = mountpoint.absolute()
         if not foreground:
             log_path = Path(settings.log_file) if settings.log_file else settings.resolved_cache_dir() / "tierfs.log"
-            argv, env, exposed = mount_mod.daemon_argv(sys.argv[1:])
+            argv, env, exposed_argv = mount_mod.daemon_argv(sys.argv[1:])
             pid, notes = mount_mod.spawn_daemon(argv, log_path, env=env)
             click.echo(f"mounted {settings.lake_url} at {mountpoint} (pid {pid}, log {log_path})")
+            if exposed_argv:
+                notes = "; ".join(n for n in (notes, f"{exposed_argv} was given on the command line, where any user "
+                                              "can read it (ps): put it in a config file only root can read") if n)
             if exposed:
-                notes = "; ".join(n for n in (notes, f"{exposed} was given on the command line, where any user can "
-                                              "read it (ps): put it in a config file only root can read") if n)
+                notes = "; ".join(n for n in (notes, exposed) if n)
             if notes:
                 click.echo(f"note: {notes}")
             return
         _setup_logging(settings)
+        if exposed:
+            log.warning("%s", exposed)
         mount_mod.run_foreground(settings, mountpoint, mount_mod.notify_ready(ready_fd))
     except UserError as exc:
         if foreground and ready_fd is not None:
