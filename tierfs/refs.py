@@ -2,7 +2,7 @@
 
 An ObjectRef names *which* bytes a path meant when it was looked at: the store
 key plus a version id, or an etag and size where the store keeps no versions.
-Cache keys are derived from it (DESIGN.md, invariant 1), so an object that
+Cache keys are derived from it (docs/design.md, invariant 1), so an object that
 changes upstream gets new keys and stale blocks are never served for it.
 """
 
