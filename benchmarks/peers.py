@@ -1,4 +1,4 @@
-"""tierfs against local disk, rclone mount and s3fs-fuse, on one S3 server, in one run.
+"""tierfs against local disk, rclone mount, s3fs-fuse and the store itself, on one S3 server, in one run.
 
     .venv/bin/python benchmarks/peers.py --small 2000 --shards 2 --shard-size 256MiB --repeat 3
 
@@ -7,14 +7,26 @@ Starts SeaweedFS's S3 gateway on loopback, uploads an ML-shaped dataset
 measures each system on the workloads below, each cold (fresh mount, empty
 caches, page cache dropped), warm (the next epoch) and warm-from-disk (page
 cache dropped, the system's own caches kept). Every read is checked against
-the source's hash. Prints medians and the ratios tierfs/local and
-tierfs/best peer. Unmounts and stops everything it started, by PID, even on
-failure. Needs root (to drop the page cache), fuse3, rclone and s3fs.
+the source's hash. Prints medians and the ratios tierfs/local,
+tierfs/best peer and tierfs/store. Unmounts and stops everything it started,
+by PID, even on failure. Needs root (to drop the page cache), fuse3, rclone
+and s3fs.
+
+The ``store`` column is no file system: the same workloads read straight
+from the bucket with obstore (Rust, no cache, the GIL released while it
+waits), so every cold figure can be read against what the store and one
+client give at best on this machine. It is measured cold only (with no cache,
+the next epoch is the same reads again): small files are one GET each on N
+threads; the DataLoader workers each make their own store after the fork;
+shards are read in ranged 8 MiB GETs, one at a time per reader; "os.walk +
+stat" is one recursive listing (sizes come with it) and the 5,000-entry
+folder one delimited listing; time to first byte is a GET of bytes 0-1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -27,6 +39,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
@@ -36,7 +49,8 @@ from helpers import SeaweedS3
 from tierfs.config import parse_size
 
 BUCKET = "bench-lake"
-SYSTEMS = ("local", "tierfs", "rclone", "s3fs")
+SYSTEMS = ("local", "tierfs", "rclone", "s3fs", "store")
+STORE_RANGE = 8 << 20  # the store column's shard reads: ranged GETs of this size
 PHASES = ("cold", "warm", "warm-from-disk")
 
 
@@ -54,6 +68,7 @@ class Dataset:
     def __init__(self, root: Path, small: int, small_size: int, shards: int, shard_size: int):
         rng = random.Random(1)
         self.files: dict[str, str] = {}  # rel -> xxh3 hex
+        self.sizes: dict[str, int] = {}
         self.small = [f"train/c{i % 20:02d}/{i:06d}.jpg" for i in range(small)]
         self.shards = [f"shards/shard-{i:03d}.tar" for i in range(shards)]
         self.big_dir = "listing5k"
@@ -69,9 +84,10 @@ class Dataset:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
         self.files[rel] = xxhash.xxh3_64_hexdigest(data)
+        self.sizes[rel] = len(data)
 
 
-def check(ds: Dataset, rel: str, data: bytes) -> None:
+def check(ds: Dataset, rel: str, data: Any) -> None:
     if xxhash.xxh3_64_hexdigest(data) != ds.files[rel]:
         raise AssertionError(f"wrong bytes for {rel}")
 
@@ -166,15 +182,146 @@ def ttfb(root: Path, ds: Dataset) -> tuple[float, str]:
     return 1000 * statistics.median(times), "ms (lower is better)"
 
 
-WORKLOADS: list[tuple[str, Callable[[Path, Dataset], tuple[float, str]]]] = [
-    ("sequential shard read, 1 reader", lambda r, d: seq_read(r, d, 1)),
-    ("sequential shard read, 4 readers", lambda r, d: seq_read(r, d, 4)),
-    ("random small files, 1 thread", lambda r, d: random_read(r, d, 1)),
-    ("random small files, 8 threads", lambda r, d: random_read(r, d, 8)),
-    ("DataLoader num_workers=4", dataloader),
-    ("os.walk + stat", walk),
-    ("list a 5,000-entry folder", list_big),
-    ("time to first byte", ttfb),
+# -- the same workloads straight from the store (obstore, no cache) -----------------------
+def make_store(endpoint: str, key: str, secret: str) -> Any:
+    from obstore.store import S3Store
+
+    return S3Store(BUCKET, endpoint=endpoint, access_key_id=key, secret_access_key=secret, region="us-east-1",
+                   client_options={"allow_http": True})
+
+
+def store_seq_read(store: Any, ds: Dataset, readers: int) -> tuple[float, str]:
+    import obstore
+
+    def one(i: int) -> int:
+        rel = ds.shards[i % len(ds.shards)]
+        h, n, size = xxhash.xxh3_64(), 0, ds.sizes[rel]
+        while n < size:  # one ranged GET at a time, as a sequential reader asks for them
+            chunk = obstore.get_range(store, rel, start=n, length=min(STORE_RANGE, size - n))
+            h.update(chunk)
+            n += len(chunk)
+        if h.hexdigest() != ds.files[rel]:
+            raise AssertionError(f"wrong bytes for {rel}")
+        return n
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(readers) as pool:
+        total = sum(pool.map(one, range(readers)))
+    return total / (time.perf_counter() - t0) / 1e6, "MB/s"
+
+
+def store_random_read(store: Any, ds: Dataset, threads: int) -> tuple[float, str]:
+    import obstore
+
+    order = ds.small[:]
+    random.Random(2).shuffle(order)
+
+    def one(rel: str) -> None:
+        check(ds, rel, obstore.get(store, rel).bytes())
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, order))
+    return len(order) / (time.perf_counter() - t0), "files/s"
+
+
+class _StoreFiles:
+    """The DataLoader's dataset for the store column: each worker process makes its own store."""
+
+    def __init__(self, conn: dict[str, str], rels: list[str]):
+        self.conn, self.rels = conn, rels
+        self._store: Any = None
+        self._pid = 0
+
+    def __len__(self) -> int:
+        return len(self.rels)
+
+    def __getitem__(self, i: int) -> tuple[str, bytes]:
+        import obstore
+
+        if self._pid != os.getpid():  # first item in this (forked) worker
+            self._store, self._pid = make_store(**self.conn), os.getpid()
+        return self.rels[i], bytes(obstore.get(self._store, self.rels[i]).bytes())
+
+
+def _store_dataloader_child(spec_path: str) -> None:
+    """Runs in a fresh interpreter (see store_dataloader); prints files/s."""
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+
+    spec = json.loads(Path(spec_path).read_text())
+    data = _StoreFiles(spec["conn"], spec["small"])
+    loader = DataLoader(data, sampler=RandomSampler(data, generator=torch.Generator().manual_seed(3)),  # type: ignore[arg-type]
+                        num_workers=4, batch_size=None)
+    t0 = time.perf_counter()
+    n = 0
+    for rel, payload in loader:
+        if xxhash.xxh3_64_hexdigest(payload) != spec["files"][rel]:
+            raise AssertionError(f"wrong bytes for {rel}")
+        n += 1
+    print(n / (time.perf_counter() - t0))
+
+
+def store_dataloader(conn: dict[str, str], ds: Dataset, work: Path) -> tuple[float, str]:
+    """The DataLoader workload on obstore. Its worker processes are forked, and a process
+    forked after obstore's runtime started hangs in its first request: so the loader runs
+    in a fresh interpreter that has made no store (its start-up is not timed), and each
+    worker makes its store after the fork."""
+    spec = work / "store-dataloader.json"
+    spec.write_text(json.dumps({"conn": conn, "small": ds.small, "files": ds.files}))
+    # run() kills the child (and so its workers, which watch their parent) on any failure
+    res = subprocess.run([sys.executable, __file__, "--store-dataloader-child", str(spec)],
+                         capture_output=True, text=True, timeout=1800, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"store DataLoader failed: {res.stderr[-2000:]}")
+    return float(res.stdout.split()[-1]), "files/s"
+
+
+def store_walk(store: Any, ds: Dataset) -> tuple[float, str]:
+    import obstore
+
+    t0 = time.perf_counter()
+    n = sum(len(batch) for batch in obstore.list(store))
+    if n < len(ds.files):
+        raise AssertionError(f"listing saw {n} objects, expected {len(ds.files)}")
+    return n / (time.perf_counter() - t0), "files/s"
+
+
+def store_list_big(store: Any, ds: Dataset) -> tuple[float, str]:
+    import obstore
+
+    t0 = time.perf_counter()
+    n = len(obstore.list_with_delimiter(store, ds.big_dir + "/")["objects"])
+    if n != 5000:
+        raise AssertionError(f"listing saw {n} entries")
+    return 5000 / (time.perf_counter() - t0), "entries/s"
+
+
+def store_ttfb(store: Any, ds: Dataset) -> tuple[float, str]:
+    import obstore
+
+    times = []
+    for rel in random.Random(4).sample(ds.small, 5):
+        t0 = time.perf_counter()
+        first = obstore.get(store, rel, options={"range": (0, 1)}).bytes()
+        times.append(time.perf_counter() - t0)
+        if len(first) != 1:
+            raise AssertionError(f"{rel}: no first byte")
+    return 1000 * statistics.median(times), "ms (lower is better)"
+
+
+Workload = Callable[[Path, Dataset], tuple[float, str]]
+StoreWorkload = Callable[["System", Dataset], tuple[float, str]]
+WORKLOADS: list[tuple[str, Workload, StoreWorkload]] = [
+    ("sequential shard read, 1 reader", lambda r, d: seq_read(r, d, 1), lambda s, d: store_seq_read(s.store, d, 1)),
+    ("sequential shard read, 4 readers", lambda r, d: seq_read(r, d, 4), lambda s, d: store_seq_read(s.store, d, 4)),
+    ("random small files, 1 thread", lambda r, d: random_read(r, d, 1), lambda s, d: store_random_read(s.store, d, 1)),
+    ("random small files, 8 threads", lambda r, d: random_read(r, d, 8),
+     lambda s, d: store_random_read(s.store, d, 8)),
+    ("DataLoader num_workers=4", dataloader, lambda s, d: store_dataloader(s.store_conn, d, s.work)),
+    ("os.walk + stat", walk, lambda s, d: store_walk(s.store, d)),
+    ("list a 5,000-entry folder", list_big, lambda s, d: store_list_big(s.store, d)),
+    ("time to first byte", ttfb, lambda s, d: store_ttfb(s.store, d)),
 ]
 
 
@@ -187,6 +334,8 @@ class System:
         self.cache = work / f"cache-{name}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
+        self.store: Any = None  # the store column: an obstore S3Store, made at "mount"
+        self.store_conn = {"endpoint": server.endpoint, "key": server.ACCESS_KEY, "secret": server.SECRET_KEY}
 
     @property
     def root(self) -> Path:
@@ -194,6 +343,9 @@ class System:
 
     def mount(self) -> None:
         if self.name == "local":
+            return
+        if self.name == "store":  # nothing to mount: a client with a fresh connection pool
+            self.store = make_store(**self.store_conn)
             return
         self.mnt.mkdir(parents=True, exist_ok=True)
         self.cache.mkdir(parents=True, exist_ok=True)
@@ -228,7 +380,8 @@ class System:
             time.sleep(0.1)
 
     def umount(self, clear: bool) -> None:
-        if self.name == "local":
+        self.store = None  # drops its connection pool
+        if self.name in ("local", "store"):
             return
         if is_mounted(self.mnt):
             subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True, check=False)
@@ -286,13 +439,17 @@ def main() -> None:
         fs.mkdir(BUCKET)
         fs.put(str(local) + "/", f"{BUCKET}/", recursive=True)
         runners = [System(n, work, server, local) for n in systems]
-        for name, fn in WORKLOADS:
+        for name, fn, store_fn in WORKLOADS:
             for sysm in runners:
                 for _ in range(args.repeat):
                     # cold: fresh mount, empty caches, page cache dropped
                     sysm.umount(clear=True)
                     sysm.mount()
                     drop_caches()
+                    if sysm.name == "store":  # no cache: only cold says anything
+                        v, units[name] = store_fn(sysm, ds)
+                        results.setdefault((name, "cold", sysm.name), []).append(v)
+                        continue
                     v, unit = fn(sysm.root, ds)
                     results.setdefault((name, "cold", sysm.name), []).append(v)
                     v, unit = fn(sysm.root, ds)  # the next epoch
@@ -311,22 +468,32 @@ def main() -> None:
     print(f"\ntierfs vs peers: {args.small} x {args.small_size} files, {args.shards} x {args.shard_size} shards, "
           f"median of {args.repeat}; SeaweedFS S3 on loopback; {os.cpu_count()} cores, shared VM")
     peers = [s for s in systems if s in ("rclone", "s3fs")]
-    head = f"{'workload':<34}{'phase':<16}" + "".join(f"{s:>10}" for s in systems) + f"{'tfs/local':>11}{'tfs/peer':>10}  unit"
+    head = (f"{'workload':<34}{'phase':<16}" + "".join(f"{s:>10}" for s in systems)
+            + f"{'tfs/local':>11}{'tfs/peer':>10}{'tfs/store':>11}  unit")
     print(head)
     print("-" * len(head))
-    for name, _fn in WORKLOADS:
+
+    def ratio(t: float | None, other: float | None, lower_better: bool, width: int) -> str:
+        if not t or not other:
+            return f"{'-':>{width}}"
+        return f"{(other / t if lower_better else t / other):>{width}.2f}"
+
+    for name, _fn, _store_fn in WORKLOADS:
         lower_better = "lower" in units.get(name, "")
         for phase in PHASES:
             med = {s: statistics.median(results[(name, phase, s)]) for s in systems if (name, phase, s) in results}
-            row = f"{name:<34}{phase:<16}" + "".join(f"{med.get(s, float('nan')):>10.1f}" for s in systems)
+            row = f"{name:<34}{phase:<16}" + "".join(f"{med[s]:>10.1f}" if s in med else f"{'-':>10}" for s in systems)
             t = med.get("tierfs")
-            if t and "local" in med:
-                row += f"{(med['local'] / t if lower_better else t / med['local']):>11.2f}"
-            if t and peers:
+            best = None
+            if peers and all(p in med for p in peers):
                 best = min(med[p] for p in peers) if lower_better else max(med[p] for p in peers)
-                row += f"{(best / t if lower_better else t / best):>10.2f}"
+            row += ratio(t, med.get("local"), lower_better, 11) + ratio(t, best, lower_better, 10)
+            row += ratio(t, med.get("store"), lower_better, 11)
             print(row + f"  {units.get(name, '')}")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--store-dataloader-child"]:
+        _store_dataloader_child(sys.argv[2])
+    else:
+        main()
