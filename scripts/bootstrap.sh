@@ -51,4 +51,12 @@ if [ ! -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
   fi
   rm -f "$log"
 fi
+# mount(8)'s helper, so that fstab lines and `mount -t fuse.tierfs` run this tierfs (mount resets PATH).
+HELPER=/usr/sbin/mount.fuse.tierfs
+want=$(sed "s#@TIERFS@#$PWD/$VENV/bin/tierfs#" scripts/mount.fuse.tierfs)
+if [ "$(cat "$HELPER" 2>/dev/null)" != "$want" ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  printf '%s\n' "$want" | $SUDO tee "$HELPER" >/dev/null && $SUDO chmod 0755 "$HELPER"
+  echo "bootstrap: installed $HELPER (fstab type fuse.tierfs)"
+fi
 echo "bootstrap: ready ($("$VENV/bin/tierfs" --version))"

@@ -29,6 +29,9 @@ def setup_logging(level: int) -> None:
 
 
 def main() -> None:
+    # mount.fuse3 (fstab, `mount -t fuse.tierfs`) runs `tierfs LAKE_URL MOUNTPOINT -o OPTIONS`.
+    if len(sys.argv) > 2 and "://" in sys.argv[1]:
+        sys.argv.insert(1, "mount")
     try:
         cli.main(prog_name="tierfs", standalone_mode=False)
     except click.exceptions.Exit as exc:

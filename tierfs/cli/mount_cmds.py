@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from tierfs.cli import cli, setup_logging
+from tierfs.cli import cli, mount_options, setup_logging
 from tierfs.config import Settings, check_private, format_size, load
 from tierfs.errors import UserError
 
@@ -40,13 +40,16 @@ PID_XATTR = "user.tierfs.pid"
               help="Refuse writes to the live view too (snapshots are always read-only).")
 @click.option("--allow-readable-secrets", is_flag=True,
               help="Mount even though the --config file holds a secret and other users can read it.")
+@click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
+              help="Mount options as fstab gives them: config=FILE, cache_dir=DIR, cache_size=SIZE, ro, allow_other, "
+                   "...; fstab's own (_netdev, nofail, x-systemd.*) are ignored.")
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground and log to stderr.")
 @click.option("--ready-fd", type=int, hidden=True)
 def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | None, cache_dir: str | None,
           cache_size: str | None, ram_size: str | None, block_size: str | None,
           metadata_ttl: str | None, redis_url: str | None, metrics_listen: str | None,
           log_file: str | None, log_level: str | None, read_only: bool | None,
-          allow_readable_secrets: bool, foreground: bool, ready_fd: int | None) -> None:
+          allow_readable_secrets: bool, options: tuple[str, ...], foreground: bool, ready_fd: int | None) -> None:
     """Mount LAKE_URL at MOUNTPOINT.
 
     LAKE_URL is an fsspec URL: file:///path, s3://bucket/prefix (endpoint and
@@ -61,12 +64,16 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
     from tierfs import mount as mount_mod  # heavy imports only for this command
 
     try:
-        settings = load(config_file, {
+        opts = mount_options.parse(options)
+        config_file = config_file or (Path(opts.config) if opts.config else None)
+        allow_readable_secrets = allow_readable_secrets or opts.allow_readable_secrets
+        foreground = foreground or opts.foreground
+        settings = load(config_file, {**opts.overrides, **{k: v for k, v in {
             "lake_url": lake_url, "cache_dir": cache_dir, "cache_size": cache_size,
             "ram_size": ram_size, "block_size": block_size, "metadata_ttl": metadata_ttl,
             "log_file": log_file, "log_level": log_level, "redis_url": redis_url,
             "metrics_listen": metrics_listen, "read_only": read_only or None,
-        })
+        }.items() if v is not None}})
         exposed = check_private(config_file, settings, allow_readable_secrets) if config_file is not None else ""
         if mountpoint is None and settings.mountpoint:
             mountpoint = Path(settings.mountpoint)
