@@ -83,6 +83,8 @@ class Components:
             "prefetched_blocks": self.reader.prefetched,
             "listing_entries_cached": len(self.namespace.listings),
             "writes": self.writer.stats.snapshot() if self.writer is not None else {},
+            "cache_dir": str(self.settings.resolved_cache_dir()),
+            "recent_errors": list(self.operations.recent_errors),
         }
 
     def redis(self) -> RedisTier | None:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +192,64 @@ def render_stats(data: dict[str, Any]) -> str:
 def _setup_logging(settings: Settings) -> None:
     level = "debug" if os.environ.get("TIERFS_DEBUG") else settings.log_level
     setup_logging(getattr(logging, level.upper()))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print every mount's state as JSON.")
+def status(as_json: bool) -> None:
+    """Every tierfs mount on this host: daemon alive or dead, tiers up or down, uploads pending, last errors.
+
+    A dead mount (its daemon was killed) is listed with what to do about it.
+    Exit code 0 when every mount is alive, 1 otherwise.
+    """
+    from tierfs.fuse.mountpoint import DEAD_MOUNT_ERRNOS, OUR_FSTYPE, unescape_mountinfo
+
+    mounts = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            fields = line.split()
+            if " - " in line and line.split(" - ", 1)[1].split()[0] == OUR_FSTYPE:
+                mounts.append(unescape_mountinfo(fields[4]))
+    out: list[dict[str, Any]] = []
+    for path in mounts:
+        entry: dict[str, Any] = {"mountpoint": path}
+        try:
+            data = json.loads(os.getxattr(path, STATS_XATTR))
+        except OSError as exc:
+            entry["state"] = "dead" if exc.errno in DEAD_MOUNT_ERRNOS else f"unreadable ({exc.strerror})"
+            out.append(entry)
+            continue
+        writes = data.get("writes", {})
+        unclosed = Path(data.get("cache_dir", "")) / "staging" / "unclosed"
+        entry.update({
+            "state": "alive", "lake": data["lake"], "pid": data["pid"], "uptime_seconds": data["uptime_seconds"],
+            "tiers": {name: ("up" if t.get("up", 1) else "down") for name, t in data["tiers"].items()},
+            "pending_uploads": writes.get("pending_uploads", 0), "staged_files": writes.get("staged_files", 0),
+            "unclosed_leftovers": len(list(unclosed.iterdir())) if unclosed.is_dir() else 0,
+            "recent_errors": [{"time": t, "op": op, "error": msg} for t, op, msg in data.get("recent_errors", [])],
+        })
+        out.append(entry)
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+    elif not out:
+        click.echo("no tierfs mounts on this host")
+    for m in out if not as_json else []:
+        if m["state"] != "alive":
+            click.echo(f"{m['mountpoint']}: {m['state'].upper()}: its daemon is gone; a new `tierfs mount` (or its "
+                       f"service's restart) clears it, or tierfs umount {m['mountpoint']}")
+            continue
+        tiers = ", ".join(f"{n} {s}" for n, s in m["tiers"].items()) or "none"
+        click.echo(f"{m['mountpoint']}: alive, {m['lake']} (pid {m['pid']}, up {format_duration(m['uptime_seconds'])})")
+        click.echo(f"  tiers: {tiers}")
+        click.echo(f"  writes: {m['pending_uploads']} waiting for a retry, {m['staged_files']} staged, "
+                   f"{m['unclosed_leftovers']} unclosed leftover(s) from earlier runs")
+        for e in m["recent_errors"][-3:]:
+            when = time.strftime("%H:%M:%S", time.localtime(e["time"]))
+            click.echo(f"  error at {when}: {e['op']}: {e['error'][:120]}")
+    if any(m["state"] != "alive" for m in out):
+        sys.exit(1)
+
+
+def format_duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

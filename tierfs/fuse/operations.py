@@ -7,6 +7,7 @@ whole filesystem) and counts the request.
 
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import itertools
@@ -63,6 +64,7 @@ def _guard(fn: F) -> F:
             what = leaf(exc)
             if code == errno.EIO:
                 self.ops.add("errors")
+                self.recent_errors.append((round(time.time()), name, f"{type(what).__name__}: {what}"[:300]))
                 log.warning("%s failed: %s: %s", name, type(what).__name__, what,
                             exc_info=log.isEnabledFor(logging.DEBUG))
             elif log.isEnabledFor(logging.DEBUG):
@@ -103,6 +105,7 @@ class TierfsOperations(pyfuse3.Operations):
         self.attrs = attrs
         self.stats = stats
         self.ops = Counters(FUSE_OPS)
+        self.recent_errors: collections.deque[tuple[int, str, str]] = collections.deque(maxlen=5)  # tierfs status
         self._files: dict[int, _FileHandle] = {}
         self._dirs: dict[int, _DirHandle] = {}
         self._fh = itertools.count(1)
