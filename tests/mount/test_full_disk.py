@@ -68,3 +68,16 @@ def test_a_cache_larger_than_its_disk_keeps_room_for_checkpoints(tmp_path: Path,
     assert "disk cache limited to" in m.output and "500.0 GiB of [cache] size" in m.output, m.output
     assert "lower [cache] size" in m.output
     assert "does not fit on the filesystem" in log_file.read_text()
+
+
+def test_statfs_reports_the_staging_disks_room(tmp_path: Path, small_disk: Path) -> None:
+    """df on the mount tells what a checkpoint may use: the staging filesystem's free space, not 4 PiB."""
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    small = small_disk
+    with mounted(f"file://{lake}", tmp_path / "mnt", small / "cache") as m:
+        seen, staging = os.statvfs(m.mountpoint), os.statvfs(small)
+        assert seen.f_blocks * seen.f_frsize == staging.f_blocks * staging.f_frsize
+        assert abs(seen.f_bavail * seen.f_frsize - staging.f_bavail * staging.f_frsize) < 4 << 20
+    with mounted(f"file://{lake}", tmp_path / "ro", tmp_path / "cache-ro", "--read-only") as m:
+        assert os.statvfs(m.mountpoint).f_blocks == 1 << 40  # nothing to write: the lake's size is not a limit

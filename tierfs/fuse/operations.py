@@ -262,6 +262,12 @@ class TierfsOperations(pyfuse3.Operations):
         s.f_bsize = s.f_frsize = 4096
         s.f_blocks = s.f_bfree = s.f_bavail = 1 << 40  # an object store has no fixed size
         s.f_files = s.f_ffree = s.f_favail = 1 << 32
+        if self.writer is not None:
+            # What a write can use is the staging disk's room (every byte is staged before its upload): a
+            # df-based check before a checkpoint must see that, not the lake's endless size.
+            st = await trio.to_thread.run_sync(os.statvfs, self.writer.staging.root)
+            s.f_bsize, s.f_frsize = st.f_bsize, st.f_frsize
+            s.f_blocks, s.f_bfree, s.f_bavail = st.f_blocks, st.f_bfree, st.f_bavail
         s.f_namemax = min(self.ns.store.name_max, FUSE_NAME_MAX)
         return s
 
