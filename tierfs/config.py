@@ -111,6 +111,13 @@ def _bool(value: Any) -> bool:
     raise ValueError("true or false")
 
 
+def _prefixes(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) for p in items):
+        raise ValueError('a list of lake prefixes, such as ["datasets/", "raw/"]')
+    return tuple(p.strip().strip("/") for p in items if p.strip().strip("/"))
+
+
 def _table(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("a table of fsspec storage options")
@@ -190,6 +197,8 @@ _KEYS = [
     _Key("lake", "url", _string, "lake_url"),
     _Key("mount", "mountpoint", _string, "mountpoint"),
     _Key("mount", "read_only", _bool, "read_only"),
+    _Key("mount", "read_only_prefixes", _prefixes, "read_only_prefixes"),
+    _Key("mount", "allow_delete", _bool, "allow_delete"),
     _Key("write", "part_size", parse_size, "part_size"),
     _Key("write", "upload_concurrency", _count, "upload_concurrency"),
     _Key("write", "rename_concurrency", _count, "rename_concurrency"),
@@ -252,6 +261,8 @@ class Settings:
     lake_url: str = ""
     mountpoint: str = ""
     read_only: bool = False  # the live view refuses writes (EROFS), as snapshots always do
+    read_only_prefixes: tuple[str, ...] = ()  # parts of the live view that refuse writes (datasets/, say)
+    allow_delete: bool = True  # False: unlink, rmdir and rename over a file are refused (EPERM) in the live view
     part_size: int = 32 * 1024**2  # multipart upload part; S3 wants 5 MiB at least, 10,000 parts at most
     upload_concurrency: int = 4  # parts of one upload in flight (memory: this many parts)
     rename_concurrency: int = 16  # object copies in flight while a directory is renamed

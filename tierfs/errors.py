@@ -43,6 +43,12 @@ class ReadOnly(TierfsError):
     errno = errno.EROFS
 
 
+class NotPermitted(TierfsError):
+    """Refused by this mount's policy (deletes forbidden), whoever asks."""
+
+    errno = errno.EPERM
+
+
 class NoSpace(TierfsError):
     errno = errno.ENOSPC
 

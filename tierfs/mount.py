@@ -130,6 +130,7 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
     ops = TierfsOperations(namespace, reader, attrs, stats=lambda: holder[0].stats(),
                            read_ahead_blocks=max(1, settings.read_ahead // settings.block_size), warmer=warmer,
                            writer=writer)
+    ops.read_only_prefixes, ops.allow_delete = settings.read_only_prefixes, settings.allow_delete
     comps = Components(settings, store, chain, namespace, reader, ops, time.monotonic(), writer)
     holder.append(comps)
     return comps

@@ -6,6 +6,7 @@ import errno
 import os
 import random
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -243,3 +244,27 @@ def test_random_operations_match_a_local_directory(tmp_path: Path) -> None:
         assert _tree(mnt) == _tree(plain)
     assert _tree(lake) == _tree(plain)  # and the lake holds exactly that after unmount
     shutil.rmtree(plain)
+
+
+def test_deletes_can_be_forbidden_and_prefixes_made_read_only(lake: Path, tmp_path: Path) -> None:
+    """`rm -rf` on one node must not be able to wipe the lake: --no-delete and --read-only-prefix."""
+    mnt = tmp_path / "mnt"
+    with mounted(f"file://{lake}", mnt, tmp_path / "cache", "--no-delete", "--read-only-prefix", "datasets/"):
+        res = subprocess.run(["rm", "-rf", str(mnt / "datasets")], capture_output=True, text=True)
+        assert res.returncode != 0
+        assert (lake / "datasets/toy/train/cat/0001.jpg").read_bytes() == b"c" * 1000
+        for call in (lambda: (mnt / "datasets/new.txt").write_bytes(b"x"),
+                     lambda: os.rename(mnt / "datasets", mnt / "elsewhere"),
+                     lambda: open(mnt / "datasets/toy/empty.bin", "ab").close()):
+            with pytest.raises(OSError) as e:
+                call()
+            assert e.value.errno == errno.EROFS
+        (mnt / "runs").mkdir()
+        (mnt / "runs/a.txt").write_bytes(b"a")  # outside the prefix: writable
+        os.rename(mnt / "runs/a.txt", mnt / "runs/b.txt")  # a move deletes nothing
+        (mnt / "runs/c.txt").write_bytes(b"c")
+        for call in (lambda: os.unlink(mnt / "runs/b.txt"), lambda: os.replace(mnt / "runs/c.txt", mnt / "runs/b.txt")):
+            with pytest.raises(OSError) as e:
+                call()
+            assert e.value.errno == errno.EPERM
+        assert (lake / "runs/b.txt").read_bytes() == b"a" and (lake / "runs/c.txt").read_bytes() == b"c"

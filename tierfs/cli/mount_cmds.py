@@ -39,6 +39,12 @@ PID_XATTR = "user.tierfs.pid"
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="How much to log.  [default: info]")
 @click.option("--read-only", "read_only", is_flag=True, default=None,
               help="Refuse writes to the live view too (snapshots are always read-only).")
+@click.option("--read-only-prefix", "read_only_prefixes", multiple=True, metavar="PREFIX",
+              help="A part of the live view that refuses writes (repeat for more), e.g. datasets/.  "
+                   "[config: [mount] read_only_prefixes]")
+@click.option("--no-delete", "no_delete", is_flag=True, default=None,
+              help="Refuse unlink, rmdir and rename over a file (EPERM), so rm -rf on one node cannot wipe the lake.  "
+                   "[config: [mount] allow_delete = false]")
 @click.option("--allow-readable-secrets", is_flag=True,
               help="Mount even though the --config file holds a secret and other users can read it.")
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
@@ -50,6 +56,7 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
           cache_size: str | None, ram_size: str | None, block_size: str | None,
           metadata_ttl: str | None, redis_url: str | None, metrics_listen: str | None,
           log_file: str | None, log_level: str | None, read_only: bool | None,
+          read_only_prefixes: tuple[str, ...], no_delete: bool | None,
           allow_readable_secrets: bool, options: tuple[str, ...], foreground: bool, ready_fd: int | None) -> None:
     """Mount LAKE_URL at MOUNTPOINT.
 
@@ -74,6 +81,7 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
             "ram_size": ram_size, "block_size": block_size, "metadata_ttl": metadata_ttl,
             "log_file": log_file, "log_level": log_level, "redis_url": redis_url,
             "metrics_listen": metrics_listen, "read_only": read_only or None,
+            "read_only_prefixes": list(read_only_prefixes) or None, "allow_delete": False if no_delete else None,
         }.items() if v is not None}})
         exposed = check_private(config_file, settings, allow_readable_secrets) if config_file is not None else ""
         if mountpoint is None and settings.mountpoint:

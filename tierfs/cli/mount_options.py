@@ -17,11 +17,13 @@ from tierfs.errors import ConfigError
 _VALUED = {
     "cache_dir": "cache_dir", "cache_size": "cache_size", "ram_size": "ram_size", "block_size": "block_size",
     "metadata_ttl": "metadata_ttl", "log_file": "log_file", "log_level": "log_level", "metrics": "metrics_listen",
+    "read_only_prefixes": "read_only_prefixes",  # read_only_prefixes=datasets:raw (':' between prefixes)
 }
 #: flags -> (Settings attribute, value)
 _FLAGS: dict[str, tuple[str, Any]] = {
     "ro": ("read_only", True), "rw": ("read_only", False), "read_only": ("read_only", True),
     "allow_other": ("allow_other", True), "nonempty": ("allow_nonempty", True),
+    "no_delete": ("allow_delete", False),
 }
 #: What mount(8), fstab and systemd mean for themselves; the kernel's generic flags tierfs has no use for.
 _IGNORED = frozenset({"defaults", "_netdev", "nofail", "noauto", "auto", "user", "users", "nouser", "owner",
@@ -51,7 +53,7 @@ def parse(groups: tuple[str, ...]) -> MountOptions:
             if key == "config" and eq:
                 out.config = value
             elif key in _VALUED and eq:
-                out.overrides[_VALUED[key]] = value
+                out.overrides[_VALUED[key]] = value.replace(":", ",") if key == "read_only_prefixes" else value
             elif key in _FLAGS and not eq:
                 attr, flag = _FLAGS[key]
                 out.overrides[attr] = flag

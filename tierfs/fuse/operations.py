@@ -25,7 +25,7 @@ import trio
 from tierfs.data.readahead import ReadAhead
 from tierfs.data.reader import BlockReader
 from tierfs.data.warm import Warmer
-from tierfs.errors import Exists, NotEmpty, NotFound, ReadOnly, leaf, to_errno
+from tierfs.errors import Exists, NotEmpty, NotFound, NotPermitted, ReadOnly, leaf, to_errno
 from tierfs.fuse.attrs import AttrMaker
 from tierfs.metrics import FUSE_SECONDS, Counters
 from tierfs.namespace.inodes import ROOT_INODE, Node
@@ -98,6 +98,8 @@ class TierfsOperations(pyfuse3.Operations):
                  warmer: Warmer | None = None, writer: Writer | None = None):
         super().__init__()
         self.writer = writer  # None: a read-only mount
+        self.read_only_prefixes: tuple[str, ...] = ()
+        self.allow_delete = True
         self.warmer = warmer
         self.read_ahead_blocks = read_ahead_blocks
         self.ns = namespace
@@ -349,6 +351,7 @@ class TierfsOperations(pyfuse3.Operations):
             raise NotADirectoryError(path)
         if await self.ns.list_dir(node.inode):
             raise NotEmpty(path)
+        self._may_delete(path)
         await writer.rmdir(path)
 
     @_guard
@@ -358,6 +361,7 @@ class TierfsOperations(pyfuse3.Operations):
         node = await self.ns.lookup(parent_inode, os.fsdecode(name))
         if node.is_dir:
             raise IsADirectoryError(path)
+        self._may_delete(path)
         await self._keep_open_bytes(node)
         await writer.unlink(path)
 
@@ -375,9 +379,12 @@ class TierfsOperations(pyfuse3.Operations):
             dst: Node | None = await self.ns.lookup(parent_new, os.fsdecode(name_new))
         except NotFound:
             dst = None
+        if self._protected(old) or self._protected(new):
+            raise ReadOnly(old if self._protected(old) else new)
         if dst is not None:
             if flags & RENAME_NOREPLACE:
                 raise Exists(new)
+            self._may_delete(new)  # what the target held is gone after the rename
             if dst.is_dir and not src.is_dir:
                 raise IsADirectoryError(new)
             if src.is_dir and not dst.is_dir:
@@ -417,10 +424,18 @@ class TierfsOperations(pyfuse3.Operations):
                     h.staged = kept
 
     def _writer_for(self, node: Node) -> Writer:
-        """The writer, if ``node`` may be changed; EROFS in snapshots and on read-only mounts."""
-        if self.writer is None or node.read_only or in_tree(node.path):
+        """The writer, if ``node`` may be changed; EROFS in snapshots, read-only prefixes and read-only mounts."""
+        if self.writer is None or node.read_only or in_tree(node.path) or self._protected(node.path):
             raise ReadOnly(node.path or "/")
         return self.writer
+
+    def _protected(self, path: str) -> bool:
+        return any(path == p or path.startswith(p + "/") for p in self.read_only_prefixes)
+
+    def _may_delete(self, path: str) -> None:
+        """With deletes forbidden ([mount] allow_delete = false): EPERM, so `rm -rf` on one node cannot empty the lake."""
+        if not self.allow_delete:
+            raise NotPermitted(f"deleting {path} is not allowed on this mount ([mount] allow_delete = false)")
 
     def _new_name(self, parent_inode: int, name: bytes) -> tuple[Node, str]:
         parent = self.ns.node(parent_inode)
