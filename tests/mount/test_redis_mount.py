@@ -53,7 +53,16 @@ def test_two_nodes_share_blocks_through_redis(dataset: tuple[Path, dict[str, byt
         blocks = sum(max(1, -(-len(d) // (256 * KiB))) for d in files.values())
         assert stats["tiers"]["redis"]["hits"] == blocks
         shown = run_tierfs("stats", str(b.mountpoint), check=True).stdout
-        assert re.search(rf"redis\s+│\s+up\s+│\s+{blocks}\s", shown), shown
+        assert re.search(rf"redis\s+up\s+{blocks}\s", shown), shown
+        assert max(len(line) for line in shown.splitlines()) <= 80, shown  # an 80-column terminal
+        import subprocess
+        import sys
+
+        watch = subprocess.run(["timeout", "-s", "INT", "2.5", sys.executable, "-m", "tierfs", "stats",
+                                str(b.mountpoint), "--watch", "1"], capture_output=True, text=True)
+        lines = [ln for ln in watch.stdout.splitlines() if "hit/miss per s" in ln]
+        assert lines and "backend" in lines[0] and max(map(len, lines)) <= 80, watch.stdout + watch.stderr
+        assert "aborted" not in watch.stderr
 
 
 def test_redis_absent_at_mount_time(dataset: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:

@@ -137,8 +137,27 @@ def umount(mountpoint: Path, lazy: bool, timeout: float) -> None:
 @cli.command()
 @click.argument("mountpoint", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the raw counters as JSON.")
-def stats(mountpoint: Path, as_json: bool) -> None:
+@click.option("--watch", type=click.FloatRange(min=0.1), metavar="SECONDS",
+              help="Print what happened in each interval of SECONDS (rates per second) until Ctrl-C.")
+def stats(mountpoint: Path, as_json: bool, watch: float | None) -> None:
     """Hits, misses and bytes per tier, and backend traffic, of a running mount."""
+    data = _read_stats(mountpoint)
+    if watch:
+        try:
+            while True:
+                time.sleep(watch)
+                later = _read_stats(mountpoint)
+                click.echo(render_rates(data, later, later["uptime_seconds"] - data["uptime_seconds"] or watch))
+                data = later
+        except KeyboardInterrupt:
+            return
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    click.echo(render_stats(data))
+
+
+def _read_stats(mountpoint: Path) -> dict[str, Any]:
     from tierfs.fuse.mountpoint import DEAD_MOUNT_ERRNOS
 
     try:
@@ -151,39 +170,38 @@ def stats(mountpoint: Path, as_json: bool) -> None:
         if exc.errno in DEAD_MOUNT_ERRNOS:
             raise UserError(f"{mountpoint} is a dead mount (its daemon is gone): run tierfs umount {mountpoint}") from None
         raise UserError(f"cannot read stats of {mountpoint}: {exc.strerror}") from None
-    data = json.loads(raw)
-    if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
-        return
-    click.echo(render_stats(data))
+    out: dict[str, Any] = json.loads(raw)
+    return out
 
 
 def render_stats(data: dict[str, Any]) -> str:
+    """The counters as a table for an 80-column terminal."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     lat = data.get("latency_ms", {})
-    table = Table(title=f"tierfs {data['lake']}  (pid {data['pid']}, up {data['uptime_seconds']:.0f} s)")
-    for col in ("tier", "state", "hits", "misses", "hit ratio", "served", "held", "entries", "evictions",
-                "errors", "mean get"):
-        table.add_column(col, justify="left" if col in ("tier", "state") else "right")
+    table = Table(title=f"{data['lake']} (pid {data['pid']}, up {data['uptime_seconds']:.0f} s)", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    for col in ("tier", "state", "hits", "misses", "hit%", "served", "held", "evicted", "errors", "mean"):
+        table.add_column(col, justify="left" if col in ("tier", "state") else "right", no_wrap=True)
     for name, t in data["tiers"].items():
         total = t["hits"] + t["misses"]
-        ratio = f"{t['hits'] / total:.1%}" if total else "-"
+        ratio = f"{t['hits'] / total:.0%}" if total else "-"
         mean = lat.get("tiers", {}).get(name, {}).get("mean_ms")
         table.add_row(name, "up" if t.get("up", 1) else "DOWN", str(t["hits"]), str(t["misses"]), ratio,
-                      format_size(t["bytes_served"]), format_size(t["bytes_held"]), str(t["entries"]),
-                      str(t["evictions"]), str(t["errors"]), "-" if mean is None else f"{mean:.2f} ms")
+                      format_size(t["bytes_served"]), format_size(t["bytes_held"]),
+                      str(t["evictions"]), str(t["errors"]), "-" if mean is None else f"{mean:.1f}ms")
     b = data["backend"]
     reads = lat.get("backend", {}).get("read", {}).get("mean_ms")
-    table.add_row("backend", "", "", "", "", format_size(b["bytes"]), "", "", "", str(b["errors"]),
-                  "-" if reads is None else f"{reads:.2f} ms")
-    console = Console(width=120, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    table.add_row("backend", "", "", "", "", format_size(b["bytes"]), "", "", str(b["errors"]),
+                  "-" if reads is None else f"{reads:.1f}ms")
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
     console.print(table)
-    console.print(
-        f"backend: {b['requests']} requests, {format_size(b['bytes'])} read, {b['retries']} retries, {b['errors']} errors;  "
-        f"inodes {data['inodes']}, open files {data['open_files']}, in-flight fetches {data['in_flight_fetches']}"
-    )
+    console.print(f"backend: {b['requests']} requests, {format_size(b['bytes'])} read, {b['retries']} retries, "
+                  f"{b['errors']} errors")
+    console.print(f"inodes {data['inodes']}, open files {data['open_files']}, "
+                  f"in-flight fetches {data['in_flight_fetches']}")
     w = data.get("writes", {})
     if w:
         console.print(
@@ -195,6 +213,25 @@ def render_stats(data: dict[str, Any]) -> str:
     if fuse:
         console.print("fuse requests: " + ", ".join(f"{op} {n}" for op, n in fuse.items() if n))
     return console.export_text().rstrip()
+
+
+def render_rates(before: dict[str, Any], after: dict[str, Any], seconds: float) -> str:
+    """One line of what happened in an interval: reads per tier, backend traffic, uploads (per second)."""
+    def rate(a: float, b: float) -> float:
+        return (b - a) / seconds if seconds > 0 else 0.0
+
+    tiers = []
+    for name, t in after["tiers"].items():
+        old = before["tiers"].get(name, t)
+        tiers.append(f"{name} {rate(old['hits'], t['hits']):.0f}/{rate(old['misses'], t['misses']):.0f}")
+    parts = ["hit/miss per s: " + " ".join(tiers)]
+    b0, b1 = before["backend"], after["backend"]
+    parts.append(f"backend {format_size(int(rate(b0['bytes'], b1['bytes'])))}/s {rate(b0['requests'], b1['requests']):.0f} req/s")
+    w0, w1 = before.get("writes", {}), after.get("writes", {})
+    written = rate(w0.get("bytes_written", 0), w1.get("bytes_written", 0))
+    if written:
+        parts.append(f"writes {format_size(int(written))}/s")
+    return time.strftime("%H:%M:%S ") + " | ".join(parts)
 
 
 def _setup_logging(settings: Settings) -> None:
