@@ -50,3 +50,15 @@ def test_status_with_a_live_mount_a_dead_one_and_none(lake: Path, tmp_path: Path
     finally:
         force_cleanup(dead_mnt, pid)
     assert _ours(run_tierfs("status", "--json").stdout, live_mnt, dead_mnt) == []
+
+
+def test_log_level_at_runtime(lake: Path, tmp_path: Path) -> None:
+    with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", "--log-level", "warning") as m:
+        (m.mountpoint / "datasets/toy/empty.bin").read_bytes()
+        res = run_tierfs("log-level", str(m.mountpoint), "debug")
+        assert res.returncode == 0, res.stderr
+        (m.mountpoint / "datasets/toy/train/dog/0001.jpg").read_bytes()
+        (m.mountpoint / "no-such-file").exists()
+        log = m.log_tail()
+        assert "log level set to debug" in log and "DEBUG" in log
+        assert run_tierfs("log-level", str(m.mountpoint), "loud").returncode == 2  # not a level: usage error

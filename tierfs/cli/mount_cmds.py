@@ -298,3 +298,17 @@ def status(as_json: bool) -> None:
 def format_duration(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+@cli.command("log-level")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.argument("level", type=click.Choice(["debug", "info", "warning", "error"]))
+def log_level_cmd(mountpoint: Path, level: str) -> None:
+    """Set how much a running mount logs, without a remount (root only)."""
+    try:
+        os.setxattr(mountpoint, "user.tierfs.log_level", level.encode())
+    except OSError as exc:
+        if exc.errno == errno.EPERM:
+            raise UserError(f"only root may change the log level of {mountpoint}") from None
+        raise UserError(f"cannot set the log level of {mountpoint}: {exc.strerror} (is it a tierfs mount?)") from None
+    click.echo(f"{mountpoint}: logging at {level}")

@@ -471,11 +471,26 @@ class TierfsOperations(pyfuse3.Operations):
 
     @_guard
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        """The one writable attribute: ``user.tierfs.warm`` on the root starts a warm job.
+        """The writable attributes, on the root only (root only may set them):
 
-        Its value is JSON: {"list": FILE, "jobs": N, "lead": N} (see tierfs warm).
+        ``user.tierfs.warm`` starts a warm job; its value is JSON
+        {"list": FILE, "jobs": N, "lead": N} (see tierfs warm).
+        ``user.tierfs.log_level`` sets how much the daemon logs (debug, info,
+        warning, error) while it runs (tierfs log-level).
         """
-        if inode != ROOT_INODE or os.fsdecode(name) != XATTR_PREFIX + "warm" or self.warmer is None:
+        attr = os.fsdecode(name)
+        if inode != ROOT_INODE or attr not in (XATTR_PREFIX + "warm", XATTR_PREFIX + "log_level"):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if getattr(ctx, "uid", 0) != 0:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        if attr == XATTR_PREFIX + "log_level":
+            level = value.decode(errors="replace").strip().upper()
+            if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            logging.getLogger("tierfs").setLevel(level)
+            logging.getLogger("tierfs").warning("log level set to %s", level.lower())
+            return
+        if self.warmer is None:
             raise pyfuse3.FUSEError(errno.EROFS)
         try:
             req = json.loads(value)
