@@ -4,12 +4,17 @@ A node lives while the kernel holds a lookup reference to it (``lookups``) or
 a file handle is open on it (``opens``); ``forget`` drops both counts to zero
 and the node is freed, so the table is bounded by what the kernel keeps, not by
 the size of the lake.
+
+The nodes are indexed by path and by directory, so that a rename looks at
+the nodes it moves and no others, however many the kernel holds.
 """
 
 from __future__ import annotations
 
 import errno
 import itertools
+import posixpath
+from collections.abc import Iterator
 
 from tierfs.errors import TierfsError
 from tierfs.refs import ObjectRef
@@ -48,12 +53,18 @@ class Node:
 class InodeTable:
     def __init__(self) -> None:
         self._by_inode: dict[int, Node] = {}
-        self._by_path: dict[str, int] = {}
+        self._by_path: dict[str, int] = {}  # the node each name currently means
+        # Every live node by its path, named or not: an unlinked file that is
+        # still open moves with its directory too.
+        self._at: dict[str, dict[int, Node]] = {}
+        # Directory path -> {child path: how many nodes are at or below it}.
+        self._below: dict[str, dict[str, int]] = {}
         self._next = itertools.count(ROOT_INODE + 1)
         root = Node(ROOT_INODE, "", True)
         root.lookups = 1  # the kernel never forgets the root
         self._by_inode[ROOT_INODE] = root
         self._by_path[""] = ROOT_INODE
+        self._track(root)
 
     def __len__(self) -> int:
         return len(self._by_inode)
@@ -82,6 +93,7 @@ class InodeTable:
             node = Node(next(self._next), path, is_dir, read_only=read_only, immutable=immutable)
             self._by_inode[node.inode] = node
             self._by_path[path] = node.inode
+            self._track(node)
         node.size, node.mtime_ns, node.ref, node.checked_at = size, mtime_ns, ref, checked_at
         return node
 
@@ -90,11 +102,17 @@ class InodeTable:
         target = self.by_path(new)
         if target is not None:
             self._unlink_path(target)
-        below = old + "/"
-        for node in [n for n in self._by_inode.values() if n.path == old or n.path.startswith(below)]:
-            if self._by_path.get(node.path) == node.inode:
-                del self._by_path[node.path]
+        moving = list(self._subtree(old))
+        # Only the names that meant these nodes move with them; an unlinked
+        # node keeps following its directory but stays unlinked.
+        named = [n for n in moving if self._by_path.get(n.path) == n.inode]
+        for node in named:
+            del self._by_path[node.path]
+        for node in moving:
+            self._untrack(node)
             node.path = new + node.path[len(old):]
+            self._track(node)
+        for node in named:
             self._by_path[node.path] = node.inode
 
     def unlinked(self, path: str) -> None:
@@ -120,6 +138,7 @@ class InodeTable:
     def _maybe_free(self, node: Node) -> None:
         if node.lookups == 0 and node.opens == 0 and node.inode != ROOT_INODE:
             del self._by_inode[node.inode]
+            self._untrack(node)
             if self._by_path.get(node.path) == node.inode:
                 del self._by_path[node.path]
 
@@ -127,3 +146,39 @@ class InodeTable:
         # The old inode stays reachable by number until the kernel forgets it.
         if self._by_path.get(node.path) == node.inode:
             del self._by_path[node.path]
+
+    # -- the path index -----------------------------------------------------------
+    def _subtree(self, path: str) -> Iterator[Node]:
+        """The live nodes at ``path`` and below it."""
+        todo = [path]
+        while todo:
+            p = todo.pop()
+            yield from self._at.get(p, {}).values()
+            todo.extend(self._below.get(p, ()))
+
+    def _track(self, node: Node) -> None:
+        self._at.setdefault(node.path, {})[node.inode] = node
+        for parent, child in _ancestry(node.path):
+            counts = self._below.setdefault(parent, {})
+            counts[child] = counts.get(child, 0) + 1
+
+    def _untrack(self, node: Node) -> None:
+        at = self._at[node.path]
+        del at[node.inode]
+        if not at:
+            del self._at[node.path]
+        for parent, child in _ancestry(node.path):
+            counts = self._below[parent]
+            counts[child] -= 1
+            if not counts[child]:
+                del counts[child]
+                if not counts:
+                    del self._below[parent]
+
+
+def _ancestry(path: str) -> Iterator[tuple[str, str]]:
+    """(directory, its child on the way to ``path``), from ``path`` up to the root."""
+    while path:
+        parent = posixpath.dirname(path)
+        yield parent, path
+        path = parent

@@ -2,21 +2,49 @@
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 from tierfs.store.objects import Entry
 
 
-@dataclass
-class Listing:
-    entries: list[Entry]  # sorted by name
-    fetched_at: float
-    by_name: dict[str, Entry] = field(init=False)
+def _name(entry: Entry) -> str:
+    return entry.name
 
-    def __post_init__(self) -> None:
-        self.by_name = {e.name: e for e in self.entries}
+
+class Listing:
+    """One directory's entries, sorted by name, and the same entries by name."""
+
+    def __init__(self, entries: list[Entry], fetched_at: float):
+        self._entries = entries  # sorted by name
+        self.fetched_at = fetched_at
+        self.by_name = {e.name: e for e in entries}
+        self._handed_out = False
+
+    @property
+    def entries(self) -> list[Entry]:
+        """The entries, sorted by name: a list the caller may keep (an open directory reads from it)."""
+        self._handed_out = True
+        return self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def update(self, name: str, entry: Entry | None) -> None:
+        """Put (or, with None, remove) one name: a binary search, never a sort of the whole directory."""
+        if self._handed_out:
+            # Whoever holds the list sees it as it was (readdir offsets stay valid): change a copy.
+            self._entries = list(self._entries)
+            self._handed_out = False
+        # (A store may list a name twice, as an object and as a prefix: all of them go.)
+        start = bisect.bisect_left(self._entries, name, key=_name)
+        end = bisect.bisect_right(self._entries, name, lo=start, key=_name)
+        self._entries[start:end] = [] if entry is None else [entry]
+        if entry is None:
+            self.by_name.pop(name, None)
+        else:
+            self.by_name[name] = entry
 
 
 class ListingCache:
@@ -41,14 +69,14 @@ class ListingCache:
         return listing
 
     def put(self, path: str, entries: list[Entry], fetched_at: float) -> Listing:
-        listing = Listing(sorted(entries, key=lambda e: e.name), fetched_at)
+        listing = Listing(sorted(entries, key=_name), fetched_at)
         self.drop(path)
         if len(entries) <= self.max_entries // 2:
             self._lists[path] = listing
             self._held += len(entries)
             while self._held > self.max_entries:
                 _, old = self._lists.popitem(last=False)
-                self._held -= len(old.entries)
+                self._held -= len(old)
         return listing
 
     def update(self, path: str, name: str, entry: Entry | None) -> None:
@@ -59,11 +87,9 @@ class ListingCache:
         listing = self._lists.get(path)
         if listing is None:
             return
-        entries = [e for e in listing.entries if e.name != name]
-        if entry is not None:
-            entries.append(entry)
-        self._held += len(entries) - len(listing.entries)
-        self._lists[path] = Listing(sorted(entries, key=lambda e: e.name), listing.fetched_at)
+        before = len(listing)
+        listing.update(name, entry)
+        self._held += len(listing) - before
 
     def drop_tree(self, path: str) -> None:
         """Forget the listings of ``path`` and of every directory below it."""
@@ -74,7 +100,7 @@ class ListingCache:
     def drop(self, path: str) -> None:
         old = self._lists.pop(path, None)
         if old is not None:
-            self._held -= len(old.entries)
+            self._held -= len(old)
 
     def __len__(self) -> int:
         return self._held

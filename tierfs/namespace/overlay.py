@@ -5,11 +5,16 @@ directory of an object store has no object to exist by. Both are kept here
 and laid over the lake's listings, so that this mount sees its own changes at
 once. Other nodes see a file once its upload is acknowledged, and an empty
 directory once a file is written into it.
+
+Both are indexed by directory, so that a lookup or a listing costs the names
+it concerns, not a scan of every staged file (a checkpoint of many shards
+being written must not slow down every lookup of a dataset).
 """
 
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterator
 from typing import Protocol
 
 from tierfs.refs import ObjectRef
@@ -32,34 +37,41 @@ class Overlay:
     def __init__(self) -> None:
         self._files: dict[str, Staged] = {}
         self._dirs: set[str] = set()
+        # Directory path -> {name in it: how many overlay paths are at or below that name}.
+        self._names: dict[str, dict[str, int]] = {}
 
     def __len__(self) -> int:
         return len(self._files)
 
     # -- files ------------------------------------------------------------
     def add_file(self, path: str, staged: Staged) -> None:
+        if path not in self._files:
+            self._count(path, 1)
         self._files[path] = staged
 
     def file(self, path: str) -> Staged | None:
         return self._files.get(path)
 
     def remove_file(self, path: str, staged: Staged | None = None) -> None:
-        if staged is None or self._files.get(path) is staged:
-            self._files.pop(path, None)
+        if path in self._files and (staged is None or self._files[path] is staged):
+            del self._files[path]
+            self._count(path, -1)
 
     # -- directories --------------------------------------------------------
     def add_dir(self, path: str) -> None:
-        self._dirs.add(path)
+        if path not in self._dirs:
+            self._dirs.add(path)
+            self._count(path, 1)
 
     def remove_dir(self, path: str) -> None:
-        self._dirs.discard(path)
+        if path in self._dirs:
+            self._dirs.remove(path)
+            self._count(path, -1)
 
     def has_dir(self, path: str) -> bool:
         """An empty directory made here, or a directory that holds staged files."""
-        if path in self._dirs:
-            return True
-        below = path + "/"
-        return any(p.startswith(below) for p in self._files) or any(d.startswith(below) for d in self._dirs)
+        # (The root is no directory of the overlay's: every path is below it.)
+        return path in self._dirs or (path != "" and path in self._names)
 
     # -- both ---------------------------------------------------------------
     def entry(self, path: str) -> Entry | None:
@@ -75,15 +87,9 @@ class Overlay:
 
     def entries(self, dir_path: str) -> list[Entry]:
         """The names directly in ``dir_path`` that the overlay adds."""
-        if not self._files and not self._dirs:
-            return []
         prefix = dir_path + "/" if dir_path else ""
-        names: set[str] = set()
-        for p in (*self._files, *self._dirs):
-            if p.startswith(prefix) and p != dir_path:
-                names.add(p[len(prefix):].split("/", 1)[0])
         out = []
-        for name in sorted(names):
+        for name in sorted(self._names.get(dir_path, ())):
             entry = self.entry(prefix + name)
             if entry is not None:
                 out.append(entry)
@@ -91,14 +97,40 @@ class Overlay:
 
     def move(self, old: str, new: str) -> None:
         """Rename ``old`` (a file, or a directory with everything below it) to ``new``."""
-        below = old + "/"
-
-        def moved(p: str) -> str:
-            return new + p[len(old):] if p == old or p.startswith(below) else p
-
-        self._files = {moved(p): s for p, s in self._files.items()}
-        self._dirs = {moved(d) for d in self._dirs}
+        files = [(p, self._files[p]) for p in self._paths(old) if p in self._files]
+        dirs = [d for d in self._paths(old) if d in self._dirs]
+        for p, _ in files:
+            self.remove_file(p)
+        for d in dirs:
+            self.remove_dir(d)
+        for p, staged in files:
+            self.add_file(new + p[len(old):], staged)
+        for d in dirs:
+            self.add_dir(new + d[len(old):])
 
     def files_under(self, path: str) -> list[tuple[str, Staged]]:
-        below = path + "/" if path else ""
-        return [(p, s) for p, s in self._files.items() if p == path or p.startswith(below)]
+        if path == "":
+            return list(self._files.items())
+        return [(p, self._files[p]) for p in self._paths(path) if p in self._files]
+
+    # -- the index ------------------------------------------------------------
+    def _paths(self, path: str) -> Iterator[str]:
+        """``path`` and every path below it that the overlay has a file or directory at (or below)."""
+        todo = [path]
+        while todo:
+            p = todo.pop()
+            yield p
+            prefix = p + "/" if p else ""
+            todo.extend(prefix + name for name in self._names.get(p, ()))
+
+    def _count(self, path: str, delta: int) -> None:
+        """One more (or one less) overlay path at ``path``: counted in every directory above it."""
+        while path:
+            parent, name = posixpath.split(path)
+            counts = self._names.setdefault(parent, {})
+            counts[name] = counts.get(name, 0) + delta
+            if not counts[name]:
+                del counts[name]
+                if not counts:
+                    del self._names[parent]
+            path = parent
