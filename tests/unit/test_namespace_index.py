@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,6 +105,33 @@ def test_listing_updates_replace_remove_and_leave_handed_out_lists_alone() -> No
     assert [(e.name, e.size) for e in now.entries] == [("a", 1), ("aa", 0), ("b", 2), ("d", 1)]
     assert set(now.by_name) == {"a", "aa", "b", "d"} and now.by_name["b"].size == 2
     assert len(cache) == 4
+
+
+class CountingOrderedDict(OrderedDict[Any, Any]):
+    walked = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for k in super().__iter__():
+            CountingOrderedDict.walked += 1
+            yield k
+
+
+def test_dropping_a_tree_of_listings_walks_only_that_tree() -> None:
+    cache = ListingCache(60.0, 1_000_000)
+    for i in range(10_000):
+        cache.put(f"data/{i:05d}", [Entry("x", False)], 1.0)
+    for path in ("run", "run/a", "run/a/b", "runs", "runx/a"):
+        cache.put(path, [Entry("y", False)], 1.0)
+    cache._lists = CountingOrderedDict(cache._lists)
+    CountingOrderedDict.walked = 0
+    cache.drop_tree("run")
+    assert CountingOrderedDict.walked == 0
+    assert [p for p in ("run", "run/a", "run/a/b", "runs", "runx/a") if cache.get(p, stale_ok=True)] == ["runs", "runx/a"]
+    assert len(cache) == 10_002
+    cache.drop_tree("data/00007")
+    assert cache.get("data/00007", stale_ok=True) is None and cache.get("data/00008", stale_ok=True) is not None
+    cache.drop_tree("")  # the root: everything
+    assert len(cache) == 0 and cache.get("runs", stale_ok=True) is None
 
 
 # -- inodes ----------------------------------------------------------------------

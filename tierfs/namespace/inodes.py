@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import errno
 import itertools
-import posixpath
-from collections.abc import Iterator
 
 from tierfs.errors import TierfsError
+from tierfs.namespace.pathindex import PathIndex
 from tierfs.refs import ObjectRef
 
 ROOT_INODE = 1
@@ -57,8 +56,7 @@ class InodeTable:
         # Every live node by its path, named or not: an unlinked file that is
         # still open moves with its directory too.
         self._at: dict[str, dict[int, Node]] = {}
-        # Directory path -> {child path: how many nodes are at or below it}.
-        self._below: dict[str, dict[str, int]] = {}
+        self._paths = PathIndex()  # the paths of _at, by directory
         self._next = itertools.count(ROOT_INODE + 1)
         root = Node(ROOT_INODE, "", True)
         root.lookups = 1  # the kernel never forgets the root
@@ -102,7 +100,7 @@ class InodeTable:
         target = self.by_path(new)
         if target is not None:
             self._unlink_path(target)
-        moving = list(self._subtree(old))
+        moving = [n for p in list(self._paths.below(old)) for n in self._at[p].values()]
         # Only the names that meant these nodes move with them; an unlinked
         # node keeps following its directory but stays unlinked.
         named = [n for n in moving if self._by_path.get(n.path) == n.inode]
@@ -148,37 +146,13 @@ class InodeTable:
             del self._by_path[node.path]
 
     # -- the path index -----------------------------------------------------------
-    def _subtree(self, path: str) -> Iterator[Node]:
-        """The live nodes at ``path`` and below it."""
-        todo = [path]
-        while todo:
-            p = todo.pop()
-            yield from self._at.get(p, {}).values()
-            todo.extend(self._below.get(p, ()))
-
     def _track(self, node: Node) -> None:
         self._at.setdefault(node.path, {})[node.inode] = node
-        for parent, child in _ancestry(node.path):
-            counts = self._below.setdefault(parent, {})
-            counts[child] = counts.get(child, 0) + 1
+        self._paths.add(node.path)
 
     def _untrack(self, node: Node) -> None:
         at = self._at[node.path]
         del at[node.inode]
         if not at:
             del self._at[node.path]
-        for parent, child in _ancestry(node.path):
-            counts = self._below[parent]
-            counts[child] -= 1
-            if not counts[child]:
-                del counts[child]
-                if not counts:
-                    del self._below[parent]
-
-
-def _ancestry(path: str) -> Iterator[tuple[str, str]]:
-    """(directory, its child on the way to ``path``), from ``path`` up to the root."""
-    while path:
-        parent = posixpath.dirname(path)
-        yield parent, path
-        path = parent
+        self._paths.remove(node.path)

@@ -6,6 +6,7 @@ import bisect
 import time
 from collections import OrderedDict
 
+from tierfs.namespace.pathindex import PathIndex
 from tierfs.store.objects import Entry
 
 
@@ -52,6 +53,7 @@ class ListingCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._lists: OrderedDict[str, Listing] = OrderedDict()
+        self._paths = PathIndex()  # the paths of _lists, by directory: drop_tree looks at its own only
         self._held = 0
 
     def get(self, path: str, stale_ok: bool = False) -> Listing | None:
@@ -73,9 +75,11 @@ class ListingCache:
         self.drop(path)
         if len(entries) <= self.max_entries // 2:
             self._lists[path] = listing
+            self._paths.add(path)
             self._held += len(entries)
             while self._held > self.max_entries:
-                _, old = self._lists.popitem(last=False)
+                old_path, old = self._lists.popitem(last=False)
+                self._paths.remove(old_path)
                 self._held -= len(old)
         return listing
 
@@ -93,13 +97,13 @@ class ListingCache:
 
     def drop_tree(self, path: str) -> None:
         """Forget the listings of ``path`` and of every directory below it."""
-        below = path + "/"
-        for p in [p for p in self._lists if p == path or p.startswith(below) or path == ""]:
+        for p in list(self._paths.below(path)):
             self.drop(p)
 
     def drop(self, path: str) -> None:
         old = self._lists.pop(path, None)
         if old is not None:
+            self._paths.remove(path)
             self._held -= len(old)
 
     def __len__(self) -> int:

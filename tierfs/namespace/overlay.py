@@ -14,9 +14,9 @@ being written must not slow down every lookup of a dataset).
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator
 from typing import Protocol
 
+from tierfs.namespace.pathindex import PathIndex
 from tierfs.refs import ObjectRef
 from tierfs.store.objects import Entry
 
@@ -37,8 +37,7 @@ class Overlay:
     def __init__(self) -> None:
         self._files: dict[str, Staged] = {}
         self._dirs: set[str] = set()
-        # Directory path -> {name in it: how many overlay paths are at or below that name}.
-        self._names: dict[str, dict[str, int]] = {}
+        self._paths = PathIndex()  # the paths of both, by directory
 
     def __len__(self) -> int:
         return len(self._files)
@@ -46,7 +45,7 @@ class Overlay:
     # -- files ------------------------------------------------------------
     def add_file(self, path: str, staged: Staged) -> None:
         if path not in self._files:
-            self._count(path, 1)
+            self._paths.add(path)
         self._files[path] = staged
 
     def file(self, path: str) -> Staged | None:
@@ -55,23 +54,23 @@ class Overlay:
     def remove_file(self, path: str, staged: Staged | None = None) -> None:
         if path in self._files and (staged is None or self._files[path] is staged):
             del self._files[path]
-            self._count(path, -1)
+            self._paths.remove(path)
 
     # -- directories --------------------------------------------------------
     def add_dir(self, path: str) -> None:
         if path not in self._dirs:
             self._dirs.add(path)
-            self._count(path, 1)
+            self._paths.add(path)
 
     def remove_dir(self, path: str) -> None:
         if path in self._dirs:
             self._dirs.remove(path)
-            self._count(path, -1)
+            self._paths.remove(path)
 
     def has_dir(self, path: str) -> bool:
         """An empty directory made here, or a directory that holds staged files."""
         # (The root is no directory of the overlay's: every path is below it.)
-        return path in self._dirs or (path != "" and path in self._names)
+        return path in self._dirs or (path != "" and self._paths.has_below(path))
 
     # -- both ---------------------------------------------------------------
     def entry(self, path: str) -> Entry | None:
@@ -89,7 +88,7 @@ class Overlay:
         """The names directly in ``dir_path`` that the overlay adds."""
         prefix = dir_path + "/" if dir_path else ""
         out = []
-        for name in sorted(self._names.get(dir_path, ())):
+        for name in sorted(self._paths.names(dir_path)):
             entry = self.entry(prefix + name)
             if entry is not None:
                 out.append(entry)
@@ -97,8 +96,9 @@ class Overlay:
 
     def move(self, old: str, new: str) -> None:
         """Rename ``old`` (a file, or a directory with everything below it) to ``new``."""
-        files = [(p, self._files[p]) for p in self._paths(old) if p in self._files]
-        dirs = [d for d in self._paths(old) if d in self._dirs]
+        moving = list(self._paths.below(old))
+        files = [(p, self._files[p]) for p in moving if p in self._files]
+        dirs = [d for d in moving if d in self._dirs]
         for p, _ in files:
             self.remove_file(p)
         for d in dirs:
@@ -111,26 +111,4 @@ class Overlay:
     def files_under(self, path: str) -> list[tuple[str, Staged]]:
         if path == "":
             return list(self._files.items())
-        return [(p, self._files[p]) for p in self._paths(path) if p in self._files]
-
-    # -- the index ------------------------------------------------------------
-    def _paths(self, path: str) -> Iterator[str]:
-        """``path`` and every path below it that the overlay has a file or directory at (or below)."""
-        todo = [path]
-        while todo:
-            p = todo.pop()
-            yield p
-            prefix = p + "/" if p else ""
-            todo.extend(prefix + name for name in self._names.get(p, ()))
-
-    def _count(self, path: str, delta: int) -> None:
-        """One more (or one less) overlay path at ``path``: counted in every directory above it."""
-        while path:
-            parent, name = posixpath.split(path)
-            counts = self._names.setdefault(parent, {})
-            counts[name] = counts.get(name, 0) + delta
-            if not counts[name]:
-                del counts[name]
-                if not counts:
-                    del self._names[parent]
-            path = parent
+        return [(p, self._files[p]) for p in self._paths.below(path) if p in self._files]
