@@ -63,11 +63,16 @@ class Warmer:
         self.job: WarmJob | None = None
         self._moved = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._starting = trio.Lock()  # two requests at once must not copy into one list file together
 
     def attach(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
 
-    def start(self, list_file: str, jobs: int, lead: int) -> WarmJob:
+    async def start(self, list_file: str, jobs: int, lead: int) -> WarmJob:
+        async with self._starting:
+            return await self._start(list_file, jobs, lead)
+
+    async def _start(self, list_file: str, jobs: int, lead: int) -> WarmJob:
         if self._nursery is None:
             raise RuntimeError("warming needs a running mount")
         nursery = self._nursery
@@ -77,11 +82,10 @@ class Warmer:
         # A private copy, so the caller may remove its file as soon as the job is started.
         copy = Path(self.work_dir or tempfile.gettempdir()) / f"warm-list.{os.getpid()}.txt"
         try:
-            shutil.copyfile(list_file, copy)
+            # (A list of millions of paths: copied and counted in a thread, off the loop.)
+            total = await trio.to_thread.run_sync(_copy_and_count, list_file, copy)
         except OSError as exc:
             raise FileNotFoundError(f"warm list {list_file}: {exc.strerror}") from None
-        with open(copy, encoding="utf-8") as fh:
-            total = sum(1 for line in fh if line.strip())
         job = WarmJob(str(copy), max(1, jobs), max(0, lead), total)
         self.job = job
         nursery.start_soon(self._run, job)
@@ -135,6 +139,13 @@ class Warmer:
                     job.failed += 1
                     log.debug("warm: %s: %s", path, exc)
                 job.done += 1
+
+
+def _copy_and_count(list_file: str, copy: Path) -> int:
+    """Copy the list to ``copy``; how many paths it holds."""
+    shutil.copyfile(list_file, copy)
+    with open(copy, encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip())
 
 
 async def _paths(list_file: str) -> AsyncIterator[tuple[int, str]]:

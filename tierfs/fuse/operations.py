@@ -193,7 +193,7 @@ class TierfsOperations(pyfuse3.Operations):
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent, path = self._new_name(parent_inode, name)
         writer = self._writer_for(parent)
-        staged = writer.create(path)
+        staged = await writer.create(path)
         node = self.ns.staged_node(path)
         self.ns.remember(node)
         return self._new_handle(node, staged, writable=True), self.attrs(node)
@@ -494,7 +494,7 @@ class TierfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         try:
             req = json.loads(value)
-            self.warmer.start(str(req["list"]), int(req.get("jobs", 8)), int(req.get("lead", 0)))
+            await self.warmer.start(str(req["list"]), int(req.get("jobs", 8)), int(req.get("lead", 0)))
         except (ValueError, KeyError, TypeError):
             raise pyfuse3.FUSEError(errno.EINVAL) from None
 

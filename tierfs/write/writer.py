@@ -7,6 +7,10 @@ blocks are then put into the tier chain under its new ObjectRef, so reading
 back what was just written is a cache hit. A failed upload answers EIO and
 keeps the staged file, which stays readable here and is uploaded again by the
 next close or fsync, or by the retry loop.
+
+Nothing here blocks the trio loop: the staged file's reads, writes and journal
+records run in worker threads (one call at a time per staged file, in the
+order they came), store calls in the store's.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import logging
 import os
 import posixpath
 import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import trio
 
@@ -34,16 +41,28 @@ log = logging.getLogger(__name__)
 
 RETRY_FIRST, RETRY_MAX = 5.0, 300.0  # seconds between retries of failed uploads
 
+T = TypeVar("T")
+
+# What _let_go leaves to do on disk and in the store for a staged file it took out of the mount.
+UNRECORD, DROP = "unrecord", "drop"
+
 
 class Writer:
     def __init__(self, store: ObjectStore, uploader: Uploader, reader: BlockReader, namespace: Namespace,
-                 staging: Staging, limiter: trio.CapacityLimiter, rename_concurrency: int = 16):
+                 staging: Staging, limiter: trio.CapacityLimiter, rename_concurrency: int = 16,
+                 staging_limiter: trio.CapacityLimiter | None = None):
         self.store = store
         self.uploader = uploader
         self.reader = reader
         self.ns = namespace
         self.staging = staging
-        self.limiter = limiter
+        self.limiter = limiter  # the store's calls
+        # The staging disk's small calls have threads of their own: a slow
+        # store never holds up reads and writes of the bytes already here.
+        self.staging_limiter = staging_limiter or trio.CapacityLimiter(16)
+        self._disk_locks: weakref.WeakKeyDictionary[StagedFile, trio.Lock] = weakref.WeakKeyDictionary()
+        self._closed: weakref.WeakSet[StagedFile] = weakref.WeakSet()  # fd closed (its number may be reused)
+        self._changing: weakref.WeakKeyDictionary[StagedFile, trio.Event] = weakref.WeakKeyDictionary()
         self.rename_concurrency = rename_concurrency
         self._staged: dict[str, StagedFile] = {}  # by lake key
         self._failed: set[StagedFile] = set()  # closed, upload not acknowledged: retried
@@ -102,11 +121,14 @@ class Writer:
     def staged(self, key: str) -> StagedFile | None:
         return self._staged.get(key)
 
-    def create(self, key: str) -> StagedFile:
+    async def create(self, key: str) -> StagedFile:
         old = self._staged.get(key)
         if old is not None:
+            await self._forget_now(old)
+        sf = await trio.to_thread.run_sync(self.staging.create, key, limiter=self.staging_limiter)
+        old = self._staged.get(key)
+        if old is not None:  # created again meanwhile: the later one is the file
             self._forget(old)
-        sf = self.staging.create(key)
         self._register(sf)
         sf.handles += 1
         return sf
@@ -115,41 +137,51 @@ class Writer:
         """The staged file of ``key`` (one per key, shared by its handles), created over ``ref`` if new."""
         sf = self._staged.get(key)
         if sf is None:
-            sf = self.staging.create(key, base=ref)
-            self._register(sf)
+            new = await trio.to_thread.run_sync(self.staging.create, key, ref, limiter=self.staging_limiter)
+            sf = self._staged.get(key)
+            if sf is None:
+                sf = new
+                self._register(sf)
+            else:  # opened again meanwhile: one staged file per key, so this one goes
+                self._forget(new)
         sf.handles += 1
         if truncate and sf.size:
             await self.truncate(sf, 0)
         return sf
 
     async def write(self, sf: StagedFile, offset: int, data: bytes) -> int:
-        # The old bytes are needed unless this write covers all of them.
-        await self._before_change(sf, not (offset == 0 and len(data) >= sf.size))
-        try:
-            n = os.pwrite(sf.fd, data, offset)
-        except OSError as exc:
-            # The file now lacks bytes its writer meant it to have: it must not
-            # replace the object in the lake (a good older checkpoint, say).
-            sf.write_error = exc.strerror or str(exc)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                log.error("the staging disk is full (%s); free space there or set [cache] dir elsewhere; "
-                          "%s will not be uploaded and the lake keeps what it had", self.staging.root, sf.key)
-            raise
-        sf.size = max(sf.size, offset + n)
-        self._changed(sf)
+        async with self._change(sf):  # an upload takes all of this write or none of it
+            # The old bytes are needed unless this write covers all of them.
+            await self._before_change(sf, not (offset == 0 and len(data) >= sf.size))
+            try:
+                n = await self._fd_call(sf, os.pwrite, sf.fd, data, offset)
+            except OSError as exc:
+                # The file now lacks bytes its writer meant it to have: it must not
+                # replace the object in the lake (a good older checkpoint, say).
+                sf.write_error = exc.strerror or str(exc)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    log.error("the staging disk is full (%s); free space there or set [cache] dir elsewhere; "
+                              "%s will not be uploaded and the lake keeps what it had", self.staging.root, sf.key)
+                raise
+            sf.size = max(sf.size, offset + n)
+            self._changed(sf)
         return n
 
     async def read(self, sf: StagedFile, offset: int, size: int) -> bytes:
         if not sf.materialized and sf.base is not None:
             data, _ = await self.reader.read(sf.base, offset, size)
             return data
-        return os.pread(sf.fd, size, offset)
+        change = self._changing.get(sf)
+        if change is not None:
+            await change.wait()  # a write that came first is read
+        return await self._fd_call(sf, os.pread, sf.fd, size, offset)
 
     async def truncate(self, sf: StagedFile, size: int) -> None:
-        await self._before_change(sf, size > 0)
-        os.ftruncate(sf.fd, size)
-        sf.size = size
-        self._changed(sf)
+        async with self._change(sf):
+            await self._before_change(sf, size > 0)
+            await self._fd_call(sf, os.ftruncate, sf.fd, size)
+            sf.size = size
+            self._changed(sf)
 
     async def set_mtime(self, key: str, mtime_ns: int) -> None:
         """utimens: kept where the store lets us set it (a local lake), else until the next refresh."""
@@ -175,7 +207,7 @@ class Writer:
             if sf.write_error:
                 raise NoSpace(f"{sf.key} is not uploaded: a write to it failed ({sf.write_error})")
             generation = sf.generation
-            self.staging.mark(sf, PENDING)
+            await self._mark(sf, PENDING)
             t0 = time.monotonic()
             try:
                 entry = await trio.to_thread.run_sync(
@@ -192,7 +224,7 @@ class Writer:
             sf.uploaded_generation = generation
             sf.error = ""
             self._failed.discard(sf)
-            self.staging.mark(sf, CLEAN)
+            await self._mark(sf, CLEAN)
             self.stats.add("uploads")
             self.stats.add("bytes_written", sf.size)
             if sf.user_mtime_ns and await trio.to_thread.run_sync(
@@ -259,10 +291,10 @@ class Writer:
             return None
         if ref is None:
             return None
-        kept = self.staging.create(key, base=ref)
+        kept = await trio.to_thread.run_sync(self.staging.create, key, ref, limiter=self.staging_limiter)
         await self._materialize(kept)
         kept.materialized, kept.unlinked, kept.state = True, True, CLEAN
-        self.staging.unrecord(kept)
+        await self._on_disk(kept, self.staging.unrecord, kept)
         return kept
 
     # -- names ------------------------------------------------------------------
@@ -270,7 +302,7 @@ class Writer:
         sf = self._staged.get(key)
         if sf is not None:
             async with sf.upload_lock:
-                self._forget(sf)
+                await self._forget_now(sf)
         await trio.to_thread.run_sync(self.store.delete, key, limiter=self.limiter)
         self.ns.changed(key, None)
 
@@ -289,7 +321,7 @@ class Writer:
         """Rename a file or a directory (the caller has checked the target)."""
         target = self._staged.get(new)
         if target is not None:
-            self._forget(target)
+            await self._forget_now(target)
         if is_dir:
             async with contextlib.AsyncExitStack() as stack:
                 # No upload into the old tree may land behind the copy.
@@ -298,10 +330,12 @@ class Writer:
                     await stack.enter_async_context(f.upload_lock)
                 moved = await rename_tree(self.store, old, new, self.limiter, self.rename_concurrency)
                 self.stats.add("renamed_objects", moved)
+                below = [f for f in below if not f.dropped]
                 for f in below:
-                    if not f.dropped:
-                        self._rekey(f, new + f.key[len(old):])
-            self.ns.moved(old, new, Entry(posixpath.basename(new), True))
+                    self._rekey(f, new + f.key[len(old):])
+                self.ns.moved(old, new, Entry(posixpath.basename(new), True))
+                for f in below:
+                    await self._journal_key(f)
             return
         sf = self._staged.get(old)
         if sf is not None:
@@ -317,6 +351,7 @@ class Writer:
                     overlay_entry = self.ns.overlay.entry(new)
                     assert overlay_entry is not None
                     self.ns.moved(old, new, overlay_entry)
+                    await self._journal_key(sf)
                     return
         await trio.to_thread.run_sync(self.store.move, old, new, limiter=self.limiter)
         self.stats.add("renamed_objects")
@@ -329,45 +364,145 @@ class Writer:
         self.ns.overlay.add_file(sf.key, sf)
 
     def _rekey(self, sf: StagedFile, key: str) -> None:
+        """``sf`` is ``key`` in the mount from now on; its journal record follows (_journal_key)."""
         self._staged.pop(sf.key, None)
         self.ns.overlay.remove_file(sf.key, sf)
-        self.staging.rekey(sf, key)
+        sf.key = key
         if sf.base is not None and not sf.materialized:
             sf.base = ObjectRef(key, sf.base.size, sf.base.etag, sf.base.version)
         self._register(sf)
 
+    async def _journal_key(self, sf: StagedFile) -> None:
+        """Write ``sf``'s record under its new key.
+
+        The caller holds ``sf.upload_lock``, as every change of the record but
+        its removal does: no other rekey or mark of ``sf`` comes in between.
+        """
+        # Shielded: a record left under the old key would upload the file there after a crash.
+        with trio.CancelScope(shield=True):
+            await self._on_disk(sf, self.staging.rekey, sf, sf.key)
+
+    async def _mark(self, sf: StagedFile, state: str) -> None:
+        """Journal ``sf`` as ``state``; returns once its record says so."""
+        if sf.state != state:
+            await self._on_disk(sf, self.staging.mark, sf, state)
+
     def _forget(self, sf: StagedFile) -> None:
+        """Take ``sf`` out of the mount now; its record, bytes and upload go in the background."""
+        todo = self._let_go(sf)
+        if not todo:
+            return
+        if self._nursery is not None:
+            self._nursery.start_soon(self._clean_up_quietly, sf, todo)
+            return
+        # The writer driven without its nursery (tests of the layers below the mount): here and now.
+        if todo == UNRECORD:
+            self.staging.unrecord(sf)
+        else:
+            self._discard_upload(sf)
+            self._closed.add(sf)
+            self.staging.drop(sf)
+
+    async def _forget_now(self, sf: StagedFile) -> None:
+        """_forget, returning once its record is gone: from then on a crash never uploads it."""
+        await self._clean_up(sf, self._let_go(sf))
+
+    def _let_go(self, sf: StagedFile) -> str:
+        """The part of forgetting ``sf`` that the mount sees; returns what is left to do (UNRECORD, DROP, '')."""
         sf.unlinked = True  # whatever still holds it (an upload, a handle) must not bring it back
         if self._staged.get(sf.key) is sf:
             del self._staged[sf.key]
         self.ns.overlay.remove_file(sf.key, sf)
         self._failed.discard(sf)
         if sf.dropped:
-            return
+            return ""
         if sf.handles or sf.filling:
             # Still open (POSIX: an unlinked file lives until its last close),
             # or its fd is being read into the tiers. Closing the fd now would
             # hand its number to the next staged file, and this file's reads
             # and writes would land in that one. Its record goes now, so a
             # crash never uploads it; the last release (or the fill) closes it.
-            self.staging.unrecord(sf)
-            return
+            return UNRECORD
         sf.dropped = True
+        return DROP
+
+    async def _clean_up(self, sf: StagedFile, todo: str) -> None:
+        if todo == UNRECORD:
+            await self._on_disk(sf, self.staging.unrecord, sf)
+        elif todo == DROP:
+            # The abort of an unfinished upload is a store call (network): on
+            # the store's threads, holding no staging thread meanwhile.
+            await trio.to_thread.run_sync(self._discard_upload, sf, limiter=self.limiter)
+            async with self._disk_lock(sf):  # after the calls using the fd, before any that come later
+                self._closed.add(sf)  # (first: should the close fail halfway, nothing uses the fd again)
+                await trio.to_thread.run_sync(self.staging.drop, sf, limiter=self.staging_limiter)
+
+    async def _clean_up_quietly(self, sf: StagedFile, todo: str) -> None:
+        """_clean_up in the background: a failure is logged, never the end of the mount."""
+        try:
+            await self._clean_up(sf, todo)
+        except Exception as exc:
+            log.warning("cleaning up the staged %s failed: %s", sf.key, exc)
+
+    def _discard_upload(self, sf: StagedFile) -> None:
         state = self.staging.upload_state(sf)
         if state.exists():
             self.uploader.discard(state)
-        self.staging.drop(sf)
+
+    @contextlib.asynccontextmanager
+    async def _change(self, sf: StagedFile) -> AsyncIterator[None]:
+        """Hold ``sf.upload_lock`` for a write or truncate; a read that comes meanwhile waits for it.
+
+        A change that finds the lock free takes effect before any read that
+        comes after it, as when it ran on the loop in one go: the lock is taken
+        without a checkpoint, so no read can slip in between. One that waits for
+        an upload lets reads go on meanwhile (they get the bytes being uploaded).
+        """
+        try:
+            sf.upload_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await sf.upload_lock.acquire()
+        done = self._changing[sf] = trio.Event()
+        try:
+            yield
+        finally:
+            done.set()
+            if self._changing.get(sf) is done:
+                del self._changing[sf]
+            sf.upload_lock.release()
+
+    async def _on_disk(self, sf: StagedFile, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on ``sf``'s staged bytes or record, in a staging thread.
+
+        One call at a time per staged file, in the order they came (trio's
+        locks are fair): a read sees the writes that came before it, records
+        are written in the order of the state changes, and the fd is closed
+        only once the calls using it are done.
+        """
+        async with self._disk_lock(sf):
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.staging_limiter)
+
+    async def _fd_call(self, sf: StagedFile, fn: Callable[..., T], *args: Any) -> T:
+        """_on_disk for a call on ``sf.fd``: EBADF once it is closed, never another file's bytes under its number."""
+        async with self._disk_lock(sf):
+            if sf in self._closed:
+                raise OSError(errno.EBADF, f"the staged file of {sf.key} is closed")
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.staging_limiter)
+
+    def _disk_lock(self, sf: StagedFile) -> trio.Lock:
+        lock = self._disk_locks.get(sf)
+        if lock is None:
+            lock = self._disk_locks[sf] = trio.Lock()
+        return lock
 
     async def _before_change(self, sf: StagedFile, needs_old_bytes: bool) -> None:
-        """Wait for an upload of ``sf`` in flight; bring in the old bytes; journal it as dirty."""
-        if sf.upload_lock.locked() or not sf.materialized:
-            async with sf.upload_lock:
-                if not sf.materialized:
-                    if needs_old_bytes:
-                        await self._materialize(sf)
-                    sf.materialized = True
+        """Bring in the old bytes; journal ``sf`` as dirty. The caller holds ``sf.upload_lock``."""
+        if not sf.materialized:
+            if needs_old_bytes:
+                await self._materialize(sf)
+            sf.materialized = True
         if sf.state == CLEAN:
-            self.staging.mark(sf, DIRTY)
+            await self._mark(sf, DIRTY)
 
     async def _materialize(self, sf: StagedFile) -> None:
         """Copy the object a file was opened over into its staged file (read-modify-write)."""
@@ -375,7 +510,7 @@ class Writer:
         assert base is not None
         for index in range((base.size + self.reader.block_size - 1) // self.reader.block_size):
             data, _ = await self.reader.block(base, index)
-            os.pwrite(sf.fd, data, index * self.reader.block_size)
+            await self._fd_call(sf, os.pwrite, sf.fd, data, index * self.reader.block_size)
 
     def _changed(self, sf: StagedFile) -> None:
         sf.generation += 1
@@ -390,7 +525,7 @@ class Writer:
         block_size = self.reader.block_size
         for index in range((ref.size + block_size - 1) // block_size):
             start, end = block_span(index, block_size, ref.size)
-            data = await trio.to_thread.run_sync(os.pread, sf.fd, end - start, start)
+            data = await self._fd_call(sf, os.pread, sf.fd, end - start, start)
             if len(data) != end - start:
                 return
             await self.reader.chain.put(ref.block_key(index, block_size), data)
