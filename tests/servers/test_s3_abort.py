@@ -53,15 +53,19 @@ def test_unlink_of_a_half_uploaded_file_then_kill9(tmp_path: Path) -> None:
         mnt = m.mountpoint
         assert "keep.txt" in os.listdir(mnt)
         errors: list[OSError] = []
-        (mnt / "ckpt.bin").write_bytes(b"")
-        # A second handle, open through the outage: the retry loop leaves a file alone while it is open.
+        w = os.open(mnt / "ckpt.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        # A second handle on the staged file, open through the outage: the
+        # retry loop leaves a file alone while it is open.
         reader = os.open(mnt / "ckpt.bin", os.O_RDONLY)
 
         def write() -> None:
             try:
-                (mnt / "ckpt.bin").write_bytes(random_bytes(60 * MiB, seed=5))
-            except OSError as exc:
-                errors.append(exc)
+                os.write(w, random_bytes(60 * MiB, seed=5))
+            finally:
+                try:
+                    os.close(w)  # the upload, failing midway
+                except OSError as exc:
+                    errors.append(exc)
 
         writer = threading.Thread(target=write)
         writer.start()
