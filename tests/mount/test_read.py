@@ -241,7 +241,7 @@ def test_stats_command(ml_lake: Path, tmp_path: Path) -> None:
     with mounted(f"file://{ml_lake}", tmp_path / "mnt", tmp_path / "cache") as m:
         (m.mountpoint / "datasets/imgs/shard-000.tar").read_bytes()
         res = run_tierfs("stats", str(m.mountpoint), check=True)
-        for word in ("ram", "disk", "backend", "hits", "misses", "evictions", "requests", "retries", "writes: 0 uploads"):
+        for word in ("ram", "disk", "backend", "hits", "misses", "evicted", "requests", "retries", "writes: 0 uploads"):
             assert word in res.stdout
         data = json.loads(run_tierfs("stats", str(m.mountpoint), "--json", check=True).stdout)
         assert data["backend"]["bytes"] == (ml_lake / "datasets/imgs/shard-000.tar").stat().st_size
