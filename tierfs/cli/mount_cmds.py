@@ -176,14 +176,12 @@ def _read_stats(mountpoint: Path) -> dict[str, Any]:
 
 def render_stats(data: dict[str, Any]) -> str:
     """The counters as a table for an 80-column terminal."""
-    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     lat = data.get("latency_ms", {})
-    table = Table(title=f"{data['lake']} (pid {data['pid']}, up {data['uptime_seconds']:.0f} s)", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
-    for col in ("tier", "state", "hits", "misses", "hit%", "served", "held", "evicted", "errors", "mean"):
+    table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), show_edge=False)
+    for col in ("tier", "state", "hits", "misses", "hit%", "served", "held", "evicted", "errors", "ms/get"):
         table.add_column(col, justify="left" if col in ("tier", "state") else "right", no_wrap=True)
     for name, t in data["tiers"].items():
         total = t["hits"] + t["misses"]
@@ -191,12 +189,13 @@ def render_stats(data: dict[str, Any]) -> str:
         mean = lat.get("tiers", {}).get(name, {}).get("mean_ms")
         table.add_row(name, "up" if t.get("up", 1) else "DOWN", str(t["hits"]), str(t["misses"]), ratio,
                       format_size(t["bytes_served"]), format_size(t["bytes_held"]),
-                      str(t["evictions"]), str(t["errors"]), "-" if mean is None else f"{mean:.1f}ms")
+                      str(t["evictions"]), str(t["errors"]), "-" if mean is None else f"{mean:.2f}")
     b = data["backend"]
     reads = lat.get("backend", {}).get("read", {}).get("mean_ms")
     table.add_row("backend", "", "", "", "", format_size(b["bytes"]), "", "", str(b["errors"]),
-                  "-" if reads is None else f"{reads:.1f}ms")
+                  "-" if reads is None else f"{reads:.2f}")
     console = Console(width=80, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(f"{data['lake']} (pid {data['pid']}, up {data['uptime_seconds']:.0f} s)", overflow="fold")
     console.print(table)
     console.print(f"backend: {b['requests']} requests, {format_size(b['bytes'])} read, {b['retries']} retries, "
                   f"{b['errors']} errors")
