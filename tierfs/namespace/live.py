@@ -13,7 +13,6 @@ import logging
 import posixpath
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 
 import trio
 
@@ -22,7 +21,7 @@ from tierfs.errors import NotFound, StoreError
 from tierfs.namespace.inodes import ROOT_INODE, InodeTable, Node
 from tierfs.namespace.listings import Listing, ListingCache
 from tierfs.namespace.overlay import Overlay
-from tierfs.namespace.snapshots import SNAPSHOTS_DIR, SnapshotTree, in_tree, is_immutable
+from tierfs.namespace.snapshots import SNAPSHOTS_DIR, Fetch, SnapshotTree, in_tree, is_immutable
 from tierfs.refs import ObjectRef
 from tierfs.store.objects import Entry, ObjectStore
 
@@ -37,8 +36,9 @@ class NotADirectory(NotFound):
 
 
 class Namespace:
-    def __init__(self, store: ObjectStore, ttl: float, listing_entries: int,
-                 limiter: trio.CapacityLimiter, fetch: Callable[[str], bytes] | None = None):
+    def __init__(self, store: ObjectStore, ttl: float, listing_entries: int, limiter: trio.CapacityLimiter,
+                 fetch: Fetch | None = None, manifest_limiter: trio.CapacityLimiter | None = None):
+        """``limiter``: the metadata limiter (listings, stats). ``fetch``: whole lake objects (manifests)."""
         self.store = store
         self.ttl = ttl
         self.inodes = InodeTable()
@@ -51,8 +51,13 @@ class Namespace:
         # Results of those stats: fresh for the TTL, and a fallback when the store is down.
         self._stats: OrderedDict[str, tuple[Entry, float]] = OrderedDict()
         self._stats_max = max(1000, listing_entries // 10)
-        # fetch: whole lake objects (manifests); the mount passes one that reads through the tiers.
-        self.snapshots = SnapshotTree(self._lake_entries, fetch or store.read_all, limiter)
+        # The mount passes a fetch that reads through the tiers.
+        manifest_limiter = manifest_limiter or limiter
+
+        async def read_whole(key: str) -> bytes:
+            return await trio.to_thread.run_sync(store.read_all, key, limiter=manifest_limiter)
+
+        self.snapshots = SnapshotTree(self._lake_entries, fetch or read_whole, manifest_limiter)
 
     # -- lookups ----------------------------------------------------------
     def node(self, inode: int) -> Node:
