@@ -84,6 +84,7 @@ class Components:
             "in_flight_fetches": self.reader.in_flight(),
             "prefetched_blocks": self.reader.prefetched,
             "listing_entries_cached": len(self.namespace.listings),
+            "stale_to_refresh": self.namespace.outage.pending(),
             "fills": self.chain.fills.stats.snapshot(),
             "writes": self.writer.stats.snapshot() if self.writer is not None else {},
             "cache_dir": str(self.settings.resolved_cache_dir()),
@@ -226,6 +227,7 @@ async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Call
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         comps.reader.start(nursery)
+        comps.namespace.start(nursery)
         if comps.operations.warmer is not None:
             comps.operations.warmer.attach(nursery)
         redis_tier = comps.redis()
