@@ -4,7 +4,7 @@
 only: a disk hit into RAM (never back into Redis, the tier the nodes share,
 which had it or will get it from the node that fetched it), a Redis hit into
 the local disk and RAM, so this node asks Redis for a block once. A tier that
-raises is logged and treated as a miss (DESIGN.md, invariant 2): a sick cache
+raises is logged and treated as a miss (docs/design.md, invariant 3): a sick cache
 never fails a read the store can serve.
 
 Puts into in-loop tiers (RAM) happen at once; puts into the others go through
