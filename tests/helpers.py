@@ -115,6 +115,13 @@ class Mount:
     def backend_bytes(self) -> int:
         return int(self.stats()["backend"]["bytes"])
 
+    def fills_settled(self, timeout: float = 30.0) -> None:
+        """Wait until the blocks queued for the disk and Redis tiers (behind the reads' replies) are in."""
+        deadline = time.monotonic() + timeout
+        while self.stats()["fills"]["pending_bytes"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.stats()["fills"]["pending_bytes"] == 0, "tier fills still pending"
+
     def umount(self) -> None:
         if self.pid is None:
             return

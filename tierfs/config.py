@@ -187,8 +187,8 @@ class _Key:
 
 
 # (section, key in TOML) -> attribute of Settings. The TOML layout:
-#   [lake] url   [store] retries timeout options   [s3] endpoint_url region ...
-#   [cache] dir size ram_size block_size high_watermark low_watermark
+#   [lake] url   [store] retries timeout options *_concurrency   [s3] endpoint_url region ...
+#   [cache] dir size ram_size block_size high_watermark low_watermark fill_memory
 #   [redis] url password db key_prefix ttl max_block_size pool_size timeout secret secret_file username
 #           ca_file cert_file key_file allow_no_auth
 #   [mount] mountpoint read_only   [write] part_size upload_concurrency rename_concurrency
@@ -208,6 +208,11 @@ _KEYS = [
     _Key("store", "metadata_deadline", _positive_float, "store_metadata_deadline"),
     _Key("store", "options", _table, "store_options"),
     _Key("store", "versions", _versions, "store_versions"),
+    _Key("store", "metadata_concurrency", _count, "metadata_concurrency"),
+    _Key("store", "read_concurrency", _count, "read_concurrency"),
+    _Key("store", "prefetch_concurrency", _count, "prefetch_concurrency"),
+    _Key("store", "manifest_concurrency", _count, "manifest_concurrency"),
+    _Key("store", "write_concurrency", _count, "write_concurrency"),
     _Key("s3", "endpoint_url", _string, "s3_endpoint_url"),
     _Key("s3", "region", _string, "s3_region"),
     _Key("s3", "profile", _string, "s3_profile"),
@@ -244,6 +249,7 @@ _KEYS = [
     _Key("cache", "read_ahead", parse_size, "read_ahead"),
     _Key("cache", "prefetch_memory", parse_size, "prefetch_memory"),
     _Key("cache", "encryption_key_file", _string, "cache_key_file"),
+    _Key("cache", "fill_memory", parse_size, "fill_memory"),
     _Key("fuse", "read_ahead_kb", _retries, "kernel_read_ahead_kb"),
     _Key("metadata", "ttl", _positive_float, "metadata_ttl"),
     _Key("metadata", "listing_entries", _count, "listing_entries"),
@@ -274,6 +280,13 @@ class Settings:
     store_options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold account keys
     # Read object versions (S3 version ids): "auto" asks the bucket whether versioning is on.
     store_versions: str = "auto"
+    # Store calls in flight, per kind of work: each kind waits for its own
+    # tokens only, so read-ahead never starves the reads a reader waits on.
+    metadata_concurrency: int = 16  # listings and stats of the live view
+    read_concurrency: int = 32  # block reads a reader waits on
+    prefetch_concurrency: int = 16  # read-ahead and warm jobs
+    manifest_concurrency: int = 8  # snapshot manifests: stats, parts
+    write_concurrency: int = 16  # uploads, copies, deletes of the write path
     s3_endpoint_url: str = ""
     s3_region: str = ""
     s3_profile: str = ""
@@ -315,6 +328,7 @@ class Settings:
     cache_min_free: int | float | None = None
     read_ahead: int = 32 * 1024**2  # largest read-ahead window of one open file
     prefetch_memory: int = 128 * 1024**2  # bound on blocks being prefetched at once
+    fill_memory: int = 256 * 1024**2  # bound on blocks waiting to go into the disk and Redis tiers
     kernel_read_ahead_kb: int = 4096  # the mount's bdi read_ahead_kb: larger FUSE read requests
     metadata_ttl: float = 60.0
     listing_entries: int = 500_000  # ~200 MB of cached directory entries at most

@@ -50,6 +50,7 @@ TIER_GAUGES = ("bytes_held", "entries")
 BACKEND_COUNTERS = ("requests", "bytes", "bytes_written", "uploads", "errors", "retries")
 WRITE_COUNTERS = ("bytes_written", "uploads", "upload_errors", "recovered", "renamed_objects")
 WRITE_GAUGES = ("staged_files", "pending_uploads")
+FILL_COUNTERS = ("queued", "done", "dropped", "errors")  # background puts into the disk and Redis tiers
 
 
 # -- Prometheus ------------------------------------------------------------------
@@ -88,6 +89,9 @@ class _StatsCollector(Collector):
         for name, value in s.get("writes", {}).items():
             family = GaugeMetricFamily if name in WRITE_GAUGES else CounterMetricFamily
             yield family(f"tierfs_write_{name}", f"Write path {name.replace('_', ' ')}", value=value)
+        for name, value in s.get("fills", {}).items():
+            family = CounterMetricFamily if name in FILL_COUNTERS else GaugeMetricFamily
+            yield family(f"tierfs_fill_{name}", f"Tier fills {name.replace('_', ' ')}", value=value)
         ops = CounterMetricFamily("tierfs_fuse_requests", "FUSE requests answered", labels=["op"])
         for op, n in s.get("fuse", {}).items():
             ops.add_metric([op], n)

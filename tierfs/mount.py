@@ -32,6 +32,7 @@ from tierfs.errors import UserError
 from tierfs.fuse.attrs import AttrMaker
 from tierfs.fuse.mountpoint import check_fuse, check_mountpoint, is_mounted, unescape_mountinfo
 from tierfs.fuse.operations import TierfsOperations
+from tierfs.limits import StoreLimiters
 from tierfs.metrics import BACKEND_SECONDS, FUSE_SECONDS, TIER_SECONDS, export_stats, latency_summary
 from tierfs.metrics import serve as serve_metrics
 from tierfs.namespace.live import Namespace
@@ -41,6 +42,7 @@ from tierfs.systemd import sd_notify
 from tierfs.tiers.base import Tier
 from tierfs.tiers.chain import TierChain
 from tierfs.tiers.disk import DiskTier
+from tierfs.tiers.fills import FillQueue
 from tierfs.tiers.ram import RamTier
 from tierfs.tiers.redis import RedisSettings, RedisTier
 from tierfs.tiers.seal import read_secret
@@ -82,6 +84,8 @@ class Components:
             "in_flight_fetches": self.reader.in_flight(),
             "prefetched_blocks": self.reader.prefetched,
             "listing_entries_cached": len(self.namespace.listings),
+            "stale_to_refresh": self.namespace.outage.pending(),
+            "fills": self.chain.fills.stats.snapshot(),
             "writes": self.writer.stats.snapshot() if self.writer is not None else {},
             "cache_dir": str(self.settings.resolved_cache_dir()),
             "recent_errors": list(self.operations.recent_errors),
@@ -102,28 +106,32 @@ class Components:
 def build(settings: Settings, store: ObjectStore | None = None) -> Components:
     """Wire the layers. Opens (and locks) the disk cache; checks nothing about FUSE."""
     store = store or ObjectStore.open(settings)
+    # The tier chain, nearest first: RAM, this node's disk, then the Redis the
+    # nodes share (a network hop, and other nodes' load on it).
     tiers: list[Tier] = []
     if settings.ram_size > 0:
         tiers.append(RamTier(settings.ram_size))
-    if settings.redis_url:
-        tiers.append(RedisTier(redis_settings(settings)))
     if settings.cache_size > 0:
         tiers.append(DiskTier(settings.resolved_cache_dir(), settings.cache_size, settings.high_watermark,
                               settings.low_watermark, settings.cache_policy, settings.cache_min_free))
-    # Worker threads: one pool for the tiers' disk I/O, one for the store's
-    # network calls, so a slow store never starves cache hits.
-    chain = TierChain(tiers, trio.CapacityLimiter(16))
-    store_limiter = trio.CapacityLimiter(32)
-    reader = BlockReader(store, chain, settings.block_size, store_limiter, settings.prefetch_memory)
-    namespace = Namespace(store, settings.metadata_ttl, settings.listing_entries, store_limiter,
-                          fetch=lambda key: fetch_through_tiers(store, reader, key))
+    if settings.redis_url:
+        tiers.append(RedisTier(redis_settings(settings)))
+    # Worker threads: one pool for the tiers' disk I/O, and one per kind of
+    # store work, so a slow store never starves cache hits, nor read-ahead the reads.
+    chain = TierChain(tiers, trio.CapacityLimiter(16), FillQueue(settings.fill_memory))
+    limiters = StoreLimiters.from_settings(settings)
+    reader = BlockReader(store, chain, settings.block_size, limiters.read, limiters.prefetch,
+                         settings.prefetch_memory)
+    namespace = Namespace(store, settings.metadata_ttl, settings.listing_entries, limiters.metadata,
+                          fetch=lambda key: fetch_through_tiers(store, reader, limiters.manifest, key),
+                          manifest_limiter=limiters.manifest)
     attrs = AttrMaker(settings.metadata_ttl, settings.block_size)
     holder: list[Components] = []
     writer = None
     if not settings.read_only:
         writer = Writer(store, Uploader(store, settings.part_size, settings.upload_concurrency), reader, namespace,
                         # A leftover under a key the lake refuses is set aside at recovery, not retried forever.
-                        Staging(settings.resolved_cache_dir() / "staging", key_check=store.check_key), store_limiter,
+                        Staging(settings.resolved_cache_dir() / "staging", key_check=store.check_key), limiters.write,
                         settings.rename_concurrency)
     warmer = Warmer(reader, namespace.resolve_ref,
                     settings.resolved_cache_dir() if settings.cache_size > 0 else None)
@@ -149,12 +157,18 @@ def redis_settings(settings: Settings) -> RedisSettings:
     )
 
 
-def fetch_through_tiers(store: ObjectStore, reader: BlockReader, key: str) -> bytes:
-    """A whole lake object via the tier chain, from a trio worker thread (manifests)."""
-    entry = store.stat(key)
+async def fetch_through_tiers(store: ObjectStore, reader: BlockReader, limiter: trio.CapacityLimiter,
+                              key: str) -> bytes:
+    """A whole lake object (a snapshot manifest's meta.json or part) via the tier chain.
+
+    The stat and each block read are awaits of their own, each store call in
+    its own worker thread under ``limiter`` (the manifest limiter): nothing
+    here holds a token while it waits for another.
+    """
+    entry = await trio.to_thread.run_sync(store.stat, key, limiter=limiter)
     if entry.ref is None:
         raise IsADirectoryError(key)
-    data, _ = trio.from_thread.run(reader.read, entry.ref, 0, entry.size)
+    data, _ = await reader.read(entry.ref, 0, entry.size, limiter=limiter)
     return data
 
 
@@ -213,6 +227,7 @@ async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Call
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         comps.reader.start(nursery)
+        comps.namespace.start(nursery)
         if comps.operations.warmer is not None:
             comps.operations.warmer.attach(nursery)
         redis_tier = comps.redis()
@@ -232,6 +247,9 @@ async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Call
         await trio.to_thread.run_sync(set_kernel_read_ahead, mountpoint, comps.settings.kernel_read_ahead_kb)
         if on_ready is not None:
             on_ready(notes)
+    # Unmounted: blocks still queued for the disk (and Redis) go in now, so a
+    # remount finds them there.
+    await comps.reader.finish()
 
 
 def set_kernel_read_ahead(mountpoint: Path, kb: int) -> None:

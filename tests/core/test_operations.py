@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,24 +14,36 @@ import pyfuse3
 import pytest
 
 from tierfs.config import load
-from tierfs.mount import build
+from tierfs.errors import StoreError
+from tierfs.mount import Components, build
 from tierfs.namespace.inodes import ROOT_INODE
 from tierfs.store.objects import ObjectStore
 
 
-@pytest.fixture
-def comps(tmp_path: Path) -> Any:
+def _comps(tmp_path: Path, **settings: str) -> Iterator[Components]:
     import fsspec
 
     fs = fsspec.filesystem("memory", skip_instance_cache=True)
     root = f"/ops{tmp_path.name}"
     fs.pipe(f"{root}/ds/a.bin", b"A" * 10_000)
     fs.pipe(f"{root}/ds/empty", b"")
-    settings = load(None, {"lake_url": f"memory://{root}", "cache_dir": str(tmp_path / "cache"), "block_size": "4KiB"})
-    c = build(settings, ObjectStore(fs, root, settings.lake_url))
+    s = load(None, {"lake_url": f"memory://{root}", "cache_dir": str(tmp_path / "cache"), "block_size": "4KiB",
+                    **settings})
+    c = build(s, ObjectStore(fs, root, s.lake_url))
     yield c
     c.close()
     fs.rm(root, recursive=True)
+
+
+@pytest.fixture
+def comps(tmp_path: Path) -> Iterator[Components]:
+    yield from _comps(tmp_path)
+
+
+@pytest.fixture
+def comps_ttl0(tmp_path: Path) -> Iterator[Components]:
+    """Metadata TTL 0: every listing and stat is due for refresh as soon as it is seen."""
+    yield from _comps(tmp_path, metadata_ttl="0")
 
 
 async def test_lookup_read_release(comps: Any) -> None:
@@ -108,3 +123,63 @@ async def test_rename_under_a_file_is_enotdir_not_a_new_name(comps: Any) -> None
         await ops.rename(ds.st_ino, b"empty", a.st_ino, b"x", 0, None)
     assert e.value.errno == errno.ENOTDIR
     assert comps.store.exists("ds/empty") and not comps.store.exists("ds/a.bin/x")
+
+
+async def _readdir(ops: Any, inode: int, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    names: list[str] = []
+
+    def reply(token: Any, name: bytes, attrs: Any, next_id: int) -> bool:
+        names.append(os.fsdecode(name))
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    fh = await ops.opendir(inode, None)
+    try:
+        await ops.readdir(fh, 0, None)
+    finally:
+        await ops.releasedir(fh)
+    return names
+
+
+async def test_metadata_is_served_stale_while_the_store_is_down(comps_ttl0: Components, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    ops, store = comps_ttl0.operations, comps_ttl0.store
+    ds = await ops.lookup(ROOT_INODE, b"ds", None)
+    assert await _readdir(ops, ds.st_ino, monkeypatch) == ["a.bin", "empty"]  # the one listing of ds
+    a_node = comps_ttl0.namespace.inodes.by_path("ds/a.bin")  # known from readdirplus, never looked up
+    assert a_node is not None
+    a_ino = a_node.inode
+
+    down = True
+    list_dir, stat = store.list_dir, store.stat
+    calls = {"list_dir": 0, "stat": 0}
+
+    def outage(real: Any, name: str) -> Any:
+        def call(path: str) -> Any:
+            calls[name] += 1
+            if down:
+                raise StoreError(f"{name} {path}: injected outage")
+            return real(path)
+        return call
+
+    monkeypatch.setattr(store, "list_dir", outage(list_dir, "list_dir"))
+    monkeypatch.setattr(store, "stat", outage(stat, "stat"))
+    caplog.set_level(logging.WARNING)
+
+    empty = await ops.lookup(ds.st_ino, b"empty", None)  # the first lookup of that name
+    assert empty.st_size == 0
+    assert (await ops.getattr(a_ino, None)).st_size == 10_000
+    assert (await ops.getattr(ds.st_ino, None)).st_ino == ds.st_ino
+    assert await _readdir(ops, ds.st_ino, monkeypatch) == ["a.bin", "empty"]
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.lookup(ds.st_ino, b"missing", None)
+    assert e.value.errno == errno.ENOENT  # what the stale listing says
+    logged = [r.args[1] for r in caplog.records if r.name == "tierfs.namespace.stale" and isinstance(r.args, tuple)]
+    assert "ds" in logged and len(logged) == len(set(logged))  # one line per path, not one per request
+
+    # Back: the background refresh lists ds again, without a request asking for it.
+    down = False
+    listed = calls["list_dir"]
+    assert comps_ttl0.namespace.outage.pending() > 0
+    await comps_ttl0.namespace.refresh_stale()  # one round of the mount's background task
+    assert comps_ttl0.namespace.outage.pending() == 0 and calls["list_dir"] > listed

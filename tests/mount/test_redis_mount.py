@@ -7,6 +7,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import (
@@ -63,6 +64,29 @@ def test_two_nodes_share_blocks_through_redis(dataset: tuple[Path, dict[str, byt
         lines = [ln for ln in watch.stdout.splitlines() if "hit/miss per s" in ln]
         assert lines and "backend" in lines[0] and max(map(len, lines)) <= 80, watch.stdout + watch.stderr
         assert "aborted" not in watch.stderr
+
+
+def test_disk_is_asked_before_redis_and_a_redis_hit_lands_on_disk(dataset: tuple[Path, dict[str, bytes]],
+                                                                  tmp_path: Path, redis_server: RedisServer) -> None:
+    root, files = dataset
+    blocks = sum(max(1, -(-len(d) // (256 * KiB))) for d in files.values())
+
+    def read_on(node: str) -> dict[str, Any]:
+        """Mount on ``node`` (its own disk cache, a fresh RAM tier), read everything once, unmount."""
+        with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / f"cache-{node}", "--block-size", "256KiB",
+                     "--redis", redis_server.url) as m:
+            read_all(m.mountpoint, files)
+            return m.stats()
+
+    read_on("a")  # from the store, into A's disk and into Redis (the queued fills go in by the unmount)
+    stats = read_on("a")  # Redis and A's disk both hold every block: the disk serves them
+    assert stats["tiers"]["disk"]["hits"] == blocks and stats["backend"]["bytes"] == 0
+    assert (stats["tiers"]["redis"]["hits"], stats["tiers"]["redis"]["misses"]) == (0, 0)  # Redis not even asked
+    stats = read_on("b")  # a node with an empty disk: Redis serves every block...
+    assert stats["tiers"]["redis"]["hits"] == blocks and stats["backend"]["bytes"] == 0
+    stats = read_on("b")  # ...and puts it on B's disk: B's next mount finds it there, not in Redis
+    assert stats["tiers"]["disk"]["hits"] == blocks and stats["backend"]["bytes"] == 0
+    assert (stats["tiers"]["redis"]["hits"], stats["tiers"]["redis"]["misses"]) == (0, 0)
 
 
 def test_redis_absent_at_mount_time(dataset: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from pathlib import Path
 
 import fsspec
 import pytest
 from helpers import drop_page_cache, mounted, random_bytes, run_tierfs, write_tree
+
+from tierfs.config import load
+from tierfs.store.objects import ObjectStore
+from tierfs.versions.create import create_snapshot
 
 pytestmark = pytest.mark.mount
 MiB = 1 << 20
@@ -116,3 +121,43 @@ def test_fsspec_protocol_reads_snapshots_without_a_mount(versioned_lake: tuple[P
             fs.cat("toy@v1/nope")
     finally:
         fs.close()
+
+
+def test_many_cold_snapshot_lookups_at_once_with_tiny_limiters(tmp_path: Path) -> None:
+    """A DataLoader starting an epoch under .snapshots/: 64 workers, each looking up a file no one asked for yet."""
+    root = tmp_path / "lake"
+    # Class folders, as a dataset has: the kernel sends lookups in one directory
+    # one at a time, in different directories all at once.
+    files = {f"c{i:02d}/{i:03d}.jpg": random_bytes(1000 + i, seed=i) for i in range(64)}
+    write_tree(root / "datasets/toy", files)
+    # One manifest entry per part: every lookup below needs a part of its own, fetched cold.
+    create_snapshot(ObjectStore.open(load(None, {"lake_url": f"file://{root}"})), "datasets/toy", "v1",
+                    part_entries=1)
+    config = tmp_path / "tiny.toml"
+    config.write_text("[store]\n" + "".join(f"{kind}_concurrency = 2\n" for kind in
+                                             ("metadata", "read", "prefetch", "manifest", "write")))
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache", config=config) as m:
+        snap = m.mountpoint / ".snapshots/toy/v1"
+        assert sorted(os.listdir(snap)) == sorted({name.split("/")[0] for name in files})
+        start = threading.Barrier(len(files))
+        results: dict[str, object] = {}
+
+        def worker(i: int, name: str) -> None:
+            try:
+                start.wait()
+                results[name] = os.stat(snap / name).st_size if i % 2 else (snap / name).read_bytes()
+            except Exception as exc:
+                results[name] = exc
+
+        threads = [threading.Thread(target=worker, args=(i, n), daemon=True) for i, n in enumerate(files)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60  # a guard against a hang, not a timing check
+        for t in threads:
+            t.join(timeout=max(0.1, deadline - time.monotonic()))
+        hung = sum(t.is_alive() for t in threads)
+        if hung:
+            m.kill9()  # frees the threads stuck in the kernel before failing
+        assert hung == 0, f"{hung} of {len(threads)} lookups never returned"
+        for i, (name, data) in enumerate(files.items()):
+            assert results[name] == (len(data) if i % 2 else data), name

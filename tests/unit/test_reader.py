@@ -1,14 +1,19 @@
-"""Block reader + tier chain on memory://: bytes, single-flight, promotion."""
+"""Block reader + tier chain on memory://: bytes, single-flight, promotion, background fills."""
 
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
+from tierfs.data.readahead import ReadAhead
 from tierfs.data.reader import BACKEND, BlockReader
+from tierfs.refs import BlockKey
+from tierfs.tiers.base import Tier
 from tierfs.tiers.chain import TierChain
 from tierfs.tiers.disk import DiskTier
 from tierfs.tiers.ram import RamTier
@@ -99,3 +104,73 @@ async def test_small_object_is_one_get(flaky: Any, tmp_path: Path) -> None:
         assert f.calls["cat_file"] == 1
     finally:
         d.close()
+
+
+class GatedTier(Tier):
+    """A tier in worker threads whose puts wait until the test opens the gate (a slow disk, a slow Redis)."""
+
+    name = "gated"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.blocks: dict[bytes, bytes] = {}
+
+    def get(self, key: BlockKey) -> bytes | None:
+        data = self.blocks.get(key.digest)
+        if data is None:
+            self._miss()
+            return None
+        return self._hit(data)
+
+    def put(self, key: BlockKey, data: bytes) -> None:
+        self.gate.wait(timeout=5)  # bounded, so that a read waiting on it (the old way) fails rather than hangs
+        self.blocks[key.digest] = data
+
+    def evict(self, key: BlockKey) -> None:
+        self.blocks.pop(key.digest, None)
+
+    def bytes_held(self) -> int:
+        return sum(map(len, self.blocks.values()))
+
+    def entries(self) -> int:
+        return len(self.blocks)
+
+
+async def test_a_cold_read_returns_before_the_slower_tiers_are_filled(flaky: Any) -> None:
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/obj", b"c" * BS)
+    ref = store.stat("obj").ref
+    ram, slow = RamTier(1 << 20), GatedTier()
+    chain = TierChain([ram, slow], trio.CapacityLimiter(4))
+    reader = BlockReader(store, chain, BS, trio.CapacityLimiter(8))
+    async with trio.open_nursery() as nursery:
+        reader.start(nursery)
+        assert await reader.read(ref, 0, BS) == (b"c" * BS, BACKEND)
+        assert slow.entries() == 0  # the reply did not wait for the slow tier's put...
+        assert chain.fills.stats.get("queued") == 1
+        assert (await reader.read(ref, 0, 10))[1] == "ram"  # ...and RAM has it at once
+        slow.gate.set()
+        nursery.cancel_scope.cancel()  # the fill taken off the queue is finished all the same (an unmount)
+    assert slow.entries() == 1 and chain.fills.stats.get("pending_bytes") == 0
+
+
+async def test_a_read_takes_over_a_prefetch_of_its_block_that_waits_for_a_token(flaky: Any, tmp_path: Path) -> None:
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/obj", b"p" * (2 * BS))
+    ref = store.stat("obj").ref
+    prefetch = trio.CapacityLimiter(1)
+    chain = TierChain([RamTier(1 << 20)], trio.CapacityLimiter(4))
+    reader = BlockReader(store, chain, BS, trio.CapacityLimiter(8), prefetch)
+    async with trio.open_nursery() as nursery:
+        reader.start(nursery)
+        await prefetch.acquire()  # every prefetch token is taken: read-ahead waits
+        reader.read_ahead(ReadAhead(BS, 1), ref, 0, BS)  # prefetch block 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert reader.in_flight() == 1
+        with trio.fail_after(10):  # a guard against a hang, not a timing check
+            data, source = await reader.read(ref, BS, BS)  # a reader needs block 1 now
+        assert (data, source) == (b"p" * BS, BACKEND)
+        assert f.calls["cat_file"] == 1  # one fetch for both
+        prefetch.release()
+        nursery.cancel_scope.cancel()

@@ -2,11 +2,19 @@
 
 Splits a read into blocks, asks the tier chain for each, and on a miss fetches
 the block from the object store once however many readers want it
-(single-flight), then puts it into every tier. A small object is one block, so
-its first read is one GET of the whole object.
+(single-flight), then hands it to the tier chain to fill the tiers (RAM at
+once, the others behind the reply). A small object is one block, so its first
+read is one GET of the whole object.
+
+Store fetches run under the limiter of their kind (``tierfs/limits.py``):
+demand reads under the read limiter, read-ahead and warm jobs under the
+prefetch limiter, manifest parts under the manifest limiter.
 """
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
 
 import trio
 
@@ -15,6 +23,8 @@ from tierfs.data.singleflight import SingleFlight
 from tierfs.refs import BlockKey, ObjectRef, block_span, blocks_for_range
 from tierfs.store.objects import ObjectStore
 from tierfs.tiers.chain import TierChain
+
+log = logging.getLogger(__name__)
 
 BACKEND = "backend"  # the source name of a block fetched from the object store
 
@@ -25,21 +35,32 @@ class BlockReader:
         store: ObjectStore,
         chain: TierChain,
         block_size: int,
-        store_limiter: trio.CapacityLimiter,
+        read_limiter: trio.CapacityLimiter,
+        prefetch_limiter: trio.CapacityLimiter | None = None,
         prefetch_bytes: int = 64 << 20,
     ):
         self.store = store
         self.chain = chain
         self.block_size = block_size
-        self.store_limiter = store_limiter
+        self.read_limiter = read_limiter
+        self.prefetch_limiter = prefetch_limiter or read_limiter
         self._flights: SingleFlight[tuple[bytes, str]] = SingleFlight()
         self._nursery: trio.Nursery | None = None
         self._prefetch_slots = trio.Semaphore(max(1, prefetch_bytes // block_size))
         self.prefetched = 0
+        # Demand readers waiting on each block's flight, and the speculative
+        # fetches (read-ahead, warm, manifest) still waiting for a token.
+        self._wanted: dict[BlockKey, int] = {}
+        self._queued: dict[BlockKey, trio.CancelScope] = {}
 
     def start(self, nursery: trio.Nursery) -> None:
-        """Give read-ahead a nursery to run in (the mount's); without one it is off."""
+        """Run read-ahead and the tier fills in ``nursery`` (the mount's); without one, neither is in the background."""
         self._nursery = nursery
+        nursery.start_soon(self.chain.fills.run)
+
+    async def finish(self) -> None:
+        """At unmount, after the nursery: put what is still queued into the tiers."""
+        await self.chain.fills.drain()
 
     def read_ahead(self, ra: ReadAhead, ref: ObjectRef, offset: int, length: int) -> None:
         """Prefetch what ``ra`` advises after a read, without waiting for it.
@@ -58,29 +79,43 @@ class BlockReader:
 
     async def _prefetch(self, ref: ObjectRef, index: int) -> None:
         try:
-            await self.block(ref, index)
+            await self.block(ref, index, limiter=self.prefetch_limiter)
             self.prefetched += 1
-        except Exception:
-            pass  # a failed prefetch is only a lost hint; the real read will retry and report
+        except Exception as exc:
+            # Only a lost hint: the real read retries and reports.
+            log.debug("prefetch of block %d of %s failed: %s", index, ref.key, exc)
         finally:
             self._prefetch_slots.release()
+
+    async def warm(self, ref: ObjectRef, index: int) -> bytes:
+        """A block for a warm job: under the prefetch limiter, and in every tier when this returns.
+
+        Filling the tiers is a warm job's point, so its fills are never queued
+        behind the reply (nor dropped when the queue is full).
+        """
+        data, _ = await self.block(ref, index, limiter=self.prefetch_limiter, wait_for_fill=True)
+        return data
 
     def in_flight(self) -> int:
         return self._flights.in_flight()
 
-    async def read(self, ref: ObjectRef, offset: int, length: int) -> tuple[bytes, str]:
-        """Bytes [offset, offset+length) of ``ref`` (short at EOF), and where the last block came from."""
+    async def read(self, ref: ObjectRef, offset: int, length: int,
+                   limiter: trio.CapacityLimiter | None = None) -> tuple[bytes, str]:
+        """Bytes [offset, offset+length) of ``ref`` (short at EOF), and where the last block came from.
+
+        Store fetches run under ``limiter`` (default: the demand read limiter).
+        """
         indexes = blocks_for_range(offset, length, self.block_size, ref.size)
         if not indexes:
             return b"", ""
         if len(indexes) == 1:
-            block, source = await self.block(ref, indexes[0])
+            block, source = await self.block(ref, indexes[0], limiter=limiter)
             parts = [block]
         else:
             results: list[tuple[bytes, str]] = [(b"", "")] * len(indexes)
 
             async def one(slot: int, index: int) -> None:
-                results[slot] = await self.block(ref, index)
+                results[slot] = await self.block(ref, index, limiter=limiter)
 
             async with trio.open_nursery() as nursery:
                 for slot, index in enumerate(indexes):
@@ -93,22 +128,55 @@ class BlockReader:
         self.chain.served(source, len(data))
         return data, source
 
-    async def block(self, ref: ObjectRef, index: int) -> tuple[bytes, str]:
+    async def block(self, ref: ObjectRef, index: int, limiter: trio.CapacityLimiter | None = None,
+                    wait_for_fill: bool = False) -> tuple[bytes, str]:
+        """Block ``index`` of ``ref``; a store fetch runs under ``limiter`` (default: the demand read limiter)."""
         key = ref.block_key(index, self.block_size)
         hit = self.chain.get_fast(key)
         if hit is not None:
             return hit
+        limiter = limiter or self.read_limiter
+
         # Past RAM, concurrent readers of one block share one disk lookup and
         # at most one backend fetch.
-        return await self._flights.run(key, lambda: self._slow(ref, index, key))
+        def slow() -> Awaitable[tuple[bytes, str]]:
+            return self._slow(ref, index, key, limiter, wait_for_fill)
 
-    async def _slow(self, ref: ObjectRef, index: int, key: BlockKey) -> tuple[bytes, str]:
-        hit = await self.chain.get(key, after_fast=True)
+        if limiter is not self.read_limiter:
+            return await self._flights.run(key, slow)
+        self._wanted[key] = self._wanted.get(key, 0) + 1
+        queued = self._queued.get(key)
+        if queued is not None:
+            queued.cancel()  # a reader waits on it now: see _fetch
+        try:
+            return await self._flights.run(key, slow)
+        finally:
+            left = self._wanted.pop(key) - 1
+            if left:
+                self._wanted[key] = left
+
+    async def _slow(self, ref: ObjectRef, index: int, key: BlockKey, limiter: trio.CapacityLimiter,
+                    wait_for_fill: bool) -> tuple[bytes, str]:
+        hit = await self.chain.get(key, after_fast=True, wait=wait_for_fill)
         if hit is not None:
             return hit
         start, end = block_span(index, self.block_size, ref.size)
-        data = await trio.to_thread.run_sync(
-            self.store.read_range, ref, start, end, limiter=self.store_limiter
-        )
-        await self.chain.put(key, data)
+        data = await self._fetch(ref, start, end, key, limiter)
+        await self.chain.put(key, data, wait=wait_for_fill)
         return data, BACKEND
+
+    async def _fetch(self, ref: ObjectRef, start: int, end: int, key: BlockKey,
+                     limiter: trio.CapacityLimiter) -> bytes:
+        if limiter is not self.read_limiter and not self._wanted.get(key):
+            # A speculative fetch waits for a token of its own kind. If a reader
+            # comes to wait on this block meanwhile, it cancels the wait
+            # (block()) and the fetch goes on under the demand read limiter:
+            # single-flight must not make a reader queue behind read-ahead.
+            with trio.CancelScope() as waiting:
+                self._queued[key] = waiting
+                try:
+                    # Once its thread has a token the call is not cancellable: it returns the bytes.
+                    return await trio.to_thread.run_sync(self.store.read_range, ref, start, end, limiter=limiter)
+                finally:
+                    del self._queued[key]
+        return await trio.to_thread.run_sync(self.store.read_range, ref, start, end, limiter=self.read_limiter)

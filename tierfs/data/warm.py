@@ -133,7 +133,7 @@ class Warmer:
                     if ref is not None:
                         nblocks = -(-ref.size // self.reader.block_size)
                         for i in range(nblocks):
-                            data, _ = await self.reader.block(ref, i)
+                            data = await self.reader.warm(ref, i)
                             job.bytes += len(data)
                 except Exception as exc:
                     job.failed += 1

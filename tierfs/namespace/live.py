@@ -3,17 +3,20 @@
 Prefixes of the lake are directories, objects are files. Metadata (listings,
 sizes, ObjectRefs) is trusted for the metadata TTL and then fetched again, so
 a change upstream becomes visible within one TTL; the ObjectRef a file had at
-``open`` is the one its reads use until ``release``.
+``open`` is the one its reads use until ``release``. While the store fails
+(StoreError), lookups, attributes and listings are answered from the last
+listing or stat seen, however old (``stale.py``), and refreshed in the
+background once it answers again.
 """
 
 from __future__ import annotations
 
 import errno
-import logging
 import posixpath
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TypeVar
 
 import trio
 
@@ -22,14 +25,15 @@ from tierfs.errors import NotFound, StoreError
 from tierfs.namespace.inodes import ROOT_INODE, InodeTable, Node
 from tierfs.namespace.listings import Listing, ListingCache
 from tierfs.namespace.overlay import Overlay
-from tierfs.namespace.snapshots import SNAPSHOTS_DIR, SnapshotTree, in_tree, is_immutable
+from tierfs.namespace.snapshots import SNAPSHOTS_DIR, Fetch, SnapshotTree, in_tree, is_immutable
+from tierfs.namespace.stale import LISTING, STAT, Outage
 from tierfs.refs import ObjectRef
 from tierfs.store.objects import Entry, ObjectStore
 
-log = logging.getLogger(__name__)
-
 #: Names at the lake's root that belong to tierfs itself, never shown in the live view.
 RESERVED = frozenset({".tierfs", SNAPSHOTS_DIR})
+
+T = TypeVar("T")
 
 
 class NotADirectory(NotFound):
@@ -37,22 +41,37 @@ class NotADirectory(NotFound):
 
 
 class Namespace:
-    def __init__(self, store: ObjectStore, ttl: float, listing_entries: int,
-                 limiter: trio.CapacityLimiter, fetch: Callable[[str], bytes] | None = None):
+    def __init__(self, store: ObjectStore, ttl: float, listing_entries: int, limiter: trio.CapacityLimiter,
+                 fetch: Fetch | None = None, manifest_limiter: trio.CapacityLimiter | None = None):
+        """``limiter``: the metadata limiter (listings, stats). ``fetch``: whole lake objects (manifests)."""
         self.store = store
         self.ttl = ttl
         self.inodes = InodeTable()
         self.listings = ListingCache(ttl, listing_entries)
         self.overlay = Overlay()  # what this mount wrote that the lake does not have yet
         self.limiter = limiter
+        self.outage = Outage()
         self._listing_flights: SingleFlight[Listing] = SingleFlight()
         # Lookups answered by a stat because the parent had no listing yet.
         self._unlisted: dict[str, int] = {}
         # Results of those stats: fresh for the TTL, and a fallback when the store is down.
         self._stats: OrderedDict[str, tuple[Entry, float]] = OrderedDict()
         self._stats_max = max(1000, listing_entries // 10)
-        # fetch: whole lake objects (manifests); the mount passes one that reads through the tiers.
-        self.snapshots = SnapshotTree(self._lake_entries, fetch or store.read_all, limiter)
+        # The mount passes a fetch that reads through the tiers.
+        manifest_limiter = manifest_limiter or limiter
+
+        async def read_whole(key: str) -> bytes:
+            return await trio.to_thread.run_sync(store.read_all, key, limiter=manifest_limiter)
+
+        self.snapshots = SnapshotTree(self._lake_entries, fetch or read_whole, manifest_limiter)
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Refresh what an outage made us serve stale, in the background (the mount's nursery)."""
+        nursery.start_soon(self.outage.run, self._refresh)
+
+    async def refresh_stale(self) -> None:
+        """One round of that background refresh."""
+        await self.outage.refresh_once(self._refresh)
 
     # -- lookups ----------------------------------------------------------
     def node(self, inode: int) -> Node:
@@ -71,7 +90,12 @@ class Namespace:
         node = self.inodes.get(inode)
         if inode != ROOT_INODE and not node.immutable and self._stale(node):
             parent, name = posixpath.split(node.path)
-            node = self._node_for(parent, await self._any_entry(node.path, parent, name))
+            try:
+                node = self._node_for(parent, await self._any_entry(node.path, parent, name))
+            except StoreError:
+                # No listing or stat of it is left to fall back on: the node's own
+                # attributes are the last ones seen.
+                self.outage.served_stale(STAT, node.path, node.checked_at)
         return node
 
     async def list_dir(self, inode: int) -> list[Entry]:
@@ -193,43 +217,94 @@ class Namespace:
 
     async def _listing(self, path: str) -> Listing:
         listing = self.listings.get(path)
-        if listing is None:
-            try:
-                listing = await self._listing_flights.run(path, lambda: self._fetch_listing(path))
-            except StoreError:
-                listing = self.listings.get(path, stale_ok=True)
-                if listing is None:
-                    raise
-                log.warning("store unavailable; listing %s from what was seen %.0f s ago",
-                            path or "/", time.monotonic() - listing.fetched_at)
-        return listing
+        if listing is not None:
+            return listing
+        stale = self.listings.get(path, stale_ok=True)
+        if stale is not None and self.outage.down():
+            self.outage.served_stale(LISTING, path, stale.fetched_at)
+            return stale
+        try:
+            return await self._listing_flights.run(path, lambda: self._fetch_listing(path))
+        except StoreError:
+            stale = self.listings.get(path, stale_ok=True)
+            if stale is None:
+                raise
+            self.outage.served_stale(LISTING, path, stale.fetched_at)
+            return stale
 
     async def _fetch_listing(self, path: str) -> Listing:
         fetched_at = time.monotonic()
-        entries = await trio.to_thread.run_sync(self.store.list_dir, path, limiter=self.limiter)
+        entries = await self._ask_store(self.store.list_dir, path)
         self._unlisted.pop(path, None)
         return self.listings.put(path, entries, fetched_at)
 
     async def _stat(self, path: str) -> Entry:
         cached = self._stats.get(path)
-        now = time.monotonic()
-        if cached is not None and now - cached[1] <= self.ttl:
+        if cached is not None and time.monotonic() - cached[1] <= self.ttl:
             return cached[0]
+        if self.outage.down():
+            seen = self._last_seen(path)
+            if seen is not None:
+                return seen
         try:
-            entry = await trio.to_thread.run_sync(self.store.stat, path, limiter=self.limiter)
+            return await self._fetch_stat(path)
+        except StoreError:
+            seen = self._last_seen(path)
+            if seen is None:
+                raise
+            return seen
+
+    async def _fetch_stat(self, path: str) -> Entry:
+        now = time.monotonic()
+        try:
+            entry = await self._ask_store(self.store.stat, path)
         except NotFound:
             self._stats.pop(path, None)
             raise
-        except StoreError:
-            if cached is None:
-                raise
-            log.warning("store unavailable; using what was seen of %s %.0f s ago", path, now - cached[1])
-            return cached[0]
         self._stats[path] = (entry, now)
         self._stats.move_to_end(path)
         while len(self._stats) > self._stats_max:
             self._stats.popitem(last=False)
         return entry
+
+    def _last_seen(self, path: str) -> Entry | None:
+        """What was last seen of ``path``, however old: its stat or its parent's listing, whichever is newer.
+
+        Raises NotFound when that listing is the newer and lacks the name; None when nothing was seen.
+        """
+        cached = self._stats.get(path)
+        parent, name = posixpath.split(path)
+        listing = self.listings.get(parent, stale_ok=True)
+        if listing is not None and (cached is None or listing.fetched_at >= cached[1]):
+            self.outage.served_stale(LISTING, parent, listing.fetched_at)
+            entry = listing.by_name.get(name)
+            if entry is None:
+                raise NotFound(path)
+            return entry
+        if cached is not None:
+            self.outage.served_stale(STAT, path, cached[1])
+            return cached[0]
+        return None
+
+    async def _ask_store(self, fn: Callable[[str], T], path: str) -> T:
+        """One metadata call to the store, in a worker thread; tells the outage bookkeeping how it went."""
+        try:
+            result = await trio.to_thread.run_sync(fn, path, limiter=self.limiter)
+        except StoreError:
+            self.outage.failed()
+            raise
+        except NotFound:
+            self.outage.answered()
+            raise
+        self.outage.answered()
+        return result
+
+    async def _refresh(self, kind: str, path: str) -> None:
+        """Fetch again what was served stale (the outage's background refresh)."""
+        if kind == LISTING:
+            await self._listing_flights.run(path, lambda: self._fetch_listing(path))
+        else:
+            await self._fetch_stat(path)
 
     async def _entry(self, path: str, parent: str, name: str) -> Entry:
         listing = self.listings.get(parent)
@@ -244,9 +319,14 @@ class Namespace:
             self._unlisted[parent] = seen
             if seen >= 2:
                 try:
-                    listing = await self._listing(parent)
+                    listing = await self._listing(parent)  # stale if the store fails and one was seen
                 except StoreError:
-                    listing = None  # a stat of the one name may still be answered from memory
+                    # No listing was ever seen, and the store just failed: a
+                    # stat of the one name seen before is the answer, if any.
+                    last = self._last_seen(path)
+                    if last is None:
+                        raise
+                    return last
         if listing is not None:
             entry = listing.by_name.get(name)
             if entry is None:

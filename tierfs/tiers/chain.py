@@ -1,15 +1,22 @@
-"""The tier chain: RAM -> (Redis) -> disk, fastest first.
+"""The tier chain: RAM -> disk -> (Redis), nearest first; the store comes after it.
 
-``get`` asks each tier in turn; a hit in a lower tier is promoted into the
-faster ones above it. A tier that raises is logged and treated as a miss
-(DESIGN.md, invariant 2): a sick cache never fails a read the store can serve.
+``get`` asks each tier in turn; a hit is promoted into the tiers above it
+only: a disk hit into RAM (never back into Redis, the tier the nodes share,
+which had it or will get it from the node that fetched it), a Redis hit into
+the local disk and RAM, so this node asks Redis for a block once. A tier that
+raises is logged and treated as a miss (docs/design.md, invariant 3): a sick cache
+never fails a read the store can serve.
+
+Puts into in-loop tiers (RAM) happen at once; puts into the others go through
+the background fill queue (``fills.py``), behind the read's reply.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import trio
@@ -17,14 +24,17 @@ import trio
 from tierfs.metrics import TIER_SECONDS
 from tierfs.refs import BlockKey
 from tierfs.tiers.base import Tier
+from tierfs.tiers.fills import FillQueue
 
 log = logging.getLogger(__name__)
 
 
 class TierChain:
-    def __init__(self, tiers: Sequence[Tier], limiter: trio.CapacityLimiter):
+    def __init__(self, tiers: Sequence[Tier], limiter: trio.CapacityLimiter, fills: FillQueue | None = None):
         self.tiers = list(tiers)
         self.limiter = limiter
+        # Without a mount to run it (reader.start), the queue runs fills inline.
+        self.fills = fills if fills is not None else FillQueue(64 << 20)
         self._last_error_log: dict[str, float] = {}
 
     def get_fast(self, key: BlockKey) -> tuple[bytes, str] | None:
@@ -43,11 +53,12 @@ class TierChain:
                 return data, tier.name
         return None
 
-    async def get(self, key: BlockKey, after_fast: bool = False) -> tuple[bytes, str] | None:
+    async def get(self, key: BlockKey, after_fast: bool = False, wait: bool = False) -> tuple[bytes, str] | None:
         """The block and the name of the tier that had it, or None.
 
         With ``after_fast``, the leading in-loop tiers are taken as already
-        asked (by :meth:`get_fast`) and are only promoted into.
+        asked (by :meth:`get_fast`) and are only promoted into. With ``wait``,
+        promotions are done before this returns instead of queued.
         """
         for i, tier in enumerate(self.tiers):
             if after_fast and tier.in_loop and all(t.in_loop for t in self.tiers[:i]):
@@ -56,8 +67,7 @@ class TierChain:
             data = await self._call(tier, tier.get, key)
             TIER_SECONDS.labels(tier.name).observe(time.perf_counter() - t0)
             if data is not None:
-                for upper in self.tiers[:i]:
-                    await self._call(upper, upper.put, key, data)
+                await self._fill(self.tiers[:i], key, data, wait)
                 return data, tier.name
         return None
 
@@ -68,9 +78,13 @@ class TierChain:
                 tier.stats.add("bytes_served", nbytes)
                 return
 
-    async def put(self, key: BlockKey, data: bytes) -> None:
-        for tier in self.tiers:
-            await self._call(tier, tier.put, key, data)
+    async def put(self, key: BlockKey, data: bytes, into: Collection[str] | None = None, wait: bool = False) -> None:
+        """Put a block into every tier (or the ones named ``into``): RAM now, the others queued.
+
+        With ``wait``, every put is done before this returns (nothing is dropped).
+        """
+        tiers = self.tiers if into is None else [t for t in self.tiers if t.name in into]
+        await self._fill(tiers, key, data, wait)
 
     async def evict(self, key: BlockKey) -> None:
         for tier in self.tiers:
@@ -85,6 +99,25 @@ class TierChain:
 
     def stats(self) -> dict[str, dict[str, int]]:
         return {t.name: t.stats.snapshot() for t in self.tiers}
+
+    async def _fill(self, tiers: Sequence[Tier], key: BlockKey, data: bytes, wait: bool) -> None:
+        slow = []
+        for tier in tiers:
+            if tier.in_loop:
+                await self._call(tier, tier.put, key, data)  # no thread, no await: at once
+            else:
+                slow.append(tier)
+        if not slow:
+            return
+        fill = functools.partial(self._put_each, slow, key, data)
+        if wait:
+            await fill()
+        else:
+            await self.fills.submit(len(data), fill)
+
+    async def _put_each(self, tiers: Sequence[Tier], key: BlockKey, data: bytes) -> None:
+        for tier in tiers:
+            await self._call(tier, tier.put, key, data)
 
     async def _call(self, tier: Tier, fn: Callable[..., Any], *args: Any) -> Any:
         try:

@@ -61,6 +61,10 @@ def snapshot_dir(dataset: str, name: str) -> str:
     return f"{SNAPSHOTS}/{dataset}/{name}"
 
 
+def meta_key(dataset: str, name: str) -> str:
+    return f"{snapshot_dir(dataset, name)}/meta.json"
+
+
 def cas_key(sha256: str) -> str:
     return f"{CAS}/{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
@@ -195,65 +199,121 @@ class ManifestWriter:
         self._first = None
 
 
-class _Part:
+class ManifestPart:
+    """One decoded part: its entries in (parent, name) order."""
+
     __slots__ = ("keys", "entries")
 
     def __init__(self, entries: list[ManifestEntry]):
         self.entries = entries
         self.keys = [e.sort_key for e in entries]
 
+    def find(self, parent: str, name: str) -> ManifestEntry | None:
+        key = (parent, name)
+        i = bisect.bisect_left(self.keys, key)
+        if i < len(self.keys) and self.keys[i] == key:
+            return self.entries[i]
+        return None
+
+    def children(self, parent: str) -> tuple[list[ManifestEntry], bool]:
+        """The entries of ``parent`` in this part, and whether the next part may hold more of them."""
+        i = bisect.bisect_left(self.keys, (parent, ""))
+        out: list[ManifestEntry] = []
+        while i < len(self.entries):
+            e = self.entries[i]
+            if e.parent != parent:
+                return out, False
+            out.append(e)
+            i += 1
+        return out, True
+
+
+def is_absent(exc: BaseException) -> bool:
+    """Whether a fetch failed because the object is not there (rather than the store failing)."""
+    return isinstance(exc, FileNotFoundError) or (isinstance(exc, TierfsError) and exc.errno == 2)
+
 
 class ManifestReader:
     """Reads one snapshot's manifest lazily: meta first, parts on demand, checked.
 
     ``fetch(key)`` returns the bytes of a lake object (raising ``FileNotFoundError``
-    or ``NotFound`` if absent); the mount passes one that reads through the tier chain.
+    or ``NotFound`` if absent). The mount passes no ``fetch``: its snapshot tree
+    fetches parts itself, from trio, and hands them to :meth:`add_part`.
     """
 
-    def __init__(self, meta: SnapshotMeta, fetch: Callable[[str], bytes], cached_parts: int = 8):
+    def __init__(self, meta: SnapshotMeta, fetch: Callable[[str], bytes] | None = None, cached_parts: int = 8):
         self.meta = meta
         self._fetch = fetch
         self._firsts = [tuple(p["first"]) for p in meta.parts]
-        self._cache: OrderedDict[int, _Part] = OrderedDict()
+        self._cache: OrderedDict[int, ManifestPart] = OrderedDict()
         self._cached_parts = cached_parts
         self._lock = threading.Lock()
 
     @classmethod
     def open(cls, dataset: str, name: str, fetch: Callable[[str], bytes]) -> ManifestReader:
-        where = f"{dataset}@{name}"
         try:
-            raw = fetch(f"{snapshot_dir(dataset, name)}/meta.json")
-        except FileNotFoundError:
-            raise UserError(f"snapshot {where} does not exist") from None
-        except TierfsError as exc:
-            if exc.errno == 2:
-                raise UserError(f"snapshot {where} does not exist") from None
+            raw = fetch(meta_key(dataset, name))
+        except (FileNotFoundError, TierfsError) as exc:
+            if is_absent(exc):
+                raise UserError(f"snapshot {dataset}@{name} does not exist") from None
             raise
-        return cls(SnapshotMeta.from_json(raw, where), fetch)
+        return cls.from_meta(dataset, name, raw, fetch)
+
+    @classmethod
+    def from_meta(cls, dataset: str, name: str, raw: bytes,
+                  fetch: Callable[[str], bytes] | None = None) -> ManifestReader:
+        """A reader of the snapshot whose meta.json holds ``raw`` (checked)."""
+        return cls(SnapshotMeta.from_json(raw, f"{dataset}@{name}"), fetch)
 
     @property
     def where(self) -> str:
         return f"{self.meta.dataset}@{self.meta.name}"
 
-    def part(self, i: int) -> _Part:
+    def part_key(self, i: int) -> str:
+        return f"{snapshot_dir(self.meta.dataset, self.meta.name)}/part-{i:05d}.jsonl.gz"
+
+    def part_index(self, parent: str, name: str = "") -> int | None:
+        """The part that holds (or would hold) ``(parent, name)``; None for an empty manifest."""
+        if not self._firsts:
+            return None
+        return max(0, bisect.bisect_right(self._firsts, (parent, name)) - 1)
+
+    @property
+    def part_count(self) -> int:
+        return len(self._firsts)
+
+    def cached_part(self, i: int) -> ManifestPart | None:
         with self._lock:
             part = self._cache.get(i)
             if part is not None:
                 self._cache.move_to_end(i)
-                return part
-        info = self.meta.parts[i]
-        key = f"{snapshot_dir(self.meta.dataset, self.meta.name)}/part-{i:05d}.jsonl.gz"
+            return part
+
+    def missing_part(self, i: int) -> ManifestError:
+        return ManifestError(f"manifest {self.where} is missing part {i}: it cannot be served")
+
+    def part(self, i: int) -> ManifestPart:
+        part = self.cached_part(i)
+        if part is not None:
+            return part
+        if self._fetch is None:
+            raise RuntimeError("this manifest reader fetches no parts itself; use add_part")
         try:
-            raw = self._fetch(key)
+            raw = self._fetch(self.part_key(i))
         except (FileNotFoundError, TierfsError) as exc:
-            if isinstance(exc, FileNotFoundError) or exc.errno == 2:
-                raise ManifestError(f"manifest {self.where} is missing part {i}: it cannot be served") from None
+            if is_absent(exc):
+                raise self.missing_part(i) from None
             raise
+        return self.add_part(i, raw)
+
+    def add_part(self, i: int, raw: bytes) -> ManifestPart:
+        """Check and decode part ``i`` from its bytes, and keep it among the cached parts."""
+        info = self.meta.parts[i]
         if hashlib.sha256(raw).hexdigest() != info["sha256"]:
             raise ManifestError(f"manifest {self.where}: part {i} fails its checksum (corrupt or truncated)")
         try:
             lines = gzip.decompress(raw).decode().splitlines()
-            part = _Part([ManifestEntry.from_json(ln) for ln in lines if ln])
+            part = ManifestPart([ManifestEntry.from_json(ln) for ln in lines if ln])
         except (OSError, ValueError, KeyError, EOFError) as exc:
             raise ManifestError(f"manifest {self.where}: part {i} cannot be read ({exc})") from None
         if len(part.entries) != info["count"]:
@@ -264,34 +324,18 @@ class ManifestReader:
                 self._cache.popitem(last=False)
         return part
 
-    def _part_for(self, key: tuple[str, str]) -> int:
-        return max(0, bisect.bisect_right(self._firsts, key) - 1)
-
     def lookup(self, parent: str, name: str) -> ManifestEntry | None:
-        if not self._firsts:
-            return None
-        key = (parent, name)
-        part = self.part(self._part_for(key))
-        i = bisect.bisect_left(part.keys, key)
-        if i < len(part.keys) and part.keys[i] == key:
-            return part.entries[i]
-        return None
+        i = self.part_index(parent, name)
+        return None if i is None else self.part(i).find(parent, name)
 
     def list_dir(self, parent: str) -> Iterator[ManifestEntry]:
         """Entries directly in ``parent``, in name order, reading only the parts that hold them."""
-        if not self._firsts:
-            return
-        start = (parent, "")
-        p = self._part_for(start)
-        while p < len(self._firsts):
-            part = self.part(p)
-            i = bisect.bisect_left(part.keys, start)
-            while i < len(part.entries):
-                e = part.entries[i]
-                if e.parent != parent:
-                    return
-                yield e
-                i += 1
+        p = self.part_index(parent)
+        while p is not None and p < self.part_count:
+            entries, more = self.part(p).children(parent)
+            yield from entries
+            if not more:
+                return
             p += 1
 
     def __iter__(self) -> Iterator[ManifestEntry]:

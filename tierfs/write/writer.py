@@ -3,7 +3,7 @@
 A file opened for writing gets a staged file on local disk (``staging.py``).
 Writes land there; ``close`` (FUSE flush) and ``fsync`` upload it and return
 only once the object store has acknowledged the upload. The new object's
-blocks are then put into the tier chain under its new ObjectRef, so reading
+blocks are then put into the disk tier under its new ObjectRef, so reading
 back what was just written is a cache hit. A failed upload answers EIO and
 keeps the staged file, which stays readable here and is uploaded again by the
 next close or fsync, or by the retry loop.
@@ -34,6 +34,7 @@ from tierfs.namespace.live import Namespace
 from tierfs.refs import ObjectRef, block_span
 from tierfs.store.objects import Entry, ObjectStore
 from tierfs.store.upload import Uploader
+from tierfs.tiers.disk import DiskTier
 from tierfs.write.staging import CLEAN, DIRTY, PENDING, StagedFile, Staging
 from tierfs.write.tree import rename_tree
 
@@ -232,7 +233,7 @@ class Writer:
                 entry = await trio.to_thread.run_sync(self.store.stat, sf.key, limiter=self.limiter)
             log.info("uploaded %s: %d bytes in %.2f s", sf.key, sf.size, time.monotonic() - t0)
         self.ns.changed(sf.key, entry)
-        # The close returns now; the blocks go into the tiers behind it. Until
+        # The close returns now; the blocks go into the disk tier behind it. Until
         # they are in, reads of the file are served from the staged bytes.
         sf.filling = True
         if self._nursery is not None:
@@ -242,15 +243,15 @@ class Writer:
         return entry
 
     async def _fill_then_settle(self, sf: StagedFile, entry: Entry) -> None:
-        """Put the uploaded bytes into the tiers (writes to ``sf`` wait meanwhile); drop ``sf`` if closed."""
+        """Put the uploaded bytes into the disk tier (writes to ``sf`` wait meanwhile); drop ``sf`` if closed."""
         try:
             async with sf.upload_lock:
                 if sf.generation == sf.uploaded_generation and not sf.unlinked:
                     t0 = time.monotonic()
                     await self._fill_tiers(sf, entry)
-                    log.debug("%s put into the tiers in %.2f s", sf.key, time.monotonic() - t0)
+                    log.debug("%s put into the disk tier in %.2f s", sf.key, time.monotonic() - t0)
         except Exception as exc:  # the tiers are a cache: a failure here loses nothing
-            log.warning("putting %s into the tiers failed: %s", sf.key, exc)
+            log.warning("putting %s into the disk tier failed: %s", sf.key, exc)
         finally:
             sf.filling = False
             if sf.unlinked or (sf.handles == 0 and not sf.dirty):
@@ -518,7 +519,12 @@ class Writer:
         sf.base = None if sf.materialized else sf.base
 
     async def _fill_tiers(self, sf: StagedFile, entry: Entry) -> None:
-        """Put what was just uploaded into the tiers under its new ref: reading it back is a hit."""
+        """Put what was just uploaded into the disk tier under its new ref: reading it back is a hit.
+
+        The disk tier only: a checkpoint of gigabytes would push the blocks
+        the readers use out of RAM, and would fill the Redis the nodes share
+        with bytes the others rarely read (they fetch it once, into theirs).
+        """
         ref = entry.ref
         if ref is None or ref.size != sf.size:
             return
@@ -528,7 +534,8 @@ class Writer:
             data = await self._fd_call(sf, os.pread, sf.fd, end - start, start)
             if len(data) != end - start:
                 return
-            await self.reader.chain.put(ref.block_key(index, block_size), data)
+            # Awaited, not queued: the staged copy is dropped once this returns.
+            await self.reader.chain.put(ref.block_key(index, block_size), data, into={DiskTier.name}, wait=True)
 
     def stop(self) -> None:
         """At unmount: say what is left to upload (the next start does it)."""
