@@ -208,6 +208,13 @@ class Backend:
         return False
 
     def remove_dir(self, rel: str) -> None:
+        """Remove an empty directory: a local lake's own, or the ``rel/`` marker an object store may keep.
+
+        Object stores (S3, GCS, Azure) override this to delete the marker some
+        servers and tools leave for a directory (SeaweedFS keeps one for every
+        emptied directory; consoles make them), which would otherwise bring the
+        directory back at the next listing. Another fsspec store: nothing to do.
+        """
         return None
 
     def rename_dir(self, src: str, dst: str) -> bool:

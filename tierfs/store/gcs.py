@@ -95,6 +95,17 @@ class GcsBackend(BucketKeys, Backend):
         return Entry(posixpath.basename(key), False, size, mtime_ns_of(out),
                      ObjectRef(key, size, etag, str(out["generation"])), str(out.get("storageClass") or ""))
 
+    def remove_dir(self, rel: str) -> None:
+        """Delete the ``rel/`` placeholder object a console or another tool may have made for the directory."""
+        fs: Any = self.fs
+        bucket, name, _ = fs.split_path(self.full(rel))
+        try:
+            self.run(fs._call, "DELETE", "b/{}/o/{}", bucket, name.rstrip("/") + "/")
+        except FileNotFoundError:
+            return
+        finally:
+            fs.invalidate_cache(self.full(rel))
+
     # -- versions -------------------------------------------------------------------
     def wants_versions(self, setting: str) -> bool:
         if setting == "on":

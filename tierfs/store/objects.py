@@ -236,7 +236,7 @@ class ObjectStore:
         return out
 
     def remove_dir(self, rel: str) -> None:
-        """Remove an empty directory of a local lake (object stores have none to remove)."""
+        """Remove an empty directory: a local lake's, or the marker object an object store may keep for it."""
         self.call(lambda: self.backend.remove_dir(rel), f"rmdir {rel}")
 
     def rename_dir(self, src: str, dst: str) -> bool:

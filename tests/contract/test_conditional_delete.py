@@ -1,0 +1,27 @@
+"""Directory markers (and, below, conditional deletes), on every backend: a local lake, memory, and each real server.
+
+The servers and the second writer are the contract's (``test_backend_contract.lake``).
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_backend_contract import Lake, lake
+
+from tierfs.errors import NotFound
+
+__all__ = ["lake"]  # the fixture, shared with the contract
+
+
+def test_remove_dir_takes_a_directory_marker_with_it(lake: Lake) -> None:
+    """A ``dir/`` marker left by another tool (a console, SeaweedFS' own) goes with the directory's rmdir."""
+    store = lake.store
+    if store.provider in ("local", "memory"):
+        pytest.skip("real directories, no markers")
+    lake.upstream("d/", b"")
+    assert store.stat("d").is_dir
+    assert store.list_dir("d") == []  # an empty directory, not a missing one
+    store.remove_dir("d")
+    with pytest.raises(NotFound):
+        store.stat("d")
+    store.remove_dir("d")  # no marker: nothing to do
