@@ -1,4 +1,4 @@
-"""Directory markers (and, below, conditional deletes), on every backend: a local lake, memory, and each real server.
+"""delete_if and directory markers, on every backend: a local lake, memory, and each real server.
 
 The servers and the second writer are the contract's (``test_backend_contract.lake``).
 """
@@ -11,6 +11,23 @@ from test_backend_contract import Lake, lake
 from tierfs.errors import NotFound
 
 __all__ = ["lake"]  # the fixture, shared with the contract
+
+
+def test_delete_if_deletes_only_the_version_it_names(lake: Lake) -> None:
+    """An object rewritten after it was evaluated is not deleted; the one evaluated is, once."""
+    store = lake.store
+    evaluated = store.put_bytes("e/x.bin", b"the bytes a rule looked at")
+    assert evaluated.ref is not None
+    lake.upstream("e/x.bin", b"rewritten by another writer since")
+    assert store.delete_if("e/x.bin", evaluated.ref) is False
+    assert store.read_all("e/x.bin") == b"rewritten by another writer since"
+    now = store.stat("e/x.bin").ref
+    assert now is not None
+    assert store.delete_if("e/x.bin", now) is True
+    assert not store.exists("e/x.bin")
+    assert store.delete_if("e/x.bin", now) is False  # gone already: nothing deleted
+    with pytest.raises(NotFound):
+        store.stat("e/x.bin")
 
 
 def test_remove_dir_takes_a_directory_marker_with_it(lake: Lake) -> None:

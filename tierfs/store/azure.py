@@ -27,6 +27,7 @@ from tierfs.store.backend import (
     Entry,
     expected_etag,
     mtime_ns_of,
+    require_identity,
 )
 from tierfs.store.local import archived_message
 
@@ -97,6 +98,27 @@ class AzureBackend(BucketKeys, Backend):
         mtime_ns = mtime_ns_of({"last_modified": out.get("last_modified")})
         version = str(out.get("version_id") or "") if self.version_aware else ""
         return Entry(posixpath.basename(key), False, size, mtime_ns, ObjectRef(key, size, etag, version))
+
+    def delete_if(self, key: str, ref: ObjectRef) -> bool:
+        """delete_blob If-Match the ETag evaluated: the service itself refuses (412) if the blob is another now."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        require_identity(ref)
+        if not ref.etag:
+            return super().delete_if(key, ref)
+
+        async def delete() -> None:
+            async with self._blob(key) as blob:
+                await blob.delete_blob(etag=f'"{ref.etag}"', match_condition=MatchConditions.IfNotModified)
+
+        try:
+            self.run(delete)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        finally:
+            self.fs.invalidate_cache(self.full(key))
+        return True
 
     def remove_dir(self, rel: str) -> None:
         """Delete the directory's marker blob: ``rel/``, or ``rel`` flagged as a folder (adlfs, Azure tools)."""

@@ -39,6 +39,8 @@ from tierfs.store.backend import (
     Entry,
     expected_etag,
     join_key,
+    require_identity,
+    same_object,
 )
 from tierfs.store.local import archived_message
 
@@ -187,6 +189,27 @@ class S3Backend(BucketKeys, Backend):
 
     def delete(self, key: str) -> None:
         obstore.delete(self.obs, self._path(key))
+
+    def delete_if(self, key: str, ref: ObjectRef) -> bool:
+        """A HEAD right before the DELETE; skipped if the ETag (and, versioned, the version id) changed.
+
+        S3 offers no conditional DELETE, so a PUT landing in the window
+        between the two (one round trip) is deleted. In a versioned bucket
+        the delete is a plain one all the same, as S3's own expiration is: a
+        delete marker on top, the version evaluated kept as a noncurrent one
+        (for the noncurrent rules), and what the window caught kept too. A
+        delete by version id would instead erase that version for good, and
+        the version below it would come back as the object.
+        """
+        require_identity(ref)
+        try:
+            now = self.stat(key)
+        except FileNotFoundError:
+            return False
+        if now.is_dir or not same_object(now.ref, ref):
+            return False
+        self.delete(key)
+        return True
 
     def remove_dir(self, rel: str) -> None:
         """Delete the directory's ``rel/`` marker, if the server keeps one (SeaweedFS does, for every emptied one).
