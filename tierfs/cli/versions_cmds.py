@@ -164,7 +164,12 @@ def snapshot_delete(lake_url: str, dataset: str, name: str, config_file: Path | 
               help="Keep copies younger than this many seconds (a snapshot may be being created).")
 @_CONFIG
 def gc(lake_url: str, dry_run: bool, grace: float, config_file: Path | None) -> None:
-    """Remove content-addressed copies that no snapshot references."""
+    """Remove content-addressed copies that no snapshot references.
+
+    While a snapshot is being created (copy mode) gc removes nothing and says
+    so: that snapshot may reuse any copy. A snapshot started during gc waits
+    for it to finish.
+    """
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
     from tierfs.versions.catalog import gc as run_gc
@@ -175,6 +180,9 @@ def gc(lake_url: str, dry_run: bool, grace: float, config_file: Path | None) -> 
         task = bar.add_task("gc")
         report = run_gc(store, dry_run=dry_run, grace_seconds=grace,
                         on_progress=lambda what: bar.update(task, description=what))
+    if report.deferred:
+        click.echo(f"gc: nothing removed: {report.deferred}; run gc again when it is done")
+        return
     for key, size in report.removed:
         click.echo(f"{'would remove' if dry_run else 'removed'} {key}\t{format_size(size)}")
     verb = "would free" if dry_run else "freed"

@@ -4,6 +4,7 @@ Layout under the backup target (a lake URL with a prefix)::
 
     backups/<id>.jsonl.gz        one backup: a header line, then one line per file or folder
     blobs/sha256/ab/cd/<sha256>  file contents, stored once however many backups share them
+    leases/                      markers of runs and expiries under way (tierfs.versions.leases)
 
 Incremental: a file whose size and mtime match the previous backup reuses its
 hash without being read; only contents the target lacks travel, and each is
@@ -12,6 +13,15 @@ written (the last step), and the manifest carries a checksum. Retention keeps
 the newest N backups and removes contents no remaining backup references.
 Restore writes each file to a temporary name, checks its hash, then renames
 it into place, with its mode and mtime.
+
+Runs and expiries may overlap (two nodes, a sidecar and a manual run): a run
+reuses blobs it finds without uploading them again, so an expiry must never
+delete a blob a run under way may reuse. A run holds a lease from before it
+looks at the target until its manifest is written; an expiry deletes no blob
+while a run's lease is live, and a run that starts during an expiry's sweep
+waits for it (``tierfs.versions.leases``). Besides, an expiry keeps blobs
+younger than its grace period, and reads the backup list again right before
+it deletes blobs, so the newest manifest's contents are never deleted.
 """
 
 from __future__ import annotations
@@ -20,9 +30,11 @@ import datetime as dt
 import gzip
 import hashlib
 import json
+import logging
 import os
 import secrets
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +43,17 @@ from typing import Any
 from tierfs.errors import NotFound, UserError
 from tierfs.refs import ObjectRef
 from tierfs.store.objects import ObjectStore
+from tierfs.versions.leases import creating, sweeping
+
+log = logging.getLogger(__name__)
 
 BACKUPS = "backups"
 BLOBS = "blobs/sha256"
+LEASES = "leases"
 CHUNK = 8 << 20
 FORMAT = "tierfs-backup 1"
+#: Blobs younger than this are never deleted by an expiry (seconds; a job's ``grace``).
+GRACE_SECONDS = 3600.0
 
 
 @dataclass
@@ -173,11 +191,21 @@ def _upload(store: ObjectStore, path: Path, sha: str, size: int) -> None:
 
 
 def run_backup(source: Path, store: ObjectStore, keep: int | None = None,
-               on_progress: Callable[[int, int], None] | None = None) -> Report:
+               on_progress: Callable[[int, int], None] | None = None,
+               grace_seconds: float = GRACE_SECONDS) -> Report:
     if not source.exists():
         raise UserError(f"{source} does not exist: nothing to back up")
     if not source.is_dir():
         raise UserError(f"{source} is not a directory")
+    # From before the target is looked at until the manifest names what was reused.
+    with creating(store, LEASES, "backup", "expire"):
+        report = _run(source, store, on_progress)
+    if keep is not None:  # after the lease is gone: this run's own expiry must not wait for itself
+        report.expired = expire(store, keep, grace_seconds)
+    return report
+
+
+def _run(source: Path, store: ObjectStore, on_progress: Callable[[int, int], None] | None) -> Report:
     previous: dict[str, FileEntry] = {}
     backups = list_backups(store)
     if backups:
@@ -205,24 +233,34 @@ def run_backup(source: Path, store: ObjectStore, keep: int | None = None,
                 on_progress(info.files, info.bytes)
         entries.append(e)
     _write_manifest(store, info, entries)  # the commit point
-    if keep is not None:
-        report.expired = expire(store, keep)
     return report
 
 
-def expire(store: ObjectStore, keep: int) -> list[str]:
-    """Keep the newest ``keep`` backups; remove the others and contents nothing references."""
+def expire(store: ObjectStore, keep: int, grace_seconds: float = GRACE_SECONDS) -> list[str]:
+    """Keep the newest ``keep`` backups; remove the others, then contents nothing references.
+
+    A blob goes only if no backup listed right before the sweep references
+    it, it is older than ``grace_seconds``, and no run is under way (one may
+    be about to reuse it; its blobs go at the next expiry instead).
+    """
     if keep < 1:
         raise UserError("--keep must be 1 or more")
-    backups = list_backups(store)
-    gone = [b.id for b in backups[:-keep]]
-    for backup_id in gone:
-        store.delete(f"{BACKUPS}/{backup_id}.jsonl.gz")
-    referenced: set[str] = set()
-    for b in list_backups(store):
-        referenced.update(e.sha256 for e in read_manifest(store, b.id)[1] if not e.is_dir)
-    for obj in store.walk_files(BLOBS):
-        if obj.name.rsplit("/", 1)[-1] not in referenced:
+    with sweeping(store, LEASES, "expire", "backup") as runs:
+        backups = list_backups(store)
+        gone = [b.id for b in backups[:-keep]]
+        for backup_id in gone:
+            store.delete(f"{BACKUPS}/{backup_id}.jsonl.gz")
+        if runs:
+            log.info("backup expiry removed no contents: %s; they go at the next expiry", runs[0])
+            return gone
+        # Listed again: a run that committed since (before this sweep's lease) counts too.
+        referenced: set[str] = set()
+        for b in list_backups(store):
+            referenced.update(e.sha256 for e in read_manifest(store, b.id)[1] if not e.is_dir)
+        now = time.time()
+        for obj in store.walk_files(BLOBS):
+            if obj.name.rsplit("/", 1)[-1] in referenced or now - obj.mtime_ns / 1e9 < grace_seconds:
+                continue
             store.delete(f"{BLOBS}/{obj.name}")
     return gone
 

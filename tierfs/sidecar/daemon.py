@@ -20,6 +20,7 @@
     source = "/nvme/checkpoints"
     target = "s3://ml-lake/backups/node-17"
     keep = 7
+    grace = "1h"                         # blobs younger than this are never expired (default 1h)
     every = "6h"
 
 Each job runs in a worker thread, one run at a time, first at start-up and
@@ -57,7 +58,7 @@ MONTHLY_COST = Gauge("tierfs_lake_monthly_cost_usd", "The lake's storage cost a 
                      "and once every rule has acted", ["job", "when"], registry=REGISTRY)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _FIELDS = {"lifecycle": {"name", "kind", "every", "lake", "rules", "apply", "jobs", "native"},
-           "backup": {"name", "kind", "every", "source", "target", "keep"}}
+           "backup": {"name", "kind", "every", "source", "target", "keep", "grace"}}
 
 
 @dataclass
@@ -102,7 +103,10 @@ def load_jobs(path: Path) -> tuple[dict[str, Any], list[Job]]:
                 if not isinstance(raw.get(flag, False), bool):
                     raise ConfigError(f"{where}: field {flag!r} must be true or false")
         every = parse_duration(raw.get("every", "24h"), f"{where}: field 'every'")
-        jobs.append(Job(str(name), kind, every, {k: v for k, v in raw.items() if k not in ("name", "kind", "every")}))
+        args = {k: v for k, v in raw.items() if k not in ("name", "kind", "every")}
+        if kind == "backup":
+            args["grace"] = parse_duration(raw.get("grace", "1h"), f"{where}: field 'grace'")
+        jobs.append(Job(str(name), kind, every, args))
     if not jobs:
         raise ConfigError(f"{path}: no [[job]] to run")
     return doc.get("sidecar", {}), jobs
@@ -116,7 +120,7 @@ def run_job(job: Job, store_config: Path | None) -> str:
         from tierfs.sidecar.backup import run_backup
 
         store = ObjectStore.open(load(store_config, {"lake_url": job.args["target"]}))
-        rep = run_backup(Path(job.args["source"]), store, job.args.get("keep"))
+        rep = run_backup(Path(job.args["source"]), store, job.args.get("keep"), grace_seconds=job.args["grace"])
         return (f"backup {rep.info.id}: {rep.info.files} files, {rep.uploaded} uploaded, {rep.reused} unchanged"
                 + (f", expired {len(rep.expired)}" if rep.expired else ""))
     from tierfs.sidecar.cost import plan_lake, provider_of

@@ -9,14 +9,18 @@ GCS bucket's native lifecycle configuration.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from tierfs.errors import UserError
+from tierfs.refs import ObjectRef
 from tierfs.sidecar.native import document as native_document
 from tierfs.sidecar.rules import Action, RuleSet
 from tierfs.store.classes import delete_version, set_class
 from tierfs.store.objects import ObjectStore
+
+log = logging.getLogger(__name__)
 
 
 def apply_actions(store: ObjectStore, actions: list[Action], pinned: frozenset[tuple[str, str]] = frozenset(),
@@ -26,14 +30,16 @@ def apply_actions(store: ObjectStore, actions: list[Action], pinned: frozenset[t
     ``pinned`` are the (key, version) pairs snapshots read: a transition in a
     versioned bucket deletes the version it copied from unless it is one of them.
     Each action touches one object (or one version), so they run in any order.
+    An expiration deletes only the object the plan evaluated (its listed ETag
+    or version): one rewritten since is skipped and not counted.
     On the first failure no new action starts; those under way finish, and the
     failure is raised. What was done stays done: a rerun plans only the rest.
     """
     def one(a: Action) -> tuple[Action, bool]:
         if a.kind == "expire" and a.version:
-            delete_version(store, a.key, a.version)
+            delete_version(store, a.key, a.version)  # a noncurrent version: its id names it exactly
         elif a.kind == "expire":
-            store.delete(a.key)
+            return a, _expire(store, a)
         else:
             return a, set_class(store, a.key, a.to_class, pinned, a.etag, a.listed_version)
         return a, True
@@ -53,7 +59,7 @@ def apply_actions(store: ObjectStore, actions: list[Action], pinned: frozenset[t
                         failures.append(exc)
                         continue
                     moved += changed and a.kind == "transition"
-                    expired += a.kind == "expire"
+                    expired += changed and a.kind == "expire"
                     if on_done:
                         on_done(a)
                 if not failures:
@@ -64,6 +70,17 @@ def apply_actions(store: ObjectStore, actions: list[Action], pinned: frozenset[t
     if failures:
         raise failures[0]
     return moved, expired
+
+
+def _expire(store: ObjectStore, a: Action) -> bool:
+    """Delete the object the plan evaluated, not one written under its key since (see ObjectStore.delete_if)."""
+    if not (a.etag or a.listed_version):
+        store.delete(a.key)  # an action made by hand, naming no version: the caller's word
+        return True
+    if store.delete_if(a.key, ObjectRef(a.key, 0, a.etag, a.listed_version)):
+        return True
+    log.info("%s changed (or went) since it was listed; not expired, left for the next run", a.key)
+    return False
 
 
 def install_native(store: ObjectStore, rules: RuleSet) -> str:

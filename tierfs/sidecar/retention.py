@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import logging
 
+from tierfs.errors import UserError
 from tierfs.sidecar.rules import DAY, Retention, age_days
 from tierfs.store.objects import ObjectStore
 from tierfs.versions.catalog import delete_snapshot, list_datasets, list_snapshots
 from tierfs.versions.manifest import SnapshotMeta
+
+log = logging.getLogger(__name__)
 
 
 def _tagged(meta: SnapshotMeta) -> bool:
@@ -50,9 +54,22 @@ def expired_snapshots(store: ObjectStore, policies: list[Retention], now: float)
 
 
 def expire_snapshots(store: ObjectStore, doomed: list[tuple[SnapshotMeta, str]]) -> int:
+    """Delete the snapshots evaluated; returns how many went.
+
+    Only the snapshot evaluated: one deleted meanwhile, or made again under
+    the same name since it was listed, is left alone. A snapshot being
+    created that reads a deleted one as its previous copies instead of
+    reusing, and gc keeps every copy while it runs (tierfs.versions.leases).
+    """
+    gone = 0
     for meta, _why in doomed:
-        delete_snapshot(store, meta.dataset, meta.name)
-    return len(doomed)
+        try:
+            delete_snapshot(store, meta.dataset, meta.name, created_at=meta.created_at)
+        except UserError as exc:
+            log.info("retention: %s", exc)
+            continue
+        gone += 1
+    return gone
 
 
 __all__ = ["DAY", "expire_snapshots", "expired_snapshots"]

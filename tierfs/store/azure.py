@@ -20,7 +20,15 @@ from typing import Any, ClassVar
 
 from tierfs.errors import Archived, UserError
 from tierfs.refs import ObjectRef
-from tierfs.store.backend import Backend, BucketKeys, Changed, Entry, expected_etag, mtime_ns_of
+from tierfs.store.backend import (
+    Backend,
+    BucketKeys,
+    Changed,
+    Entry,
+    expected_etag,
+    mtime_ns_of,
+    require_identity,
+)
 from tierfs.store.local import archived_message
 
 
@@ -90,6 +98,51 @@ class AzureBackend(BucketKeys, Backend):
         mtime_ns = mtime_ns_of({"last_modified": out.get("last_modified")})
         version = str(out.get("version_id") or "") if self.version_aware else ""
         return Entry(posixpath.basename(key), False, size, mtime_ns, ObjectRef(key, size, etag, version))
+
+    def delete_if(self, key: str, ref: ObjectRef) -> bool:
+        """delete_blob If-Match the ETag evaluated: the service itself refuses (412) if the blob is another now."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        require_identity(ref)
+        if not ref.etag:
+            return super().delete_if(key, ref)
+
+        async def delete() -> None:
+            async with self._blob(key) as blob:
+                await blob.delete_blob(etag=f'"{ref.etag}"', match_condition=MatchConditions.IfNotModified)
+
+        try:
+            self.run(delete)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        finally:
+            self.fs.invalidate_cache(self.full(key))
+        return True
+
+    def remove_dir(self, rel: str) -> None:
+        """Delete the directory's marker blob: ``rel/``, or ``rel`` flagged as a folder (adlfs, Azure tools)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        async def remove(key: str, only_folders: bool) -> None:
+            async with self._blob(key) as blob:
+                try:
+                    props = await blob.get_blob_properties()
+                except ResourceNotFoundError:
+                    return
+                meta = {k.lower(): v for k, v in (props.metadata or {}).items()}
+                if only_folders and "true" not in (meta.get("is_directory"), meta.get("hdi_isfolder")):
+                    return  # a file of that name, not a marker
+                try:  # the blob just looked at, not one written since
+                    await blob.delete_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified)
+                except (ResourceModifiedError, ResourceNotFoundError):
+                    return
+
+        path = rel.strip("/")
+        self.run(remove, f"{path}/", False)
+        self.run(remove, path, True)
+        self.fs.invalidate_cache(self.full(rel))
 
     def run_for(self, seconds: float, coro_fn: Any, *args: Any) -> Any:
         from fsspec.asyn import sync

@@ -190,6 +190,25 @@ class Backend:
     def delete(self, key: str) -> None:
         self.fs.rm_file(self.full(key))
 
+    def delete_if(self, key: str, ref: ObjectRef) -> bool:
+        """Delete ``key`` only if it is still the object ``ref`` names; False if it changed or is gone.
+
+        For a deletion decided on what a listing showed (a lifecycle
+        expiration): an object rewritten since is another object, and stays.
+        Each provider makes the check as close to the delete as it can (see
+        theirs). Here, for any fsspec store, a stat right before the delete:
+        a rewrite that lands between the two (one round trip) is deleted.
+        """
+        require_identity(ref)
+        try:
+            now = self.stat(key)
+        except FileNotFoundError:
+            return False
+        if not same_object(now.ref, ref):
+            return False
+        self.delete(key)
+        return True
+
     def delete_tree(self, rel: str) -> None:
         self.fs.rm(self.full(rel), recursive=True)
 
@@ -208,6 +227,13 @@ class Backend:
         return False
 
     def remove_dir(self, rel: str) -> None:
+        """Remove an empty directory: a local lake's own, or the ``rel/`` marker an object store may keep.
+
+        Object stores (S3, GCS, Azure) override this to delete the marker some
+        servers and tools leave for a directory (SeaweedFS keeps one for every
+        emptied directory; consoles make them), which would otherwise bring the
+        directory back at the next listing. Another fsspec store: nothing to do.
+        """
         return None
 
     def rename_dir(self, src: str, dst: str) -> bool:
@@ -269,6 +295,20 @@ def expected_etag(ref: ObjectRef) -> str:
     if ref.content_hash or ref.etag.startswith("staged:"):
         return ""
     return ref.etag
+
+
+def same_object(now: ObjectRef | None, ref: ObjectRef) -> bool:
+    """Whether ``now`` (a fresh stat's ref) is the object ``ref`` named: its version, else its ETag."""
+    if now is None:
+        return False
+    if ref.version and now.version:
+        return now.version == ref.version and (not ref.etag or not now.etag or now.etag == ref.etag)
+    return bool(ref.etag) and now.etag == ref.etag
+
+
+def require_identity(ref: ObjectRef) -> None:
+    if not (ref.etag or ref.version):
+        raise ValueError(f"delete_if({ref.key}): the ref names no ETag or version to compare")
 
 
 def mtime_ns_of(info: dict[str, Any]) -> int:

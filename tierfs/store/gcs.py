@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tierfs.refs import ObjectRef
-from tierfs.store.backend import Backend, BucketKeys, Changed, Entry, mtime_ns_of
+from tierfs.store.backend import Backend, BucketKeys, Changed, Entry, mtime_ns_of, require_identity, same_object
 
 #: Uploads above this size go up as a resumable upload, in chunks of it (a multiple of 256 KiB).
 _CHUNK = 16 << 20
@@ -94,6 +94,46 @@ class GcsBackend(BucketKeys, Backend):
         etag = str(out.get("md5Hash") or out.get("etag") or "").strip('"')
         return Entry(posixpath.basename(key), False, size, mtime_ns_of(out),
                      ObjectRef(key, size, etag, str(out["generation"])), str(out.get("storageClass") or ""))
+
+    def delete_if(self, key: str, ref: ObjectRef) -> bool:
+        """DELETE with ifGenerationMatch: GCS itself refuses (412) if the object is another generation now.
+
+        A stat comes first all the same: it finds the generation where the ref
+        has none, and it is the only check on emulators that ignore the
+        condition (fake-gcs-server deletes whatever generation is there), so
+        a test of this against one sees a rewrite made before the call.
+        """
+        require_identity(ref)
+        fs: Any = self.fs
+        try:
+            now = self.stat(key)
+        except FileNotFoundError:
+            return False
+        if now.ref is None or not same_object(now.ref, ref):
+            return False
+        generation = ref.version or now.ref.version
+        if not generation:
+            self.delete(key)  # no generation given: the stat was the check
+            return True
+        bucket, name, _ = fs.split_path(self.full(key))
+        try:
+            self.run(fs._call, "DELETE", "b/{}/o/{}", bucket, name, ifGenerationMatch=generation)
+        except (FileNotFoundError, FileExistsError):  # gone, or 412: another generation now
+            return False
+        finally:
+            fs.invalidate_cache(self.full(key))
+        return True
+
+    def remove_dir(self, rel: str) -> None:
+        """Delete the ``rel/`` placeholder object a console or another tool may have made for the directory."""
+        fs: Any = self.fs
+        bucket, name, _ = fs.split_path(self.full(rel))
+        try:
+            self.run(fs._call, "DELETE", "b/{}/o/{}", bucket, name.rstrip("/") + "/")
+        except FileNotFoundError:
+            return
+        finally:
+            fs.invalidate_cache(self.full(rel))
 
     # -- versions -------------------------------------------------------------------
     def wants_versions(self, setting: str) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import ClassVar
 
 from tierfs.errors import Archived, UserError
 from tierfs.refs import ObjectRef
-from tierfs.store.backend import ARCHIVE_CLASSES, Backend, Changed, Entry, expected_etag
+from tierfs.store.backend import ARCHIVE_CLASSES, Backend, Changed, Entry, expected_etag, require_identity
 
 #: Where a local lake keeps an object's emulated storage class.
 LOCAL_CLASS_XATTR = "user.tierfs.class"
@@ -98,6 +99,44 @@ class LocalBackend(Backend):
         os.replace(tmp, full)
         return Entry(posixpath.basename(key), False, st.st_size, st.st_mtime_ns,
                      ObjectRef(key, st.st_size, _identity(st)))
+
+    def delete_if(self, key: str, ref: ObjectRef) -> bool:
+        """Take the file out of the way, then check it: no rewrite can slip in between check and delete.
+
+        The file at ``key`` is renamed under .tierfs/upload (atomic: whatever
+        was there, and only that, is taken), and its identity is checked on
+        the taken inode. Not the one ``ref`` named: it is linked back under
+        its name, unless a newer one was written there meanwhile (which then
+        stays, as the last writer). While it is out, a reader of ``key`` finds
+        nothing for that instant; handles already open keep reading it.
+        """
+        require_identity(ref)
+        full = self.full(key)
+        try:
+            if not stat.S_ISREG(os.lstat(full).st_mode):
+                return False  # a directory (or a link): not an object
+        except FileNotFoundError:
+            return False
+        tmp_dir = self.full(UPLOAD_DIR)
+        os.makedirs(tmp_dir, exist_ok=True)
+        taken = f"{tmp_dir}/{uuid.uuid4().hex}.deleting"
+        try:
+            os.rename(full, taken)
+        except FileNotFoundError:
+            return False
+        if ref.etag == _identity(os.stat(taken)):
+            os.unlink(taken)
+            return True
+        try:
+            os.link(taken, full)  # back under its name, never over a newer file
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links
+            if not os.path.lexists(full):
+                os.rename(taken, full)
+        if os.path.lexists(taken):
+            os.unlink(taken)
+        return False
 
     def copy(self, src: str, dst: str) -> None:
         parent = posixpath.dirname(self.full(dst))

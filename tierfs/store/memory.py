@@ -11,7 +11,7 @@ import posixpath
 from typing import ClassVar
 
 from tierfs.refs import ObjectRef
-from tierfs.store.backend import Backend, Changed, expected_etag
+from tierfs.store.backend import Backend, Changed, expected_etag, require_identity, same_object
 
 
 class MemoryBackend(Backend):
@@ -24,3 +24,17 @@ class MemoryBackend(Backend):
             if now is None or now.etag != expected:
                 raise Changed(f"{ref.key} changed upstream (it is not the version this read was for)")
         return super().read_range(ref, start, end)
+
+    def delete_if(self, key: str, ref: ObjectRef) -> bool:
+        """The stand-in ETag compared, then the delete (a write from another thread between the two is deleted;
+        a memory lake lives in one test process)."""
+        require_identity(ref)
+        full = self.full(key)
+        try:
+            now = self.entry(posixpath.basename(key), key, self.fs.info(full)).ref
+        except FileNotFoundError:
+            return False
+        if not same_object(now, ref):
+            return False
+        self.fs.rm_file(full)
+        return True

@@ -216,6 +216,19 @@ class ObjectStore:
         except NotFound:
             pass
 
+    def delete_if(self, key: str, ref: ObjectRef) -> bool:
+        """Delete ``key`` only if it is still the object ``ref`` names (its ETag, or version); True if deleted.
+
+        False when it was rewritten since ``ref`` was taken, or is gone: what
+        a deletion decided from a listing must not take (see Backend.delete_if
+        for how close each store gets the check to the delete).
+        """
+        try:
+            out: bool = self.call(lambda: self.backend.delete_if(key, ref), f"delete {key} if unchanged")
+        except NotFound:
+            return False
+        return out
+
     def delete_tree(self, rel: str) -> None:
         """Remove a prefix and everything under it (scratch areas)."""
         try:
@@ -236,7 +249,7 @@ class ObjectStore:
         return out
 
     def remove_dir(self, rel: str) -> None:
-        """Remove an empty directory of a local lake (object stores have none to remove)."""
+        """Remove an empty directory: a local lake's, or the marker object an object store may keep for it."""
         self.call(lambda: self.backend.remove_dir(rel), f"rmdir {rel}")
 
     def rename_dir(self, src: str, dst: str) -> bool:

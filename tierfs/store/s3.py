@@ -32,7 +32,16 @@ import obstore
 from tierfs.config import Settings
 from tierfs.errors import Archived, NotFound, StoreError, UserError
 from tierfs.refs import ObjectRef
-from tierfs.store.backend import Backend, BucketKeys, Changed, Entry, expected_etag, join_key
+from tierfs.store.backend import (
+    Backend,
+    BucketKeys,
+    Changed,
+    Entry,
+    expected_etag,
+    join_key,
+    require_identity,
+    same_object,
+)
 from tierfs.store.local import archived_message
 
 log = logging.getLogger(__name__)
@@ -73,16 +82,22 @@ class S3Backend(BucketKeys, Backend):
         out = obstore.list_with_delimiter(self.obs, path or None)
         base = f"{path}/" if path else ""
         entries = []
+        marker = False
         for p in out["common_prefixes"]:
             name = p[len(base):].rstrip("/")
             if name:
                 entries.append(Entry(name, True))
         for m in out["objects"]:
+            if m["path"] == path:
+                # The directory's own ``path/`` marker (obstore drops the trailing slash):
+                # an emptied directory on a server that keeps one (SeaweedFS) exists, empty.
+                marker = True
+                continue
             name = m["path"][len(base):]
             if not name or name.endswith("/"):
-                continue  # the directory itself, or a directory marker some servers keep
+                continue  # a directory marker some servers keep
             entries.append(self._meta_entry(name, join_key(rel, name), m))
-        if not entries and rel and not self._exists_as_object_prefix(path):
+        if not entries and rel and not marker and not self._exists_as_object_prefix(path):
             raise FileNotFoundError(rel)
         return entries
 
@@ -174,6 +189,44 @@ class S3Backend(BucketKeys, Backend):
 
     def delete(self, key: str) -> None:
         obstore.delete(self.obs, self._path(key))
+
+    def delete_if(self, key: str, ref: ObjectRef) -> bool:
+        """A HEAD right before the DELETE; skipped if the ETag (and, versioned, the version id) changed.
+
+        S3 offers no conditional DELETE, so a PUT landing in the window
+        between the two (one round trip) is deleted. In a versioned bucket
+        the delete is a plain one all the same, as S3's own expiration is: a
+        delete marker on top, the version evaluated kept as a noncurrent one
+        (for the noncurrent rules), and what the window caught kept too. A
+        delete by version id would instead erase that version for good, and
+        the version below it would come back as the object.
+        """
+        require_identity(ref)
+        try:
+            now = self.stat(key)
+        except FileNotFoundError:
+            return False
+        if now.is_dir or not same_object(now.ref, ref):
+            return False
+        self.delete(key)
+        return True
+
+    def remove_dir(self, rel: str) -> None:
+        """Delete the directory's ``rel/`` marker, if the server keeps one (SeaweedFS does, for every emptied one).
+
+        Through s3fs: obstore cannot name a key that ends in '/'. A HEAD
+        first, so that a versioned bucket gets no delete marker for a key it
+        never held. SeaweedFS keeps a directory that still has entries whatever
+        its marker's DELETE says; elsewhere the marker is one object among others.
+        """
+        fs: Any = self.fs
+        key = self._path(rel).rstrip("/") + "/"
+        try:
+            self.run(fs._call_s3, "head_object", Bucket=self.bucket, Key=key)
+        except FileNotFoundError:
+            return
+        self.run(fs._call_s3, "delete_object", Bucket=self.bucket, Key=key)
+        fs.invalidate_cache(self.full(rel))
 
     def copy(self, src: str, dst: str) -> None:
         obstore.copy(self.obs, self._path(src), self._path(dst))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tierfs.errors import NotFound, UserError
 from tierfs.store.objects import ObjectStore
+from tierfs.versions.leases import LAKE_LEASES, sweeping
 from tierfs.versions.manifest import (
     CAS,
     RESERVED,
@@ -78,14 +79,23 @@ def pinned(store: ObjectStore) -> tuple[set[str], set[tuple[str, str]]]:
     return keys, versions
 
 
-def delete_snapshot(store: ObjectStore, dataset: str, name: str) -> SnapshotMeta:
+def delete_snapshot(store: ObjectStore, dataset: str, name: str, created_at: str | None = None) -> SnapshotMeta:
     """Remove a snapshot: its meta.json first (so it is gone at once), then its parts.
 
-    The copies it referenced stay until ``gc``.
+    ``created_at``: only the snapshot made then (what a retention rule
+    evaluated), not one made again under the same name since; UserError if
+    it is another. The copies it referenced stay until ``gc``.
     """
-    meta = open_snapshot(store, dataset, name).meta
     base = snapshot_dir(dataset, name)
-    store.delete(f"{base}/meta.json")
+    try:
+        ref = store.stat(f"{base}/meta.json").ref
+    except NotFound:
+        raise UserError(f"snapshot {dataset}@{name} does not exist") from None
+    meta = open_snapshot(store, dataset, name).meta
+    if created_at is not None and meta.created_at != created_at:
+        raise UserError(f"snapshot {dataset}@{name} was created again since it was listed; not deleted")
+    if ref is None or not store.delete_if(f"{base}/meta.json", ref):  # only the meta.json read may go
+        raise UserError(f"snapshot {dataset}@{name} changed or went while it was being deleted; not deleted")
     for i in range(len(meta.parts)):
         store.delete(f"{base}/part-{i:05d}.jsonl.gz")
     return meta
@@ -131,6 +141,8 @@ class GcReport:
     referenced: int = 0
     kept: int = 0
     removed: list[tuple[str, int]] = field(default_factory=list)
+    #: Why nothing was removed this time ('' if gc ran): a snapshot being created.
+    deferred: str = ""
 
     @property
     def removed_bytes(self) -> int:
@@ -141,11 +153,30 @@ def gc(store: ObjectStore, dry_run: bool = False, grace_seconds: float = 3600.0,
        on_progress: Callable[[str], None] | None = None) -> GcReport:
     """Remove content-addressed copies that no snapshot references.
 
-    The referenced set is built first, from every manifest (checksums checked:
-    a manifest that cannot be read stops gc, since what it pins is unknown),
-    in an on-disk table so memory stays bounded. Copies younger than the grace
-    period are kept: they may belong to a snapshot being created right now.
+    Never a copy a snapshot being created may reuse: gc holds a sweep lease
+    while it runs and deletes nothing if a snapshot's creation lease is live;
+    a snapshot that starts meanwhile waits for gc to finish before it looks
+    at the copies (``tierfs.versions.leases`` says why that is sound). A dry
+    run takes no lease and says what an unobstructed gc would remove.
+
+    The referenced set is built from every manifest (checksums checked: a
+    manifest that cannot be read stops gc, since what it pins is unknown),
+    in an on-disk table so memory stays bounded. Copies younger than the
+    grace period are kept as well: a copy in ``cas/tmp`` may be one a
+    snapshot is writing (one from before leases, or past its lease's expiry).
     """
+    if dry_run:
+        return _gc(store, True, grace_seconds, on_progress)
+    with sweeping(store, LAKE_LEASES, "gc", "snapshot") as creations:
+        if creations:
+            why = f"{creations[0]} is under way" + (f" (and {len(creations) - 1} more)" if len(creations) > 1 else "")
+            log.info("gc removed nothing: %s; run it again when it is done", why)
+            return GcReport(deferred=why)
+        return _gc(store, False, grace_seconds, on_progress)
+
+
+def _gc(store: ObjectStore, dry_run: bool, grace_seconds: float,
+        on_progress: Callable[[str], None] | None) -> GcReport:
     report = GcReport()
     with tempfile.TemporaryDirectory(prefix="tierfs-gc-") as tmp:
         db = sqlite3.connect(Path(tmp) / "refs.db")

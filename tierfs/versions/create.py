@@ -26,8 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from tierfs.errors import NotFound, StoreError, UserError
+from tierfs.errors import NotFound, StoreError, TierfsError, UserError
 from tierfs.store.objects import Entry, ObjectStore
+from tierfs.versions.leases import LAKE_LEASES, creating
 from tierfs.versions.manifest import (
     RESERVED,
     ManifestEntry,
@@ -83,18 +84,42 @@ def walk_sorted(store: ObjectStore, prefix: str) -> Iterator[tuple[str, list[Ent
         yield rel, entries
 
 
-def _previous(store: ObjectStore, dataset: str) -> ManifestReader | None:
-    """The dataset's newest snapshot, whose copies a new one may reuse."""
-    from tierfs.versions.catalog import list_snapshots
+class _Previous:
+    """The dataset's newest snapshot, whose copies a new one may reuse without reading the objects again.
 
-    metas = list_snapshots(store, dataset)
-    if not metas:
-        return None
-    newest = max(metas, key=lambda m: m.created_at)
-    try:
-        return ManifestReader(newest, store.read_all)
-    except Exception:  # a broken older snapshot only costs the reuse
-        return None
+    Its parts are read as the walk needs them, so it may be deleted (by
+    retention) while this snapshot is created: from then on nothing is
+    reused and objects are copied (or found by content) instead. The copies
+    it named stay: no gc deletes any while this creation holds its lease.
+    """
+
+    def __init__(self, reader: ManifestReader):
+        self.reader = reader
+        self.gone = False
+
+    @classmethod
+    def of(cls, store: ObjectStore, dataset: str) -> _Previous | None:
+        from tierfs.versions.catalog import list_snapshots
+
+        metas = list_snapshots(store, dataset)
+        if not metas:
+            return None
+        newest = max(metas, key=lambda m: m.created_at)
+        try:
+            return cls(ManifestReader(newest, store.read_all))
+        except Exception:  # a broken older snapshot only costs the reuse
+            return None
+
+    def lookup(self, parent: str, name: str) -> ManifestEntry | None:
+        if self.gone:
+            return None
+        try:
+            return self.reader.lookup(parent, name)
+        except TierfsError as exc:  # ManifestError (a part gone) or a store failure: only the reuse is lost
+            self.gone = True
+            log.info("the previous snapshot %s can no longer be read (%s); copying instead of reusing",
+                     self.reader.where, exc)
+            return None
 
 
 def create_snapshot(
@@ -133,7 +158,17 @@ def create_snapshot(
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
         creator=f"{getpass.getuser()}@{socket.gethostname()}", metadata=dict(metadata or {}),
     )
-    previous = _previous(store, dataset) if mode == "copy" else None
+    if mode != "copy":
+        return _create(store, prefix, base, meta, None, jobs, on_progress, part_entries)
+    # Copy mode reuses copies already in the lake: none may be collected by a gc until this is committed.
+    with creating(store, LAKE_LEASES, "snapshot", "gc"):
+        meta.created_at = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")  # after any wait for a gc
+        return _create(store, prefix, base, meta, _Previous.of(store, dataset), jobs, on_progress, part_entries)
+
+
+def _create(store: ObjectStore, prefix: str, base: str, meta: SnapshotMeta, previous: _Previous | None, jobs: int,
+            on_progress: Callable[[Progress], None] | None, part_entries: int | None) -> SnapshotMeta:
+    mode = meta.mode
     progress = Progress()
     writer = ManifestWriter(store.put_bytes, base, part_entries or 20_000)
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="snapshot") as pool:
@@ -154,12 +189,13 @@ def create_snapshot(
     meta.total_size = progress.bytes
     meta.parts = writer.finish()
     store.put_bytes(f"{base}/meta.json", meta.to_json())  # the commit point
-    log.info("snapshot %s@%s: %d files, %d bytes, mode %s", dataset, name, meta.file_count, meta.total_size, mode)
+    log.info("snapshot %s@%s: %d files, %d bytes, mode %s", meta.dataset, meta.name, meta.file_count,
+             meta.total_size, mode)
     return meta
 
 
 def _freeze(store: ObjectStore, rel: str, e: Entry, mode: str,
-            previous: ManifestReader | None, progress: Progress) -> ManifestEntry:
+            previous: _Previous | None, progress: Progress) -> ManifestEntry:
     assert e.ref is not None
     ref = e.ref
     if mode == "pinned":

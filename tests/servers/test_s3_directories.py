@@ -1,0 +1,72 @@
+"""Directories of an S3 lake on a server that keeps directory markers (SeaweedFS), through a real mount."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import SeaweedS3, mounted
+
+pytestmark = [pytest.mark.servers, pytest.mark.mount]
+TTL = 1.0
+
+
+def _lake(server: SeaweedS3, tmp_path: Path, bucket: str) -> tuple[Any, Path]:
+    fs = server.fs()
+    fs.mkdir(bucket)
+    cfg = server.s3_config(tmp_path / "s3.toml")
+    cfg.write_text(cfg.read_text() + f"[metadata]\nttl = {TTL}\n")
+    return fs, cfg
+
+
+def _marker(fs: Any, bucket: str, rel: str) -> bool:
+    """Whether the server still holds ``rel/`` (SeaweedFS keeps an emptied directory as one)."""
+    fs.invalidate_cache()
+    try:
+        fs.call_s3("head_object", Bucket=bucket, Key=f"{rel}/")
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def test_rmdir_of_an_emptied_directory_stays_gone(s3_server: SeaweedS3, tmp_path: Path) -> None:
+    fs, cfg = _lake(s3_server, tmp_path, "rmdir-gone")
+    fs.pipe("rmdir-gone/keep/k.txt", b"k")
+    with mounted("s3://rmdir-gone", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
+        mnt = m.mountpoint
+        (mnt / "runs").mkdir()
+        (mnt / "runs/a.txt").write_bytes(b"a")
+        os.unlink(mnt / "runs/a.txt")
+        assert _marker(fs, "rmdir-gone", "runs")  # what the server keeps of an emptied directory
+        os.rmdir(mnt / "runs")
+        assert "runs" not in os.listdir(mnt)
+        assert not _marker(fs, "rmdir-gone", "runs")
+        time.sleep(TTL + 0.5)  # listed again from the server: still gone
+        assert "runs" not in os.listdir(mnt)
+    with mounted("s3://rmdir-gone", tmp_path / "mnt2", tmp_path / "cache2", config=cfg) as m2:
+        assert sorted(os.listdir(m2.mountpoint)) == [".snapshots", "keep"]
+
+
+def test_a_directory_emptied_upstream_is_empty_and_rmdir_removes_it(s3_server: SeaweedS3, tmp_path: Path) -> None:
+    fs, cfg = _lake(s3_server, tmp_path, "rmdir-upstream")
+    fs.pipe("rmdir-upstream/other/f.txt", b"x")
+    fs.pipe("rmdir-upstream/other/sub/g.txt", b"y")
+    started = time.time()
+    with mounted("s3://rmdir-upstream", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
+        mnt = m.mountpoint
+        assert sorted(os.listdir(mnt / "other")) == ["f.txt", "sub"]
+        # a prefix has no time of its own: the mount's start, never 1970
+        assert os.stat(mnt / "other").st_mtime >= started - 5
+        fs.rm("rmdir-upstream/other/f.txt")
+        fs.rm("rmdir-upstream/other/sub/g.txt")
+        time.sleep(TTL + 0.5)
+        assert os.listdir(mnt / "other") == ["sub"]  # the server kept both directories
+        assert os.listdir(mnt / "other/sub") == []
+        os.rmdir(mnt / "other/sub")
+        os.rmdir(mnt / "other")
+        assert not _marker(fs, "rmdir-upstream", "other")
+        time.sleep(TTL + 0.5)
+        assert os.listdir(mnt) == [".snapshots"]
