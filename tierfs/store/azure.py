@@ -7,7 +7,8 @@ ETag the upload answered with. Access tiers (Hot, Cool, Cold, Archive) are
 set in place; an Archive blob must be rehydrated before it is read.
 
 The SDK runs on adlfs' own event loop (fsspec's IO thread), each call bound
-by the call's deadline.
+by the call's deadline; obstore's Azure client (GIL-free) against Azurite has
+not been tried yet.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ two block reads of one file can never mix versions. An upload's identity is
 the object resource the upload itself answers with. Storage classes are left
 to the bucket's own lifecycle rules (`tierfs lifecycle export`).
 
-The data path stays on gcsfs here (not obstore): the emulators the tests run
-(fake-gcs-server, gcp-storage-emulator) need gcsfs' anonymous, plain-HTTP
-access, which obstore's GCS client does not offer without a service account.
+The data path is still gcsfs here, not obstore: obstore's GCS client against
+the emulators the tests run (fake-gcs-server, gcp-storage-emulator) has not
+been tried yet, so the GIL-free path covers S3 only for now.
 """
 
 from __future__ import annotations
