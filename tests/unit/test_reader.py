@@ -174,3 +174,29 @@ async def test_a_read_takes_over_a_prefetch_of_its_block_that_waits_for_a_token(
         assert f.calls["cat_file"] == 1  # one fetch for both
         prefetch.release()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_block_that_just_failed_fails_at_once_for_a_moment(flaky: Any, tmp_path: Path) -> None:
+    """The kernel retries a failed read: against a stalled store, asking again would cost a second deadline."""
+    import pytest
+
+    from tierfs.errors import StoreError
+
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/obj", b"x" * BS)
+    ref = store.stat("obj").ref
+    reader, r, d = make(flaky, tmp_path)
+    reader.failed_for = 0.3
+    try:
+        f.failures["cat_file"] = 100
+        with pytest.raises(StoreError):
+            await reader.read(ref, 0, 10)
+        asked = f.calls.get("cat_file", 0)
+        with pytest.raises(StoreError, match="failed"):
+            await reader.read(ref, 0, 10)
+        assert f.calls.get("cat_file", 0) == asked  # not asked again within the moment
+        f.failures["cat_file"] = 0
+        await trio.sleep(0.35)
+        assert (await reader.read(ref, 0, 10))[0] == b"x" * 10  # and asked again after it
+    finally:
+        d.close()

@@ -20,6 +20,7 @@ import trio
 
 from tierfs.data.readahead import ReadAhead
 from tierfs.data.singleflight import SingleFlight
+from tierfs.errors import StoreError
 from tierfs.refs import BlockKey, ObjectRef, block_span, blocks_for_range
 from tierfs.store.objects import ObjectStore
 from tierfs.tiers.chain import TierChain
@@ -51,6 +52,10 @@ class BlockReader:
         # Demand readers waiting on each block's flight, and the speculative
         # fetches (read-ahead, warm, manifest) still waiting for a token.
         self._wanted: dict[BlockKey, int] = {}
+        # Blocks whose fetch just failed: the kernel retries a failed read at once (read-ahead, then the
+        # read itself), and against a stalled store each retry would wait out a deadline of its own.
+        self._failed: dict[BlockKey, tuple[float, str]] = {}
+        self.failed_for = 2.0  # seconds a failure is answered without asking the store again
         self._queued: dict[BlockKey, trio.CancelScope] = {}
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -161,7 +166,18 @@ class BlockReader:
         if hit is not None:
             return hit
         start, end = block_span(index, self.block_size, ref.size)
-        data = await self._fetch(ref, start, end, key, limiter)
+        failed = self._failed.get(key)
+        if failed is not None:
+            if trio.current_time() < failed[0]:
+                raise StoreError(f"{failed[1]} (failed moments ago; asked again in {self.failed_for:.0f} s)")
+            del self._failed[key]
+        try:
+            data = await self._fetch(ref, start, end, key, limiter)
+        except StoreError as exc:
+            if len(self._failed) >= 4096:  # bounded: forget the oldest
+                del self._failed[next(iter(self._failed))]
+            self._failed[key] = (trio.current_time() + self.failed_for, str(exc))
+            raise
         await self.chain.put(key, data, wait=wait_for_fill)
         return data, BACKEND
 
