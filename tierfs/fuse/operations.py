@@ -206,11 +206,12 @@ class TierfsOperations(pyfuse3.Operations):
             return await self.writer.read(handle.staged, off, size)
         try:
             data, source = await self.reader.read(handle.ref, off, size)
-        except Changed:
+        except Exception as exc:
             # The object was rewritten upstream since this file was opened: this
             # read is EIO (never the new bytes under the old identity), and the
-            # next open asks the lake again.
-            self.ns.stale(handle.node)
+            # next open asks the lake again. (A read of several blocks fails as a group.)
+            if isinstance(exc, Changed) or (isinstance(exc, BaseExceptionGroup) and exc.subgroup(Changed)):
+                self.ns.stale(handle.node)
             raise
         if source:
             handle.node.last_tier = source

@@ -10,7 +10,7 @@ certificate) guard the connection; a Redis off this host without a password
 is refused unless the config says so. Redis bounds itself (``maxmemory``
 with ``allkeys-lru``); each value also carries a TTL.
 
-Never a liability (DESIGN.md, invariant 2): every call has a short timeout; on
+Never a liability (docs/design.md, invariant 3): every call has a short timeout; on
 a connection error or timeout the tier is marked down and skipped — reads go
 on through the tiers below — and is tried again after a backoff (1 s, doubling
 to 30 s) by a PING, and used again once Redis answers.
