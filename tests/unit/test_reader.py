@@ -177,7 +177,10 @@ async def test_a_read_takes_over_a_prefetch_of_its_block_that_waits_for_a_token(
 
 
 async def test_a_block_that_just_failed_fails_at_once_for_a_moment(flaky: Any, tmp_path: Path) -> None:
-    """The kernel retries a failed read: against a stalled store, asking again would cost a second deadline."""
+    """The kernel retries a failed read: against a stalled store, asking again would cost a second deadline.
+
+    Only failures that took long are remembered (tests/servers/test_store_faults.py: a store that fails fast
+    or comes back is read again at once)."""
     import pytest
 
     from tierfs.errors import StoreError
@@ -186,7 +189,7 @@ async def test_a_block_that_just_failed_fails_at_once_for_a_moment(flaky: Any, t
     fs.pipe(f"{store.root}/obj", b"x" * BS)
     ref = store.stat("obj").ref
     reader, r, d = make(flaky, tmp_path)
-    reader.failed_for = 0.3
+    reader.failed_for, reader.failed_after = 0.3, 0.0  # (the store here fails fast; a stalled one fails slowly)
     try:
         f.failures["cat_file"] = 100
         with pytest.raises(StoreError):

@@ -52,10 +52,11 @@ class BlockReader:
         # Demand readers waiting on each block's flight, and the speculative
         # fetches (read-ahead, warm, manifest) still waiting for a token.
         self._wanted: dict[BlockKey, int] = {}
-        # Blocks whose fetch just failed: the kernel retries a failed read at once (read-ahead, then the
-        # read itself), and against a stalled store each retry would wait out a deadline of its own.
+        # Blocks whose fetch just failed slowly: the kernel retries a failed read at once (read-ahead, then
+        # the read itself), and against a stalled store each retry would wait out a deadline of its own.
         self._failed: dict[BlockKey, tuple[float, str]] = {}
-        self.failed_for = 2.0  # seconds a failure is answered without asking the store again
+        self.failed_for = 2.0  # seconds a slow failure is answered without asking the store again
+        self.failed_after = 1.0  # a failure that took this long (a stall, a deadline) is remembered; fast ones not
         self._queued: dict[BlockKey, trio.CancelScope] = {}
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -171,12 +172,16 @@ class BlockReader:
             if trio.current_time() < failed[0]:
                 raise StoreError(f"{failed[1]} (failed moments ago; asked again in {self.failed_for:.0f} s)")
             del self._failed[key]
+        t0 = trio.current_time()
         try:
             data = await self._fetch(ref, start, end, key, limiter)
         except StoreError as exc:
-            if len(self._failed) >= 4096:  # bounded: forget the oldest
-                del self._failed[next(iter(self._failed))]
-            self._failed[key] = (trio.current_time() + self.failed_for, str(exc))
+            # Only a slow failure is remembered: asking again after a fast one (503, a reset) costs nothing,
+            # and a store that is back must be read at once.
+            if trio.current_time() - t0 >= self.failed_after:
+                if len(self._failed) >= 4096:  # bounded: forget the oldest
+                    del self._failed[next(iter(self._failed))]
+                self._failed[key] = (trio.current_time() + self.failed_for, str(exc))
             raise
         await self.chain.put(key, data, wait=wait_for_fill)
         return data, BACKEND
