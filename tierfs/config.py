@@ -9,6 +9,7 @@ allowed.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import tomllib
@@ -26,21 +27,30 @@ _UNITS = {
     "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
     "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_SIZE_RE = re.compile(r"^\s*([0-9]{1,30})(?:\.([0-9]{1,30}))?\s*([a-zA-Z]*)\s*$")
+#: Past this no file, cache or part can be (an off_t): larger numbers are typos, and overflow C code later.
+MAX_NUMBER = 2**63 - 1
 
 
 def parse_size(value: Any) -> int:
     """'4MiB' -> 4194304; plain integers are bytes."""
+    expected = "a size such as 512MiB, 10GiB or a number of bytes"
     if isinstance(value, bool):
-        raise ValueError("a size such as 512MiB, 10GiB or a number of bytes")
+        raise ValueError(expected)
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a size of zero or more")
-        return value
-    m = _SIZE_RE.match(str(value))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError("a size such as 512MiB, 10GiB or a number of bytes")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+        n = value
+    else:
+        m = _SIZE_RE.match(str(value))  # ([0-9], not \d: int() refuses some of what \d takes, such as '²')
+        if not m or m.group(3).lower() not in _UNITS:
+            raise ValueError(expected)
+        whole, fraction, unit = m.group(1), m.group(2) or "", _UNITS[m.group(3).lower()]
+        # Counted exactly (float rounds past 15 digits and overflows past 308), then rounded down to a byte.
+        n = (int(whole + fraction) * unit) // 10 ** len(fraction)
+    if n > MAX_NUMBER:
+        raise ValueError(f"{expected}, below 8 EiB")
+    return n
 
 
 def format_size(n: float) -> str:
@@ -51,23 +61,28 @@ def format_size(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
-def _positive_float(value: Any) -> float:
+def _finite(value: Any, expected: str) -> float:
+    """A number (or its text) as a float; NaN and infinity refused, since every comparison with NaN is false."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError("a number of seconds, zero or more")
+        raise ValueError(expected)
     try:
         f = float(value)
-    except ValueError:
-        raise ValueError("a number of seconds, zero or more") from None
+    except (ValueError, OverflowError):
+        raise ValueError(expected) from None
+    if not math.isfinite(f):
+        raise ValueError(expected)
+    return f
+
+
+def _positive_float(value: Any) -> float:
+    f = _finite(value, "a number of seconds, zero or more")
     if f < 0:
         raise ValueError("a number of seconds, zero or more")
     return f
 
 
 def _fraction(value: Any) -> float:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise ValueError("a fraction between 0 and 1, such as 0.9") from None
+    f = _finite(value, "a fraction between 0 and 1, such as 0.9")
     if not 0 < f <= 1:
         raise ValueError("a fraction between 0 and 1, such as 0.9")
     return f
@@ -78,13 +93,15 @@ def _whole(minimum: int) -> Callable[[Any], int]:
     expected = f"a whole number of {minimum} or more"
 
     def parse(value: Any) -> int:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(expected)
+        if isinstance(value, float) and not value.is_integer():  # (4.0 is 4; 1.5, NaN and infinity are no count)
             raise ValueError(expected)
         try:
             n = int(value)
-        except (TypeError, ValueError):
+        except (ValueError, OverflowError):
             raise ValueError(expected) from None
-        if n < minimum:
+        if not minimum <= n <= MAX_NUMBER:
             raise ValueError(expected)
         return n
 
@@ -98,6 +115,13 @@ _retries = _whole(0)
 def _string(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("a string")
+    return value
+
+
+def _path(value: Any) -> str:
+    """A local path: a string the filesystem can take (no NUL byte, which every system call refuses)."""
+    if not isinstance(value, str) or "\0" in value:
+        raise ValueError("a path (a string without NUL bytes)")
     return value
 
 
@@ -133,7 +157,7 @@ def _versions(value: Any) -> str:
 
 def _prices(value: Any) -> dict[str, float]:
     if not isinstance(value, dict) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in value.values()):
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf for v in value.values()):
         raise ValueError("a table of storage class = USD per GB-month, such as { STANDARD_IA = 0.0125 }")
     return {str(k): float(v) for k, v in value.items()}
 
@@ -143,7 +167,7 @@ def _min_free(value: Any) -> int | float:
     expected = "a size such as 20GiB or a percentage of the cache dir's filesystem such as 5%"
     if isinstance(value, str) and value.strip().endswith("%"):
         try:
-            percent = float(value.strip()[:-1])
+            percent = _finite(value.strip()[:-1], expected)
         except ValueError:
             raise ValueError(expected) from None
         if not 0 <= percent < 100:
@@ -166,7 +190,8 @@ def _policy(value: Any) -> str:
 def _host_port(value: Any) -> str:
     text = str(value)
     _host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    # ASCII digits only: isdigit() takes '²' and '٣', which int() refuses or reads as another number.
+    if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 < int(port) < 65536:
         raise ValueError("HOST:PORT, such as 127.0.0.1:9464 or :9464")
     return text
 
@@ -195,7 +220,7 @@ class _Key:
 #   [metrics] listen   [metadata] ttl listing_entries   [fuse] workers allow_other   [log] level file
 _KEYS = [
     _Key("lake", "url", _string, "lake_url"),
-    _Key("mount", "mountpoint", _string, "mountpoint"),
+    _Key("mount", "mountpoint", _path, "mountpoint"),
     _Key("mount", "read_only", _bool, "read_only"),
     _Key("mount", "read_only_prefixes", _prefixes, "read_only_prefixes"),
     _Key("mount", "allow_delete", _bool, "allow_delete"),
@@ -238,7 +263,7 @@ _KEYS = [
     _Key("prices", "s3", _prices, "prices_s3"),
     _Key("prices", "gcs", _prices, "prices_gcs"),
     _Key("prices", "azure", _prices, "prices_azure"),
-    _Key("cache", "dir", _string, "cache_dir"),
+    _Key("cache", "dir", _path, "cache_dir"),
     _Key("cache", "size", parse_size, "cache_size"),
     _Key("cache", "ram_size", parse_size, "ram_size"),
     _Key("cache", "block_size", parse_size, "block_size"),
@@ -257,7 +282,7 @@ _KEYS = [
     _Key("fuse", "allow_other", _bool, "allow_other"),
     _Key("fuse", "nonempty", _bool, "allow_nonempty"),
     _Key("log", "level", _log_level, "log_level"),
-    _Key("log", "file", _string, "log_file"),
+    _Key("log", "file", _path, "log_file"),
 ]
 _BY_ATTR = {k.attr: k for k in _KEYS}
 
@@ -430,47 +455,76 @@ def load(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | Non
     return Settings(**values).check()
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """A value for a one-line message: repr (line breaks and control characters escaped), cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 5] + "…" + text[-4:]
+
+
+def as_written(name: str) -> str:
+    """A section or key name as written: bare when it reads as one, quoted when it could break the line."""
+    return name if name.isprintable() and name.strip() == name and name else shown(name)
+
+
 def _parse(key: _Key, raw: Any, origin: str) -> Any:
     try:
         return key.parse(raw)
     except ValueError as exc:
         raise ConfigError(
-            f"{origin}: [{key.section}] {key.name} = {raw!r} is not allowed; expected {exc}"
+            f"{origin}: [{key.section}] {key.name} = {shown(raw)} is not allowed; expected {exc}"
         ) from None
+
+
+#: A file of settings (TOML, metadata JSON) is a few kilobytes; reading stops here (/dev/zero never ends).
+MAX_FILE_BYTES = 16 * 1024**2
 
 
 def read_toml_file(path: Path, what: str = "config file") -> dict[str, Any]:
     """A TOML document, or one line saying why it cannot be had (for every TOML file tierfs reads)."""
+    where = as_written(str(path))
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            raw = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist") from None
+        raise ConfigError(f"{what} {where} does not exist") from None
     except IsADirectoryError:
-        raise ConfigError(f"{what} {path} is a directory, not a TOML file") from None
+        raise ConfigError(f"{what} {where} is a directory, not a TOML file") from None
     except PermissionError:
-        raise ConfigError(f"{what} {path} cannot be read (permission denied)") from None
+        raise ConfigError(f"{what} {where} cannot be read (permission denied)") from None
+    except OSError as exc:  # below a file, a name too long, a symlink loop, an I/O error
+        raise ConfigError(f"{what} {where} cannot be read: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL byte in the path
+        raise ConfigError(f"{what} {where} is not a path a file can have") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{what} {where} is larger than {MAX_FILE_BYTES >> 20} MiB: not a tierfs TOML file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {where} is not UTF-8 (byte {exc.start}); TOML files are UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{what} {where} is not valid TOML: {exc}") from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
     doc = read_toml_file(path)
+    where = as_written(str(path))
     out: dict[str, Any] = {}
     sections = sorted({k.section for k in _KEYS})
     for section, table in doc.items():
         if section not in sections:
             raise ConfigError(
-                f"{path}: unknown section [{section}]; known sections: {', '.join(sections)}"
+                f"{where}: unknown section [{as_written(section)}]; known sections: {', '.join(sections)}"
             )
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}: '{section}' must be a table, written [{section}]")
+            raise ConfigError(f"{where}: '{section}' must be a table, written [{section}]")
         for name, raw in table.items():
             key = next((k for k in _KEYS if k.section == section and k.name == name), None)
             if key is None:
                 names = ", ".join(k.name for k in _KEYS if k.section == section)
                 raise ConfigError(
-                    f"{path}: unknown key [{section}] {name}; keys of [{section}]: {names}"
+                    f"{where}: unknown key [{section}] {as_written(name)}; keys of [{section}]: {names}"
                 )
-            out[key.attr] = _parse(key, raw, origin=str(path))
+            out[key.attr] = _parse(key, raw, origin=where)
     return out
