@@ -41,7 +41,7 @@ from typing import Any
 import trio
 from prometheus_client import Counter, Gauge
 
-from tierfs.config import load, read_toml_file
+from tierfs.config import as_written, load, read_toml_file, shown
 from tierfs.errors import ConfigError, TierfsError
 from tierfs.metrics import REGISTRY
 from tierfs.metrics import serve as serve_metrics
@@ -70,24 +70,33 @@ class Job:
 
 
 def parse_duration(text: Any, where: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", str(text))
-    if not m:
-        raise ConfigError(f"{where} = {text!r}: expected a duration such as 30s, 15m, 6h or 1d")
+    m = re.fullmatch(r"\s*([0-9]{1,9}(?:\.[0-9]{1,9})?)\s*([smhd])\s*", str(text))
+    if not m or float(m.group(1)) * _UNITS[m.group(2)] < 1:  # (0s would run the job back to back, for ever)
+        raise ConfigError(f"{where} = {shown(text)}: expected a duration of 1s or more, such as 30s, 15m, 6h or 1d")
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 def load_jobs(path: Path) -> tuple[dict[str, Any], list[Job]]:
     doc = read_toml_file(path, "sidecar config")
+    path_shown = as_written(str(path))
     extra = set(doc) - {"sidecar", "job"}
     if extra:
-        raise ConfigError(f"{path}: unknown table {sorted(extra)[0]!r}; expected [sidecar] and [[job]]")
+        raise ConfigError(f"{path_shown}: unknown table {sorted(extra)[0]!r}; expected [sidecar] and [[job]]")
+    options, job_tables = doc.get("sidecar", {}), doc.get("job", [])
+    if not isinstance(job_tables, list) or not all(isinstance(t, dict) for t in job_tables):
+        raise ConfigError(f"{path_shown}: 'job' must be tables, each written [[job]]")
+    if not isinstance(options, dict) or set(options) - {"metrics", "store_config"} or not all(
+            isinstance(v, str) for v in options.values()):
+        raise ConfigError(f"{path_shown}: [sidecar] takes metrics = \"HOST:PORT\" and store_config = \"FILE\"")
     jobs = []
-    for i, raw in enumerate(doc.get("job", [])):
+    for i, raw in enumerate(job_tables):
         name = raw.get("name") or f"#{i + 1}"
-        where = f"{path}: job {name!r}"
+        where = f"{path_shown}: job {shown(name)}"
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}: field 'name' must be a string")
         kind = raw.get("kind")
-        if kind not in _FIELDS:
-            raise ConfigError(f"{where}: field 'kind' must be lifecycle or backup (got {kind!r})")
+        if not isinstance(kind, str) or kind not in _FIELDS:
+            raise ConfigError(f"{where}: field 'kind' must be lifecycle or backup (got {shown(kind)})")
         bad = set(raw) - _FIELDS[kind]
         if bad:
             raise ConfigError(f"{where}: unknown field {sorted(bad)[0]!r} for a {kind} job")
@@ -98,18 +107,21 @@ def load_jobs(path: Path) -> tuple[dict[str, Any], list[Job]]:
         if kind == "lifecycle":
             jobs_at_once = raw.get("jobs", 16)
             if isinstance(jobs_at_once, bool) or not isinstance(jobs_at_once, int) or not 1 <= jobs_at_once <= 256:
-                raise ConfigError(f"{where}: field 'jobs' must be a whole number from 1 to 256 (got {jobs_at_once!r})")
+                raise ConfigError(f"{where}: field 'jobs' must be a whole number from 1 to 256 (got {shown(jobs_at_once)})")
             for flag in ("apply", "native"):
                 if not isinstance(raw.get(flag, False), bool):
                     raise ConfigError(f"{where}: field {flag!r} must be true or false")
+        keep = raw.get("keep")
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+            raise ConfigError(f"{where}: field 'keep' must be a whole number of backups, 1 or more")
         every = parse_duration(raw.get("every", "24h"), f"{where}: field 'every'")
         args = {k: v for k, v in raw.items() if k not in ("name", "kind", "every")}
         if kind == "backup":
             args["grace"] = parse_duration(raw.get("grace", "1h"), f"{where}: field 'grace'")
         jobs.append(Job(str(name), kind, every, args))
     if not jobs:
-        raise ConfigError(f"{path}: no [[job]] to run")
-    return doc.get("sidecar", {}), jobs
+        raise ConfigError(f"{path_shown}: no [[job]] to run")
+    return options, jobs
 
 
 def run_job(job: Job, store_config: Path | None) -> str:

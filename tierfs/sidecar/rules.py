@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tierfs.config import read_toml_file
+from tierfs.config import as_written, read_toml_file, shown
 from tierfs.errors import ConfigError
 from tierfs.store.objects import ARCHIVE_CLASSES
 
@@ -133,7 +133,15 @@ _RETENTION_FIELDS = {"dataset", "keep_last", "keep_tagged", "expire_untagged_aft
 
 
 def load_rules(path: Path, provider: str) -> RuleSet:
-    return parse_rules(read_toml_file(path, "rule file"), provider, str(path))
+    return parse_rules(read_toml_file(path, "rule file"), provider, as_written(str(path)))
+
+
+def _tables(doc: dict[str, Any], name: str, where: str) -> list[dict[str, Any]]:
+    """The [[name]] array of tables: anything else under that name is refused (a [name] table, a number)."""
+    value = doc.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ConfigError(f"{where}: {name!r} must be tables, each written [[{name}]]")
+    return value
 
 
 def parse_rules(doc: dict[str, Any], provider: str, where: str = "rules") -> RuleSet:
@@ -142,9 +150,9 @@ def parse_rules(doc: dict[str, Any], provider: str, where: str = "rules") -> Rul
         raise ConfigError(f"{where}: unknown table {sorted(unknown)[0]!r}; expected [[rule]] and [[retention]]")
     out = RuleSet(provider)
     seen: set[str] = set()
-    for i, raw in enumerate(doc.get("rule", [])):
+    for i, raw in enumerate(_tables(doc, "rule", where)):
         rid = raw.get("id")
-        label = f"rule {rid!r}" if isinstance(rid, str) and rid else f"rule #{i + 1}"
+        label = f"rule {shown(rid)}" if isinstance(rid, str) and rid else f"rule #{i + 1}"
         if not isinstance(rid, str) or not rid:
             raise ConfigError(f"{where}: {label}: field 'id' is required (a non-empty string)")
         if rid in seen:
@@ -171,15 +179,20 @@ def parse_rules(doc: dict[str, Any], provider: str, where: str = "rules") -> Rul
                 or rule.noncurrent_expiration_days is not None):
             raise ConfigError(f"{where}: {label}: does nothing; give transitions or an expiration")
         out.rules.append(rule)
-    for i, raw in enumerate(doc.get("retention", [])):
+    for i, raw in enumerate(_tables(doc, "retention", where)):
         label = f"retention #{i + 1}"
         bad = set(raw) - _RETENTION_FIELDS
         if bad:
             raise ConfigError(f"{where}: {label}: unknown field {sorted(bad)[0]!r}")
+        dataset, keep_tagged = raw.get("dataset", "*"), raw.get("keep_tagged", True)
+        if not isinstance(dataset, str) or not dataset:
+            raise ConfigError(f"{where}: {label}: field 'dataset' must be a dataset name or pattern, such as \"img*\"")
+        if not isinstance(keep_tagged, bool):  # (bool("false") is True: a string would keep every snapshot)
+            raise ConfigError(f"{where}: {label}: field 'keep_tagged' must be true or false")
         out.retention.append(Retention(
-            str(raw.get("dataset", "*")),
+            dataset,
             _days(raw.get("keep_last"), f"{where}: {label}: field 'keep_last'"),
-            bool(raw.get("keep_tagged", True)),
+            keep_tagged,
             _days(raw.get("expire_untagged_after_days"), f"{where}: {label}: field 'expire_untagged_after_days'"),
         ))
     return out
@@ -189,7 +202,7 @@ def _days(value: Any, where: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{where} must be a whole number of days, 0 or more (got {value!r})")
+        raise ConfigError(f"{where} must be a whole number of days, 0 or more (got {shown(value)})")
     return value
 
 
@@ -203,10 +216,10 @@ def _transitions(value: Any, provider: str, where: str) -> tuple[Transition, ...
     out = []
     for t in value:
         if not isinstance(t, dict) or set(t) != {"days", "class"}:
-            raise ConfigError(f"{where}: each entry needs exactly 'days' and 'class' (got {t!r})")
+            raise ConfigError(f"{where}: each entry needs exactly 'days' and 'class' (got {shown(t)})")
         days = _days(t["days"], f"{where}: days")
-        if t["class"] not in classes:
-            raise ConfigError(f"{where}: class {t['class']!r} is not {_PROVIDER_NAMES[provider]} storage class; "
+        if not isinstance(t["class"], str) or t["class"] not in classes:
+            raise ConfigError(f"{where}: class {shown(t['class'])} is not {_PROVIDER_NAMES[provider]} storage class; "
                               f"one of: {', '.join(classes)}")
         assert days is not None
         out.append(Transition(days, t["class"]))
