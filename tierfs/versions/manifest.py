@@ -9,23 +9,29 @@ Entries are sorted by (parent directory, name) and cut into parts of at most
 ``PART_ENTRIES``. ``meta.json`` carries the first key and the sha256 of each
 part and a checksum of itself, so that listing one directory reads only the
 parts that hold it (the root's entries are in the first), and a truncated or
-altered manifest is refused instead of half-served. Writing streams: memory
+altered manifest is refused instead of half-served; so is one whose checksums
+match but whose fields or entries are not what tierfs writes (a name with '/'
+or '..', a key outside the lake, entries out of order). Writing streams: memory
 is bounded by one part, whatever the number of files.
 """
 
 from __future__ import annotations
 
 import bisect
+import datetime as dt
 import gzip
 import hashlib
+import itertools
 import json
 import re
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tierfs.config import shown
 from tierfs.errors import TierfsError, UserError
 from tierfs.refs import ObjectRef
 
@@ -36,6 +42,9 @@ FORMAT = "tierfs-manifest 1"
 PART_ENTRIES = 20_000
 
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_INT64 = 2**63
 
 
 class ManifestError(TierfsError):
@@ -44,7 +53,7 @@ class ManifestError(TierfsError):
 
 def validate_name(kind: str, name: str) -> str:
     """Dataset and snapshot names: one path component a user can type."""
-    if not name:
+    if not isinstance(name, str) or not name:
         raise UserError(f"{kind} name is empty")
     if name in (".", "..") or ".." in name.split("/"):
         raise UserError(f"{kind} name {name!r} may not be '.' or '..' or contain '..'")
@@ -52,9 +61,43 @@ def validate_name(kind: str, name: str) -> str:
         raise UserError(f"{kind} name {name!r} may not start with a dot")
     if _BAD_NAME.search(name):
         raise UserError(f"{kind} name {name!r} may not contain '/', '\\' or control characters")
+    if _SURROGATE.search(name):  # (bytes that are not UTF-8, from the command line: no object name in every store)
+        raise UserError(f"{kind} name {name!r} is not valid UTF-8")
     if len(name.encode()) > 200:
         raise UserError(f"{kind} name {name!r} is longer than 200 bytes")
     return name
+
+
+def _dumps(obj: Any, **kw: Any) -> str:
+    """JSON text, UTF-8 as it is, except that a name that is not UTF-8 (a local lake's file
+    names, as os.fsdecode gives them) is written as \\udcXX escapes, which read back the same."""
+    text = json.dumps(obj, ensure_ascii=False, **kw)
+    return json.dumps(obj, ensure_ascii=True, **kw) if _SURROGATE.search(text) else text
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    """What meta.json's checksum covers (surrogatepass: a name that is not UTF-8 has bytes too)."""
+    return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+
+
+def _component(value: Any, what: str) -> str:
+    """One name of a path: a string a filesystem can be given and a POSIX directory can hold."""
+    if not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\0" in value:
+        raise ValueError(f"{what} {shown(value)} is not a file name")
+    value.encode("utf-8", "surrogateescape")  # UnicodeEncodeError (a ValueError) for a lone surrogate
+    return value
+
+
+def _whole(value: Any, what: str, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < _INT64:
+        raise ValueError(f"{what} {shown(value)} is not a whole number from {low} to 2**63")
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} {shown(value)} is not a string")
+    return value
 
 
 def snapshot_dir(dataset: str, name: str) -> str:
@@ -108,15 +151,36 @@ class ManifestEntry:
                 d["e"] = self.etag
             if self.sha256:
                 d["h"] = self.sha256
-        return json.dumps(d, ensure_ascii=False, separators=(",", ":"))
+        return _dumps(d, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, line: str) -> ManifestEntry:
+        """One entry, checked: a ValueError (or KeyError) says what is wrong with it.
+
+        Names become names in a directory and keys become paths in a local
+        lake, so neither may hold '/', '..' or NUL where it should not.
+        """
         d = json.loads(line)
-        if d.get("d"):
-            return cls(d["p"], d["n"], True)
-        return cls(d["p"], d["n"], False, d["s"], d["m"], d["t"], d["k"], d.get("v", ""),
-                   d.get("e", ""), d.get("h", ""), d.get("c", ""))
+        if not isinstance(d, dict):
+            raise ValueError(f"an entry is {type(d).__name__}, not an object")
+        parent = _text(d["p"], "parent")
+        if parent:
+            for c in parent.split("/"):
+                _component(c, "parent")
+        name = _component(d["n"], "name")
+        is_dir = d.get("d", 0)
+        if is_dir not in (0, 1):
+            raise ValueError(f"'d' of {name!r} is {shown(is_dir)}")
+        if is_dir:
+            return cls(parent, name, True)
+        key = _text(d["k"], "key")
+        parts = key.split("/")
+        if not key or key.startswith("/") or ".." in parts or "\0" in key:
+            raise ValueError(f"key {shown(key)} is not a key inside the lake")
+        key.encode("utf-8", "surrogateescape")
+        return cls(parent, name, False, _whole(d["s"], "size"), _whole(d["m"], "mode"),
+                   _whole(d["t"], "mtime", -_INT64), key, _text(d.get("v", ""), "version"),
+                   _text(d.get("e", ""), "etag"), _text(d.get("h", ""), "sha256"), _text(d.get("c", ""), "cache id"))
 
 
 @dataclass
@@ -141,24 +205,73 @@ class SnapshotMeta:
             "creator": self.creator, "metadata": self.metadata, "file_count": self.file_count,
             "dir_count": self.dir_count, "total_size": self.total_size, "parts": self.parts,
         }
-        canon = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        body["checksum"] = hashlib.sha256(canon.encode()).hexdigest()
-        return json.dumps(body, sort_keys=True, ensure_ascii=False, indent=1).encode()
+        body["checksum"] = hashlib.sha256(_canonical(body)).hexdigest()
+        return _dumps(body, sort_keys=True, indent=1).encode()
 
     @classmethod
     def from_json(cls, raw: bytes, where: str) -> SnapshotMeta:
         try:
             body = json.loads(raw)
             checksum = body.pop("checksum")
-        except (ValueError, KeyError, AttributeError, TypeError):
+        except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
             raise ManifestError(f"manifest {where} is truncated or not JSON: it cannot be served; delete and recreate the snapshot") from None
-        canon = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        if hashlib.sha256(canon.encode()).hexdigest() != checksum:
+        if hashlib.sha256(_canonical(body)).hexdigest() != checksum:
             raise ManifestError(f"manifest {where} fails its checksum (corrupt or edited): it cannot be served")
         if body.get("format") != FORMAT:
-            raise ManifestError(f"manifest {where} has format {body.get('format')!r}; this tierfs reads {FORMAT!r}")
+            raise ManifestError(f"manifest {where} has format {shown(body.get('format'))}; this tierfs reads {FORMAT!r}")
         body.pop("format")
+        try:
+            _check_meta(body)
+        except (ValueError, TypeError) as exc:
+            # A checksum that matches does not make a body right (a writer's bug, a hand edit).
+            raise ManifestError(f"manifest {where} is malformed ({exc}): it cannot be served") from None
+        if f"{body['dataset']}@{body['name']}" != where:  # its parts would be read from that other snapshot
+            raise ManifestError(f"manifest {where} says it is {body['dataset']}@{body['name']}: it cannot be served")
         return cls(**body)
+
+
+_META_TEXT = ("dataset", "name", "prefix", "mode", "message", "created_at", "creator")
+_META_COUNTS = ("file_count", "dir_count", "total_size")
+_PART_FIELDS = {"first", "count", "sha256", "bytes"}
+
+
+def _check_meta(body: dict[str, Any]) -> None:
+    """Every field of meta.json there, of its type and range; parts in order. Raises ValueError."""
+    expected = set(_META_TEXT) | set(_META_COUNTS) | {"metadata", "parts"}
+    if set(body) != expected:
+        odd = sorted(set(body) ^ expected)[0]
+        raise ValueError(f"field {odd!r} is {'missing' if odd in expected else 'unknown'}")
+    for f in _META_TEXT:
+        _text(body[f], f)
+    for f in _META_COUNTS:
+        _whole(body[f], f)
+    for kind in ("dataset", "name"):
+        try:
+            validate_name(kind, body[kind])
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+    if body["mode"] not in ("pinned", "copy"):
+        raise ValueError(f"mode {shown(body['mode'])} is neither pinned nor copy")
+    dt.datetime.fromisoformat(body["created_at"])  # (retention reads it)
+    if not isinstance(body["metadata"], dict):
+        raise ValueError("metadata is not an object")
+    parts = body["parts"]
+    if not isinstance(parts, list):
+        raise ValueError("parts is not a list")
+    last: tuple[str, str] | None = None
+    for i, p in enumerate(parts):
+        if not isinstance(p, dict) or set(p) != _PART_FIELDS:
+            raise ValueError(f"part {i} is not {{first, count, sha256, bytes}}")
+        first = p["first"]
+        if not (isinstance(first, list) and len(first) == 2 and all(isinstance(x, str) for x in first)):
+            raise ValueError(f"part {i}: first is not [parent, name]")
+        if last is not None and tuple(first) <= last:
+            raise ValueError(f"part {i} does not start after part {i - 1}")
+        last = (first[0], first[1])
+        _whole(p["count"], f"part {i}: count", 1)
+        _whole(p["bytes"], f"part {i}: bytes")
+        if not isinstance(p["sha256"], str) or not _SHA256.fullmatch(p["sha256"]):
+            raise ValueError(f"part {i}: sha256 is not 64 hex digits")
 
 
 class ManifestWriter:
@@ -197,6 +310,29 @@ class ManifestWriter:
                            "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)})
         self._buf = []
         self._first = None
+
+
+def decode_part(raw: bytes, where: str, i: int, info: dict[str, Any], after: tuple[Any, ...] | None) -> list[ManifestEntry]:
+    """The entries of part ``i`` (its checksum already checked), or a ManifestError saying why not.
+
+    A checksum that matches does not make the entries right, so each is checked
+    (ManifestEntry.from_json), and their order: lookups bisect on the entries and on
+    meta.json's first keys, and would miss, or find another entry, were either off.
+    ``after`` is the first key of the next part.
+    """
+    try:
+        # split("\n"), not splitlines(): a name may hold \x85 or \u2028, which JSON leaves as they are.
+        lines = gzip.decompress(raw).decode().split("\n")
+        entries = [ManifestEntry.from_json(ln) for ln in lines if ln]
+    except (OSError, zlib.error, ValueError, KeyError, EOFError, RecursionError) as exc:
+        raise ManifestError(f"manifest {where}: part {i} cannot be read ({shown(str(exc), 120)})") from None
+    if len(entries) != info["count"]:
+        raise ManifestError(f"manifest {where}: part {i} has {len(entries)} entries, meta says {info['count']}")
+    keys = [e.sort_key for e in entries]
+    if (any(a >= b for a, b in itertools.pairwise(keys)) or keys[0] != tuple(info["first"])
+            or (after is not None and keys[-1] >= after)):
+        raise ManifestError(f"manifest {where}: part {i} is out of order: it cannot be served")
+    return entries
 
 
 class ManifestPart:
@@ -251,6 +387,9 @@ class ManifestReader:
 
     @classmethod
     def open(cls, dataset: str, name: str, fetch: Callable[[str], bytes]) -> ManifestReader:
+        # Checked here, where a name becomes a key: '..' in either would read a meta.json from elsewhere.
+        validate_name("dataset", dataset)
+        validate_name("snapshot", name)
         try:
             raw = fetch(meta_key(dataset, name))
         except (FileNotFoundError, TierfsError) as exc:
@@ -311,13 +450,8 @@ class ManifestReader:
         info = self.meta.parts[i]
         if hashlib.sha256(raw).hexdigest() != info["sha256"]:
             raise ManifestError(f"manifest {self.where}: part {i} fails its checksum (corrupt or truncated)")
-        try:
-            lines = gzip.decompress(raw).decode().splitlines()
-            part = ManifestPart([ManifestEntry.from_json(ln) for ln in lines if ln])
-        except (OSError, ValueError, KeyError, EOFError) as exc:
-            raise ManifestError(f"manifest {self.where}: part {i} cannot be read ({exc})") from None
-        if len(part.entries) != info["count"]:
-            raise ManifestError(f"manifest {self.where}: part {i} has {len(part.entries)} entries, meta says {info['count']}")
+        after = self._firsts[i + 1] if i + 1 < len(self._firsts) else None
+        part = ManifestPart(decode_part(raw, self.where, i, info, after))
         with self._lock:
             self._cache[i] = part
             while len(self._cache) > self._cached_parts:
