@@ -130,14 +130,14 @@ class TierfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def _ref(self, path: str) -> ObjectRef:
         reader, _head, inner = self._split(path)
         if reader is None or not inner:
-            raise IsADirectoryError(path)
+            raise IsADirectoryError(f"{path or 'tierfs://'} is a directory (a snapshot, or the list of them)")
         parent, _, name = inner.rpartition("/")
         e = reader.lookup(parent, name)
         if e is None:
             raise FileNotFoundError(path)
         ref = e.ref()
         if ref is None:
-            raise IsADirectoryError(path)
+            raise IsADirectoryError(f"{path} is a directory")
         return ref
 
     def read_ref(self, ref: ObjectRef, start: int, end: int) -> bytes:

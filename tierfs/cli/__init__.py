@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 import click
 
 from tierfs import __version__
-from tierfs.errors import StoreError, UserError
+from tierfs.errors import TierfsError
 
 log = logging.getLogger("tierfs")
 
@@ -26,6 +27,15 @@ def setup_logging(level: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for name in _CLIENT_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, level))
+
+
+# What str.splitlines() breaks on: a message holding one (from a name, a path, a value) would be two lines.
+_LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line: each line break written as its escape."""
+    return _LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def main() -> None:
@@ -42,14 +52,15 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("tierfs: aborted", err=True)
         sys.exit(1)
-    except (UserError, StoreError) as exc:
-        click.echo(f"tierfs: error: {exc}", err=True)
+    except TierfsError as exc:  # every error raised on purpose (bad input, a store, a corrupt manifest) has its line
+        click.echo(f"tierfs: error: {one_line(str(exc))}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # a bug: say so in one line, details in the log at debug level
         log.debug("unexpected error", exc_info=True)
-        click.echo(f"tierfs: internal error: {type(exc).__name__}: {exc} (rerun with TIERFS_DEBUG=1 for details)", err=True)
+        click.echo(f"tierfs: internal error: {type(exc).__name__}: {one_line(str(exc))} "
+                   "(rerun with TIERFS_DEBUG=1 for details)", err=True)
         if os.environ.get("TIERFS_DEBUG"):
             raise
         sys.exit(1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from tierfs.cli import cli
-from tierfs.config import Settings, format_size, load, parse_size
+from tierfs.config import Settings, format_size, load, parse_size, shown
 from tierfs.errors import NotFound, UserError
 from tierfs.store.objects import ObjectStore
 
@@ -70,10 +70,15 @@ def cp(src: str, dst: str, config_file: Path | None, part_size: str | None, jobs
         raise UserError(f"access to {url} was refused ({exc}): check the credentials") from None
     except (NotFound, FileNotFoundError):
         raise UserError(f"{url}: the bucket or prefix does not exist") from None
+    except OSError as exc:  # the local side: a name too long, a directory where a file goes, a full disk
+        raise UserError(f"cannot copy {src} to {dst}: {exc.strerror or exc}") from None
 
 
 def _sizes(settings: Settings, part_size: str | None, jobs: int | None) -> tuple[int, int]:
-    size = parse_size(part_size) if part_size else settings.part_size
+    try:
+        size = parse_size(part_size) if part_size else settings.part_size
+    except ValueError as exc:
+        raise UserError(f"--part-size {shown(part_size)}: expected {exc}") from None
     if size < 5 * 1024**2:
         raise UserError(f"--part-size {part_size}: must be 5MiB at least (S3's smallest part)")
     return size, jobs or settings.upload_concurrency
@@ -90,7 +95,8 @@ def _upload(src: Path, dst: str, config_file: Path | None, part_size: str | None
     size, concurrency = _sizes(settings, part_size, jobs)
     uploader = Uploader(store, size, concurrency)
     # The resume state is named by what is copied where: the same command resumes.
-    tag = hashlib.sha256(f"{src.resolve()}\0{dst}".encode()).hexdigest()[:16]
+    # (surrogateescape: a local name that is not UTF-8 has its bytes all the same)
+    tag = hashlib.sha256(f"{src.resolve()}\0{dst}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
     state_dir = settings.resolved_cache_dir().parent / "cp"
     state_dir.mkdir(parents=True, exist_ok=True)
     state_path = state_dir / f"{tag}.json"

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from tierfs.cli import cli
-from tierfs.config import format_size, load
+from tierfs.config import MAX_FILE_BYTES, format_size, load
 from tierfs.errors import UserError
 from tierfs.store.objects import ObjectStore
 
@@ -47,7 +47,7 @@ def snapshot() -> None:
               help="A JSON object of user metadata.")
 @click.option("--mode", type=click.Choice(["auto", "pinned", "copy"]), default="auto", show_default=True,
               help="pinned: record version ids (versioned stores); copy: content-addressed copies.")
-@click.option("--jobs", default=8, show_default=True, help="Objects copied in parallel.")
+@click.option("--jobs", default=8, show_default=True, type=click.IntRange(min=1), help="Objects copied in parallel.")
 @_CONFIG
 def snapshot_create(lake_url: str, dataset_prefix: str, name: str, dataset: str | None, message: str,
                     metas: tuple[str, ...], meta_file: Path | None, mode: str, jobs: int,
@@ -82,7 +82,10 @@ def snapshot_create(lake_url: str, dataset_prefix: str, name: str, dataset: str 
 def snapshot_list(lake_url: str, dataset: str | None, as_json: bool, config_file: Path | None) -> None:
     """List datasets and their snapshots (one snapshot a line, oldest first)."""
     from tierfs.versions.catalog import list_datasets, list_snapshots
+    from tierfs.versions.manifest import validate_name
 
+    if dataset:
+        validate_name("dataset", dataset)  # (a '..' in it would list somewhere else)
     store = open_lake(lake_url, config_file)
     for ds in [dataset] if dataset else list_datasets(store):
         for m in list_snapshots(store, ds):
@@ -174,6 +177,9 @@ def gc(lake_url: str, dry_run: bool, grace: float, config_file: Path | None) -> 
 
     from tierfs.versions.catalog import gc as run_gc
 
+    if not grace >= 0:  # (written so: NaN compares false with every age, and would keep no copy at all)
+        raise click.BadParameter(f"{grace} is not a number of seconds, 0 or more", param_hint="'--grace'")
+
     store = open_lake(lake_url, config_file)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), transient=True,
                   disable=not sys.stderr.isatty()) as bar:
@@ -194,8 +200,14 @@ def _metadata(metas: tuple[str, ...], meta_file: Path | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if meta_file is not None:
         try:
-            loaded = json.loads(meta_file.read_text())
-        except ValueError as exc:
+            with meta_file.open("rb") as fh:
+                raw = fh.read(MAX_FILE_BYTES + 1)  # (a device such as /dev/zero never ends)
+            if len(raw) > MAX_FILE_BYTES:
+                raise UserError(f"--meta-file {meta_file} is larger than {MAX_FILE_BYTES >> 20} MiB")
+            loaded = json.loads(raw)
+        except OSError as exc:
+            raise UserError(f"--meta-file {meta_file} cannot be read: {exc.strerror}") from None
+        except (ValueError, RecursionError) as exc:  # (not UTF-8 is a ValueError too; RecursionError: [[[[…)
             raise UserError(f"--meta-file {meta_file} is not valid JSON: {exc}") from None
         if not isinstance(loaded, dict):
             raise UserError(f"--meta-file {meta_file} must hold a JSON object")
@@ -206,7 +218,7 @@ def _metadata(metas: tuple[str, ...], meta_file: Path | None) -> dict[str, Any]:
             raise UserError(f"--meta {item!r}: expected KEY=VALUE")
         try:
             out[key] = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON: the text itself
             out[key] = value
     return out
 

@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -35,19 +36,40 @@ def find_mount(path: Path) -> Path:
     return Path(best)
 
 
+def _lines(list_file: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a warm list, which is UTF-8 text (as the mount reads it); one line if it is not."""
+    n = 0
+    try:
+        with open(list_file, encoding="utf-8") as src:
+            for n, line in enumerate(src, 1):
+                yield n, line
+    except UnicodeDecodeError:
+        raise UserError(f"{list_file}: line {n + 1} is not UTF-8; a warm list is UTF-8 text, one path a line") from None
+    except OSError as exc:
+        raise UserError(f"{list_file} cannot be read: {exc.strerror}") from None
+
+
 def start_warm(mountpoint: Path, rel_paths: list[str] | None, list_file: Path | None, jobs: int, lead: int) -> None:
     """Hand a list to the mount's daemon (through an extended attribute of its root)."""
     with tempfile.NamedTemporaryFile("w", prefix="tierfs-warm-", suffix=".txt", delete=False, encoding="utf-8") as tmp:
-        if rel_paths is not None:
-            tmp.writelines(p + "\n" for p in rel_paths)
-        else:
-            assert list_file is not None
-            root = str(mountpoint).rstrip("/") + "/"
-            with open(list_file, encoding="utf-8") as src:
-                for line in src:
+        try:
+            if rel_paths is not None:
+                for p in rel_paths:
+                    if not _is_utf8(p):
+                        raise UserError(f"{p!r} is not a UTF-8 name; a warm list (which the mount reads) "
+                                        "can name UTF-8 paths only")
+                    tmp.write(p + "\n")
+            else:
+                assert list_file is not None
+                root = str(mountpoint).rstrip("/") + "/"
+                for _n, line in _lines(list_file):
                     p = line.strip()
                     if p:
                         tmp.write((p[len(root):] if p.startswith(root) else p.lstrip("/")) + "\n")
+        except BaseException:
+            tmp.close()
+            os.unlink(tmp.name)
+            raise
     try:
         os.setxattr(mountpoint, WARM_XATTR, json.dumps({"list": tmp.name, "jobs": jobs, "lead": lead}).encode())
     except OSError as exc:
@@ -109,9 +131,16 @@ def warm(paths: tuple[Path, ...], list_file: Path | None, jobs: int, lead: int |
                + (f"; {prog['failed']} failed" if prog["failed"] else "") + f" ({prog['state']})")
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a name os.fsdecode made from bytes that are not UTF-8
+        return False
+    return True
+
+
 def _first_listed(list_file: Path) -> Path:
-    with open(list_file, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip().startswith("/"):
-                return Path(line.strip())
+    for _n, line in _lines(list_file):
+        if line.strip().startswith("/"):
+            return Path(line.strip())
     raise UserError(f"{list_file}: give PATHS (a mount) too when the list holds relative paths")
