@@ -287,6 +287,29 @@ def test_config_opens_a_lake(tmp_path: Path, doc: dict[str, Any], memory: bool) 
     assert_cli_outcome(code, err)
 
 
+OPTION_NAMES = st.sampled_from(["config", "cache_dir", "cache_size", "ram_size", "block_size", "metadata_ttl",
+                                 "log_file", "log_level", "metrics", "read_only_prefixes", "ro", "rw", "allow_other",
+                                 "nonempty", "no_delete", "allow_readable_secrets", "foreground", "f", "_netdev",
+                                 "x-systemd.automount", "comment=x", "defaults", "nope", "cache-size", ""])
+MOUNT_OPTIONS = st.lists(st.builds(lambda n, eq, v: f"{n}{eq}{v}", st.one_of(OPTION_NAMES, st.text(max_size=6)),
+                                   st.sampled_from(["", "=", "=="]), st.one_of(SIZES, WORDS, st.text(max_size=8))),
+                         max_size=4).map(",".join)
+
+
+@given(groups=st.lists(MOUNT_OPTIONS, max_size=3))
+@example(groups=["cache_size=" + "9" * 400])
+@example(groups=["metadata_ttl=nan,read_only_prefixes=a:b::c"])
+def test_mount_options(groups: list[str]) -> None:
+    """-o options as fstab gives them: parsed and loaded, or one line saying which one is wrong."""
+    from tierfs.cli import mount_options
+
+    opts, _ = outcome(lambda: mount_options.parse(tuple(groups)), ConfigError)
+    if opts is not None:
+        settings, _ = outcome(lambda: load(None, {**opts.overrides, "lake_url": "memory://x"}), ConfigError)
+        if settings is not None:
+            assert_sane(settings)
+
+
 VALID_CONFIG = (b'[lake]\nurl = "memory://x"\n[cache]\nsize = "2GiB"\nblock_size = "1MiB"\nmin_free = "5%"\n'
                 b'[store]\nretries = 3\ntimeout = 2.5\noptions = { a = 1 }\n[metrics]\nlisten = ":9464"\n'
                 b'[prices]\ns3 = { STANDARD = 0.023 }\n[fuse]\nallow_other = true\n')
@@ -1040,8 +1063,11 @@ def test_cli_name_not_utf8_creates_nothing(lake_with_snapshot: tuple[Path, Objec
 
 
 @pytest.mark.mount
-def test_warm_list_with_odd_lines_on_a_mount(lake: Path, tmp_path: Path) -> None:
-    """A warm list of odd lines on a real mount: refused in one line or warmed; the mount keeps serving."""
+def test_odd_arguments_on_a_mount(lake: Path, tmp_path: Path) -> None:
+    """Warm lists of odd lines and odd --watch intervals on a real mount: one line or done; the mount keeps serving.
+
+    (--watch nan or inf passed click's FloatRange, and time.sleep() raised: 'internal error'.)
+    """
     lists = {
         "not-utf8": b"datasets/toy/train/cat/0001.jpg\n/\xff\xfe\n",
         "odd": "\n".join(["datasets/toy/train/dog/0001.jpg", "../../etc/passwd", "/" * 50, "x" * 5000, "a\tb",
@@ -1056,6 +1082,10 @@ def test_warm_list_with_odd_lines_on_a_mount(lake: Path, tmp_path: Path) -> None
             else:
                 assert "warmed" in res.stdout
             assert (m.mountpoint / "datasets/toy/train/cat/0001.jpg").read_bytes() == b"c" * 1000
+        for watch in ("nan", "inf"):
+            res = run_tierfs("stats", str(m.mountpoint), "--watch", watch, timeout=30)
+            assert res.returncode == 2 and "Error: " in res.stderr and "Traceback" not in res.stderr, res.stderr
+        assert run_tierfs("stats", str(m.mountpoint), timeout=30).returncode == 0
     assert (lake / "datasets/toy/train/dog/0001.jpg").read_bytes() == b"d" * 2000
 
 

@@ -141,6 +141,8 @@ def umount(mountpoint: Path, lazy: bool, timeout: float) -> None:
               help="Print what happened in each interval of SECONDS (rates per second) until Ctrl-C.")
 def stats(mountpoint: Path, as_json: bool, watch: float | None) -> None:
     """Hits, misses and bytes per tier, and backend traffic, of a running mount."""
+    if watch is not None and not watch < 1e9:  # FloatRange lets NaN and infinity by; time.sleep() takes neither
+        raise click.BadParameter(f"{watch} is not a number of seconds", param_hint="'--watch'")
     data = _read_stats(mountpoint)
     if watch:
         try:
