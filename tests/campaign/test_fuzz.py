@@ -729,6 +729,8 @@ def part_line_case(line: str, index: int = 0) -> dict[str, bytes]:
     pytest.param(lambda: part_line_case('{"p":"","n":"\\ud800","s":1,"m":420,"t":0,"k":"x","c":""}'), id="name-lone-surrogate"),
     pytest.param(lambda: part_line_case('{"p":"","n":"zz","s":1,"m":420,"t":0,"k":"x","c":""}'), id="entries-out-of-order"),
     pytest.param(lambda: part_line_case("[" * 100_000), id="entry-deep-nesting"),
+    # (found by the long run: a mode past the permission bits)
+    pytest.param(lambda: part_line_case('{"p":"","n":"a","s":1,"m":4096,"t":0,"k":"x","c":""}'), id="mode-not-permissions"),
 ])
 def test_manifest_refused(make: Callable[[], dict[str, bytes]]) -> None:
     """The crashes and the silent misreadings the fuzzing found: each is now a ManifestError, one line."""

@@ -178,7 +178,10 @@ class ManifestEntry:
         if not key or key.startswith("/") or ".." in parts or "\0" in key:
             raise ValueError(f"key {shown(key)} is not a key inside the lake")
         key.encode("utf-8", "surrogateescape")
-        return cls(parent, name, False, _whole(d["s"], "size"), _whole(d["m"], "mode"),
+        mode = _whole(d["m"], "mode")
+        if mode > 0o7777:  # permission bits only (tierfs writes 0o644)
+            raise ValueError(f"mode {mode:o} of {name!r} is more than permission bits")
+        return cls(parent, name, False, _whole(d["s"], "size"), mode,
                    _whole(d["t"], "mtime", -_INT64), key, _text(d.get("v", ""), "version"),
                    _text(d.get("e", ""), "etag"), _text(d.get("h", ""), "sha256"), _text(d.get("c", ""), "cache id"))
 
