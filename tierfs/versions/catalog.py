@@ -86,6 +86,8 @@ def delete_snapshot(store: ObjectStore, dataset: str, name: str, created_at: str
     evaluated), not one made again under the same name since; UserError if
     it is another. The copies it referenced stay until ``gc``.
     """
+    validate_name("dataset", dataset)  # before the names become a key ('..', NUL)
+    validate_name("snapshot", name)
     base = snapshot_dir(dataset, name)
     try:
         ref = store.stat(f"{base}/meta.json").ref
