@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,9 @@ async def test_upload_failure_is_eio_and_the_bytes_stay_staged(comps: Any) -> No
     assert not store.exists("ds/ckpt.pt")
     assert await ops.read(fh, 0, 9000) == b"W" * 9000  # staged bytes, readable
     staging = comps.writer.staging.root
-    records = [p.read_text() for p in staging.glob("*.json") if not p.name.endswith(".upload.json")]
-    assert records == ['{"key": "ds/ckpt.pt", "state": "pending"}']  # journalled for a restart
+    records = [json.loads(p.read_text()) for p in staging.glob("*.json") if not p.name.endswith(".upload.json")]
+    # journalled for a restart, with the size and checksum of what was closed
+    assert [(r["key"], r["state"], r["size"]) for r in records] == [("ds/ckpt.pt", "pending", 9000)]
     assert comps.stats()["writes"]["pending_uploads"] == 1
     await ops.fsync(fh, False)  # the store is back: the next fsync uploads it
     assert store.read_all("ds/ckpt.pt") == b"W" * 9000

@@ -12,14 +12,14 @@ import pytest
 from tierfs.errors import StoreError
 from tierfs.store.objects import ObjectStore
 from tierfs.store.upload import Uploader
-from tierfs.write.staging import DIRTY, PENDING, Staging
+from tierfs.write.staging import DIRTY, Staging
 
 
 def test_leftovers_upload_pending_and_set_aside_unclosed(tmp_path: Path) -> None:
     staging = Staging(tmp_path / "staging")
     closed = staging.create("models/a.pt")
     os.pwrite(closed.fd, b"closed bytes", 0)
-    staging.mark(closed, PENDING)
+    staging.seal(closed)  # what a close does: the bytes on disk, then the pending record
     open_one = staging.create("logs/b.txt")
     os.pwrite(open_one.fd, b"half", 0)
     staging.mark(open_one, DIRTY)
@@ -28,7 +28,8 @@ def test_leftovers_upload_pending_and_set_aside_unclosed(tmp_path: Path) -> None
     staging.close()  # the daemon dies here
 
     again = Staging(tmp_path / "staging")
-    pending, unclosed = again.leftovers()
+    left = again.leftovers()
+    pending, unclosed = left.pending, left.unclosed
     assert [(sf.key, sf.size, sf.dirty) for sf in pending] == [("models/a.pt", 12, True)]
     assert os.pread(pending[0].fd, 100, 0) == b"closed bytes"
     assert unclosed == ["logs/b.txt"]

@@ -1,15 +1,23 @@
 """The disk tier's index: which blocks are on disk, their size, checksum and age.
 
-Four LMDB databases:
+Five LMDB databases:
 
 - ``blocks``  digest -> (size, checksum, access stamp)
 - ``lru``     access stamp + digest -> ''   (ordered oldest first: eviction order)
 - ``probation`` the same, for blocks never hit since they landed (the
   ``stable`` policy keeps them apart and evicts the newest of them first)
 - ``pending`` digest -> b'L' (landing) or b'E' (evicting): the blocks whose file
-  and index entry may disagree if the process dies now. Start-up repairs only
-  these, so a crash never costs a rescan of the whole cache.
-- ``meta``    totals (bytes, entries), the access clock, and the clean flag.
+  and index entry may disagree if the process dies now.
+- ``meta``    totals (bytes, entries) and the access clock.
+
+Beside them, ``state.json`` says whether the index was closed cleanly (and
+synced to disk then), or is open, since which boot of the system. After a
+clean close nothing is checked. After an unclean start (``unclean`` says why)
+the disk tier checks every entry against its block file (``entries_after``,
+``repair``); if the system itself went down while the index was open, the
+LMDB file may be torn, and it is first copied entry by entry into a new one
+in a child process (``_rebuild``), since reading a torn file can abort the
+process that reads it.
 
 The access stamp is a logical clock, not wall time: strictly increasing, so the
 LRU order is exact and immune to clock steps.
@@ -17,26 +25,96 @@ LRU order is exact and immune to clock steps.
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import struct
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 
 import lmdb
 
+from tierfs import statefile
+
+log = logging.getLogger(__name__)
+
 _ENTRY = struct.Struct(">QQQ")  # size, checksum, stamp
 _U64 = struct.Struct(">Q")
 LANDING = b"L"
 EVICTING = b"E"
+STATE = "state.json"
+_DBS = ("blocks", "lru", "probation", "pending", "meta")
+_REBUILD_SECONDS = 90  # so that the mount, checked after, still has a chance to be ready within its 120 s
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+# Run in a child process: copies every entry the old file still yields into a
+# new LMDB file, the blocks first, committing as it goes. A torn page makes
+# LMDB abort (an assertion in its C code) or raise; either way only the child
+# dies, and what it committed before is a whole LMDB file all the same (an
+# LMDB file survives the death of its writer): the parent goes on with that,
+# and ``repair`` rebuilds the orders and totals it may lack.
+_REBUILD = textwrap.dedent("""
+    import sys, lmdb
+    src, dst, map_size, names = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+    old = lmdb.open(src, readonly=True, lock=False, max_dbs=len(names), map_size=map_size, readahead=False)
+    new = lmdb.open(dst, map_size=map_size, max_dbs=len(names), sync=False, metasync=False)
+    for name in names:
+        with old.begin() as rt:
+            try:
+                sdb = old.open_db(name.encode(), txn=rt, create=False)
+            except lmdb.NotFoundError:
+                continue
+            ndb = new.open_db(name.encode())
+            wt = new.begin(write=True, db=ndb)
+            for n, (k, v) in enumerate(rt.cursor(db=sdb), 1):
+                wt.put(k, v)
+                if n % 1000 == 0:
+                    wt.commit()
+                    wt = new.begin(write=True, db=ndb)
+            wt.commit()
+    new.sync(True)
+    new.close()
+""")
+_REBUILT_DBS = ("blocks", "probation", "lru", "meta")  # (pending marks are cleared by repair)
+
+
+def _u64(raw: bytes | memoryview | None) -> int:
+    """A counter of ``meta``; 0 if absent (or unreadable: what a torn file left, until repair)."""
+    return _U64.unpack(raw)[0] if raw is not None and len(raw) == _U64.size else 0
+
+
+def boot_id() -> str:
+    """This boot of the system ('' where it cannot be told)."""
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
 
 
 class BlockIndex:
     def __init__(self, path: Path, map_size: int = 1 << 34):
+        self.path = path
+        self.map_size = map_size
+        self._recover_dir()
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # sync=False: the cache can always be rebuilt and every block is
-        # checksummed, so an OS crash losing the last transactions is harmless;
-        # a kill -9 loses nothing (the pages are in the kernel already).
+        #: Why the index must be checked against the block files ('' after a clean close).
+        self.unclean = self._unclean()
+        if self.unclean.startswith("the system went down"):
+            self._rebuild()
+        # sync=False: no fsync per transaction, which would cost a few ms for
+        # every block landing and evicted, serialized behind LMDB's one writer.
+        # That is sound because of the state file: it says "open" on disk
+        # before this run writes anything, and "closed" only after a full sync
+        # at close, so an index that lost or tore transactions in a crash of
+        # the system is never trusted but checked (and, being possibly torn,
+        # first rebuilt apart). A kill -9 loses nothing: every committed page
+        # is in the kernel already. And every block is checked against its
+        # checksum when it is read.
         self.env = lmdb.open(
-            str(path), map_size=map_size, max_dbs=5, sync=False, metasync=False,
+            str(path), map_size=map_size, max_dbs=len(_DBS), sync=False, metasync=False,
             max_readers=512, readahead=False,
         )
         self._blocks = self.env.open_db(b"blocks")
@@ -46,7 +124,61 @@ class BlockIndex:
         self._meta = self.env.open_db(b"meta")
         with self.env.begin(db=self._meta) as txn:
             raw = txn.get(b"clock")
-        self._clock = _U64.unpack(raw)[0] if raw else 0
+        self._clock = _u64(raw)
+        statefile.save(path / STATE, {"open": True, "boot": boot_id(), "pid": os.getpid()})
+
+    def _unclean(self) -> str:
+        state = statefile.load(self.path / STATE)
+        if not (self.path / "data.mdb").exists():
+            return "it is new"  # (nothing to trust: block files a lost index left are removed)
+        if isinstance(state, dict) and state.get("open") is False:
+            return ""
+        boot = boot_id()
+        if isinstance(state, dict) and state.get("open") and boot and state.get("boot") == boot:
+            return "the last run did not close it: killed, or it crashed"
+        if state is None:
+            return "the system went down while it was open, or an older tierfs left it: no record of a clean close"
+        return "the system went down while it was open: a power cut?"
+
+    def _rebuild(self) -> None:
+        """Replace the LMDB file with a copy, made in a child process, of what it still holds."""
+        fresh, old = self._sibling("rebuilt"), self._sibling("torn")
+        shutil.rmtree(fresh, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        try:
+            res = subprocess.run([sys.executable, "-P", "-c", _REBUILD, str(self.path), str(fresh),
+                                  str(self.map_size), *_REBUILT_DBS],
+                                 capture_output=True, text=True, timeout=_REBUILD_SECONDS)
+            why = "" if res.returncode == 0 else (
+                f"exit {res.returncode}: {(res.stderr.strip().splitlines() or ['?'])[-1]}")
+        except subprocess.TimeoutExpired:
+            why = f"no copy within {_REBUILD_SECONDS} s"
+        if not (fresh / "data.mdb").exists():
+            shutil.rmtree(fresh, ignore_errors=True)
+            fresh.mkdir(mode=0o700)
+            log.warning("disk cache: the index in %s may be torn (%s) and cannot be read (%s); it starts afresh, "
+                        "and the block files it named are removed", self.path, self.unclean, why)
+        elif why:
+            log.warning("disk cache: the index in %s may be torn (%s) and could be read only in part (%s); "
+                        "rebuilt from that part, the block files of the rest are removed", self.path, self.unclean,
+                        why)
+        else:
+            log.warning("disk cache: the index in %s may be torn (%s); rebuilt from what it still holds",
+                        self.path, self.unclean)
+        os.replace(self.path, old)
+        os.replace(fresh, self.path)  # (the state file is written once it is open)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _recover_dir(self) -> None:
+        """Finish a ``_rebuild`` that a crash interrupted between its two renames."""
+        fresh = self._sibling("rebuilt")
+        if not self.path.exists() and (fresh / "data.mdb").exists():
+            os.replace(fresh, self.path)  # (the child is done with it: a whole LMDB file)
+        shutil.rmtree(fresh, ignore_errors=True)
+        shutil.rmtree(self._sibling("torn"), ignore_errors=True)
+
+    def _sibling(self, tag: str) -> Path:
+        return self.path.with_name(f"{self.path.name}.{tag}")
 
     # -- reads ----------------------------------------------------------
     def lookup(self, digest: bytes) -> tuple[int, int] | None:
@@ -60,7 +192,7 @@ class BlockIndex:
     def totals(self) -> tuple[int, int]:
         with self.env.begin(db=self._meta) as txn:
             b, n = txn.get(b"bytes"), txn.get(b"entries")
-        return (_U64.unpack(b)[0] if b else 0, _U64.unpack(n)[0] if n else 0)
+        return _u64(b), _u64(n)
 
     def oldest(self, limit: int) -> list[tuple[bytes, int]]:
         """Up to ``limit`` (digest, size) pairs, least recently used first."""
@@ -93,14 +225,21 @@ class BlockIndex:
         with self.env.begin(db=self._pending) as txn:
             return [(bytes(k), bytes(v)) for k, v in txn.cursor()]
 
-    def was_clean(self) -> bool:
-        with self.env.begin(db=self._meta) as txn:
-            return txn.get(b"clean") == b"1"
-
-    def all_digests(self) -> Iterable[bytes]:
+    def entries_after(self, after: bytes, limit: int) -> list[tuple[bytes, int | None]]:
+        """Up to ``limit`` (digest, size) pairs in digest order, after ``after``; size None: an unreadable entry."""
+        out: list[tuple[bytes, int | None]] = []
         with self.env.begin(db=self._blocks) as txn:
-            for k in txn.cursor().iternext(keys=True, values=False):
-                yield bytes(k)
+            cur = txn.cursor()
+            if not cur.set_range(after):
+                return out
+            for k, raw in cur:
+                digest = bytes(k)
+                if digest == after:
+                    continue
+                out.append((digest, _ENTRY.unpack(raw)[0] if len(raw) == _ENTRY.size else None))
+                if len(out) >= limit:
+                    break
+        return out
 
     # -- writes ---------------------------------------------------------
     def mark(self, digests: Iterable[bytes], kind: bytes) -> None:
@@ -154,13 +293,38 @@ class BlockIndex:
                 txn.put(d, _ENTRY.pack(size, checksum, stamp), db=self._blocks)
                 txn.put(_U64.pack(stamp) + d, b"", db=self._lru)
 
-    def set_clean(self, clean: bool) -> None:
-        with self.env.begin(write=True, db=self._meta) as txn:
-            txn.put(b"clean", b"1" if clean else b"0")
-        if clean:
-            self.env.sync(True)
+    def repair(self) -> None:
+        """Make the LRU orders, the totals and the clock agree with ``blocks``; clear the pending marks.
+
+        After the entries were checked (a crash of the system may have left
+        the databases disagreeing: each page of the file is of its own age).
+        """
+        with self.env.begin(write=True) as txn:
+            for db in (self._lru, self._probation):
+                stale = []
+                for k in txn.cursor(db=db).iternext(keys=True, values=False):
+                    raw = txn.get(bytes(k[8:]), db=self._blocks) if len(k) > 8 else None
+                    if raw is None or len(raw) != _ENTRY.size or _ENTRY.unpack(raw)[2] != _U64.unpack(k[:8])[0]:
+                        stale.append(bytes(k))
+                for k in stale:
+                    txn.delete(k, db=db)
+            held = entries = 0
+            for k, raw in txn.cursor(db=self._blocks):
+                size, _, stamp = _ENTRY.unpack(raw)
+                order = _U64.pack(stamp) + bytes(k)
+                if txn.get(order, db=self._lru) is None and txn.get(order, db=self._probation) is None:
+                    txn.put(order, b"", db=self._lru)
+                held, entries = held + size, entries + 1
+                self._clock = max(self._clock, stamp)
+            txn.put(b"bytes", _U64.pack(held), db=self._meta)
+            txn.put(b"entries", _U64.pack(entries), db=self._meta)
+            txn.put(b"clock", _U64.pack(self._clock), db=self._meta)
+            txn.drop(self._pending, delete=False)
 
     def close(self) -> None:
+        """Sync the index to disk, then record the clean close (the next start trusts it)."""
+        self.env.sync(True)
+        statefile.save(self.path / STATE, {"open": False})
         self.env.close()
 
     # -- inside a write transaction ---------------------------------------
@@ -168,8 +332,10 @@ class BlockIndex:
         raw = txn.get(digest, db=self._blocks)
         if raw is None:
             return 0, 0
-        size, _, stamp = _ENTRY.unpack(raw)
         txn.delete(digest, db=self._blocks)
+        if len(raw) != _ENTRY.size:
+            return 0, 1  # unreadable (what a torn file left); its order keys go in repair()
+        size, _, stamp = _ENTRY.unpack(raw)
         txn.delete(_U64.pack(stamp) + digest, db=self._lru)
         txn.delete(_U64.pack(stamp) + digest, db=self._probation)
         return size, 1
@@ -183,7 +349,7 @@ class BlockIndex:
         if not d_bytes and not d_entries:
             return
         b, n = txn.get(b"bytes", db=self._meta), txn.get(b"entries", db=self._meta)
-        nb = (_U64.unpack(b)[0] if b else 0) + d_bytes
-        nn = (_U64.unpack(n)[0] if n else 0) + d_entries
+        nb = _u64(b) + d_bytes
+        nn = _u64(n) + d_entries
         txn.put(b"bytes", _U64.pack(max(nb, 0)), db=self._meta)
         txn.put(b"entries", _U64.pack(max(nn, 0)), db=self._meta)

@@ -13,13 +13,17 @@ The state in the record:
     durable yet (no close or fsync since).
 ``pending``
     a close or fsync asked for an upload that the store has not acknowledged.
+    The record holds the size and checksum of the bytes that were closed, and
+    is written only once they are on disk (``seal``).
 
 After a crash of the daemon, the next start uploads every ``pending`` file and
 reports it. A ``dirty`` file was never confirmed and may be half-written: it is
 moved to ``staging/unclosed/`` and reported, never uploaded. So is a
 ``pending`` file whose key the lake can never hold (too long a name: an upload
-of it would fail at every retry). ``clean`` files are dropped: the lake has
-them.
+of it would fail at every retry), and one whose bytes are not those its record
+names: a power cut lost some of them, and uploading what is left would replace
+the object in the lake (a good older checkpoint) with a truncated one.
+``clean`` files are dropped: the lake has them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -34,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
+import xxhash
 
 from tierfs import statefile
 from tierfs.errors import NameTooLong
@@ -43,6 +49,7 @@ from tierfs.tiers.disk import prepare_cache_dir
 log = logging.getLogger(__name__)
 
 CLEAN, DIRTY, PENDING = "clean", "dirty", "pending"
+_HASH_CHUNK = 8 << 20
 
 
 @dataclass(eq=False)
@@ -66,6 +73,7 @@ class StagedFile:
     user_mtime_ns: int = 0  # an mtime set by utimens, applied to the object after its upload
     error: str = ""  # why the last upload failed
     write_error: str = ""  # a write to it failed: it is incomplete and never uploaded
+    sealed: tuple[int, str] | None = None  # (size, checksum) of the bytes journalled pending
     upload_lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
@@ -75,6 +83,15 @@ class StagedFile:
     def ref(self) -> ObjectRef:
         """A ref naming the staged bytes: never used to reach the store or the tiers."""
         return ObjectRef(self.key, self.size, f"staged:{self.id}:{self.generation}")
+
+
+@dataclass
+class Leftovers:
+    """What a previous run left in staging."""
+
+    pending: list[StagedFile]  # closed, not acknowledged, bytes as closed: to upload now
+    unclosed: list[str]  # keys of files never closed (or not uploadable), set aside
+    damaged: list[str]  # keys of closed files whose bytes are not those closed, set aside
 
 
 class Staging:
@@ -97,17 +114,57 @@ class Staging:
         if base is not None:
             sf.base, sf.materialized, sf.size = base, False, base.size
             sf.uploaded_generation = 0
-        self._record(sf)
+        self._record(sf, durable=False)
         return sf
 
     def mark(self, sf: StagedFile, state: str) -> None:
+        """Journal ``sf`` as ``clean`` or ``dirty`` (``pending`` is ``seal``'s)."""
+        assert state != PENDING, "a pending record names its bytes: seal() writes it"
         if sf.state != state:
-            sf.state = state
-            self._record(sf)
+            was_pending = sf.state == PENDING
+            sf.state, sf.sealed = state, None
+            self._record(sf, durable=was_pending)
+
+    def seal(self, sf: StagedFile, fd: int | None = None) -> None:
+        """Make ``sf``'s bytes durable, then journal it ``pending`` with their size and checksum.
+
+        Blocking (run it in a worker thread): an fsync of the bytes, a read of
+        all of them, a durable record. In this order, so that a record naming
+        bytes is on disk only once they are: after a power cut, recovery can
+        tell the bytes that were closed from what the cut left of them.
+        ``fd``: a descriptor of the data to use instead of ``sf.fd`` (one the
+        caller keeps open while this runs).
+        """
+        fd = sf.fd if fd is None else fd
+        # The checksum reads the bytes from the page cache while the fsync
+        # writes them out: both are done before the record is written.
+        failed: list[OSError] = []
+
+        def flush() -> None:
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                failed.append(exc)
+
+        flusher = threading.Thread(target=flush, name="tierfs-seal")
+        flusher.start()
+        try:
+            sealed = _digest(fd)
+        finally:
+            flusher.join()
+        if failed:
+            raise failed[0]
+        before = sf.state, sf.sealed
+        sf.state, sf.sealed = PENDING, sealed
+        try:
+            self._record(sf, durable=True)
+        except BaseException:
+            sf.state, sf.sealed = before
+            raise
 
     def rekey(self, sf: StagedFile, key: str) -> None:
         sf.key = key
-        self._record(sf)
+        self._record(sf, durable=sf.state == PENDING)
 
     def upload_state(self, sf: StagedFile) -> Path:
         return self.root / f"{sf.id}.upload.json"
@@ -118,7 +175,7 @@ class Staging:
         Its data file goes too: the fd keeps the bytes until it is closed, and a
         crash leaves nothing behind.
         """
-        for path in (self.root / f"{sf.id}.json", sf.data):
+        for path in (sf.data, self.root / f"{sf.id}.json"):  # (a record without data is dropped at recovery)
             path.unlink(missing_ok=True)
 
     def drop(self, sf: StagedFile) -> None:
@@ -127,13 +184,12 @@ class Staging:
             os.close(sf.fd)
         except OSError:
             pass
-        for path in (self.root / f"{sf.id}.json", sf.data):
+        for path in (sf.data, self.root / f"{sf.id}.json"):  # (a record without data is dropped at recovery)
             path.unlink(missing_ok=True)
 
-    def leftovers(self) -> tuple[list[StagedFile], list[str]]:
-        """What a previous run left: files to upload now, and the keys of unclosed files set aside."""
-        pending: list[StagedFile] = []
-        unclosed: list[str] = []
+    def leftovers(self) -> Leftovers:
+        """What a previous run left: files to upload now, and the keys of those set aside."""
+        left = Leftovers([], [], [])
         for record in sorted(self.root.glob("*.json")):
             if record.name.endswith(".upload.json") or record.name.endswith(".tmp"):
                 continue
@@ -152,19 +208,39 @@ class Staging:
             refused = self._refused(key) if state == PENDING else ""
             if state == PENDING and not refused:
                 fd = os.open(data, os.O_RDWR)
-                st = os.fstat(fd)
-                pending.append(StagedFile(sid, key, data, fd, PENDING, size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                          generation=1, uploaded_generation=0))
-                continue
-            if refused:
+                sealed, differs = _check(fd, rec)
+                if not differs:
+                    st = os.fstat(fd)
+                    left.pending.append(StagedFile(sid, key, data, fd, PENDING, size=st.st_size,
+                                                   mtime_ns=st.st_mtime_ns, generation=1, uploaded_generation=0,
+                                                   sealed=sealed))
+                    continue
+                os.close(fd)
+                log.warning("%s was closed before the previous run ended, but its staged bytes do not match the "
+                            "ones closed (%s): a power cut lost some of them, or they were changed and not closed "
+                            "again. It is not uploaded, so the lake keeps what it had; the bytes are kept in %s",
+                            key, differs, self.unclosed_dir)
+                left.damaged.append(key)
+            elif refused:
                 log.warning("a file closed before the previous run ended is not uploaded but kept in %s: "
                             "the lake cannot hold its name (%s)", self.unclosed_dir, refused)
+                left.unclosed.append(key)
+            else:
+                left.unclosed.append(key)
             self.unclosed_dir.mkdir(exist_ok=True)
             os.replace(data, self.unclosed_dir / self._aside_name(sid, key))
             record.unlink(missing_ok=True)
             (self.root / f"{sid}.upload.json").unlink(missing_ok=True)
-            unclosed.append(key)
-        return pending, unclosed
+        for data in sorted(self.root.glob("*.data")):
+            if not data.with_suffix(".json").exists() and data.stat().st_size:
+                # Its record never reached the disk (a power cut right after its
+                # creation, or a kill -9 between the two): nobody closed it.
+                self.unclosed_dir.mkdir(exist_ok=True)
+                os.replace(data, self.unclosed_dir / self._aside_name(data.stem, "(no record)"))
+                left.unclosed.append(f"(a staged file without a record, {data.stem})")
+            elif not data.with_suffix(".json").exists():
+                data.unlink()
+        return left
 
     def _refused(self, key: str) -> str:
         """Why the lake can never hold ``key`` ('' if it can)."""
@@ -190,7 +266,51 @@ class Staging:
             raw = raw[:limit - len(tag)] + tag.encode()
         return raw.decode(errors="ignore")  # (a character cut in half is left out)
 
-    def _record(self, sf: StagedFile) -> None:
+    def _record(self, sf: StagedFile, durable: bool) -> None:
+        """Write ``sf``'s record; ``durable``: on disk when this returns.
+
+        Only a record that says pending, or replaces one that did, must survive
+        a power cut: those decide what the next start uploads. A dirty or clean
+        record that a power cut loses leaves the file unclosed or without a
+        record, never uploaded, so it costs at most bytes nobody closed; and
+        those are written as files are opened and changed, where two fsyncs
+        would cost milliseconds each.
+        """
         if sf.unlinked:
             return  # out of the journal for good (see unrecord)
-        statefile.save(self.root / f"{sf.id}.json", {"key": sf.key, "state": sf.state})
+        rec: dict[str, object] = {"key": sf.key, "state": sf.state}
+        if sf.state == PENDING and sf.sealed is not None:
+            rec["size"], rec["xxh3_128"] = sf.sealed
+        statefile.save(self.root / f"{sf.id}.json", rec, durable=durable)
+
+
+def _digest(fd: int) -> tuple[int, str]:
+    """(size, xxh3-128 hex) of the whole file open at ``fd``."""
+    h = xxhash.xxh3_128()
+    buf = bytearray(_HASH_CHUNK)
+    view = memoryview(buf)
+    offset = 0
+    while n := os.preadv(fd, [buf], offset):
+        h.update(view[:n])
+        offset += n
+    return offset, h.hexdigest()
+
+
+def _check(fd: int, rec: dict[str, object]) -> tuple[tuple[int, str] | None, str]:
+    """The bytes at ``fd`` against the size and checksum of their pending record: (sealed, how they differ or '')."""
+    size, digest = rec.get("size"), rec.get("xxh3_128")
+    if size is None and digest is None:
+        # A record of an older tierfs, which wrote none: its files are uploaded
+        # as that version promised (what a kill -9 leaves is whole; only a power
+        # cut under that version could have cut one short).
+        log.warning("staging record of %s has no checksum (an older tierfs wrote it); uploading its bytes unchecked",
+                    rec.get("key"))
+        return None, ""
+    actual = os.fstat(fd).st_size
+    if not isinstance(size, int) or not isinstance(digest, str):
+        return None, "the record's size or checksum is unreadable"
+    if actual != size:
+        return None, f"{actual} bytes where {size} were closed"
+    if _digest(fd)[1] != digest:
+        return None, "the same size, but other bytes"
+    return (size, digest), ""

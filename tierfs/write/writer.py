@@ -35,7 +35,7 @@ from tierfs.refs import ObjectRef, block_span
 from tierfs.store.objects import Entry, ObjectStore
 from tierfs.store.upload import Uploader
 from tierfs.tiers.disk import DiskTier
-from tierfs.write.staging import CLEAN, DIRTY, PENDING, StagedFile, Staging
+from tierfs.write.staging import CLEAN, DIRTY, StagedFile, Staging
 from tierfs.write.tree import rename_tree
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,8 @@ class Writer:
     # -- start-up ------------------------------------------------------------
     def recover(self) -> str:
         """Take over what a previous run left in staging; a note for the user ('' if nothing)."""
-        pending, unclosed = self.staging.leftovers()
+        left = self.staging.leftovers()
+        pending, unclosed = left.pending, left.unclosed
         for sf in pending:
             self._register(sf)
             self._failed.add(sf)
@@ -92,6 +93,11 @@ class Writer:
                         "they are not uploaded and are kept in %s: %s",
                         len(unclosed), self.staging.unclosed_dir, ", ".join(unclosed))
             notes.append(f"{len(unclosed)} unclosed file(s) from the previous run kept in {self.staging.unclosed_dir}")
+        if left.damaged:
+            # (each is logged with how its bytes differ by leftovers)
+            notes.append(f"{len(left.damaged)} file(s) closed in the previous run not uploaded: their staged bytes "
+                         f"are not the ones closed (a power cut?); the lake keeps what it had, the bytes are kept in "
+                         f"{self.staging.unclosed_dir}")
         return "; ".join(notes)
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -208,8 +214,22 @@ class Writer:
             if sf.write_error:
                 raise NoSpace(f"{sf.key} is not uploaded: a write to it failed ({sf.write_error})")
             generation = sf.generation
-            await self._mark(sf, PENDING)
+            # The bytes on disk first, then the pending record naming them (their
+            # size and checksum): what a power cut leaves is never taken for them.
+            t_seal = time.monotonic()
+            try:
+                await self._fd_call(sf, self.staging.seal, sf)
+            except OSError as exc:
+                if sf.unlinked:  # (replaced or deleted meanwhile, its fd closed: nothing to upload)
+                    return None
+                log.error("%s is not uploaded: its staged bytes could not be made durable in %s (%s)",
+                          sf.key, self.staging.root, exc.strerror or exc)
+                raise
+            if sf.unlinked:  # replaced or deleted meanwhile: nothing to upload, and no record may outlive it
+                await self._on_disk(sf, self.staging.unrecord, sf)
+                return None
             t0 = time.monotonic()
+            sealing = t0 - t_seal
             try:
                 entry = await trio.to_thread.run_sync(
                     self.uploader.upload, sf.data, sf.key, self.staging.upload_state(sf), limiter=self.limiter)
@@ -225,13 +245,18 @@ class Writer:
             sf.uploaded_generation = generation
             sf.error = ""
             self._failed.discard(sf)
-            await self._mark(sf, CLEAN)
+            try:  # (durable: it replaces a pending record)
+                await self._mark(sf, CLEAN)
+            except OSError as exc:  # the store has it all the same: the close succeeds
+                log.warning("%s is uploaded, but its staging record could not say so (%s); "
+                            "a restart would upload the same bytes again", sf.key, exc.strerror or exc)
             self.stats.add("uploads")
             self.stats.add("bytes_written", sf.size)
             if sf.user_mtime_ns and await trio.to_thread.run_sync(
                     self.store.set_mtime, sf.key, sf.user_mtime_ns, limiter=self.limiter):
                 entry = await trio.to_thread.run_sync(self.store.stat, sf.key, limiter=self.limiter)
-            log.info("uploaded %s: %d bytes in %.2f s", sf.key, sf.size, time.monotonic() - t0)
+            log.info("uploaded %s: %d bytes in %.2f s (on the staging disk before that in %.2f s)", sf.key, sf.size,
+                     time.monotonic() - t0, sealing)
         self.ns.changed(sf.key, entry)
         # The close returns now; the blocks go into the disk tier behind it. Until
         # they are in, reads of the file are served from the staged bytes.
