@@ -273,8 +273,15 @@ def set_kernel_read_ahead(mountpoint: Path, kb: int) -> None:
 
 async def _refresh_gauges(tier: RedisTier) -> None:
     """Redis' size and health, read off the loop every few seconds (stats never wait on Redis)."""
+    last = ""
     while True:
-        await trio.to_thread.run_sync(tier.refresh_gauges)
+        try:
+            await trio.to_thread.run_sync(tier.refresh_gauges)
+            last = ""
+        except Exception as exc:  # (a task of the mount's nursery: a gauge must not stop the mount)
+            if f"{exc}" != last:
+                last = f"{exc}"
+                log.warning("refreshing the %s tier's gauges failed: %s: %s", tier.name, type(exc).__name__, exc)
         await trio.sleep(5)
 
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import mounted, random_bytes, run_tierfs, write_tree
+from helpers import assert_one_line_error, mounted, random_bytes, run_tierfs, write_tree
 
 pytestmark = pytest.mark.mount
 
@@ -99,3 +99,56 @@ def test_dataloader_with_warm_sampler(lake: tuple[Path, dict[str, bytes]], tmp_p
         assert {os.path.relpath(p, m.mountpoint): d for p, d in seen.items()} == files
         p = progress(m.mountpoint)
         assert p["total"] == 40 and int(str(p["done"])) >= 32
+
+
+def test_a_bad_warm_list_leaves_the_mount_serving(lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    """Lines that are not UTF-8, name a directory or nothing: `tierfs warm` refuses a list that is not
+    UTF-8 in one line; the daemon, handed one all the same, counts each bad line as one failed file."""
+    root, files = lake
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "c", "--ram-size", "0") as m:
+        mnt = os.fsencode(m.mountpoint)
+        lst = tmp_path / "bad.txt"
+        lst.write_bytes(mnt + b"/ds/c0/000.jpg\n" + mnt + b"/ds/c1/\xff\xfe.jpg\n" + mnt + b"/ds/c2\n"
+                        + mnt + b"/ds/nope.jpg\n" + mnt + b"/ds/c1/001.jpg\n")
+        assert_one_line_error(run_tierfs("warm", "--list", str(lst), "--lead", "0"), "not UTF-8")
+        ok = tmp_path / "ok.txt"
+        ok.write_bytes(lst.read_bytes().replace(b"\xff\xfe", b"missing"))
+        res = run_tierfs("warm", "--list", str(ok), "--lead", "0")
+        assert res.returncode == 0, res.stderr
+        assert "warmed 5 files" in res.stdout and "3 failed (first: " in res.stdout, res.stdout
+        # Another client of the xattr hands the daemon the list that is not UTF-8:
+        rel = tmp_path / "rel.txt"
+        rel.write_bytes(lst.read_bytes().replace(mnt + b"/", b""))
+        os.setxattr(m.mountpoint, "user.tierfs.warm", json.dumps({"list": str(rel), "jobs": 2}).encode())
+        deadline = time.monotonic() + 10
+        while progress(m.mountpoint)["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        p = progress(m.mountpoint)
+        assert (p["state"], p["done"], p["failed"]) == ("done", 5, 3), p
+        m.fills_settled()
+        assert m.stats()["tiers"]["disk"]["entries"] == 2
+        for rel_path, data in files.items():
+            assert (m.mountpoint / rel_path).read_bytes() == data
+        assert "3 failed" in m.log_tail()
+
+
+def test_a_warm_job_whose_list_copy_is_removed_leaves_the_mount_serving(lake: tuple[Path, dict[str, bytes]],
+                                                                         tmp_path: Path) -> None:
+    """The daemon's private copy of the list goes (a tmp cleaner, a full disk) while the job runs."""
+    root, files = lake
+    order = sorted(files)
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "c") as m:
+        lst = tmp_path / "order.txt"
+        lst.write_text("".join(str(m.mountpoint / p) + "\n" for p in order))
+        run_tierfs("warm", "--list", str(lst), "--lead", "3", "--jobs", "2", "--no-wait", check=True)
+        copies = list((tmp_path / "c").glob("warm-list*"))
+        assert len(copies) == 1
+        copies[0].unlink()
+        for rel in order:  # the readers move on; the job follows, to its end
+            assert (m.mountpoint / rel).read_bytes() == files[rel]
+        deadline = time.monotonic() + 10
+        while progress(m.mountpoint)["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert progress(m.mountpoint)["state"] == "done"
+        assert (m.mountpoint / order[0]).read_bytes() == files[order[0]]
+        assert os.getxattr(m.mountpoint, "user.tierfs.pid")

@@ -127,8 +127,17 @@ def warm(paths: tuple[Path, ...], list_file: Path | None, jobs: int, lead: int |
             if prog["state"] != "running":
                 break
             time.sleep(0.2)
+    if prog["state"] == "failed":
+        raise UserError(f"the warm job failed after {prog['done']} of {prog['total']} files: "
+                        f"{_printable(prog.get('error'))}")
+    first = f" (first: {_printable(prog['first_failure'])})" if prog.get("first_failure") else ""
     click.echo(f"warmed {prog['done']} files, {format_size(int(str(prog['bytes'])))} in {prog['seconds']} s"
-               + (f"; {prog['failed']} failed" if prog["failed"] else "") + f" ({prog['state']})")
+               + (f"; {prog['failed']} failed{first}" if prog["failed"] else "") + f" ({prog['state']})")
+
+
+def _printable(text: object) -> str:
+    """``text`` with the bytes of names that are not UTF-8 shown as \\xNN, not written raw to the terminal."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _is_utf8(text: str) -> bool:

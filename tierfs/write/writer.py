@@ -116,8 +116,12 @@ class Writer:
                     await self.commit(sf)
                     log.info("uploaded %s (staged, retried)", sf.key)
                     delay = RETRY_FIRST
-                except Exception:
-                    pass  # commit logged it
+                except Exception as exc:
+                    why = f"{type(exc).__name__}: {exc}"
+                    # (commit logs the store's failures and its own; anything else once per file)
+                    if not isinstance(exc, (StoreError, OSError)) and why != sf.error:
+                        sf.error = why
+                        log.error("retrying the upload of %s failed: %s", sf.key, why)
             with trio.move_on_after(delay if self._failed else RETRY_MAX):
                 await self._wake.wait()
             self._wake = trio.Event()
@@ -280,7 +284,7 @@ class Writer:
         finally:
             sf.filling = False
             if sf.unlinked or (sf.handles == 0 and not sf.dirty):
-                self._forget(sf)
+                self._forget(sf)  # (its disk work runs apart, and logs its failures: _clean_up_quietly)
 
     def release(self, sf: StagedFile) -> bool:
         """A handle on ``sf`` closed; True if that discarded it (the lake's version is the file again)."""
