@@ -114,7 +114,16 @@ class DiskTier(Tier):
         self._evict_lock = threading.Lock()
         self._made_dirs: set[str] = set()
         self._full_until = 0.0  # after ENOSPC, bypass puts for a while
-        self.recovered = self._check_index() if self.index.unclean else self._recover()
+        try:
+            self.recovered = self._check_index() if self.index.unclean else self._recover()
+        except lmdb.Error as exc:  # (a damaged page that LMDB reported rather than aborted on)
+            log.warning("disk cache: the index of %s is damaged (%s: %s); rebuilding it", root,
+                        type(exc).__name__, exc)
+            self.index.abandon()
+            self.index = BlockIndex(root / "index", damaged=f"{type(exc).__name__}: {exc}")
+            self.recovered = self._check_index()
+        if self.index.unclean:
+            self.index.checked()
         super().__init__()
 
     # -- Tier -----------------------------------------------------------

@@ -11,13 +11,14 @@ Five LMDB databases:
 - ``meta``    totals (bytes, entries) and the access clock.
 
 Beside them, ``state.json`` says whether the index was closed cleanly (and
-synced to disk then), or is open, since which boot of the system. After a
-clean close nothing is checked. After an unclean start (``unclean`` says why)
-the disk tier checks every entry against its block file (``entries_after``,
-``repair``); if the system itself went down while the index was open, the
-LMDB file may be torn, and it is first copied entry by entry into a new one
-in a child process (``_rebuild``), since reading a torn file can abort the
-process that reads it.
+synced to disk then), or is open, since which boot of the system, and whether
+it is being checked. After a clean close nothing is checked. After an unclean
+start (``unclean`` says why) the disk tier checks every entry against its
+block file (``entries_after``, ``repair``). If the system itself went down
+while the index was open, the LMDB file may be torn, and it is first copied
+entry by entry into a new one in a child process (``_rebuild``), since reading
+a torn file can abort the process that reads it; so is a file whose last check
+never finished (the process died in it) or on which LMDB raised.
 
 The access stamp is a logical clock, not wall time: strictly increasing, so the
 LRU order is exact and immune to clock steps.
@@ -95,50 +96,82 @@ def boot_id() -> str:
 
 
 class BlockIndex:
-    def __init__(self, path: Path, map_size: int = 1 << 34):
+    def __init__(self, path: Path, map_size: int = 1 << 34, damaged: str = ""):
+        """``damaged``: why the file cannot be trusted although its state says it can (LMDB
+        raised on it): it is rebuilt as after a crash of the system."""
         self.path = path
         self.map_size = map_size
         self._recover_dir()
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         #: Why the index must be checked against the block files ('' after a clean close).
-        self.unclean = self._unclean()
-        if self.unclean.startswith("the system went down"):
+        self.unclean, torn = (f"it is damaged: {damaged}", True) if damaged else self._unclean()
+        if torn:
             self._rebuild()
+        # "open" on disk before anything of the file is read or written; and
+        # "checking" until the disk tier has checked it: should this process
+        # die reading it (LMDB aborts on a damaged page), the next start
+        # rebuilds it apart instead of dying the same way.
+        self._save_state(checking=bool(self.unclean))
         # sync=False: no fsync per transaction, which would cost a few ms for
         # every block landing and evicted, serialized behind LMDB's one writer.
         # That is sound because of the state file: it says "open" on disk
-        # before this run writes anything, and "closed" only after a full sync
+        # before this run touches the file, and "closed" only after a full sync
         # at close, so an index that lost or tore transactions in a crash of
         # the system is never trusted but checked (and, being possibly torn,
         # first rebuilt apart). A kill -9 loses nothing: every committed page
         # is in the kernel already. And every block is checked against its
         # checksum when it is read.
+        try:
+            self._open()
+        except lmdb.Error as exc:
+            if torn:
+                raise  # (a file just rebuilt that cannot be opened: nothing is left to try)
+            self.unclean = f"it is damaged: {type(exc).__name__}: {exc}"
+            self._rebuild()
+            self._open()
+
+    def _open(self) -> None:
         self.env = lmdb.open(
-            str(path), map_size=map_size, max_dbs=len(_DBS), sync=False, metasync=False,
+            str(self.path), map_size=self.map_size, max_dbs=len(_DBS), sync=False, metasync=False,
             max_readers=512, readahead=False,
         )
-        self._blocks = self.env.open_db(b"blocks")
-        self._lru = self.env.open_db(b"lru")
-        self._probation = self.env.open_db(b"probation")
-        self._pending = self.env.open_db(b"pending")
-        self._meta = self.env.open_db(b"meta")
-        with self.env.begin(db=self._meta) as txn:
-            raw = txn.get(b"clock")
+        try:
+            self._blocks = self.env.open_db(b"blocks")
+            self._lru = self.env.open_db(b"lru")
+            self._probation = self.env.open_db(b"probation")
+            self._pending = self.env.open_db(b"pending")
+            self._meta = self.env.open_db(b"meta")
+            with self.env.begin(db=self._meta) as txn:
+                raw = txn.get(b"clock")
+        except BaseException:
+            self.env.close()
+            raise
         self._clock = _u64(raw)
-        statefile.save(path / STATE, {"open": True, "boot": boot_id(), "pid": os.getpid()})
 
-    def _unclean(self) -> str:
+    def checked(self) -> None:
+        """The disk tier has checked the index against its block files."""
+        self._save_state(checking=False)
+
+    def _save_state(self, checking: bool) -> None:
+        state = {"open": True, "boot": boot_id(), "pid": os.getpid()}
+        statefile.save(self.path / STATE, {**state, "checking": True} if checking else state)
+
+    def _unclean(self) -> tuple[str, bool]:
+        """Why the index must be checked ('' if not), and whether its file may be torn (rebuilt first)."""
         state = statefile.load(self.path / STATE)
         if not (self.path / "data.mdb").exists():
-            return "it is new"  # (nothing to trust: block files a lost index left are removed)
+            return "it is new", False  # (nothing to trust: block files a lost index left are removed)
         if isinstance(state, dict) and state.get("open") is False:
-            return ""
+            return "", False
+        if isinstance(state, dict) and state.get("checking"):
+            return "the last start died while checking it: the file may be damaged", True
         boot = boot_id()
         if isinstance(state, dict) and state.get("open") and boot and state.get("boot") == boot:
-            return "the last run did not close it: killed, or it crashed"
+            return "the last run did not close it: killed, or it crashed", False
         if state is None:
-            return "the system went down while it was open, or an older tierfs left it: no record of a clean close"
-        return "the system went down while it was open: a power cut?"
+            return ("the system went down while it was open, or an older tierfs left it: no record of a clean "
+                    "close"), True
+        return "the system went down while it was open: a power cut?", True
 
     def _rebuild(self) -> None:
         """Replace the LMDB file with a copy, made in a child process, of what it still holds."""
@@ -320,6 +353,10 @@ class BlockIndex:
             txn.put(b"entries", _U64.pack(entries), db=self._meta)
             txn.put(b"clock", _U64.pack(self._clock), db=self._meta)
             txn.drop(self._pending, delete=False)
+
+    def abandon(self) -> None:
+        """Close without recording a clean close (the next start checks everything)."""
+        self.env.close()
 
     def close(self) -> None:
         """Sync the index to disk, then record the clean close (the next start trusts it)."""
