@@ -15,7 +15,7 @@ import os
 import posixpath
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -66,23 +66,17 @@ class LocalBackend(Backend):
     # -- writes ---------------------------------------------------------------
     def put_file(self, local: Path, key: str) -> Entry:
         """Copied under .tierfs/upload, then renamed into place: atomic, and its identity is the copy's."""
-        tmp_dir = self.full(UPLOAD_DIR)
-        os.makedirs(tmp_dir, exist_ok=True)
-        tmp = f"{tmp_dir}/{uuid.uuid4().hex}"
-        try:
-            self.fs.put_file(str(local), tmp)
-            return self._into_place(tmp, key)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        return self._put(key, lambda tmp: self.fs.put_file(str(local), tmp))
 
     def put_bytes(self, key: str, data: bytes) -> Entry:
+        return self._put(key, lambda tmp: Path(tmp).write_bytes(data))
+
+    def _put(self, key: str, write: Callable[[str], object]) -> Entry:
         tmp_dir = self.full(UPLOAD_DIR)
         os.makedirs(tmp_dir, exist_ok=True)
         tmp = f"{tmp_dir}/{uuid.uuid4().hex}"
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
+            write(tmp)
             return self._into_place(tmp, key)
         finally:
             if os.path.exists(tmp):
