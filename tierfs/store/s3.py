@@ -97,17 +97,9 @@ class S3Backend(BucketKeys, Backend):
             if not name or name.endswith("/"):
                 continue  # a directory marker some servers keep
             entries.append(self._meta_entry(name, join_key(rel, name), m))
-        if not entries and rel and not marker and not self._exists_as_object_prefix(path):
+        if not entries and rel and not marker:
             raise FileNotFoundError(rel)
         return entries
-
-    def _exists_as_object_prefix(self, path: str) -> bool:
-        """An empty listing: a directory marker ``path/`` still makes it a directory (an empty one)."""
-        try:
-            obstore.head(self.obs, path + "/")
-        except FileNotFoundError:
-            return False
-        return True
 
     def stat(self, rel: str) -> Entry:
         path = self._path(rel)
@@ -117,7 +109,8 @@ class S3Backend(BucketKeys, Backend):
             meta = obstore.head(self.obs, path)
         except FileNotFoundError:
             listing = obstore.list_with_delimiter(self.obs, path)
-            if listing["objects"] or listing["common_prefixes"] or self._exists_as_object_prefix(path):
+            # (a directory's own marker is listed as an object, obstore dropping its trailing slash)
+            if listing["objects"] or listing["common_prefixes"]:
                 return Entry(posixpath.basename(rel), True)
             raise
         if self.version_aware and not meta.get("version"):
