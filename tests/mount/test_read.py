@@ -226,6 +226,33 @@ def test_large_directory(tmp_path: Path) -> None:
         assert m.stats()["backend"]["requests"] < 10  # stat came from the listing
 
 
+def test_a_directory_too_large_to_cache_is_listed_once_not_per_lookup(tmp_path: Path) -> None:
+    """Above the listing cache's bound, lookups are answered by a stat each, not by listing the directory again."""
+    root = tmp_path / "lake" / "flat"
+    root.mkdir(parents=True)
+    n = 300
+    for i in range(n):
+        (root / f"{i:04d}.jpg").write_bytes(b"x" * (i % 7))
+    (root / "sub").mkdir()
+    (root / "sub" / "inner.txt").write_bytes(b"inner")
+    cfg = tmp_path / "tierfs.toml"
+    cfg.write_text("[metadata]\nlisting_entries = 100\n")  # a directory of over 50 entries is not kept
+
+    def lists(m: Mount) -> float:
+        return float(m.stats()["latency_ms"]["backend"].get("list", {}).get("count", 0))
+
+    with mounted(f"file://{tmp_path / 'lake'}", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
+        flat = m.mountpoint / "flat"
+        before = lists(m)
+        for i in range(n):
+            assert os.stat(flat / f"{i:04d}.jpg").st_size == i % 7
+        assert (flat / "sub" / "inner.txt").read_bytes() == b"inner"
+        with pytest.raises(FileNotFoundError):
+            os.stat(flat / "missing.jpg")
+        assert lists(m) - before <= 2, "each lookup listed the whole directory again"
+        assert len(os.listdir(flat)) == n + 1  # readdir still lists it all
+
+
 def test_statfs_and_xattrs(ml_lake: Path, tmp_path: Path) -> None:
     with mounted(f"file://{ml_lake}", tmp_path / "mnt", tmp_path / "cache") as m:
         st = os.statvfs(m.mountpoint)

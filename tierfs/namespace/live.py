@@ -54,6 +54,9 @@ class Namespace:
         self._listing_flights: SingleFlight[Listing] = SingleFlight()
         # Lookups answered by a stat because the parent had no listing yet.
         self._unlisted: dict[str, int] = {}
+        # Directories whose last listing was too large for the listing cache:
+        # their lookups are a stat each, never a new listing of the whole directory.
+        self._too_large: OrderedDict[str, None] = OrderedDict()
         # Results of those stats: fresh for the TTL, and a fallback when the store is down.
         self._stats: OrderedDict[str, tuple[Entry, float]] = OrderedDict()
         self._stats_max = max(1000, listing_entries // 10)
@@ -236,7 +239,15 @@ class Namespace:
         fetched_at = time.monotonic()
         entries = await self._ask_store(self.store.list_dir, path)
         self._unlisted.pop(path, None)
-        return self.listings.put(path, entries, fetched_at)
+        listing = self.listings.put(path, entries, fetched_at)
+        if self.listings.get(path, stale_ok=True) is None:
+            self._too_large[path] = None
+            self._too_large.move_to_end(path)
+            if len(self._too_large) > 10_000:
+                self._too_large.popitem(last=False)
+        else:
+            self._too_large.pop(path, None)
+        return listing
 
     async def _stat(self, path: str) -> Entry:
         cached = self._stats.get(path)
@@ -308,7 +319,7 @@ class Namespace:
 
     async def _entry(self, path: str, parent: str, name: str) -> Entry:
         listing = self.listings.get(parent)
-        if listing is None:
+        if listing is None and parent not in self._too_large:
             # The first name looked up in a directory costs one stat; from the
             # second on, the directory is listed once (a few requests for
             # thousands of names) so that the rest cost none: datasets are
