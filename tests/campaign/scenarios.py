@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -529,12 +530,107 @@ def full_disks(work: Path, size: str) -> Result:
     return res
 
 
+# -- store faults under a DataLoader epoch ----------------------------------------------------
+STORE_DEADLINE = 3.0  # [store] read_deadline and metadata_deadline of the store-faults scenario
+
+
+class _TimedFiles:
+    """A map-style dataset: each item is (index, seconds the read took, the bytes' digest or the errno)."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, float, str]:
+        import hashlib
+
+        t0 = time.monotonic()
+        try:
+            with open(self.paths[i], "rb") as f:
+                outcome = hashlib.sha256(f.read()).hexdigest()
+        except OSError as exc:
+            outcome = errno.errorcode.get(exc.errno or 0, str(exc))
+        return i, time.monotonic() - t0, outcome
+
+
+def store_faults(work: Path, size: str) -> Result:
+    """DataLoader epochs (4 workers) over an S3 lake whose store fails: 503s, resets, cut bodies, stalls.
+
+    SeaweedFS behind tests/faultproxy.py; no RAM or disk tier, page cache dropped, so every read is a
+    store read. Every read must answer right or EIO within the deadline; never wrong bytes; afterwards
+    (store healthy) a clean epoch reads everything right and the mount is alive.
+    """
+    import hashlib
+
+    from faultproxy import FaultProxy
+    from helpers import SeaweedS3, pid_alive
+    from torch.utils.data import DataLoader
+
+    res = Result("store faults under a DataLoader epoch")
+    n = 150 if size == "short" else 1500
+    files = {f"ds/c{i % 5}/{i:05d}.jpg": random_bytes(30_000 + (i * 997) % 40_000, seed=900 + i) for i in range(n)}
+    digests = {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
+    modes = [("http_503", 0.2), ("reset", 0.2), ("truncate", 0.2), ("stall", 0.03)]
+    server = SeaweedS3(work / "seaweed").start()
+    try:
+        fs = server.fs()
+        fs.mkdir("campaign-faults")
+        for key, data in files.items():
+            fs.pipe(f"campaign-faults/{key}", data)
+        with FaultProxy("127.0.0.1", server.s3_port, seed=13) as proxy:
+            cfg = work / "s3.toml"
+            cfg.write_text(
+                f'[s3]\nendpoint_url = "{proxy.endpoint}"\nkey = "{server.ACCESS_KEY}"\n'
+                f'secret = "{server.SECRET_KEY}"\n'
+                f"[store]\nretries = 2\ntimeout = 1\nread_deadline = {STORE_DEADLINE:g}\n"
+                f"metadata_deadline = {STORE_DEADLINE:g}\n"
+            )
+            cfg.chmod(0o600)
+            with Mount("s3://campaign-faults", work / "mnt", work / "cache", "--ram-size", "0", "--cache-size", "0",
+                       config=cfg) as m:
+                keys = sorted(files)
+                paths = [str(m.mountpoint / k) for k in keys]
+                slowest = 0.0
+                eio = 0
+                for mode, p in [*modes, ("pass", 1.0)]:
+                    res.runs += 1
+                    drop_page_cache()
+                    proxy.set_mode(mode, probability=p)
+                    with warnings.catch_warnings():  # 4 workers on 2 cores, as the benchmarks run them
+                        warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
+                        loader = iter(DataLoader(_TimedFiles(paths), num_workers=4, batch_size=None, shuffle=True))
+                    for i, seconds, outcome in loader:
+                        res.checks += 1
+                        slowest = max(slowest, seconds)
+                        if seconds > 2 * STORE_DEADLINE:
+                            res.fail(f"{mode}: reading {keys[i]} took {seconds:.1f} s (deadline {STORE_DEADLINE:g} s)")
+                        if outcome == digests[keys[i]]:
+                            continue
+                        if outcome == "EIO" and mode != "pass":
+                            eio += 1
+                            continue
+                        res.fail(f"{mode}: {keys[i]}: {outcome if len(outcome) < 20 else 'wrong bytes'}")
+                    if m.pid is None or not pid_alive(m.pid) or not is_mounted(m.mountpoint):
+                        res.fail(f"{mode}: the mount died")
+                        break
+                faults = proxy.stats().faults
+                res.figures["faults injected"] = str(sum(faults.values()))
+                res.figures["EIO / reads under faults"] = f"{eio} / {n * len(modes)}"
+                res.figures["slowest read, s"] = f"{slowest:.2f} (deadline {STORE_DEADLINE:g})"
+    finally:
+        server.stop()
+    return res
+
+
 SCENARIOS: dict[str, Callable[[Path, str], Result]] = {
     "kill9": kill9,
     "redis": redis_faults,
     "bitflips": bit_flips,
     "concurrency": concurrency,
     "fulldisk": full_disks,
+    "storefaults": store_faults,
 }
 
 
