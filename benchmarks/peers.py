@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,6 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import SeaweedS3
 
 from tierfs.config import parse_size
+
+# The DataLoader workloads run 4 workers on however many cores there are (2 here), as users do.
+warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
 
 BUCKET = "bench-lake"
 SYSTEMS = ("local", "tierfs", "rclone", "s3fs", "store")

@@ -9,6 +9,7 @@ served for Prometheus.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -65,6 +66,16 @@ BACKEND_SECONDS = Histogram("tierfs_backend_request_seconds", "Time of an object
                             ["op"], registry=REGISTRY, buckets=_LATENCY_BUCKETS)
 FUSE_SECONDS = Histogram("tierfs_fuse_request_seconds", "Time to answer a FUSE request", ["op"],
                          registry=REGISTRY, buckets=_LATENCY_BUCKETS)
+
+
+@functools.cache
+def _child(hist: Histogram, label: str) -> Any:
+    return hist.labels(label)
+
+
+def observe(hist: Histogram, label: str, seconds: float) -> None:
+    """One observation of ``hist`` under ``label``; the labelled child is looked up once, not per request."""
+    _child(hist, label).observe(seconds)
 
 
 class _StatsCollector(Collector):

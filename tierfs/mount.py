@@ -83,6 +83,7 @@ class Components:
             "open_files": self.operations.open_files(),
             "in_flight_fetches": self.reader.in_flight(),
             "prefetched_blocks": self.reader.prefetched,
+            "read_ahead_peak_bytes": self.reader.window_peak,
             "listing_entries_cached": len(self.namespace.listings),
             "stale_to_refresh": self.namespace.outage.pending(),
             "fills": self.chain.fills.stats.snapshot(),

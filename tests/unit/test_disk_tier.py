@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -359,5 +361,68 @@ def test_mount_note_when_the_size_cannot_fit(tmp_path: Path, monkeypatch: pytest
     t = DiskTier(tmp_path / "c", 16 * MiB)
     try:
         assert t.fit_note() == ""
+    finally:
+        t.close()
+
+
+def _ready(t: DiskTier) -> None:
+    deadline = time.monotonic() + 30
+    while not t.index.presence.ready:
+        assert time.monotonic() < deadline, "the presence filter was never built"
+        time.sleep(0.01)
+
+
+def test_presence_filter_answers_misses_without_the_index(tmp_path: Path) -> None:
+    """A block the disk lacks is known absent in memory (the chain skips the thread hop); one it holds never is."""
+    t = DiskTier(tmp_path / "c", 64 << 20)
+    try:
+        for n in range(200):
+            t.put(key(n), b"x" * 100)
+        _ready(t)
+        assert all(t.may_hold(key(n)) for n in range(200))
+        absent = sum(not t.may_hold(key(n)) for n in range(1000, 3000))
+        assert absent > 1900  # a few slots are shared: those answer "maybe"
+        t.evict(key(7))
+        assert not t.may_hold(key(7)) or t.index.lookup(key(7).digest) is None
+    finally:
+        t.close()
+    t = DiskTier(tmp_path / "c", 64 << 20)  # built again from the index at the next start
+    try:
+        _ready(t)
+        assert all(t.may_hold(key(n)) for n in range(200) if n != 7)
+        assert t.get(key(3)) == b"x" * 100
+    finally:
+        t.close()
+
+
+def test_presence_filter_built_while_blocks_land_misses_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks that land and leave while the filter is being built are counted exactly once."""
+    t = DiskTier(tmp_path / "c", 256 << 20)
+    for n in range(3000):
+        t.put(key(n), b"y" * 10)
+    t.close()
+    from tierfs.tiers import presence as presence_module
+
+    real_apply = presence_module.Presence._apply
+    slow = threading.Event()
+
+    def apply(self: Any, counts: bytearray, digest: bytes, delta: int) -> None:
+        if slow.is_set():
+            time.sleep(0.0002)  # keep the build going while the writers below run
+        real_apply(self, counts, digest, delta)
+
+    monkeypatch.setattr(presence_module.Presence, "_apply", apply)
+    slow.set()
+    t = DiskTier(tmp_path / "c", 256 << 20)
+    try:
+        for n in range(3000, 3300):
+            t.put(key(n), b"z" * 10)
+        for n in range(0, 300):
+            t.evict(key(n))
+        assert not t.index.presence.ready  # (the writes above ran during the build)
+        slow.clear()
+        _ready(t)
+        assert all(t.may_hold(key(n)) for n in range(300, 3300))
+        assert sum(not t.may_hold(key(n)) for n in range(300)) > 250
     finally:
         t.close()

@@ -1,35 +1,49 @@
 """Read-ahead: a per-handle window that grows while access is sequential.
 
-Each read that continues where the last one ended doubles the window (in
-blocks, up to a maximum); a seek resets it to nothing. The block reader then
-fetches the window's blocks in the background, under a bound on how many
-prefetches are in flight, so a sequential reader finds its next blocks in the
-tiers instead of waiting for a GET.
+The window follows the reads as the kernel *sends* them (the handler asks
+for advice when a read arrives, before serving it), not as they complete:
+the kernel has several reads of one file in flight at once and they finish
+out of order, and pyfuse3's tasks may take them up in a slightly different
+order. A read counts as sequential when it starts near where the furthest
+read so far ended: up to 16 MiB forward (a reader skipping a header, as
+Mountpoint allows) or 8 MiB back (reads of up to 1 MiB that others
+overtook; a read back there is served from RAM anyway).
+Each sequential read doubles the window (in blocks, up to a maximum); any
+other read resets it. The block reader fetches the window's blocks in the
+background, under a bound on how many prefetches are in flight, so a
+sequential reader finds its next blocks in the tiers instead of waiting for
+a GET. ``peak`` is the largest window reached, in blocks (``tierfs stats``).
 """
 
 from __future__ import annotations
 
+MiB = 1 << 20
+
 
 class ReadAhead:
-    __slots__ = ("block_size", "max_blocks", "next_offset", "window", "fetched_to")
+    __slots__ = ("block_size", "max_blocks", "forward", "backward", "next_offset", "window", "fetched_to", "peak")
 
-    def __init__(self, block_size: int, max_blocks: int):
+    def __init__(self, block_size: int, max_blocks: int, forward: int = 16 * MiB, backward: int = 8 * MiB):
         self.block_size = block_size
         self.max_blocks = max_blocks
-        self.next_offset = 0
+        self.forward, self.backward = forward, backward
+        self.next_offset = 0  # where the furthest read so far ended
         self.window = 0
         self.fetched_to = 0  # blocks below this index were already asked for
+        self.peak = 0
 
     def advise(self, offset: int, length: int, object_size: int) -> range:
-        """Record a read; return the block indexes to prefetch now (maybe none)."""
-        sequential = offset == self.next_offset
-        self.next_offset = offset + length
-        if not sequential:
+        """Record a read as it arrives; return the block indexes to prefetch now (maybe none)."""
+        end = offset + length
+        if not self.next_offset - self.backward <= offset <= self.next_offset + self.forward:
             self.window = 0
             self.fetched_to = 0
+            self.next_offset = end
             return range(0)
+        self.next_offset = max(self.next_offset, end)
         self.window = min(max(1, self.window * 2), self.max_blocks)
-        last = max(0, (offset + length - 1) // self.block_size)
+        self.peak = max(self.peak, self.window)
+        last = max(0, (self.next_offset - 1) // self.block_size)
         blocks = -(-object_size // self.block_size)
         start = max(last + 1, self.fetched_to)
         stop = min(last + 1 + self.window, blocks)

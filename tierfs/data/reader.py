@@ -21,6 +21,7 @@ import trio
 from tierfs.data.readahead import ReadAhead
 from tierfs.data.singleflight import SingleFlight
 from tierfs.errors import StoreError
+from tierfs.limits import in_thread
 from tierfs.refs import BlockKey, ObjectRef, block_span, blocks_for_range
 from tierfs.store.objects import ObjectStore
 from tierfs.tiers.chain import TierChain
@@ -49,6 +50,7 @@ class BlockReader:
         self._nursery: trio.Nursery | None = None
         self._prefetch_slots = trio.Semaphore(max(1, prefetch_bytes // block_size))
         self.prefetched = 0
+        self.window_peak = 0  # the largest read-ahead window any handle reached, in bytes
         # Demand readers waiting on each block's flight, and the speculative
         # fetches (read-ahead, warm, manifest) still waiting for a token.
         self._wanted: dict[BlockKey, int] = {}
@@ -69,10 +71,10 @@ class BlockReader:
         await self.chain.fills.drain()
 
     def read_ahead(self, ra: ReadAhead, ref: ObjectRef, offset: int, length: int) -> None:
-        """Prefetch what ``ra`` advises after a read, without waiting for it.
+        """Prefetch what ``ra`` advises for a read that just arrived, without waiting for it.
 
         Bounded: when as many prefetches as the memory bound allows are in
-        flight, further ones are dropped, not queued.
+        flight, further ones are not queued; the next read asks for them again.
         """
         if self._nursery is None:
             return
@@ -80,8 +82,10 @@ class BlockReader:
             try:
                 self._prefetch_slots.acquire_nowait()
             except trio.WouldBlock:
-                return
+                ra.fetched_to = min(ra.fetched_to, index)
+                break
             self._nursery.start_soon(self._prefetch, ref, index)
+        self.window_peak = max(self.window_peak, ra.peak * self.block_size)
 
     async def _prefetch(self, ref: ObjectRef, index: int) -> None:
         try:
@@ -197,7 +201,7 @@ class BlockReader:
                 self._queued[key] = waiting
                 try:
                     # Once its thread has a token the call is not cancellable: it returns the bytes.
-                    return await trio.to_thread.run_sync(self.store.read_range, ref, start, end, limiter=limiter)
+                    return await in_thread(self.store.read_range, ref, start, end, limiter=limiter)
                 finally:
                     del self._queued[key]
-        return await trio.to_thread.run_sync(self.store.read_range, ref, start, end, limiter=self.read_limiter)
+        return await in_thread(self.store.read_range, ref, start, end, limiter=self.read_limiter)

@@ -27,7 +27,7 @@ from tierfs.data.reader import BlockReader
 from tierfs.data.warm import Warmer
 from tierfs.errors import Exists, NotEmpty, NotFound, NotPermitted, ReadOnly, leaf, to_errno
 from tierfs.fuse.attrs import AttrMaker
-from tierfs.metrics import FUSE_SECONDS, Counters
+from tierfs.metrics import FUSE_SECONDS, Counters, observe
 from tierfs.namespace.inodes import ROOT_INODE, Node
 from tierfs.namespace.live import RESERVED, Namespace
 from tierfs.namespace.snapshots import in_tree
@@ -72,7 +72,7 @@ def _guard(fn: F) -> F:
                           exc_info=True)
             raise pyfuse3.FUSEError(code) from None
         finally:
-            FUSE_SECONDS.labels(name).observe(time.perf_counter() - t0)
+            observe(FUSE_SECONDS, name, time.perf_counter() - t0)
 
     return cast(F, wrapper)
 
@@ -204,6 +204,8 @@ class TierfsOperations(pyfuse3.Operations):
         if handle.staged is not None and self.writer is not None:
             handle.node.last_tier = "staged"
             return await self.writer.read(handle.staged, off, size)
+        # Advice as the read arrives, not as it completes: the kernel sends several at once.
+        self.reader.read_ahead(handle.ra, handle.ref, off, size)
         try:
             data, source = await self.reader.read(handle.ref, off, size)
         except Exception as exc:
@@ -215,7 +217,6 @@ class TierfsOperations(pyfuse3.Operations):
             raise
         if source:
             handle.node.last_tier = source
-        self.reader.read_ahead(handle.ra, handle.ref, off, len(data))
         return data
 
     @_guard

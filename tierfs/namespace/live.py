@@ -22,6 +22,7 @@ import trio
 
 from tierfs.data.singleflight import SingleFlight
 from tierfs.errors import NotFound, StoreError
+from tierfs.limits import in_thread
 from tierfs.namespace.inodes import ROOT_INODE, InodeTable, Node
 from tierfs.namespace.listings import Listing, ListingCache
 from tierfs.namespace.overlay import Overlay
@@ -300,7 +301,7 @@ class Namespace:
     async def _ask_store(self, fn: Callable[[str], T], path: str) -> T:
         """One metadata call to the store, in a worker thread; tells the outage bookkeeping how it went."""
         try:
-            result = await trio.to_thread.run_sync(fn, path, limiter=self.limiter)
+            result = await in_thread(fn, path, limiter=self.limiter)
         except StoreError:
             self.outage.failed()
             raise

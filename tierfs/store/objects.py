@@ -24,7 +24,7 @@ from fsspec.core import url_to_fs
 
 from tierfs.config import Settings
 from tierfs.errors import Archived, NameTooLong, NotFound, StoreError, UserError
-from tierfs.metrics import BACKEND_COUNTERS, BACKEND_SECONDS, Counters
+from tierfs.metrics import BACKEND_COUNTERS, BACKEND_SECONDS, Counters, observe
 from tierfs.refs import ObjectRef
 from tierfs.store.backend import ARCHIVE_CLASSES, Backend, Changed, Entry, join_key, mtime_ns_of
 from tierfs.store.local import LOCAL_CLASS_XATTR
@@ -346,7 +346,7 @@ class ObjectStore:
             raise
         finally:
             bound.until = outer
-            BACKEND_SECONDS.labels(what.split(" ", 1)[0]).observe(time.perf_counter() - t0)
+            observe(BACKEND_SECONDS, what.split(" ", 1)[0], time.perf_counter() - t0)
 
     def _on_retry(self, exc: BaseException) -> None:
         self.stats.add("retries")

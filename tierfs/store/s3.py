@@ -68,6 +68,13 @@ class S3Backend(BucketKeys, Backend):
             self._obs = _obstore_for(self.fs, self.bucket, self.attempt_timeout)
         return self._obs
 
+    def check(self) -> dict[str, Any]:
+        info = super().check()
+        # Made now, at mount (after the daemon forked): making it loads the TLS roots and costs
+        # 30-60 ms of held GIL, which the first lookup of a cold mount would otherwise wait for.
+        _ = self.obs
+        return info
+
     def _path(self, rel: str) -> str:
         """The key inside the bucket."""
         rel = rel.strip("/")

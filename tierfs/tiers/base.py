@@ -40,6 +40,11 @@ class Tier(abc.ABC):
     @abc.abstractmethod
     def entries(self) -> int: ...
 
+    def may_hold(self, key: BlockKey) -> bool:
+        """False only when the tier surely lacks ``key``, known without blocking: the chain then skips it
+        without a thread hop. (True, "ask me", unless the tier keeps such knowledge in memory.)"""
+        return True
+
     def is_up(self) -> bool:
         """False while the tier is skipped because it failed (Redis down)."""
         return True

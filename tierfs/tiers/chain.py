@@ -21,7 +21,8 @@ from typing import Any
 
 import trio
 
-from tierfs.metrics import TIER_SECONDS
+from tierfs.limits import in_thread
+from tierfs.metrics import TIER_SECONDS, observe
 from tierfs.refs import BlockKey
 from tierfs.tiers.base import Tier
 from tierfs.tiers.fills import FillQueue
@@ -45,7 +46,7 @@ class TierChain:
             t0 = time.perf_counter()
             try:
                 data = tier.get(key)
-                TIER_SECONDS.labels(tier.name).observe(time.perf_counter() - t0)
+                observe(TIER_SECONDS, tier.name, time.perf_counter() - t0)
             except Exception as exc:
                 self._failed(tier, exc)
                 data = None
@@ -63,9 +64,12 @@ class TierChain:
         for i, tier in enumerate(self.tiers):
             if after_fast and tier.in_loop and all(t.in_loop for t in self.tiers[:i]):
                 continue
+            if not tier.in_loop and not tier.may_hold(key):
+                tier.stats.add("misses")  # known in memory: no thread hop for a block the tier lacks
+                continue
             t0 = time.perf_counter()
             data = await self._call(tier, tier.get, key)
-            TIER_SECONDS.labels(tier.name).observe(time.perf_counter() - t0)
+            observe(TIER_SECONDS, tier.name, time.perf_counter() - t0)
             if data is not None:
                 await self._fill(self.tiers[:i], key, data, wait)
                 return data, tier.name
@@ -123,7 +127,7 @@ class TierChain:
         try:
             if tier.in_loop:
                 return fn(*args)
-            return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+            return await in_thread(fn, *args, limiter=self.limiter)
         except Exception as exc:
             self._failed(tier, exc)
             return None

@@ -46,6 +46,7 @@ from tierfs.errors import UserError
 from tierfs.refs import BlockKey
 from tierfs.tiers.base import Tier
 from tierfs.tiers.lmdb_index import EVICTING, BlockIndex
+from tierfs.tiers.presence import slots_for
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +125,13 @@ class DiskTier(Tier):
             self.recovered = self._check_index()
         if self.index.unclean:
             self.index.checked()
+        self.index.start_presence(slots_for(capacity))
         super().__init__()
 
     # -- Tier -----------------------------------------------------------
+    def may_hold(self, key: BlockKey) -> bool:
+        return self.index.may_hold(key.digest)
+
     def get(self, key: BlockKey) -> bytes | None:
         meta = self.index.lookup(key.digest)
         if meta is None:

@@ -26,6 +26,7 @@ LRU order is exact and immune to clock steps.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -33,12 +34,14 @@ import struct
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import lmdb
 
 from tierfs import statefile
+from tierfs.tiers.presence import Presence
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,10 @@ class BlockIndex:
         raised on it): it is rebuilt as after a crash of the system."""
         self.path = path
         self.map_size = map_size
+        #: Which digests may be in the index, in memory (``start_presence``); "maybe" for all until built.
+        self.presence = Presence(1 << 16)
+        self._presence_stop = threading.Event()
+        self._presence_thread: threading.Thread | None = None
         self._recover_dir()
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         #: Why the index must be checked against the block files ('' after a clean close).
@@ -213,6 +220,28 @@ class BlockIndex:
     def _sibling(self, tag: str) -> Path:
         return self.path.with_name(f"{self.path.name}.{tag}")
 
+    # -- the presence filter -----------------------------------------------
+    def start_presence(self, slots: int) -> None:
+        """Count the index's digests into a filter of ``slots``, in a thread; ``may_hold`` answers from it once built."""
+        self.presence = Presence(slots)
+        self._presence_thread = threading.Thread(target=self.presence.build, args=(self._digests, self._presence_stop),
+                                                 name="disk-index-presence", daemon=True)
+        self._presence_thread.start()
+
+    def may_hold(self, digest: bytes) -> bool:
+        """False only if ``digest`` is surely not in the index (no LMDB read: fit for the trio loop)."""
+        return self.presence.may_hold(digest)
+
+    @contextlib.contextmanager
+    def _digests(self) -> Iterator[Iterable[bytes]]:
+        with self.env.begin(db=self._blocks) as txn:
+            yield (bytes(k) for k in txn.cursor().iternext(keys=True, values=False))
+
+    def _stop_presence(self) -> None:
+        self._presence_stop.set()
+        if self._presence_thread is not None:
+            self._presence_thread.join()  # (its read transaction must end before the file closes)
+
     # -- reads ----------------------------------------------------------
     def lookup(self, digest: bytes) -> tuple[int, int] | None:
         with self.env.begin(db=self._blocks) as txn:
@@ -287,13 +316,16 @@ class BlockIndex:
 
     def add(self, digest: bytes, size: int, checksum: int, probation: bool = False) -> None:
         """Record a block whose file has landed; clears its pending mark."""
-        with self.env.begin(write=True) as txn:
-            delta_b, delta_n = self._drop(txn, digest)
-            stamp = self._tick(txn)
-            txn.put(digest, _ENTRY.pack(size, checksum, stamp), db=self._blocks)
-            txn.put(_U64.pack(stamp) + digest, b"", db=self._probation if probation else self._lru)
-            txn.delete(digest, db=self._pending)
-            self._bump(txn, size - delta_b, 1 - delta_n)
+        with self.presence.lock:
+            with self.env.begin(write=True) as txn:
+                delta_b, delta_n = self._drop(txn, digest)
+                stamp = self._tick(txn)
+                txn.put(digest, _ENTRY.pack(size, checksum, stamp), db=self._blocks)
+                txn.put(_U64.pack(stamp) + digest, b"", db=self._probation if probation else self._lru)
+                txn.delete(digest, db=self._pending)
+                self._bump(txn, size - delta_b, 1 - delta_n)
+            if not delta_n:
+                self.presence.changed(digest, 1)
 
     def remove(self, digests: Iterable[bytes]) -> int:
         """Forget blocks (their files go next); marks them pending-evict.
@@ -301,15 +333,18 @@ class BlockIndex:
         Returns the bytes freed.
         """
         freed = 0
-        with self.env.begin(write=True) as txn:
-            removed = 0
-            for d in digests:
-                b, n = self._drop(txn, d)
-                if n:
-                    txn.put(d, EVICTING, db=self._pending)
-                freed += b
-                removed += n
-            self._bump(txn, -freed, -removed)
+        gone = []
+        with self.presence.lock:
+            with self.env.begin(write=True) as txn:
+                for d in digests:
+                    b, n = self._drop(txn, d)
+                    if n:
+                        txn.put(d, EVICTING, db=self._pending)
+                        gone.append(d)
+                    freed += b
+                self._bump(txn, -freed, -len(gone))
+            for d in gone:
+                self.presence.changed(d, -1)
         return freed
 
     def touch(self, digests: Iterable[bytes]) -> None:
@@ -356,10 +391,12 @@ class BlockIndex:
 
     def abandon(self) -> None:
         """Close without recording a clean close (the next start checks everything)."""
+        self._stop_presence()
         self.env.close()
 
     def close(self) -> None:
         """Sync the index to disk, then record the clean close (the next start trusts it)."""
+        self._stop_presence()
         self.env.sync(True)
         statefile.save(self.path / STATE, {"open": False})
         self.env.close()
