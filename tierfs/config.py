@@ -218,6 +218,7 @@ class _Key:
 #           ca_file cert_file key_file allow_no_auth
 #   [mount] mountpoint read_only   [write] part_size upload_concurrency rename_concurrency
 #   [metrics] listen   [metadata] ttl listing_entries   [fuse] workers allow_other   [log] level file
+#   [backup] secret_file
 _KEYS = [
     _Key("lake", "url", _string, "lake_url"),
     _Key("mount", "mountpoint", _path, "mountpoint"),
@@ -254,6 +255,7 @@ _KEYS = [
     _Key("redis", "timeout", _positive_float, "redis_timeout"),
     _Key("redis", "secret", _string, "redis_secret"),
     _Key("redis", "secret_file", _path, "redis_secret_file"),
+    _Key("backup", "secret_file", _path, "backup_secret_file"),
     _Key("redis", "username", _string, "redis_username"),
     _Key("redis", "ca_file", _path, "redis_ca_file"),
     _Key("redis", "cert_file", _path, "redis_cert_file"),
@@ -323,6 +325,8 @@ class Settings:
     # The secret every node shares: each Redis value carries a MAC under it (or TIERFS_REDIS_SECRET).
     redis_secret: str = field(default="", repr=False)
     redis_secret_file: str = ""
+    # Backup manifests carry a MAC under this secret (or TIERFS_BACKUP_SECRET); restore refuses one that fails.
+    backup_secret_file: str = ""
     redis_username: str = ""  # Redis 6 ACL user (AUTH user password)
     redis_ca_file: str = ""  # rediss://: the CA that signed the server's certificate
     redis_cert_file: str = ""  # rediss://: this node's client certificate, where the server checks them

@@ -61,6 +61,12 @@ class NotEmpty(TierfsError):
     errno = errno.ENOTEMPTY
 
 
+class BadKey(UserError):
+    """A key that is no key of the lake: a leading '/', an empty, '.' or '..' component, or a NUL."""
+
+    errno = errno.EINVAL
+
+
 class NameTooLong(TierfsError):
     """A name (one component, or the whole key) is longer than the lake can hold."""
 

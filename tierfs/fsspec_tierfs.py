@@ -1,12 +1,16 @@
-"""Read snapshots without a mount: the ``tierfs://`` fsspec protocol.
+"""Read the lake without a mount: the ``tierfs://`` fsspec protocol.
 
     import fsspec
     with fsspec.open("tierfs://imagenet@v2.0/train/n01440764/x.JPEG", lake="s3://ml-lake") as f:
-        data = f.read()
+        data = f.read()                     # a snapshot: DATASET@NAME/path
     fs = fsspec.filesystem("tierfs", lake="s3://ml-lake")
     fs.ls("imagenet@v2.0/train")
+    fs.cat_file("datasets/imagenet/train/n01440764/x.JPEG")   # the live view: any other path
 
-Paths are ``DATASET@NAME/path/inside/the/snapshot``. Bytes come through the
+Paths whose first name holds an ``@`` are ``DATASET@NAME/path/inside/the/snapshot``;
+every other path is the live view, read-only here (a top-level name of the
+lake that holds an ``@`` is read through a mount instead). The root lists the
+snapshots and the live view's top level. Bytes come through the
 same tier chain as the mount (RAM, then the disk cache, then the store), so a
 notebook and a mount on one machine can share a cache dir's contents (not at
 the same time: a cache dir has one user; a locked one is skipped with a warning).
@@ -25,15 +29,15 @@ from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from tierfs.config import Settings, load
 from tierfs.data.reader import BlockReader
-from tierfs.errors import UserError
+from tierfs.errors import NotFound, UserError
 from tierfs.refs import ObjectRef
-from tierfs.store.objects import ObjectStore
+from tierfs.store.objects import Entry, ObjectStore
 from tierfs.tiers.base import Tier
 from tierfs.tiers.chain import TierChain
 from tierfs.tiers.disk import DiskTier
 from tierfs.tiers.ram import RamTier
 from tierfs.versions.catalog import list_datasets, list_snapshots
-from tierfs.versions.manifest import ManifestEntry, ManifestReader
+from tierfs.versions.manifest import RESERVED, ManifestEntry, ManifestReader
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,10 @@ class TierfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
             path = path[len("tierfs://"):]
         return path.strip("/")
 
+    @staticmethod
+    def _is_live(path: str) -> bool:
+        return bool(path) and "@" not in path.partition("/")[0]
+
     def _split(self, path: str) -> tuple[ManifestReader | None, str, str]:
         """(reader, dataset@name, inner path); reader None for '' (the list of snapshots)."""
         path = self._strip_protocol(path)
@@ -80,7 +88,7 @@ class TierfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
         head, _, inner = path.partition("/")
         dataset, at, name = head.partition("@")
         if not at or not dataset or not name:
-            raise FileNotFoundError(f"{path}: expected DATASET@NAME/path")
+            raise FileNotFoundError(f"{path}: expected DATASET@NAME/path (a snapshot) or a path of the live view")
         key = (dataset, name)
         with self._lock:
             reader = self._readers.get(key)
@@ -95,12 +103,16 @@ class TierfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     # -- listing ------------------------------------------------------------------
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+        path = self._strip_protocol(path)
+        if self._is_live(path):
+            return self._live_ls(path, detail)
         reader, head, inner = self._split(path)
         if reader is None:
             out: list[dict[str, Any]] = [
                 {"name": f"{m.dataset}@{m.name}", "size": 0, "type": "directory"}
                 for ds in list_datasets(self.store) for m in list_snapshots(self.store, ds)
             ]
+            out += [o for o in self._live_ls("", True) if "@" not in o["name"] and o["name"] != RESERVED]
         else:
             entries = list(reader.list_dir(inner))
             if not entries and inner:
@@ -112,6 +124,9 @@ class TierfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
         return out if detail else [o["name"] for o in out]
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        path = self._strip_protocol(path)
+        if self._is_live(path):
+            return self._live_info(path)
         reader, head, inner = self._split(path)
         if reader is None or not inner:
             return {"name": head, "size": 0, "type": "directory"}
@@ -126,8 +141,41 @@ class TierfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
         return {"name": f"{head}/{e.path}", "size": e.size, "type": "directory" if e.is_dir else "file",
                 "mtime": e.mtime_ns / 1e9, "sha256": e.sha256, "version": e.version}
 
+    # -- the live view --------------------------------------------------------------
+    def _live_ls(self, path: str, detail: bool) -> list[Any]:
+        try:
+            entries = self.store.list_dir(path)
+        except NotFound:
+            info = self._live_info(path)  # a file: fsspec lists it as itself
+            return [info] if detail else [info["name"]]
+        out = [self._live_entry(path, e) for e in sorted(entries, key=lambda e: e.name)]
+        return out if detail else [o["name"] for o in out]
+
+    def _live_info(self, path: str) -> dict[str, Any]:
+        try:
+            return self._live_entry(path.rpartition("/")[0], self.store.stat(path))
+        except NotFound:
+            raise FileNotFoundError(path) from None
+
+    @staticmethod
+    def _live_entry(parent: str, e: Entry) -> dict[str, Any]:
+        name = f"{parent}/{e.name}" if parent else e.name
+        info: dict[str, Any] = {"name": name, "size": e.size, "type": "directory" if e.is_dir else "file"}
+        if not e.is_dir:
+            info["mtime"] = e.mtime_ns / 1e9
+        return info
+
     # -- bytes --------------------------------------------------------------------
     def _ref(self, path: str) -> ObjectRef:
+        path = self._strip_protocol(path)
+        if self._is_live(path):
+            try:
+                entry = self.store.stat(path)
+            except NotFound:
+                raise FileNotFoundError(path) from None
+            if entry.ref is None:
+                raise IsADirectoryError(f"{path} is a directory")
+            return entry.ref
         reader, _head, inner = self._split(path)
         if reader is None or not inner:
             raise IsADirectoryError(f"{path or 'tierfs://'} is a directory (a snapshot, or the list of them)")
@@ -158,7 +206,7 @@ class TierfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def _open(self, path: str, mode: str = "rb", block_size: Any = None, autocommit: bool = True,
               cache_options: Any = None, **kwargs: Any) -> TierfsFile:
         if mode != "rb":
-            raise PermissionError("tierfs:// snapshots are read-only")
+            raise PermissionError("tierfs:// is read-only: write through a mount (tierfs mount) or the store")
         ref = self._ref(path)
         return TierfsFile(self, path, ref, block_size=block_size or self.settings.block_size,
                           cache_type="none", size=ref.size)

@@ -881,9 +881,6 @@ def store_ops(store: ObjectStore, key: str) -> None:
             op()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "store boundary, left to tierfs/store/: a local lake's key with '..' components "
-    "reaches files outside the lake's root (LocalBackend.full joins it as a path)"))
 @given(key=KEYS)
 @example(key="../outside")
 def test_local_store_keys_stay_in_the_lake(tmp_path: Path, key: str) -> None:

@@ -154,3 +154,16 @@ def test_a_config_holding_a_secret_must_be_private(lake: Path, tmp_path: Path) -
     cfg.chmod(0o600)
     with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
         assert "chmod" not in m.output
+
+
+def test_a_cache_dir_that_is_not_a_cache_is_refused_untouched(lake: Path, tmp_path: Path) -> None:
+    """`--cache-dir /srv/data` once removed /srv/data/tmp: a non-empty dir without our marker is refused."""
+    (tmp_path / "mnt").mkdir()
+    data = tmp_path / "srv-data"
+    (data / "tmp").mkdir(parents=True)
+    (data / "tmp" / "run.log").write_text("mine")
+    (data / "index").mkdir()
+    assert_one_line_error(mount(f"file://{lake}", tmp_path / "mnt", data), "is not a tierfs cache")
+    assert (data / "tmp" / "run.log").read_text() == "mine" and (data / "index").is_dir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert_one_line_error(mount(f"file://{lake}", tmp_path / "mnt", tmp_path / "link"), "is a symlink")

@@ -176,3 +176,78 @@ def test_no_secret_in_argv_logs_stats_metrics_or_xattrs(lake: tuple[Path, dict[s
                 assert secret not in text, f"{where} shows a secret"
     finally:
         server.stop()
+
+
+def test_an_encrypted_disk_cache_holds_no_plaintext(lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    root, files = lake
+    key_file = tmp_path / "cache.key"
+    key_file.write_bytes(os.urandom(32).hex().encode())
+    key_file.chmod(0o600)
+    cfg = tmp_path / "tierfs.toml"
+    cfg.write_text(f'[cache]\nencryption_key_file = "{key_file}"\n')
+    cache = tmp_path / "cache"
+    with mounted(f"file://{root}", tmp_path / "mnt", cache, "--ram-size", "0", config=cfg) as m:
+        for rel, data in files.items():
+            assert (m.mountpoint / rel).read_bytes() == data
+        m.fills_settled()
+        drop_page_cache()
+        for rel, data in files.items():  # from the disk tier, decrypted
+            assert (m.mountpoint / rel).read_bytes() == data
+        assert m.stats()["tiers"]["disk"]["hits"] >= len(files)
+    blocks = [p.read_bytes() for p in (cache / "blocks").rglob("*") if p.is_file()]
+    assert len(blocks) >= len(files)
+    probes = [data[1000:1032] for data in files.values()]
+    assert not any(probe in block for block in blocks for probe in probes), "a block file holds plaintext"
+
+    key_file.write_bytes(os.urandom(32).hex().encode())  # another key: the old cache is unreadable, not an error
+    with mounted(f"file://{root}", tmp_path / "mnt", cache, "--ram-size", "0", config=cfg) as m:
+        for rel, data in files.items():
+            assert (m.mountpoint / rel).read_bytes() == data
+        assert m.stats()["tiers"]["disk"]["hits"] == 0
+    assert "another [cache] encryption key" in (cache / "tierfs.log").read_text()
+
+    inside = cache / "cache.key"  # a key kept beside the cache protects nothing: refused
+    inside.write_bytes(b"k" * 32)
+    cfg.write_text(f'[cache]\nencryption_key_file = "{inside}"\n')
+    res = Mount(f"file://{root}", tmp_path / "mnt", cache, config=cfg)
+    with pytest.raises(AssertionError, match="inside the cache dir"):
+        res.start()
+
+
+def test_a_sidecar_run_shows_no_secret(tmp_path: Path) -> None:
+    """A backup job of the sidecar with known secrets in its store config: none in its argv, output or metrics."""
+    s3_secret, backup_secret = "s3-secret-value-77aa", "backup-secret-value-88bb"
+    (tmp_path / "backup.secret").write_text(backup_secret)
+    store_cfg = tmp_path / "store.toml"
+    store_cfg.write_text(f'[s3]\nkey = "AKIDEXAMPLE"\nsecret = "{s3_secret}"\n'
+                         f'[backup]\nsecret_file = "{tmp_path / "backup.secret"}"\n')
+    store_cfg.chmod(0o600)
+    write_tree(tmp_path / "scratch", {"ckpt.pt": random_bytes(10_000, seed=3)})
+    metrics = free_port()
+    cfg = tmp_path / "sidecar.toml"
+    cfg.write_text(f'[sidecar]\nmetrics = "127.0.0.1:{metrics}"\nstore_config = "{store_cfg}"\n'
+                   f'[[job]]\nname = "ckpt"\nkind = "backup"\nsource = "{tmp_path / "scratch"}"\n'
+                   f'target = "file://{tmp_path / "lake"}/backups/n1"\nevery = "1h"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "tierfs", "sidecar", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        import time
+
+        deadline = time.monotonic() + 60
+        scraped = ""
+        while time.monotonic() < deadline and 'tierfs_sidecar_job_runs_total{job="ckpt",outcome="ok"}' not in scraped:
+            time.sleep(0.3)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as resp:
+                    scraped = resp.read().decode()
+            except OSError:
+                continue
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=60)
+    assert 'outcome="ok"' in scraped, out
+    assert (tmp_path / "lake/backups/n1").exists()
+    for where, text in (("argv", cmdline), ("output", out), ("metrics", scraped)):
+        for secret in (s3_secret, backup_secret):
+            assert secret not in text, f"the sidecar's {where} shows a secret"

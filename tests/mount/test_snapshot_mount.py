@@ -104,7 +104,7 @@ def test_fsspec_protocol_reads_snapshots_without_a_mount(versioned_lake: tuple[P
         assert fh.read() == files["train/c0/000.jpg"]
     fs = fsspec.filesystem("tierfs", lake=lake, cache_dir=str(tmp_path / "c2"), block_size="1MiB")
     try:
-        assert fs.ls("", detail=False) == ["toy@v1"]
+        assert fs.ls("", detail=False) == ["toy@v1", "datasets"]  # the snapshots, then the live view's top
         assert sorted(fs.ls("toy@v1/train", detail=False)) == [f"toy@v1/train/c{i}" for i in range(4)]
         assert fs.cat("toy@v1/shard.tar") == files["shard.tar"]
         assert fs.cat_file("toy@v1/shard.tar", start=MiB - 3, end=MiB + 3) == files["shard.tar"][MiB - 3 : MiB + 3]
@@ -119,6 +119,15 @@ def test_fsspec_protocol_reads_snapshots_without_a_mount(versioned_lake: tuple[P
             fs.cat("toy@v9/x")
         with pytest.raises(FileNotFoundError):
             fs.cat("toy@v1/nope")
+        # The live view: any path whose first name has no '@', read through the same tiers.
+        assert fs.cat("datasets/toy/train/c0/000.jpg") == b"changed later"
+        assert fs.info("datasets/toy")["type"] == "directory"
+        assert "datasets/toy/train" in fs.ls("datasets/toy", detail=False)
+        assert fs.cat_file("tierfs://datasets/toy/shard.tar", start=5, end=9) == files["shard.tar"][5:9]
+        with pytest.raises(FileNotFoundError):
+            fs.cat("datasets/toy/nope")
+        with pytest.raises(PermissionError, match="read-only"):
+            fs.open("datasets/toy/new.txt", "wb")
     finally:
         fs.close()
 

@@ -80,3 +80,87 @@ def test_restore_refuses_bad_input_and_corrupt_contents(tmp_path: Path) -> None:
     assert_one_line_error(res, "fail their checksum")
     assert not (tmp_path / "r" / "a.bin").exists()  # nothing half-written in place
     assert_one_line_error(run_tierfs("backup", "run", str(tmp_path / "missing"), target), "does not exist")
+
+
+def _forge(lake: Path, backup_id: str, paths: list[tuple[str, bool]]) -> None:
+    """Rewrite a backup's manifest in the lake with these (path, is_dir) entries, checksum and all."""
+    import gzip
+    import hashlib
+    import json
+
+    from tierfs.sidecar.backup import BACKUPS, FileEntry
+
+    manifest = lake / "backups/node1" / BACKUPS / f"{backup_id}.jsonl.gz"
+    header_line, _, body = gzip.decompress(manifest.read_bytes()).decode().partition("\n")
+    real = [FileEntry.from_json(ln) for ln in body.strip().split("\n")]
+    blob = next(e for e in real if not e.is_dir)
+    forged = [FileEntry(p, d, 0 if d else blob.size, 0o755 if d else 0o644, blob.mtime_ns, "" if d else blob.sha256)
+              for p, d in paths]
+    new_body = "\n".join(e.to_json() for e in forged)
+    header = {**json.loads(header_line), "sha256": hashlib.sha256(new_body.encode()).hexdigest()}
+    manifest.write_bytes(gzip.compress((json.dumps(header) + "\n" + new_body + "\n").encode()))
+
+
+def test_a_forged_manifest_writes_nothing_outside_the_target(tmp_path: Path) -> None:
+    """`../x`, `/etc/x`, and a directory swapped for a symlink mid-restore: refused, nothing written outside."""
+    src = tmp_path / "scratch"
+    write_tree(src, {"a.bin": random_bytes(1000, 1)})
+    target = f"file://{tmp_path / 'lake'}/backups/node1"
+    run_tierfs("backup", "run", str(src), target, check=True)
+    (bid,) = backup_ids(target)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for bad in ("../outside/x", f"{outside}/y", "ok/../../outside/z", "a//b"):
+        _forge(tmp_path / "lake", bid, [("fine.bin", False), (bad, False)])
+        res = run_tierfs("backup", "restore", target, bid, str(tmp_path / f"r{abs(hash(bad))}"))
+        assert_one_line_error(res, "not a path inside the target")
+        assert not any(outside.iterdir()) and not (tmp_path / f"r{abs(hash(bad))}" / "fine.bin").exists()
+
+    # A race: once d/1.bin is restored, d is swapped for a symlink to outside; d/2.bin must not follow it.
+    from tierfs.config import load
+    from tierfs.errors import UserError
+    from tierfs.sidecar.backup import restore
+    from tierfs.store.objects import ObjectStore
+
+    _forge(tmp_path / "lake", bid, [("d", True), ("d/1.bin", False), ("d/2.bin", False)])
+    dest = tmp_path / "restored"
+
+    def swap(done: int, _bytes: int) -> None:
+        if done == 1:
+            os.rename(dest / "d", tmp_path / "moved-away")
+            os.symlink(outside, dest / "d")
+
+    store = ObjectStore.open(load(None, {"lake_url": target}))
+    try:
+        restore(store, bid, dest, on_progress=swap)
+    except UserError as exc:
+        assert "nothing is written through a symlink" in str(exc)
+    else:
+        raise AssertionError("restore wrote through a symlink it did not make")
+    assert not any(outside.iterdir())
+
+
+def test_with_a_secret_a_forged_manifest_is_refused(tmp_path: Path) -> None:
+    """`[backup] secret_file`: manifests carry a MAC; one rewritten without the secret is not restored."""
+    secret = tmp_path / "backup.secret"
+    secret.write_text("s3cr3t-for-backups-0123456789")
+    secret.chmod(0o600)
+    cfg = tmp_path / "tierfs.toml"
+    cfg.write_text(f'[backup]\nsecret_file = "{secret}"\n')
+    src = tmp_path / "scratch"
+    write_tree(src, {"a.bin": random_bytes(1000, 1), "b.bin": random_bytes(500, 2)})
+    target = f"file://{tmp_path / 'lake'}/backups/node1"
+    run_tierfs("backup", "run", str(src), target, "--config", str(cfg), check=True)
+    (bid,) = [ln.split("\t")[0] for ln in run_tierfs("backup", "list", target, "--config", str(cfg),
+                                                      check=True).stdout.splitlines()]
+    run_tierfs("backup", "restore", target, bid, str(tmp_path / "ok"), "--config", str(cfg), check=True)
+    assert (tmp_path / "ok" / "a.bin").read_bytes() == (src / "a.bin").read_bytes()
+
+    _forge(tmp_path / "lake", bid, [("a.bin", False)])  # valid sha256, no MAC under the secret
+    res = run_tierfs("backup", "restore", target, bid, str(tmp_path / "forged"), "--config", str(cfg))
+    assert_one_line_error(res, "not authenticated by [backup] secret_file")
+    assert not (tmp_path / "forged" / "a.bin").exists()
+    # An expiry still counts that manifest's contents as referenced: nothing of a backup is lost to a new secret.
+    run_tierfs("backup", "run", str(src), target, "--config", str(cfg), "--keep", "1", check=True)
+    blobs = [p for p in (tmp_path / "lake/backups/node1").rglob("*") if p.is_file() and "blobs" in p.parts]
+    assert len(blobs) >= 2

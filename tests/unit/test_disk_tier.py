@@ -121,12 +121,22 @@ def test_other_layout_is_started_afresh(tmp_path: Path) -> None:
 
 
 def test_second_user_of_a_cache_dir_is_refused(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
     t = DiskTier(tmp_path / "c", 1 << 20)
+    t.close()
+    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "os.pwrite(fd, str(os.getpid()).encode(), 0); print('held', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "c" / "lock")], stdout=subprocess.PIPE,
+                             text=True)
     try:
-        with pytest.raises(UserError, match="in use by another tierfs process"):
+        assert child.stdout is not None and child.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=f"in use by another tierfs process \\(pid {child.pid}\\)"):
             DiskTier(tmp_path / "c", 1 << 20)
     finally:
-        t.close()
+        child.kill()
+        child.communicate()
 
 
 def test_unwritable_cache_dir(tmp_path: Path) -> None:
@@ -424,5 +434,82 @@ def test_presence_filter_built_while_blocks_land_misses_none(tmp_path: Path, mon
         _ready(t)
         assert all(t.may_hold(key(n)) for n in range(300, 3300))
         assert sum(not t.may_hold(key(n)) for n in range(300)) > 250
+    finally:
+        t.close()
+
+
+def test_encrypted_blocks_hold_no_plaintext_and_another_key_is_a_miss(tmp_path: Path) -> None:
+    secret_bytes = b"the plaintext of a training sample " * 30
+    t = DiskTier(tmp_path / "c", 1 << 20, data_key=b"k" * 32)
+    try:
+        t.put(key(1), secret_bytes)
+        assert t.get(key(1)) == secret_bytes
+        stored = t._path(key(1).hex).read_bytes()
+        assert b"plaintext of a training" not in stored and len(stored) > len(secret_bytes)
+    finally:
+        t.close()
+    for other in (b"x" * 32, b""):  # another key, or none: misses (dropped), never an error nor other bytes
+        t = DiskTier(tmp_path / "c", 1 << 20, data_key=other)
+        try:
+            t.put(key(2), b"two")
+            assert t.get(key(1)) is None and t.stats.snapshot()["misses"] == 1
+            assert t.get(key(2)) == b"two"
+        finally:
+            t.close()
+
+
+def test_a_directory_that_is_not_a_cache_is_refused_and_left_alone(tmp_path: Path) -> None:
+    data = tmp_path / "srv-data"
+    (data / "tmp").mkdir(parents=True)
+    (data / "tmp" / "precious.bin").write_bytes(b"keep me")
+    (data / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"not a tierfs cache.*nothing in it was touched"):
+        DiskTier(data, 1 << 20)
+    assert (data / "tmp" / "precious.bin").read_bytes() == b"keep me" and (data / "notes.txt").exists()
+    assert not (data / "blocks").exists() and not (data / "LAYOUT").exists()
+
+
+def test_a_symlinked_or_foreign_cache_dir_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(UserError, match="is a symlink"):
+        DiskTier(tmp_path / "link", 1 << 20)
+    assert os.listdir(real) == []
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)  # as if the daemon ran as another user
+    with pytest.raises(UserError, match="belongs to uid"):
+        DiskTier(real, 1 << 20)
+
+
+def test_blocks_and_index_files_are_private(tmp_path: Path) -> None:
+    t = DiskTier(tmp_path / "c", 1 << 20)
+    try:
+        t.put(key(1), b"abc")
+        for p in [t._path(key(1).hex), *(tmp_path / "c" / "index").glob("*.mdb")]:
+            assert stat.S_IMODE(p.stat().st_mode) & 0o077 == 0, p
+    finally:
+        t.close()
+
+
+def test_a_cache_written_under_another_key_starts_afresh(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    t = DiskTier(tmp_path / "c", 1 << 20, data_key=b"one" * 8)
+    t.put(key(1), b"abc")
+    t.close()
+    for other in (b"two" * 8, b""):
+        t = DiskTier(tmp_path / "c", 1 << 20, data_key=other)
+        try:
+            assert t.get(key(1)) is None and t.entries() == 0
+            t.put(key(1), b"abc")
+        finally:
+            t.close()
+    assert "another [cache] encryption key" in caplog.text
+
+
+def test_a_second_instance_in_one_process_is_told_so(tmp_path: Path) -> None:
+    t = DiskTier(tmp_path / "c", 1 << 20)
+    try:
+        with pytest.raises(UserError, match="another tierfs instance in this process") as e:
+            DiskTier(tmp_path / "c", 1 << 20)
+        assert "pid" not in str(e.value) and "--cache-dir" not in str(e.value)
     finally:
         t.close()

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from tierfs.config import load
-from tierfs.errors import NotFound, StoreError, UserError
+from tierfs.errors import BadKey, NotFound, StoreError, UserError
 from tierfs.store.objects import ObjectStore
 from tierfs.store.retry import is_credentials_error, is_temp_failure
 
@@ -86,6 +86,9 @@ def test_azure_errors_by_code_and_status() -> None:
 @pytest.mark.parametrize(("url", "message"), [
     ("foo://bucket", "Protocol not known: foo"),
     ("", "no lake URL given"),
+    ("ml-lake/datasets", r"not a lake URL: give a scheme, e\.g\. s3://BUCKET/PREFIX"),
+    ("http://127.0.0.1:8333/ml-lake/datasets",
+     r"web address.*s3://ml-lake/datasets and the server as \[s3\] endpoint_url = \"http://127\.0\.0\.1:8333\""),
 ])
 def test_open_bad_urls(url: str, message: str) -> None:
     with pytest.raises(UserError, match=message):
@@ -103,3 +106,30 @@ def test_check_lake_that_is_a_file(tmp_path: Any) -> None:
     store = ObjectStore.open(load(None, {"lake_url": f"file://{tmp_path}/f"}))
     with pytest.raises(UserError, match="is a file"):
         store.check()
+
+
+@pytest.mark.parametrize("key", ["../outside", "/etc/passwd", "a/../../b", "a//b", "./a", "a/.", "a\0b"])
+def test_one_key_check_at_the_store_boundary(tmp_path: Any, key: str) -> None:
+    """No key with a leading '/', an empty, '.' or '..' name, or a NUL reaches a backend (a local lake's files)."""
+    (tmp_path / "lake").mkdir()
+    (tmp_path / "secret").write_text("outside the lake")
+    store = ObjectStore.open(load(None, {"lake_url": f"file://{tmp_path / 'lake'}", "store_retries": "0"}))
+    for op in (lambda: store.read_all(key), lambda: store.stat(key), lambda: store.put_bytes(key, b"x"),
+               lambda: store.delete(key), lambda: store.list_dir(key)):
+        with pytest.raises(BadKey, match="is not a key of the lake"):
+            op()
+    assert (tmp_path / "secret").read_text() == "outside the lake" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "lake", "secret"]
+
+
+def test_names_a_key_check_refuses_are_left_out_of_listings(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """An object store lists what another tool wrote, 'a/../b' or 'a//b' included: those names are left out."""
+    from tierfs.store.objects import Entry
+
+    (tmp_path / "lake").mkdir()
+    store = ObjectStore.open(load(None, {"lake_url": f"file://{tmp_path / 'lake'}"}))
+    listed = [Entry("ok.txt", False, 1, 0), Entry("..", True), Entry("", True), Entry(".", True), Entry("x/y", False)]
+    monkeypatch.setattr(store.backend, "list_dir", lambda rel: listed)
+    assert [e.name for e in store.list_dir("a")] == ["ok.txt"]
+    assert "left out of the listing" in caplog.text

@@ -89,6 +89,9 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
         if not settings.lake_url or mountpoint is None:
             raise UserError("give LAKE_URL and MOUNTPOINT, or set [lake] url and [mount] mountpoint in --config")
         mountpoint = mountpoint.absolute()
+        from tierfs.tiers.disk import check_cache_dir
+
+        check_cache_dir(settings.resolved_cache_dir())  # before the daemon's log is written in there
         if not foreground:
             log_path = Path(settings.log_file) if settings.log_file else settings.resolved_cache_dir() / "tierfs.log"
             argv, env, exposed_argv = mount_mod.daemon_argv(sys.argv[1:])

@@ -26,12 +26,15 @@ it deletes blobs, so the newest manifest's contents are never deleted.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import hashlib
+import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import stat
 import time
@@ -104,14 +107,31 @@ def blob_key(sha: str) -> str:
 
 
 # -- manifests ----------------------------------------------------------------------
+def manifest_secret(store: ObjectStore) -> bytes:
+    """The secret backup manifests are authenticated with (``[backup] secret_file`` or TIERFS_BACKUP_SECRET)."""
+    from tierfs.tiers.seal import read_secret
+
+    return read_secret("", store.settings.backup_secret_file, "TIERFS_BACKUP_SECRET", "[backup] secret")
+
+
+def _mac(secret: bytes, header: dict[str, Any], body: str) -> str:
+    signed = json.dumps({k: v for k, v in header.items() if k != "mac"}, sort_keys=True) + "\n" + body
+    return hmac.new(hashlib.sha256(b"tierfs backup manifest\0" + secret).digest(), signed.encode(),
+                    hashlib.sha256).hexdigest()
+
+
 def _write_manifest(store: ObjectStore, info: BackupInfo, entries: list[FileEntry]) -> None:
     body = "\n".join(e.to_json() for e in entries)
-    header = {"format": FORMAT, **info.__dict__, "sha256": hashlib.sha256(body.encode()).hexdigest()}
+    header: dict[str, Any] = {"format": FORMAT, **info.__dict__, "sha256": hashlib.sha256(body.encode()).hexdigest()}
+    secret = manifest_secret(store)
+    if secret:
+        header["mac"] = _mac(secret, header, body)
     raw = gzip.compress((json.dumps(header) + "\n" + body + "\n").encode(), mtime=0)
     store.put_bytes(f"{BACKUPS}/{info.id}.jsonl.gz", raw)
 
 
-def read_manifest(store: ObjectStore, backup_id: str) -> tuple[BackupInfo, list[FileEntry]]:
+def read_manifest(store: ObjectStore, backup_id: str, authenticate: bool = True) -> tuple[BackupInfo, list[FileEntry]]:
+    """A backup's manifest, checked; with ``authenticate`` (and a secret configured) its MAC too."""
     try:
         raw = store.read_all(f"{BACKUPS}/{backup_id}.jsonl.gz")
     except NotFound:
@@ -124,6 +144,10 @@ def read_manifest(store: ObjectStore, backup_id: str) -> tuple[BackupInfo, list[
     body = body.rstrip("\n")
     if header.get("format") != FORMAT or hashlib.sha256(body.encode()).hexdigest() != header.get("sha256"):
         raise UserError(f"backup {backup_id}: its manifest fails its checksum; it cannot be restored")
+    secret = manifest_secret(store) if authenticate else b""
+    if secret and not hmac.compare_digest(str(header.get("mac", "")), _mac(secret, header, body)):
+        raise UserError(f"backup {backup_id}: its manifest is not authenticated by [backup] secret_file (forged, "
+                        "or written without that secret); it is not used")
     info = BackupInfo(**{k: header[k] for k in BackupInfo.__dataclass_fields__})
     return info, [FileEntry.from_json(ln) for ln in body.split("\n") if ln]
 
@@ -253,10 +277,19 @@ def expire(store: ObjectStore, keep: int, grace_seconds: float = GRACE_SECONDS) 
         if runs:
             log.info("backup expiry removed no contents: %s; they go at the next expiry", runs[0])
             return gone
-        # Listed again: a run that committed since (before this sweep's lease) counts too.
+        # Listed again: a run that committed since (before this sweep's lease) counts too. Every manifest
+        # there counts, authenticated or not: one written before a secret was set still holds a backup.
         referenced: set[str] = set()
-        for b in list_backups(store):
-            referenced.update(e.sha256 for e in read_manifest(store, b.id)[1] if not e.is_dir)
+        try:
+            names = [e.name for e in store.list_dir(BACKUPS) if e.name.endswith(".jsonl.gz")]
+        except NotFound:
+            names = []
+        for name in names:
+            try:
+                entries = read_manifest(store, name.removesuffix(".jsonl.gz"), authenticate=False)[1]
+            except UserError:
+                continue
+            referenced.update(e.sha256 for e in entries if not e.is_dir)
         now = time.time()
         for obj in store.walk_files(BLOBS):
             if obj.name.rsplit("/", 1)[-1] in referenced or now - obj.mtime_ns / 1e9 < grace_seconds:
@@ -266,42 +299,111 @@ def expire(store: ObjectStore, keep: int, grace_seconds: float = GRACE_SECONDS) 
 
 
 # -- restore -----------------------------------------------------------------------------
+# A manifest comes from the lake, where anyone who can write the backup prefix
+# may have forged it: its paths are checked before anything is written, and
+# the restore works below the target through directory file descriptors that
+# never follow a symlink, so even a directory swapped for a link mid-restore
+# leads nowhere outside the target.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_entries(backup_id: str, entries: list[FileEntry]) -> None:
+    """One line, and nothing restored, if the manifest names a path outside the target (or is no manifest of ours)."""
+    seen: set[str] = set()
+    for e in entries:
+        parts = e.path.split("/")
+        if (not e.path or e.path.startswith("/") or "\0" in e.path
+                or any(p in ("", ".", "..") for p in parts)):
+            raise UserError(f"backup {backup_id}: its manifest names {e.path!r}, which is not a path inside the "
+                            "target (forged or damaged manifest?); nothing was restored")
+        if e.path in seen:
+            raise UserError(f"backup {backup_id}: its manifest names {e.path!r} twice; nothing was restored")
+        seen.add(e.path)
+        if not e.is_dir and not _SHA256.fullmatch(e.sha256):
+            raise UserError(f"backup {backup_id}: its manifest gives {e.path!r} no valid sha256; nothing was restored")
+
+
+def _open_dir(root_fd: int, rel: str, create: bool) -> int:
+    """A descriptor of directory ``rel`` below ``root_fd``, made if ``create``; never through a symlink."""
+    fd = os.dup(root_fd)
+    try:
+        for name in rel.split("/") if rel else []:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o700, dir_fd=fd)
+            try:
+                nxt = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                raise UserError(f"cannot restore into {rel}: {name} is not a directory tierfs made "
+                                f"({exc.strerror}); nothing is written through a symlink") from None
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def restore(store: ObjectStore, backup_id: str, target: Path,
             on_progress: Callable[[int, int], None] | None = None) -> BackupInfo:
     info, entries = read_manifest(store, backup_id)
+    _check_entries(backup_id, entries)
+    if target.is_symlink():
+        raise UserError(f"{target} is a symlink: restore into a directory, given by its real path")
     if target.exists() and any(target.iterdir()):
         raise UserError(f"{target} is not empty: restore into a new or empty directory")
     target.mkdir(parents=True, exist_ok=True)
-    done = nbytes = 0
-    dirs = [e for e in entries if e.is_dir]
-    for e in dirs:
-        (target / e.path).mkdir(parents=True, exist_ok=True)
-    for e in entries:
-        if e.is_dir:
-            continue
-        dest = target / e.path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tierfs-restore")
-        h = hashlib.sha256()
-        try:
-            with store.open_read(ObjectRef(blob_key(e.sha256), e.size)) as src, open(tmp, "wb") as out:
-                while chunk := src.read(CHUNK):
-                    h.update(chunk)
-                    out.write(chunk)
-        except FileNotFoundError:
-            tmp.unlink(missing_ok=True)
-            raise UserError(f"backup {backup_id}: the contents of {e.path} are missing from {store.url}") from None
-        if h.hexdigest() != e.sha256:
-            tmp.unlink(missing_ok=True)
-            raise UserError(f"backup {backup_id}: the stored contents of {e.path} fail their checksum")
-        os.chmod(tmp, e.mode)
-        os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns))
-        os.replace(tmp, dest)
-        done += 1
-        nbytes += e.size
-        if on_progress:
-            on_progress(done, nbytes)
-    for e in reversed(dirs):  # after their contents, which would change their mtimes
-        os.chmod(target / e.path, e.mode)
-        os.utime(target / e.path, ns=(e.mtime_ns, e.mtime_ns))
+    root_fd = os.open(target, _DIR_FLAGS)
+    try:
+        done = nbytes = 0
+        dirs = [e for e in entries if e.is_dir]
+        for e in dirs:
+            os.close(_open_dir(root_fd, e.path, create=True))
+        for e in entries:
+            if e.is_dir:
+                continue
+            parent, _, name = e.path.rpartition("/")
+            dir_fd = _open_dir(root_fd, parent, create=True)
+            try:
+                _restore_file(store, backup_id, e, dir_fd, name)
+            finally:
+                os.close(dir_fd)
+            done += 1
+            nbytes += e.size
+            if on_progress:
+                on_progress(done, nbytes)
+        for e in reversed(dirs):  # after their contents, which would change their mtimes
+            fd = _open_dir(root_fd, e.path, create=False)
+            try:
+                os.chmod(fd, e.mode & 0o7777)
+                os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root_fd)
     return info
+
+
+def _restore_file(store: ObjectStore, backup_id: str, e: FileEntry, dir_fd: int, name: str) -> None:
+    tmp = f".{name}.tierfs-restore"[:255]
+    h = hashlib.sha256()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        with store.open_read(ObjectRef(blob_key(e.sha256), e.size)) as src, open(fd, "wb", closefd=False) as out:
+            while chunk := src.read(CHUNK):
+                h.update(chunk)
+                out.write(chunk)
+        if h.hexdigest() != e.sha256:
+            raise UserError(f"backup {backup_id}: the stored contents of {e.path} fail their checksum")
+        os.chmod(fd, e.mode & 0o7777)
+        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+    except FileNotFoundError:
+        os.unlink(tmp, dir_fd=dir_fd)
+        raise UserError(f"backup {backup_id}: the contents of {e.path} are missing from {store.url}") from None
+    except BaseException:
+        os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    finally:
+        os.close(fd)
+    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

@@ -29,7 +29,7 @@ import fsspec
 from fsspec.asyn import sync
 
 from tierfs.config import Settings
-from tierfs.errors import Archived, StoreError, UserError
+from tierfs.errors import Archived, BadKey, StoreError, UserError
 from tierfs.refs import ObjectRef
 
 
@@ -86,6 +86,7 @@ class Backend:
 
     # -- keys --------------------------------------------------------------
     def full(self, rel: str) -> str:
+        check_key_shape(rel)
         if not rel:
             return self.root or self.fs.root_marker
         return f"{self.root}/{rel}" if self.root else rel
@@ -116,6 +117,7 @@ class Backend:
 
     def list_dir(self, rel: str) -> list[Entry]:
         """Entries directly below ``rel`` (a '/'-separated path, '' = root)."""
+        check_key_shape(rel)
         rel = rel.strip("/")
         full = self.full(rel)
         infos: list[dict[str, Any]] = self.fs.ls(full, detail=True)
@@ -347,3 +349,25 @@ class BucketKeys:
         full: str = self.full(rel)  # type: ignore[attr-defined]
         key = full.split("/", 1)[1] if "/" in full else ""  # the bucket is not part of the key
         return len(key) if self.counts_characters else len(os.fsencode(key))
+
+
+def check_key_shape(rel: str) -> None:
+    """Refuse (BadKey) what is no key relative to the lake's root: the one key check at the store boundary.
+
+    A key is '/'-separated names, none of them empty, '.' or '..', no NUL, no
+    leading '/' (one trailing '/' names a directory). On a local lake anything
+    else would reach files outside the lake's root; on an object store it would
+    name objects that no path of the mount can.
+    """
+    if not rel:
+        return
+    if "\0" in rel or rel.startswith("/"):
+        raise BadKey(f"{rel!r} is not a key of the lake: no leading '/' nor NUL, please")
+    for name in rel.removesuffix("/").split("/"):
+        if name in ("", ".", ".."):
+            raise BadKey(f"{rel!r} is not a key of the lake: its names may not be empty, '.' or '..'")
+
+
+def is_listable_name(name: str) -> bool:
+    """Whether a name a listing gave can be an entry of the mount (a key like 'a/../b' gives '..')."""
+    return name not in ("", ".", "..") and "/" not in name and "\0" not in name

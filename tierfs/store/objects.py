@@ -26,7 +26,15 @@ from tierfs.config import Settings
 from tierfs.errors import Archived, NameTooLong, NotFound, StoreError, UserError
 from tierfs.metrics import BACKEND_COUNTERS, BACKEND_SECONDS, Counters, observe
 from tierfs.refs import ObjectRef
-from tierfs.store.backend import ARCHIVE_CLASSES, Backend, Changed, Entry, join_key, mtime_ns_of
+from tierfs.store.backend import (
+    ARCHIVE_CLASSES,
+    Backend,
+    Changed,
+    Entry,
+    is_listable_name,
+    join_key,
+    mtime_ns_of,
+)
 from tierfs.store.local import LOCAL_CLASS_XATTR
 from tierfs.store.retry import is_credentials_error, is_temp_failure, retry_call
 
@@ -43,6 +51,7 @@ class ObjectStore:
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, retries: int = 5,
                  settings: Settings | None = None):
         settings = settings or Settings(lake_url=url)
+        self.settings = settings
         self.url = url
         self.retries = retries
         self.read_deadline = settings.store_read_deadline
@@ -58,6 +67,7 @@ class ObjectStore:
         url = settings.lake_url
         if not url:
             raise UserError("no lake URL given: pass LAKE_URL or set [lake] url in the config file")
+        _check_url_shape(url)
         options = storage_options(settings)
         if url.startswith(("az://", "abfs://", "abfss://")):
             container = url.split("://", 1)[1].split("/", 1)[0].split("@", 1)[0]
@@ -135,6 +145,12 @@ class ObjectStore:
     def list_dir(self, rel: str) -> list[Entry]:
         """Entries directly below ``rel`` (a '/'-separated path, '' = root)."""
         out: list[Entry] = self.call(lambda: self.backend.list_dir(rel), f"list {rel or '/'}")
+        bad = [e.name for e in out if not is_listable_name(e.name)]
+        if bad:
+            # Keys like 'a/../b' or 'a//b' that another tool wrote: no path of the mount can name them.
+            log.warning("%s: left out of the listing of %s/: %s (keys with empty, '.' or '..' names)",
+                        self.url, rel, ", ".join(repr(b) for b in bad[:5]))
+            out = [e for e in out if is_listable_name(e.name)]
         return out
 
     def stat(self, rel: str) -> Entry:
@@ -351,6 +367,21 @@ class ObjectStore:
     def _on_retry(self, exc: BaseException) -> None:
         self.stats.add("retries")
         self.stats.add("requests")
+
+
+def _check_url_shape(url: str) -> None:
+    """One line for the lake URLs users get wrong most: no scheme, or a web endpoint instead of a bucket."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        if url.startswith("/"):
+            return  # an absolute local path: a file:// lake
+        raise UserError(f"{url!r} is not a lake URL: give a scheme, e.g. s3://BUCKET/PREFIX, gs://BUCKET, "
+                        f"az://CONTAINER or file:///ABSOLUTE/PATH")
+    if scheme.lower() in ("http", "https"):
+        host, _, bucket = rest.partition("/")
+        hint = f"s3://{bucket.strip('/') or 'BUCKET'}" if host else "s3://BUCKET"
+        raise UserError(f"{url} is a web address, not a lake URL: for an S3-compatible server give the bucket as "
+                        f"{hint} and the server as [s3] endpoint_url = \"{scheme}://{host}\" in the config")
 
 
 def _backend_class(url: str) -> type[Backend]:

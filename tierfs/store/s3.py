@@ -37,6 +37,7 @@ from tierfs.store.backend import (
     BucketKeys,
     Changed,
     Entry,
+    check_key_shape,
     expected_etag,
     join_key,
     require_identity,
@@ -77,6 +78,7 @@ class S3Backend(BucketKeys, Backend):
 
     def _path(self, rel: str) -> str:
         """The key inside the bucket."""
+        check_key_shape(rel)
         rel = rel.strip("/")
         return f"{self.prefix}/{rel}" if self.prefix and rel else (self.prefix or rel)
 

@@ -2,7 +2,8 @@
 
 Layout of the cache dir (mode 0700)::
 
-    LAYOUT           layout version; another version is wiped, not misread
+    LAYOUT           layout version and sealing; another is wiped, not misread;
+                     without it, a non-empty dir is refused, never cleaned
     lock             flock'd by the one process using the dir
     index/           LMDB (see lmdb_index.py)
     blocks/ab/cd/…   one file per block, named by its key
@@ -33,6 +34,7 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -47,6 +49,7 @@ from tierfs.refs import BlockKey
 from tierfs.tiers.base import Tier
 from tierfs.tiers.lmdb_index import EVICTING, BlockIndex
 from tierfs.tiers.presence import slots_for
+from tierfs.tiers.seal import Sealer
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ class DiskTier(Tier):
     name = "disk"
 
     def __init__(self, root: Path, capacity: int, high: float = 0.95, low: float = 0.85, policy: str = "lru",
-                 min_free: int | float | None = None):
+                 min_free: int | float | None = None, data_key: bytes = b""):
         """``policy``: ``lru`` evicts the least recently used block. ``stable``
         (for datasets larger than the cache, read in cyclic epochs, where LRU
         evicts exactly what the next epoch reads first) keeps blocks that were
@@ -88,7 +91,12 @@ class DiskTier(Tier):
         the dataset stays cached from one epoch to the next.
 
         ``min_free``: the free space kept on the cache dir's filesystem, in
-        bytes or (a float) as a fraction of it; None: ``reserve_bytes``' default."""
+        bytes or (a float) as a fraction of it; None: ``reserve_bytes``' default.
+
+        ``data_key``: blocks are stored encrypted (AES-256-GCM, ``seal.py``)
+        under it, bound to their block key; a block that does not open under
+        the key (another key, or none) is a miss and is dropped."""
+        self.sealer = Sealer(data_key=data_key) if data_key else None
         self.policy = policy
         self.root = root
         self.capacity = capacity
@@ -105,7 +113,11 @@ class DiskTier(Tier):
         self._lock_fd = prepare_cache_dir(root)
         self.blocks_dir = root / "blocks"
         self.tmp_dir = root / "tmp"
-        self._check_layout()
+        try:
+            self._check_layout()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         self.blocks_dir.mkdir(mode=0o700, exist_ok=True)
         self.tmp_dir.mkdir(mode=0o700, exist_ok=True)
         self.index = BlockIndex(root / "index")
@@ -115,6 +127,7 @@ class DiskTier(Tier):
         self._evict_lock = threading.Lock()
         self._made_dirs: set[str] = set()
         self._full_until = 0.0  # after ENOSPC, bypass puts for a while
+        self._last_key_log = 0.0
         try:
             self.recovered = self._check_index() if self.index.unclean else self._recover()
         except lmdb.Error as exc:  # (a damaged page that LMDB reported rather than aborted on)
@@ -153,8 +166,25 @@ class DiskTier(Tier):
             self._drop([key.digest])
             self._miss()
             return None
+        if self.sealer is not None:
+            opened = self.sealer.open(key.digest, data)
+            if opened is None:
+                self._unreadable(key)
+                return None
+            data = opened
         self._touch(key.digest)
         return self._hit(data)
+
+    def _unreadable(self, key: BlockKey) -> None:
+        """A block that does not open under the cache key: written under another key (or none). A miss."""
+        now = time.monotonic()
+        if now - self._last_key_log > 60:
+            self._last_key_log = now
+            log.warning("disk cache: block %s does not open under [cache] encryption_key_file (written under "
+                        "another key, or unencrypted); dropped and fetched again", key.hex)
+        self.stats.add("errors")
+        self._drop([key.digest])
+        self._miss()
 
     def put(self, key: BlockKey, data: bytes) -> None:
         if len(data) > self.high_bytes - self.low_bytes or time.monotonic() < self._full_until:
@@ -162,11 +192,13 @@ class DiskTier(Tier):
         if not self._room_for(len(data)):
             self._skipped()
             return
+        if self.sealer is not None:
+            data = self.sealer.seal(key.digest, data)
         final = self._path(key.hex)
         tmp = self.tmp_dir / f"{key.hex}.{threading.get_ident():x}"
         try:
             self._ensure_dir(final.parent)
-            with open(tmp, "wb") as fh:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
                 fh.write(data)
             self.index.mark([key.digest], b"L")
             os.replace(tmp, final)
@@ -338,20 +370,41 @@ class DiskTier(Tier):
             self._evict_lock.release()
 
     def _check_layout(self) -> None:
+        """Make sure the dir is a tierfs cache of this layout and sealing; start it afresh if it is ours but not.
+
+        A directory without the marker that holds anything tierfs did not put
+        there is not a cache: it is refused, and nothing in it is removed.
+        """
         marker = self.root / "LAYOUT"
+        want = LAYOUT + f"sealing: {self.sealer.key_id if self.sealer is not None else 'none'}\n"
         try:
-            current = marker.read_text()
+            current: str | None = marker.read_text()
         except FileNotFoundError:
             current = None
-        if current == LAYOUT:
+        if current == want:
             return
-        if current is not None or (self.root / "index").exists():
+        if current == LAYOUT and self.sealer is None:  # (a marker from before it named the sealing: plain blocks)
+            self._write_layout(want)
+            return
+        if current is None:
+            foreign = sorted(n for n in os.listdir(self.root) if not _ours(n))
+            if foreign:
+                raise UserError(f"cache dir {self.root} is not empty and is not a tierfs cache (it holds "
+                                f"{', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''}): give an empty "
+                                "or new directory as --cache-dir; nothing in it was touched")
+        elif current.split("\n", 1)[0] == LAYOUT.rstrip("\n"):
+            log.warning("disk cache %s was written under another [cache] encryption key (or with none, or "
+                        "encrypted while this mount has no key); starting it afresh", self.root)
+        else:
             log.warning("disk cache %s has another layout; starting it afresh", self.root)
         for sub in ("blocks", "index", "tmp"):
             shutil.rmtree(self.root / sub, ignore_errors=True)
+        self._write_layout(want)
+
+    def _write_layout(self, text: str) -> None:
         tmp = self.root / "LAYOUT.tmp"
-        tmp.write_text(LAYOUT)
-        os.replace(tmp, marker)
+        tmp.write_text(text)
+        os.replace(tmp, self.root / "LAYOUT")
 
     def _recover(self) -> int:
         """Repair what a crash may have left; returns the number of blocks repaired."""
@@ -456,8 +509,32 @@ def _subdirs(d: Path) -> list[str]:
         return sorted(e.path for e in it if e.is_dir(follow_symlinks=False))
 
 
+# What tierfs puts in a cache dir before the disk tier writes its marker (the lock, the daemon's log):
+# anything else there, without the marker, is someone else's.
+def _ours(name: str) -> bool:
+    return name in ("lock", "LAYOUT.tmp") or name.startswith(("tierfs.log", ".probe."))
+
+
+def check_cache_dir(root: Path) -> None:
+    """Refuse a cache dir that is a symlink (tierfs creates, chmods and removes files in there: it never
+    follows a link to do so) or that another user owns. Creates nothing."""
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise UserError(f"cache dir {root} is not usable ({exc.strerror or exc}); give a writable --cache-dir") from None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        raise UserError(f"cache dir {root} is a symlink; tierfs does not follow links there: give the directory "
+                        f"it points to ({os.path.realpath(root)}) as --cache-dir")
+    if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid != os.geteuid():
+        raise UserError(f"cache dir {root} belongs to uid {st.st_uid}, not to the user tierfs runs as "
+                        f"({os.geteuid()}); give a directory of this user's as --cache-dir")
+
+
 def prepare_cache_dir(root: Path) -> int:
-    """Create the cache dir (0700), check it is writable, and lock it for this process."""
+    """Create the cache dir (0700), check it is ours and writable, and lock it for this process."""
+    check_cache_dir(root)
     try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(root, 0o700)
@@ -474,6 +551,11 @@ def prepare_cache_dir(root: Path) -> int:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
+        if holder == str(os.getpid()):
+            raise UserError(
+                f"cache dir {root} is in use by another tierfs instance in this process (a mount or a "
+                "tierfs:// filesystem); give each its own cache dir (cache_dir=... for tierfs://), or reuse the one"
+            ) from None
         raise UserError(
             f"cache dir {root} is in use by another tierfs process (pid {holder}); "
             "give each mount its own --cache-dir"

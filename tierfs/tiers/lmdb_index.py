@@ -64,7 +64,7 @@ _REBUILD = textwrap.dedent("""
     import sys, lmdb
     src, dst, map_size, names = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
     old = lmdb.open(src, readonly=True, lock=False, max_dbs=len(names), map_size=map_size, readahead=False)
-    new = lmdb.open(dst, map_size=map_size, max_dbs=len(names), sync=False, metasync=False)
+    new = lmdb.open(dst, map_size=map_size, max_dbs=len(names), sync=False, metasync=False, mode=0o600)
     for name in names:
         with old.begin() as rt:
             try:
@@ -140,7 +140,7 @@ class BlockIndex:
     def _open(self) -> None:
         self.env = lmdb.open(
             str(self.path), map_size=self.map_size, max_dbs=len(_DBS), sync=False, metasync=False,
-            max_readers=512, readahead=False,
+            max_readers=512, readahead=False, mode=0o600,
         )
         try:
             self._blocks = self.env.open_db(b"blocks")

@@ -43,7 +43,15 @@ class Sealer:
         if data_key:
             from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-            self._aead = AESGCM(hashlib.sha256(b"tierfs block key\0" + data_key).digest())
+            self._key = hashlib.sha256(b"tierfs block key\0" + data_key).digest()
+            self._aead = AESGCM(self._key)
+
+    @property
+    def key_id(self) -> str:
+        """Names the key without revealing it (a one-way digest): a cache written under another key is told apart."""
+        if self._aead is None:
+            return "mac"
+        return "aes-gcm " + hashlib.sha256(b"tierfs key id\0" + self._key).hexdigest()[:16]
 
     @property
     def encrypts(self) -> bool:
