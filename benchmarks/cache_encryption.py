@@ -6,7 +6,9 @@ Mounts a file:// lake with the RAM tier off, reads everything once (the disk
 tier fills), then measures epochs served from the disk tier with the page
 cache dropped before each: small files on 8 threads, and one shard read
 sequentially. Once with a cache key (AES-256-GCM) and once without, in the
-same run; prints medians and the ratio. Every read is checked against the
+same run; prints medians and the ratio. The second system measured pays for
+the first one's writes still settling on a small VM: run it both ways
+(``--encrypted-first``). Every read is checked against the
 source; everything is unmounted and removed, even on failure.
 """
 
@@ -66,6 +68,8 @@ def main() -> None:
     ap.add_argument("--shard", default="256MiB")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--encrypted-first", action="store_true",
+                    help="measure the encrypted cache first (the order matters on a small VM: run both)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tierfs-crypt-", dir=args.work))
     lake, mnt = work / "lake", work / "mnt"
@@ -83,7 +87,7 @@ def main() -> None:
         key.write_text(os.urandom(32).hex())
         key.chmod(0o600)
         results: dict[tuple[str, str], list[float]] = {}
-        for mode in ("plain", "encrypted"):
+        for mode in ("encrypted", "plain") if args.encrypted_first else ("plain", "encrypted"):
             cfg = work / f"{mode}.toml"
             cfg.write_text(f'[cache]\nencryption_key_file = "{key}"\n' if mode == "encrypted" else "")
             cache = work / f"cache-{mode}"
@@ -96,6 +100,7 @@ def main() -> None:
                 while stats["fills"]["pending_bytes"]:
                     time.sleep(0.05)
                     stats = json.loads(os.getxattr(mnt, "user.tierfs.stats"))
+                missed = stats["tiers"]["disk"]["misses"]
                 for _ in range(args.repeat):
                     drop_caches()
                     results.setdefault(("small files, 8 threads", mode), []).append(epoch_small(mnt, names, sums))
@@ -103,8 +108,10 @@ def main() -> None:
                     results.setdefault(("shard, 1 reader", mode), []).append(
                         epoch_shard(mnt, "shards/shard-000.tar", sums["shards/shard-000.tar"]))
                 stats = json.loads(os.getxattr(mnt, "user.tierfs.stats"))
-                if stats["tiers"]["disk"]["misses"] > len(names) + 64:
-                    raise AssertionError(f"{mode}: epochs were not served by the disk tier")
+                reads = args.repeat * (len(names) + parse_size(args.shard) // (4 << 20))
+                if stats["tiers"]["disk"]["misses"] - missed > reads // 50:  # (a few fills dropped while filling)
+                    raise AssertionError(f"{mode}: epochs were not served by the disk tier "
+                                         f"({stats['tiers']['disk']['misses'] - missed} misses)")
             finally:
                 subprocess.run([*TIERFS, "umount", str(mnt)], check=False, stdout=subprocess.DEVNULL)
     finally:

@@ -69,8 +69,9 @@ class Sealer:
         if kind == _AEAD and self._aead is not None and len(raw) > 1 + _NONCE_SIZE:
             from cryptography.exceptions import InvalidTag
 
+            view = memoryview(raw)  # (no copy of a 4 MiB block before it is decrypted)
             try:
-                return self._aead.decrypt(raw[1:1 + _NONCE_SIZE], raw[1 + _NONCE_SIZE:], key)
+                return self._aead.decrypt(raw[1:1 + _NONCE_SIZE], view[1 + _NONCE_SIZE:], key)
             except InvalidTag:
                 return None
         if kind == _MAC and self._mac_key and self._aead is None and len(raw) >= 1 + _MAC_SIZE:
