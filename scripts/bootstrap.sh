@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Install everything tierfs and its tests need on Debian 12: apt packages, a
-# virtualenv in .venv, and the package itself. Safe to run again: each step
-# checks first whether it has been done.
+# Install what tierfs needs on Debian 12: apt packages, a virtualenv in .venv,
+# and the package itself. `bootstrap.sh` installs the test toolchain too
+# (servers, emulators, torch: what `make test` runs); `bootstrap.sh runtime`
+# only what tierfs needs to run (what `make demo` runs). Safe to run again:
+# each step checks first whether it has been done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODE=${1:-test}
+case "$MODE" in test|runtime) ;; *) echo "usage: bootstrap.sh [test|runtime]" >&2; exit 2 ;; esac
 
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv redis-server attr)
-# The Azure tests run Azurite, an npm package; take Debian's Node.js where none is installed.
-command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr)
+if [ "$MODE" = test ]; then
+  APT_PACKAGES+=(redis-server)
+  # The Azure tests run Azurite, an npm package; take Debian's Node.js where none is installed.
+  command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
+fi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,8 +31,25 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating virtualenv $VENV"
   python3 -m venv "$VENV"
 fi
-stamp="$VENV/.tierfs-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+stamp="$VENV/.tierfs-installed"         # the test toolchain (it holds the runtime too)
+runtime_stamp="$VENV/.tierfs-runtime"
+if [ "$MODE" = runtime ] && [ -f "$stamp" ] && [ ! pyproject.toml -nt "$stamp" ]; then
+  runtime_stamp=$stamp
+fi
+if [ "$MODE" = runtime ] && { [ ! -f "$runtime_stamp" ] || [ pyproject.toml -nt "$runtime_stamp" ]; }; then
+  echo "bootstrap: installing tierfs into $VENV"
+  log=$(mktemp)
+  if ! { "$VENV/bin/pip" install --disable-pip-version-check --upgrade pip \
+         && "$VENV/bin/pip" install --disable-pip-version-check -e .; } >"$log" 2>&1; then
+    grep -v '^WARNING: Location' "$log" | tail -40
+    echo "bootstrap: pip install failed (full log: $log)" >&2
+    exit 1
+  fi
+  rm -f "$log"
+  "$VENV/bin/python" -c "import tierfs, pyfuse3, lmdb, obstore, prometheus_client"
+  touch "$runtime_stamp"
+fi
+if [ "$MODE" = test ] && { [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; }; then
   echo "bootstrap: installing tierfs and its test tools into $VENV"
   log=$(mktemp)
   if ! { "$VENV/bin/pip" install --disable-pip-version-check --upgrade pip \
@@ -40,7 +64,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 # Azurite (Microsoft's Azure Storage emulator) for the Azure tests, pinned, kept beside the venv.
 AZURITE_DIR=${AZURITE_DIR:-.tools/azurite}
-if [ ! -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
+if [ "$MODE" = test ] && [ ! -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
   echo "bootstrap: installing azurite@3.35.0 into $AZURITE_DIR"
   mkdir -p "$AZURITE_DIR"
   log=$(mktemp)

@@ -78,11 +78,27 @@ def read_pass(name: str) -> None:
 
 
 def drop_page_cache() -> None:
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        print("(dropped the kernel page cache, so the second pass really goes to tierfs' tiers)")
-    except OSError:
-        print("(not root: the kernel page cache is kept, so pass 2 may not even reach tierfs)")
+    """Make the next pass reach tierfs, not the kernel's page cache.
+
+    By default only the demo's own files' cached pages are dropped
+    (posix_fadvise DONTNEED, no root needed, nothing else on the machine
+    touched); `make demo DROP_CACHES=1` drops the machine's whole page cache.
+    """
+    if "--drop-caches" in sys.argv:
+        try:
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+            print("(dropped the kernel page cache, as asked, so the next pass really goes to tierfs' tiers)")
+            return
+        except OSError:
+            print("(not root: cannot drop the whole page cache; dropping the demo's files' pages only)")
+    for path in sorted((MNT / "datasets").rglob("*")):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    print("(dropped the demo's files from the kernel page cache, so the next pass really goes to tierfs' tiers)")
 
 
 def read_snapshot(name: str) -> None:

@@ -217,7 +217,8 @@ class _Key:
 #   [redis] url password db key_prefix ttl max_block_size pool_size timeout secret secret_file username
 #           ca_file cert_file key_file allow_no_auth
 #   [mount] mountpoint read_only   [write] part_size upload_concurrency rename_concurrency
-#   [metrics] listen   [metadata] ttl listing_entries   [fuse] workers allow_other   [log] level file
+#   [metrics] listen   [metadata] ttl listing_entries negative_ttl   [fuse] workers allow_other
+#   [log] level file
 #   [backup] secret_file
 _KEYS = [
     _Key("lake", "url", _string, "lake_url"),
@@ -280,6 +281,7 @@ _KEYS = [
     _Key("fuse", "read_ahead_kb", _retries, "kernel_read_ahead_kb"),
     _Key("metadata", "ttl", _positive_float, "metadata_ttl"),
     _Key("metadata", "listing_entries", _count, "listing_entries"),
+    _Key("metadata", "negative_ttl", _positive_float, "negative_ttl"),
     _Key("fuse", "workers", _count, "fuse_workers"),
     _Key("fuse", "allow_other", _bool, "allow_other"),
     _Key("fuse", "nonempty", _bool, "allow_nonempty"),
@@ -361,6 +363,9 @@ class Settings:
     kernel_read_ahead_kb: int = 4096  # the mount's bdi read_ahead_kb: larger FUSE read requests
     metadata_ttl: float = 60.0
     listing_entries: int = 500_000  # ~200 MB of cached directory entries at most
+    # Seconds a name found missing (by a stat, in a directory not listed) is answered missing without asking
+    # again: Python's imports and config searches probe many. 0: ask every time.
+    negative_ttl: float = 5.0
     fuse_workers: int = 64
     allow_other: bool = False
     allow_nonempty: bool = False

@@ -29,7 +29,7 @@ from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from tierfs.config import Settings, load
 from tierfs.data.reader import BlockReader
-from tierfs.errors import NotFound, UserError
+from tierfs.errors import BadKey, NotFound, UserError
 from tierfs.refs import ObjectRef
 from tierfs.store.objects import Entry, ObjectStore
 from tierfs.tiers.base import Tier
@@ -145,6 +145,8 @@ class TierfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def _live_ls(self, path: str, detail: bool) -> list[Any]:
         try:
             entries = self.store.list_dir(path)
+        except BadKey as exc:
+            raise FileNotFoundError(str(exc)) from None
         except NotFound:
             info = self._live_info(path)  # a file: fsspec lists it as itself
             return [info] if detail else [info["name"]]
@@ -156,6 +158,8 @@ class TierfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
             return self._live_entry(path.rpartition("/")[0], self.store.stat(path))
         except NotFound:
             raise FileNotFoundError(path) from None
+        except BadKey as exc:
+            raise FileNotFoundError(str(exc)) from None
 
     @staticmethod
     def _live_entry(parent: str, e: Entry) -> dict[str, Any]:
@@ -173,6 +177,8 @@ class TierfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
                 entry = self.store.stat(path)
             except NotFound:
                 raise FileNotFoundError(path) from None
+            except BadKey as exc:
+                raise FileNotFoundError(str(exc)) from None
             if entry.ref is None:
                 raise IsADirectoryError(f"{path} is a directory")
             return entry.ref

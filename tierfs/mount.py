@@ -126,7 +126,7 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
                          settings.prefetch_memory)
     namespace = Namespace(store, settings.metadata_ttl, settings.listing_entries, limiters.metadata,
                           fetch=lambda key: fetch_through_tiers(store, reader, limiters.manifest, key),
-                          manifest_limiter=limiters.manifest)
+                          manifest_limiter=limiters.manifest, negative_ttl=settings.negative_ttl)
     attrs = AttrMaker(settings.metadata_ttl, settings.block_size)
     holder: list[Components] = []
     writer = None
@@ -345,7 +345,8 @@ def spawn_daemon(argv: list[str], log_file: Path, timeout: float = 120.0,
     """
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        log_fh = open(log_file, "ab")  # noqa: SIM115 - closed once the daemon has it
+        # 0600: the log names the lake's keys. (noqa: closed once the daemon has it.)
+        log_fh = open(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")  # noqa: SIM115
     except OSError as exc:
         where = "cache dir" if log_file.name == "tierfs.log" else "log file"
         raise UserError(f"cannot write the daemon's log {log_file} ({exc.strerror or exc}): give a {where} that "

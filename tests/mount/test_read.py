@@ -253,6 +253,35 @@ def test_a_directory_too_large_to_cache_is_listed_once_not_per_lookup(tmp_path: 
         assert len(os.listdir(flat)) == n + 1  # readdir still lists it all
 
 
+def test_a_missing_name_is_not_asked_for_again_within_the_negative_ttl(tmp_path: Path) -> None:
+    """Probes of a name that is not there (imports, config searches) cost one request per negative_ttl.
+
+    (In a directory this mount has listed, the listing answers them; here the directory is too large to keep
+    listed, so each name is a stat.)"""
+    root = tmp_path / "lake"
+    write_tree(root, {f"pkg/{i}.py": b"x" for i in range(10)})
+    cfg = tmp_path / "tierfs.toml"
+    cfg.write_text("[metadata]\nnegative_ttl = 1\nlisting_entries = 4\n")
+
+    def stats_asked(m: Mount) -> float:
+        lat = m.stats()["latency_ms"]["backend"]
+        return float(lat.get("stat", {}).get("count", 0) + lat.get("list", {}).get("count", 0))
+
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
+        before = stats_asked(m)
+        for _ in range(50):
+            with pytest.raises(FileNotFoundError):
+                os.stat(m.mountpoint / "pkg" / "missing.py")
+        assert stats_asked(m) - before <= 3, "every probe of a missing name asked the store"
+        (root / "pkg" / "missing.py").write_bytes(b"here now")  # upstream: seen once the negative TTL passed
+        time.sleep(1.5)
+        assert (m.mountpoint / "pkg" / "missing.py").read_bytes() == b"here now"
+        with pytest.raises(FileNotFoundError):
+            os.stat(m.mountpoint / "pkg" / "made.py")
+        (m.mountpoint / "pkg" / "made.py").write_bytes(b"made here")  # through the mount: seen at once
+        assert (m.mountpoint / "pkg" / "made.py").read_bytes() == b"made here"
+
+
 def test_statfs_and_xattrs(ml_lake: Path, tmp_path: Path) -> None:
     with mounted(f"file://{ml_lake}", tmp_path / "mnt", tmp_path / "cache") as m:
         st = os.statvfs(m.mountpoint)

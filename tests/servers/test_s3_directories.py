@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import SeaweedS3, mounted
+from helpers import MotoS3, SeaweedS3, mounted
 
 pytestmark = [pytest.mark.servers, pytest.mark.mount]
 TTL = 1.0
@@ -70,3 +70,26 @@ def test_a_directory_emptied_upstream_is_empty_and_rmdir_removes_it(s3_server: S
         assert not _marker(fs, "rmdir-upstream", "other")
         time.sleep(TTL + 0.5)
         assert os.listdir(mnt) == [".snapshots"]
+
+
+def test_keys_with_dot_dot_or_empty_names_are_never_listed(moto: MotoS3, tmp_path: Path) -> None:
+    """A bucket where another tool wrote 'a/../b.txt' and 'a//c.txt' (moto keeps keys verbatim): the mount
+    lists neither '..' nor an empty name, reads the rest, and tierfs:// refuses such a key in one line."""
+    fs = moto.fs()
+    fs.call_s3("create_bucket", Bucket="odd-keys")
+    fs.pipe("odd-keys/a/ok.txt", b"ok")
+    fs.pipe("odd-keys/a/../b.txt", b"dot dot")
+    fs.pipe("odd-keys/a//c.txt", b"empty name")
+    cfg = moto.config(tmp_path / "moto.toml")
+    with mounted("s3://odd-keys", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
+        names = os.listdir(m.mountpoint / "a")
+        assert "ok.txt" in names and ".." not in names and "" not in names
+        assert (m.mountpoint / "a/ok.txt").read_bytes() == b"ok"
+        assert "left out of the listing" in (tmp_path / "cache" / "tierfs.log").read_text()
+    from tierfs.config import load
+    from tierfs.errors import BadKey
+    from tierfs.store.objects import ObjectStore
+
+    store = ObjectStore.open(load(cfg, {"lake_url": "s3://odd-keys"}))
+    with pytest.raises(BadKey):
+        store.read_all("a/../b.txt")

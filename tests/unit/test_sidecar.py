@@ -94,3 +94,8 @@ def test_bad_sidecar_config(tmp_path: Path) -> None:
     assert_one_line_error(run_tierfs("sidecar", "--config", str(cfg)), "job 'r': field 'jobs' must be a whole number")
     cfg.write_text('[[job]]\nname = "r"\nkind = "lifecycle"\nlake = "file:///tmp"\nrules = "r.toml"\napply = "yes"\n')
     assert_one_line_error(run_tierfs("sidecar", "--config", str(cfg)), "job 'r': field 'apply' must be true or false")
+    # The README's example names /etc/tierfs/lifecycle.toml: a job whose file is missing is refused at start.
+    cfg.write_text('[[job]]\nname = "r"\nkind = "lifecycle"\nlake = "file:///tmp"\nrules = "/nonexistent/l.toml"\n')
+    assert_one_line_error(run_tierfs("sidecar", "--config", str(cfg)), "job 'r': rules file /nonexistent/l.toml does not exist")
+    cfg.write_text('[[job]]\nname = "b"\nkind = "backup"\nsource = "/nonexistent/ckpt"\ntarget = "file:///tmp/t"\n')
+    assert_one_line_error(run_tierfs("sidecar", "--config", str(cfg)), "job 'b': source /nonexistent/ckpt is not a directory")

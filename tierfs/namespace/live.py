@@ -43,7 +43,8 @@ class NotADirectory(NotFound):
 
 class Namespace:
     def __init__(self, store: ObjectStore, ttl: float, listing_entries: int, limiter: trio.CapacityLimiter,
-                 fetch: Fetch | None = None, manifest_limiter: trio.CapacityLimiter | None = None):
+                 fetch: Fetch | None = None, manifest_limiter: trio.CapacityLimiter | None = None,
+                 negative_ttl: float = 0.0):
         """``limiter``: the metadata limiter (listings, stats). ``fetch``: whole lake objects (manifests)."""
         self.store = store
         self.ttl = ttl
@@ -61,6 +62,9 @@ class Namespace:
         # Results of those stats: fresh for the TTL, and a fallback when the store is down.
         self._stats: OrderedDict[str, tuple[Entry, float]] = OrderedDict()
         self._stats_max = max(1000, listing_entries // 10)
+        # Names a stat found missing, and when: missing for ``negative_ttl`` more seconds without a request.
+        self.negative_ttl = negative_ttl
+        self._missing: OrderedDict[str, float] = OrderedDict()
         # The mount passes a fetch that reads through the tiers.
         manifest_limiter = manifest_limiter or limiter
 
@@ -186,6 +190,7 @@ class Namespace:
         parent, name = posixpath.split(path)
         self.listings.update(parent, name, entry)
         self._stats.pop(path, None)
+        self._missing.pop(path, None)
         if entry is None:
             self.inodes.unlinked(path)
             return None
@@ -254,6 +259,11 @@ class Namespace:
         cached = self._stats.get(path)
         if cached is not None and time.monotonic() - cached[1] <= self.ttl:
             return cached[0]
+        missing_since = self._missing.get(path)
+        if missing_since is not None:
+            if time.monotonic() - missing_since <= self.negative_ttl:
+                raise NotFound(path)
+            del self._missing[path]
         if self.outage.down():
             seen = self._last_seen(path)
             if seen is not None:
@@ -272,6 +282,11 @@ class Namespace:
             entry = await self._ask_store(self.store.stat, path)
         except NotFound:
             self._stats.pop(path, None)
+            if self.negative_ttl > 0:
+                self._missing[path] = now
+                self._missing.move_to_end(path)
+                while len(self._missing) > self._stats_max:
+                    self._missing.popitem(last=False)
             raise
         self._stats[path] = (entry, now)
         self._stats.move_to_end(path)

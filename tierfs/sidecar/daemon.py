@@ -118,6 +118,12 @@ def load_jobs(path: Path) -> tuple[dict[str, Any], list[Job]]:
         args = {k: v for k, v in raw.items() if k not in ("name", "kind", "every")}
         if kind == "backup":
             args["grace"] = parse_duration(raw.get("grace", "1h"), f"{where}: field 'grace'")
+        # Files a job needs must be there now: a job that would fail every run is refused at start.
+        if kind == "lifecycle" and not Path(raw["rules"]).is_file():
+            raise ConfigError(f"{where}: rules file {raw['rules']} does not exist: write the rules there "
+                              "(see `tierfs lifecycle plan --help`) or point 'rules' at them")
+        if kind == "backup" and not Path(raw["source"]).is_dir():
+            raise ConfigError(f"{where}: source {raw['source']} is not a directory: create it or fix 'source'")
         jobs.append(Job(str(name), kind, every, args))
     if not jobs:
         raise ConfigError(f"{path_shown}: no [[job]] to run")

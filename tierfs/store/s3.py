@@ -88,7 +88,14 @@ class S3Backend(BucketKeys, Backend):
             # obstore's listings carry no version ids, and a versioned lake's refs pin them.
             return super().list_dir(rel)
         path = self._path(rel)
-        out = obstore.list_with_delimiter(self.obs, path or None)
+        try:
+            out = obstore.list_with_delimiter(self.obs, path or None)
+        except Exception as exc:
+            if type(exc).__name__ != "InvalidPathError":
+                raise
+            # A key another tool wrote that obstore cannot parse ('a/../b', 'a//b'): list through s3fs,
+            # which hands such names on; ObjectStore.list_dir then leaves them out, with a log line.
+            return super().list_dir(rel)
         base = f"{path}/" if path else ""
         entries = []
         marker = False
@@ -117,7 +124,12 @@ class S3Backend(BucketKeys, Backend):
         try:
             meta = obstore.head(self.obs, path)
         except FileNotFoundError:
-            listing = obstore.list_with_delimiter(self.obs, path)
+            try:
+                listing = obstore.list_with_delimiter(self.obs, path)
+            except Exception as exc:
+                if type(exc).__name__ != "InvalidPathError":
+                    raise
+                return super().stat(rel)  # (a key below it obstore cannot parse: see list_dir)
             # (a directory's own marker is listed as an object, obstore dropping its trailing slash)
             if listing["objects"] or listing["common_prefixes"]:
                 return Entry(posixpath.basename(rel), True)
