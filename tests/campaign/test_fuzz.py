@@ -1001,6 +1001,7 @@ FSSPEC_REFUSALS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, Man
        protocol=st.booleans())
 @example(head="..@..", inner=["..", "..", "meta.json"], protocol=True)  # names reached the store unchecked
 @example(head="toy@v1", inner=["sub", "b.bin"], protocol=False)
+@example(head="\ud800", inner=[], protocol=False)  # a live-view name that is no bytes: UnicodeEncodeError escaped
 def test_tierfs_urls(tierfs_fs: Any, head: str, inner: list[str], protocol: bool) -> None:
     """tierfs://DATASET@NAME/path: the bytes of a snapshot's file, or an OSError fsspec's callers expect."""
     path = ("tierfs://" if protocol else "") + "/".join([head, *inner])

@@ -43,7 +43,7 @@ def test_a_second_mount_cannot_share_a_staging_dir(tmp_path: Path) -> None:
     from tierfs.errors import UserError
 
     first = Staging(tmp_path / "s")
-    with pytest.raises(UserError, match="in use by another tierfs process"):
+    with pytest.raises(UserError, match="in use by another tierfs instance in this process"):
         Staging(tmp_path / "s")
     first.close()
 

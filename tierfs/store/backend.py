@@ -363,6 +363,10 @@ def check_key_shape(rel: str) -> None:
         return
     if "\0" in rel or rel.startswith("/"):
         raise BadKey(f"{rel!r} is not a key of the lake: no leading '/' nor NUL, please")
+    try:
+        rel.encode("utf-8", "surrogateescape")  # (names from the kernel always are: bytes decoded this way)
+    except UnicodeEncodeError:
+        raise BadKey(f"{rel!r} is not a key of the lake: it holds a lone surrogate, no bytes of a name") from None
     for name in rel.removesuffix("/").split("/"):
         if name in ("", ".", ".."):
             raise BadKey(f"{rel!r} is not a key of the lake: its names may not be empty, '.' or '..'")
