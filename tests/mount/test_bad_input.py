@@ -133,8 +133,17 @@ def test_help_and_version() -> None:
     res = run_tierfs("--help", check=True)
     assert "mount" in res.stdout and "umount" in res.stdout and "stats" in res.stdout
     res = run_tierfs("mount", "--help", check=True)
-    for flag in ("--config", "--cache-dir", "--cache-size", "--ram-size", "--block-size", "--metadata-ttl", "--foreground"):
+    for flag in ("--config", "--cache-dir", "--cache-size", "--ram-size", "--block-size", "--metadata-ttl", "--foreground",
+                 "--endpoint", "--region", "--profile", "--redis", "--read-only", "--nonempty", "--allow-other"):
         assert flag in res.stdout
+    # Every flag that has a TOML twin names it, so a user can move a working command line into a config.
+    help_text = " ".join(res.stdout.split())
+    for flag, key in (("--endpoint", "[s3] endpoint_url"), ("--region", "[s3] region"), ("--profile", "[s3] profile"),
+                      ("--cache-dir", "[cache] dir"), ("--cache-size", "[cache] size"), ("--redis", "[redis] url"),
+                      ("--metadata-ttl", "[metadata] ttl"), ("--read-only", "[mount] read_only"),
+                      ("--nonempty", "[fuse] nonempty"), ("--allow-other", "[fuse] allow_other"),
+                      ("--log-level", "[log] level"), ("--metrics", "[metrics] listen")):
+        assert f"config: {key}]" in help_text, f"{flag} does not name {key}"
     assert run_tierfs("--version", check=True).stdout.startswith("tierfs, version ")
 
 

@@ -43,6 +43,20 @@ def test_mount_an_s3_lake(s3_server: SeaweedS3, tmp_path: Path) -> None:
         assert len(etag) >= 32  # the S3 ETag, not a stand-in
 
 
+def test_the_endpoint_and_region_as_flags(s3_server: SeaweedS3, tmp_path: Path) -> None:
+    """--endpoint/--region (and -o endpoint=) stand in for [s3] endpoint_url/region: the config holds only keys."""
+    upload(s3_server, "flags-lake", {"a/x.bin": b"flags"})
+    cfg = tmp_path / "keys.toml"
+    cfg.write_text(f'[s3]\nkey = "{s3_server.ACCESS_KEY}"\nsecret = "{s3_server.SECRET_KEY}"\n')
+    cfg.chmod(0o600)
+    with mounted("s3://flags-lake", tmp_path / "mnt", tmp_path / "cache", "--endpoint", s3_server.endpoint,
+                 "--region", "us-east-1", config=cfg) as m:
+        assert (m.mountpoint / "a/x.bin").read_bytes() == b"flags"
+    with mounted("s3://flags-lake", tmp_path / "mnt", tmp_path / "cache", "-o", f"endpoint={s3_server.endpoint}",
+                 config=cfg) as m:
+        assert (m.mountpoint / "a/x.bin").read_bytes() == b"flags"
+
+
 def test_bad_credentials(s3_server: SeaweedS3, tmp_path: Path) -> None:
     upload(s3_server, "lake2", {"x": b"x"})
     (tmp_path / "mnt").mkdir()

@@ -27,18 +27,36 @@ PID_XATTR = "user.tierfs.pid"
 @click.argument("mountpoint", type=click.Path(path_type=Path), required=False)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), metavar="FILE",
               help="TOML settings file; flags override it. Its [lake] url and [mount] mountpoint stand in for the arguments.")
-@click.option("--cache-dir", metavar="DIR", help="Disk cache folder (default: a per-lake folder under ~/.cache/tierfs or /var/cache/tierfs).")
-@click.option("--cache-size", metavar="SIZE", help="Disk cache size, e.g. 50GiB; 0 turns the disk tier off.  [default: 10GiB]")
-@click.option("--ram-size", metavar="SIZE", help="RAM tier size, e.g. 1GiB; 0 turns it off.  [default: 512MiB]")
-@click.option("--block-size", metavar="SIZE", help="Block size for reads and cache entries.  [default: 4MiB]")
-@click.option("--metadata-ttl", metavar="SECONDS", help="Seconds listings and attributes are trusted before they are fetched again.  [default: 60]")
+@click.option("--endpoint", "s3_endpoint_url", metavar="URL",
+              help="S3-compatible server, e.g. http://127.0.0.1:8333.  [config: [s3] endpoint_url]")
+@click.option("--region", "s3_region", metavar="NAME", help="S3 region.  [config: [s3] region]")
+@click.option("--profile", "s3_profile", metavar="NAME", help="AWS profile for the credentials.  [config: [s3] profile]")
+@click.option("--cache-dir", metavar="DIR", help="Disk cache folder (default: a per-lake folder under ~/.cache/tierfs or "
+              "/var/cache/tierfs).  [config: [cache] dir]")
+@click.option("--cache-size", metavar="SIZE", help="Disk cache size, e.g. 50GiB; 0 turns the disk tier off.  "
+              "[default: 10GiB; config: [cache] size]")
+@click.option("--ram-size", metavar="SIZE", help="RAM tier size, e.g. 1GiB; 0 turns it off.  "
+              "[default: 512MiB; config: [cache] ram_size]")
+@click.option("--block-size", metavar="SIZE", help="Block size for reads and cache entries.  "
+              "[default: 4MiB; config: [cache] block_size]")
+@click.option("--metadata-ttl", metavar="SECONDS", help="Seconds listings and attributes are trusted before they are "
+              "fetched again.  [default: 60; config: [metadata] ttl]")
 @click.option("--redis", "redis_url", metavar="URL",
-              help="Share blocks between nodes through Redis: redis://[:PASSWORD@]HOST:PORT/DB or rediss:// (TLS).")
-@click.option("--metrics", "metrics_listen", metavar="HOST:PORT", help="Serve Prometheus metrics there (off by default).")
-@click.option("--log-file", metavar="FILE", help="Where the background daemon logs (default: tierfs.log in the cache dir).")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="How much to log.  [default: info]")
+              help="Share blocks between nodes through Redis: redis://HOST:PORT/DB or rediss:// (TLS); the password "
+                   "belongs in the config.  [config: [redis] url]")
+@click.option("--metrics", "metrics_listen", metavar="HOST:PORT", help="Serve Prometheus metrics there (off by default).  "
+              "[config: [metrics] listen]")
+@click.option("--log-file", metavar="FILE", help="Where the background daemon logs (default: tierfs.log in the cache "
+              "dir).  [config: [log] file]")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="How much to log.  "
+              "[default: info; config: [log] level]")
 @click.option("--read-only", "read_only", is_flag=True, default=None,
-              help="Refuse writes to the live view too (snapshots are always read-only).")
+              help="Refuse writes to the live view too (snapshots are always read-only).  [config: [mount] read_only]")
+@click.option("--allow-other", "allow_other", is_flag=True, default=None,
+              help="Let users other than the one mounting use the mount.  [config: [fuse] allow_other]")
+@click.option("--nonempty", "allow_nonempty", is_flag=True, default=None,
+              help="Mount over a directory that is not empty (its files are hidden meanwhile).  "
+                   "[config: [fuse] nonempty]")
 @click.option("--read-only-prefix", "read_only_prefixes", multiple=True, metavar="PREFIX",
               help="A part of the live view that refuses writes (repeat for more), e.g. datasets/.  "
                    "[config: [mount] read_only_prefixes]")
@@ -52,10 +70,12 @@ PID_XATTR = "user.tierfs.pid"
                    "...; fstab's own (_netdev, nofail, x-systemd.*) are ignored.")
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground and log to stderr.")
 @click.option("--ready-fd", type=int, hidden=True)
-def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | None, cache_dir: str | None,
+def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | None, s3_endpoint_url: str | None,
+          s3_region: str | None, s3_profile: str | None, cache_dir: str | None,
           cache_size: str | None, ram_size: str | None, block_size: str | None,
           metadata_ttl: str | None, redis_url: str | None, metrics_listen: str | None,
-          log_file: str | None, log_level: str | None, read_only: bool | None,
+          log_file: str | None, log_level: str | None, read_only: bool | None, allow_other: bool | None,
+          allow_nonempty: bool | None,
           read_only_prefixes: tuple[str, ...], no_delete: bool | None,
           allow_readable_secrets: bool, options: tuple[str, ...], foreground: bool, ready_fd: int | None) -> None:
     """Mount LAKE_URL at MOUNTPOINT.
@@ -77,7 +97,9 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
         allow_readable_secrets = allow_readable_secrets or opts.allow_readable_secrets
         foreground = foreground or opts.foreground
         settings = load(config_file, {**opts.overrides, **{k: v for k, v in {
-            "lake_url": lake_url, "cache_dir": cache_dir, "cache_size": cache_size,
+            "lake_url": lake_url, "s3_endpoint_url": s3_endpoint_url, "s3_region": s3_region,
+            "s3_profile": s3_profile, "allow_other": allow_other, "allow_nonempty": allow_nonempty,
+            "cache_dir": cache_dir, "cache_size": cache_size,
             "ram_size": ram_size, "block_size": block_size, "metadata_ttl": metadata_ttl,
             "log_file": log_file, "log_level": log_level, "redis_url": redis_url,
             "metrics_listen": metrics_listen, "read_only": read_only or None,

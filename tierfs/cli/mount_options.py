@@ -18,6 +18,7 @@ _VALUED = {
     "cache_dir": "cache_dir", "cache_size": "cache_size", "ram_size": "ram_size", "block_size": "block_size",
     "metadata_ttl": "metadata_ttl", "log_file": "log_file", "log_level": "log_level", "metrics": "metrics_listen",
     "read_only_prefixes": "read_only_prefixes",  # read_only_prefixes=datasets:raw (':' between prefixes)
+    "endpoint": "s3_endpoint_url", "region": "s3_region", "profile": "s3_profile",
 }
 #: flags -> (Settings attribute, value)
 _FLAGS: dict[str, tuple[str, Any]] = {
