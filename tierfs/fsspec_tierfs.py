@@ -60,7 +60,10 @@ class TierfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
         if settings.cache_size > 0:
             cdir = Path(cache_dir) if cache_dir else Path(str(settings.resolved_cache_dir()) + "-fsspec")
             try:
-                self.tiers.append(DiskTier(cdir, settings.cache_size, settings.high_watermark, settings.low_watermark))
+                from tierfs.mount import cache_key  # (the same key, and the same refusal of one kept in the cache)
+
+                self.tiers.append(DiskTier(cdir, settings.cache_size, settings.high_watermark, settings.low_watermark,
+                                           data_key=cache_key(settings)))
             except UserError as exc:
                 log.warning("tierfs://: no disk tier (%s)", exc)
         self._readers: dict[tuple[str, str], ManifestReader] = {}

@@ -164,3 +164,16 @@ def test_with_a_secret_a_forged_manifest_is_refused(tmp_path: Path) -> None:
     run_tierfs("backup", "run", str(src), target, "--config", str(cfg), "--keep", "1", check=True)
     blobs = [p for p in (tmp_path / "lake/backups/node1").rglob("*") if p.is_file() and "blobs" in p.parts]
     assert len(blobs) >= 2
+
+
+def test_a_restore_without_a_secret_sets_no_setuid_bit(tmp_path: Path) -> None:
+    import stat
+
+    src = tmp_path / "scratch"
+    write_tree(src, {"tool": b"#!/bin/sh\n"})
+    os.chmod(src / "tool", 0o4755)  # as a forged manifest could claim it
+    target = f"file://{tmp_path / 'lake'}/backups/node1"
+    run_tierfs("backup", "run", str(src), target, check=True)
+    (bid,) = backup_ids(target)
+    run_tierfs("backup", "restore", target, bid, str(tmp_path / "r"), check=True)
+    assert stat.S_IMODE((tmp_path / "r" / "tool").stat().st_mode) == 0o755

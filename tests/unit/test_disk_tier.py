@@ -513,3 +513,18 @@ def test_a_second_instance_in_one_process_is_told_so(tmp_path: Path) -> None:
         assert "pid" not in str(e.value) and "--cache-dir" not in str(e.value)
     finally:
         t.close()
+
+
+def test_what_a_cache_dir_may_hold_before_its_marker(tmp_path: Path) -> None:
+    """A writable mount without a disk tier left staging/; a cache disk of its own has lost+found; an index of
+    ours from before the marker: each is taken as a cache, not refused."""
+    (tmp_path / "a" / "staging").mkdir(parents=True)
+    (tmp_path / "a" / "lost+found").mkdir()
+    DiskTier(tmp_path / "a", 1 << 20).close()
+    assert (tmp_path / "a" / "staging").is_dir() and (tmp_path / "a" / "lost+found").is_dir()
+    legacy = tmp_path / "b"
+    t = DiskTier(legacy, 1 << 20)
+    t.put(key(1), b"x")
+    t.close()
+    (legacy / "LAYOUT").unlink()
+    DiskTier(legacy, 1 << 20).close()  # (started afresh: its blocks are not trusted without the marker)

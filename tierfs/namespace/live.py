@@ -205,6 +205,8 @@ class Namespace:
         self.listings.drop_tree(new)
         for p in [p for p in self._stats if p == old or p.startswith(old + "/")]:
             del self._stats[p]
+        for p in [p for p in self._missing if p in (old, new) or p.startswith((old + "/", new + "/"))]:
+            del self._missing[p]
         old_parent, old_name = posixpath.split(old)
         self.listings.update(old_parent, old_name, None)
         self.changed(new, entry)

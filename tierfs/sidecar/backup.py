@@ -355,6 +355,8 @@ def restore(store: ObjectStore, backup_id: str, target: Path,
         raise UserError(f"{target} is not empty: restore into a new or empty directory")
     target.mkdir(parents=True, exist_ok=True)
     root_fd = os.open(target, _DIR_FLAGS)
+    # Without a secret nobody vouches for the manifest: no setuid, setgid or sticky bit from it.
+    mode_mask = 0o7777 if manifest_secret(store) else 0o777
     try:
         done = nbytes = 0
         dirs = [e for e in entries if e.is_dir]
@@ -366,7 +368,7 @@ def restore(store: ObjectStore, backup_id: str, target: Path,
             parent, _, name = e.path.rpartition("/")
             dir_fd = _open_dir(root_fd, parent, create=True)
             try:
-                _restore_file(store, backup_id, e, dir_fd, name)
+                _restore_file(store, backup_id, e, dir_fd, name, mode_mask)
             finally:
                 os.close(dir_fd)
             done += 1
@@ -376,7 +378,7 @@ def restore(store: ObjectStore, backup_id: str, target: Path,
         for e in reversed(dirs):  # after their contents, which would change their mtimes
             fd = _open_dir(root_fd, e.path, create=False)
             try:
-                os.chmod(fd, e.mode & 0o7777)
+                os.chmod(fd, e.mode & mode_mask)
                 os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
             finally:
                 os.close(fd)
@@ -385,7 +387,7 @@ def restore(store: ObjectStore, backup_id: str, target: Path,
     return info
 
 
-def _restore_file(store: ObjectStore, backup_id: str, e: FileEntry, dir_fd: int, name: str) -> None:
+def _restore_file(store: ObjectStore, backup_id: str, e: FileEntry, dir_fd: int, name: str, mode_mask: int) -> None:
     tmp = f".{name}.tierfs-restore"[:255]
     h = hashlib.sha256()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
@@ -396,7 +398,7 @@ def _restore_file(store: ObjectStore, backup_id: str, e: FileEntry, dir_fd: int,
                 out.write(chunk)
         if h.hexdigest() != e.sha256:
             raise UserError(f"backup {backup_id}: the stored contents of {e.path} fail their checksum")
-        os.chmod(fd, e.mode & 0o7777)
+        os.chmod(fd, e.mode & mode_mask)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
     except FileNotFoundError:
         os.unlink(tmp, dir_fd=dir_fd)

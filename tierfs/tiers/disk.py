@@ -387,7 +387,9 @@ class DiskTier(Tier):
             self._write_layout(want)
             return
         if current is None:
-            foreign = sorted(n for n in os.listdir(self.root) if not _ours(n))
+            legacy = (self.root / "index" / "data.mdb").is_file()  # a cache from before the marker: ours
+            own = {"index", "blocks", "tmp"} if legacy else set()
+            foreign = sorted(n for n in os.listdir(self.root) if not _ours(n) and n not in own)
             if foreign:
                 raise UserError(f"cache dir {self.root} is not empty and is not a tierfs cache (it holds "
                                 f"{', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''}): give an empty "
@@ -512,7 +514,8 @@ def _subdirs(d: Path) -> list[str]:
 # What tierfs puts in a cache dir before the disk tier writes its marker (the lock, the daemon's log):
 # anything else there, without the marker, is someone else's.
 def _ours(name: str) -> bool:
-    return name in ("lock", "LAYOUT.tmp") or name.startswith(("tierfs.log", ".probe."))
+    # (staging/: a writable mount without a disk tier; lost+found: a filesystem of its own, as a cache disk is)
+    return name in ("lock", "LAYOUT.tmp", "staging", "lost+found") or name.startswith(("tierfs.log", ".probe."))
 
 
 def check_cache_dir(root: Path) -> None:
