@@ -36,6 +36,7 @@ from tierfs.tiers.base import Tier
 from tierfs.tiers.chain import TierChain
 from tierfs.tiers.disk import DiskTier
 from tierfs.tiers.ram import RamTier
+from tierfs.tiers.seal import cache_key
 from tierfs.versions.catalog import list_datasets, list_snapshots
 from tierfs.versions.manifest import RESERVED, ManifestEntry, ManifestReader
 
@@ -60,10 +61,8 @@ class TierfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
         if settings.cache_size > 0:
             cdir = Path(cache_dir) if cache_dir else Path(str(settings.resolved_cache_dir()) + "-fsspec")
             try:
-                from tierfs.mount import cache_key  # (the same key, and the same refusal of one kept in the cache)
-
                 self.tiers.append(DiskTier(cdir, settings.cache_size, settings.high_watermark, settings.low_watermark,
-                                           data_key=cache_key(settings)))
+                                           data_key=cache_key(settings, cdir)))
             except UserError as exc:
                 log.warning("tierfs://: no disk tier (%s)", exc)
         self._readers: dict[tuple[str, str], ManifestReader] = {}

@@ -28,7 +28,7 @@ from tierfs import __version__
 from tierfs.config import Settings
 from tierfs.data.reader import BlockReader
 from tierfs.data.warm import Warmer
-from tierfs.errors import ConfigError, UserError
+from tierfs.errors import UserError
 from tierfs.fuse.attrs import AttrMaker
 from tierfs.fuse.mountpoint import check_fuse, check_mountpoint, is_mounted, unescape_mountinfo
 from tierfs.fuse.operations import TierfsOperations
@@ -45,7 +45,7 @@ from tierfs.tiers.disk import DiskTier
 from tierfs.tiers.fills import FillQueue
 from tierfs.tiers.ram import RamTier
 from tierfs.tiers.redis import RedisSettings, RedisTier
-from tierfs.tiers.seal import read_secret
+from tierfs.tiers.seal import cache_key, read_secret
 from tierfs.write.staging import Staging
 from tierfs.write.writer import Writer
 
@@ -115,7 +115,7 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
     if settings.cache_size > 0:
         tiers.append(DiskTier(settings.resolved_cache_dir(), settings.cache_size, settings.high_watermark,
                               settings.low_watermark, settings.cache_policy, settings.cache_min_free,
-                              data_key=cache_key(settings)))
+                              data_key=cache_key(settings, settings.resolved_cache_dir())))
     if settings.redis_url:
         tiers.append(RedisTier(redis_settings(settings)))
     # Worker threads: one pool for the tiers' disk I/O, and one per kind of
@@ -146,18 +146,6 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
     return comps
 
 
-def cache_key(settings: Settings) -> bytes:
-    """The key that encrypts disk blocks and Redis values (b'': none), from its file or TIERFS_CACHE_KEY."""
-    if settings.cache_key_file:
-        cache_dir = settings.resolved_cache_dir().resolve()
-        where = Path(settings.cache_key_file).resolve()
-        if where == cache_dir or cache_dir in where.parents:
-            raise ConfigError(f"[cache] encryption_key_file {settings.cache_key_file} is inside the cache dir "
-                              f"{cache_dir}: whoever takes the disk would have the key too; keep it elsewhere "
-                              "(/etc/tierfs/cache.key, mode 0600)")
-    return read_secret("", settings.cache_key_file, "TIERFS_CACHE_KEY", "cache encryption key")
-
-
 def redis_settings(settings: Settings) -> RedisSettings:
     """The Redis tier's settings, its secrets read from where the config says (never from argv)."""
     return RedisSettings(
@@ -165,7 +153,7 @@ def redis_settings(settings: Settings) -> RedisSettings:
         settings.redis_db, settings.redis_key_prefix, settings.redis_ttl, settings.redis_max_block_size,
         settings.redis_pool_size, settings.redis_timeout,
         secret=read_secret(settings.redis_secret, settings.redis_secret_file, "TIERFS_REDIS_SECRET", "[redis] secret"),
-        data_key=cache_key(settings),
+        data_key=cache_key(settings, settings.resolved_cache_dir()),
         username=settings.redis_username, ca_file=settings.redis_ca_file, cert_file=settings.redis_cert_file,
         key_file=settings.redis_key_file, allow_no_auth=settings.redis_allow_no_auth,
     )

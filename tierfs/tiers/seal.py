@@ -26,6 +26,7 @@ import hmac
 import os
 from pathlib import Path
 
+from tierfs.config import Settings
 from tierfs.errors import ConfigError
 
 _MAC, _AEAD = b"M", b"A"  # the first byte of a sealed value says how it was sealed
@@ -95,3 +96,18 @@ def read_secret(value: str, file: str, env: str, what: str) -> bytes:
                               f"(head -c 32 /dev/urandom | base64 > {file})")
         return data
     return os.environ.get(env, "").encode()
+
+
+def cache_key(settings: Settings, cache_dir: Path) -> bytes:
+    """The key that encrypts disk blocks and Redis values (b'': none), from its file or TIERFS_CACHE_KEY.
+
+    A key file inside the cache dir it protects is refused: whoever took the disk would have the key too.
+    """
+    if settings.cache_key_file:
+        where = Path(settings.cache_key_file).resolve()
+        inside = cache_dir.resolve()
+        if where == inside or inside in where.parents:
+            raise ConfigError(f"[cache] encryption_key_file {settings.cache_key_file} is inside the cache dir "
+                              f"{inside}: whoever takes the disk would have the key too; keep it elsewhere "
+                              "(/etc/tierfs/cache.key, mode 0600)")
+    return read_secret("", settings.cache_key_file, "TIERFS_CACHE_KEY", "cache encryption key")
