@@ -127,7 +127,7 @@ def test_second_user_of_a_cache_dir_is_refused(tmp_path: Path) -> None:
     t = DiskTier(tmp_path / "c", 1 << 20)
     t.close()
     hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
-            "os.pwrite(fd, str(os.getpid()).encode(), 0); print('held', flush=True); time.sleep(60)")
+            "os.ftruncate(fd, 0); os.pwrite(fd, f'{os.getpid()}\\n'.encode(), 0); print('held', flush=True); time.sleep(60)")
     child = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "c" / "lock")], stdout=subprocess.PIPE,
                              text=True)
     try:
