@@ -31,6 +31,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating virtualenv $VENV"
   python3 -m venv "$VENV"
 fi
+# pyfuse3 with our patch (FUSE passthrough, noflush, the kernel's directory
+# cache), linked to libfuse >= 3.17; before tierfs, whose pin it satisfies.
+VENV=$VENV bash scripts/build_pyfuse3.sh
 stamp="$VENV/.tierfs-installed"         # the test toolchain (it holds the runtime too)
 runtime_stamp="$VENV/.tierfs-runtime"
 if [ "$MODE" = runtime ] && [ -f "$stamp" ] && [ ! pyproject.toml -nt "$stamp" ]; then
