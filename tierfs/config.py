@@ -217,7 +217,7 @@ class _Key:
 #   [redis] url password db key_prefix ttl max_block_size pool_size timeout secret secret_file username
 #           ca_file cert_file key_file allow_no_auth
 #   [mount] mountpoint read_only   [write] part_size upload_concurrency rename_concurrency
-#   [metrics] listen   [metadata] ttl listing_entries negative_ttl   [fuse] workers allow_other
+#   [metrics] listen   [metadata] ttl listing_entries negative_ttl   [fuse] workers allow_other passthrough
 #   [log] level file
 #   [backup] secret_file
 _KEYS = [
@@ -285,6 +285,7 @@ _KEYS = [
     _Key("fuse", "workers", _count, "fuse_workers"),
     _Key("fuse", "allow_other", _bool, "allow_other"),
     _Key("fuse", "nonempty", _bool, "allow_nonempty"),
+    _Key("fuse", "passthrough", _bool, "passthrough"),
     _Key("log", "level", _log_level, "log_level"),
     _Key("log", "file", _path, "log_file"),
 ]
@@ -369,6 +370,8 @@ class Settings:
     fuse_workers: int = 64
     allow_other: bool = False
     allow_nonempty: bool = False
+    # FUSE passthrough: a small file whose bytes are on the disk tier is read by the kernel from the block file.
+    passthrough: bool = True
     log_level: str = "info"
     log_file: str = ""
 

@@ -32,6 +32,7 @@ from tierfs.errors import UserError
 from tierfs.fuse.attrs import AttrMaker
 from tierfs.fuse.mountpoint import check_fuse, check_mountpoint, is_mounted, unescape_mountinfo
 from tierfs.fuse.operations import TierfsOperations
+from tierfs.fuse.passthrough import Passthrough
 from tierfs.limits import StoreLimiters
 from tierfs.metrics import BACKEND_SECONDS, FUSE_SECONDS, TIER_SECONDS, export_stats, latency_summary
 from tierfs.metrics import serve as serve_metrics
@@ -77,6 +78,7 @@ class Components:
             "tiers": self.chain.stats(),
             "backend": self.store.stats.snapshot(),
             "fuse": self.operations.ops.snapshot(),
+            "fast_paths": self.operations.passthrough.snapshot(),
             "latency_ms": {"tiers": latency_summary(TIER_SECONDS), "backend": latency_summary(BACKEND_SECONDS),
                            "fuse": latency_summary(FUSE_SECONDS)},
             "inodes": len(self.namespace.inodes),
@@ -137,9 +139,11 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
                         settings.rename_concurrency)
     warmer = Warmer(reader, namespace.resolve_ref,
                     settings.resolved_cache_dir() if settings.cache_size > 0 else None)
+    disk = next((t for t in tiers if isinstance(t, DiskTier)), None)
     ops = TierfsOperations(namespace, reader, attrs, stats=lambda: holder[0].stats(),
                            read_ahead_blocks=max(1, settings.read_ahead // settings.block_size), warmer=warmer,
-                           writer=writer)
+                           writer=writer,
+                           passthrough=Passthrough(disk, settings.block_size, chain.limiter, settings.passthrough))
     ops.read_only_prefixes, ops.allow_delete = settings.read_only_prefixes, settings.allow_delete
     comps = Components(settings, store, chain, namespace, reader, ops, time.monotonic(), writer)
     holder.append(comps)
@@ -204,6 +208,10 @@ def run_foreground(settings: Settings, mountpoint: Path, on_ready: Callable[[str
         options |= {"fsname=tierfs", "subtype=tierfs"}
         if settings.allow_other:
             options.add("allow_other")
+        if settings.read_only:
+            # The kernel refuses writes itself, and keeps atime as it is: a
+            # passthrough read then does not make the next stat a request.
+            options.add("ro")
         try:
             pyfuse3.init(comps.operations, str(mountpoint), options)
         except RuntimeError as exc:
@@ -247,6 +255,8 @@ async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Call
         # request served: raise it once that is done.
         await trio.sleep(0.2)
         await trio.to_thread.run_sync(set_kernel_read_ahead, mountpoint, comps.settings.kernel_read_ahead_kb)
+        log.info("fast paths: passthrough %s; read-only opens without a flush round trip",
+                 comps.operations.passthrough.start(comps.settings.resolved_cache_dir() / "LAYOUT"))
         if on_ready is not None:
             on_ready(notes)
     # Unmounted: blocks still queued for the disk (and Redis) go in now, so a

@@ -323,7 +323,8 @@ def test_sequential_reads_are_prefetched_and_requests_are_large(tmp_path: Path) 
 
 @pytest.mark.parametrize("read_only", [True, False], ids=["read-only", "writable"])
 def test_a_warm_small_file_costs_two_fuse_requests(tmp_path: Path, read_only: bool) -> None:
-    """docs/semantics.md: warm open/read/close = open + release (+ flush on a writable mount); lookup and read cost none."""
+    """docs/semantics.md: warm open/read/close = open + release (+ a getattr on a writable mount); no lookup, read or
+    flush."""
     root = tmp_path / "lake"
     write_tree(root, {"d/small.jpg": random_bytes(50_000, seed=3)})
     with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache", *(["--read-only"] if read_only else [])) as m:
@@ -338,8 +339,11 @@ def test_a_warm_small_file_costs_two_fuse_requests(tmp_path: Path, read_only: bo
         after = m.stats()["fuse"]
         delta = {op: after[op] - before[op] for op in after}
         assert delta["open"] == 10 and delta["release"] == 10
-        assert delta["flush"] == (0 if read_only else 10)  # a read-only mount answers ENOSYS once
-        assert delta["lookup"] == 0 and delta["read"] == 0 and delta["getattr"] <= 1
+        assert delta["flush"] == 0  # read-only opens ask for none (noflush)
+        assert delta["lookup"] == 0 and delta["read"] == 0  # the bytes are the kernel's (page cache or passthrough)
+        # Passthrough: on a writable mount each read through the backing file drops the cached atime, so the next
+        # stat asks (read_bytes stats twice); a read-only mount is read-only to the kernel too, which keeps it.
+        assert delta["getattr"] <= (1 if read_only else 21)
 
 
 def test_archived_object_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import pyfuse3
 import trio
@@ -27,6 +27,7 @@ from tierfs.data.reader import BlockReader
 from tierfs.data.warm import Warmer
 from tierfs.errors import Exists, NotEmpty, NotFound, NotPermitted, ReadOnly, leaf, to_errno
 from tierfs.fuse.attrs import AttrMaker
+from tierfs.fuse.passthrough import Mode, Passthrough
 from tierfs.metrics import FUSE_SECONDS, Counters, observe
 from tierfs.namespace.inodes import ROOT_INODE, Node
 from tierfs.namespace.live import RESERVED, Namespace
@@ -84,6 +85,7 @@ class _FileHandle:
     ra: ReadAhead
     staged: StagedFile | None = None  # reads and writes go to the staged bytes
     writable: bool = False
+    mode: Mode = Mode.CACHED  # how the kernel serves it (passthrough.py)
 
 
 @dataclass
@@ -95,8 +97,12 @@ class _DirHandle:
 class TierfsOperations(pyfuse3.Operations):
     def __init__(self, namespace: Namespace, reader: BlockReader, attrs: AttrMaker,
                  stats: Callable[[], dict[str, Any]], read_ahead_blocks: int = 8,
-                 warmer: Warmer | None = None, writer: Writer | None = None):
+                 warmer: Warmer | None = None, writer: Writer | None = None,
+                 passthrough: Passthrough | None = None):
         super().__init__()
+        # Asked of the kernel at INIT (pyfuse3 with tierfs' patch); each open then decides.
+        self.passthrough = passthrough or Passthrough(None, reader.block_size, trio.CapacityLimiter(1), False)
+        self.enable_passthrough = self.passthrough.wanted
         self.writer = writer  # None: a read-only mount
         self.read_only_prefixes: tuple[str, ...] = ()
         self.allow_delete = True
@@ -165,28 +171,57 @@ class TierfsOperations(pyfuse3.Operations):
             writer = self._writer_for(node)
             if node.is_dir:
                 raise IsADirectoryError(node.path)
-            staged = writer.staged(node.path)
-            base = None if staged is not None else (await self.ns.getattr(inode)).ref
-            staged = await writer.open(node.path, base, truncate=bool(flags & os.O_TRUNC))
+            self._page_cache_open(node)  # counted from here: no passthrough of this inode starts meanwhile
+            try:
+                staged = writer.staged(node.path)
+                base = None if staged is not None else (await self.ns.getattr(inode)).ref
+                staged = await writer.open(node.path, base, truncate=bool(flags & os.O_TRUNC))
+            except BaseException:
+                self.passthrough.release(inode, Mode.CACHED)
+                raise
             return self._new_handle(node, staged, writable=True)
         if self.writer is not None:
             staged = self.writer.staged(node.path)
             if staged is not None:
+                self._page_cache_open(node)
                 staged.handles += 1
                 return self._new_handle(node, staged, writable=False)
         node, ref, keep_cache = await self.ns.open(inode)
         if self.warmer is not None:
             self.warmer.opened(node.path)
+        try:
+            mode, backing_id = await self.passthrough.open_read(inode, ref)
+        except BaseException:
+            self.ns.release(node)
+            raise
+        if mode is Mode.RENUMBER:
+            self.ns.release(node)
+            self._renumber(node)
+        if mode is Mode.PASSTHROUGH:
+            node.cached_ref = None  # the FUSE page cache was bypassed: keep nothing of it at the next open
         fh = next(self._fh)
-        self._files[fh] = _FileHandle(node, ref, ReadAhead(self.reader.block_size, self.read_ahead_blocks))
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache)
+        self._files[fh] = _FileHandle(node, ref, ReadAhead(self.reader.block_size, self.read_ahead_blocks), mode=mode)
+        # A read-only open has nothing to flush at close: no FLUSH round trip.
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache and mode is Mode.CACHED,
+                                backing_id=backing_id, noflush=True)
+
+    def _page_cache_open(self, node: Node) -> None:
+        """Count an open the kernel serves through its page cache; never one of an inode passed through."""
+        if self.passthrough.open_other(node.inode) is Mode.RENUMBER:
+            self._renumber(node)
+
+    def _renumber(self, node: Node) -> NoReturn:
+        """The inode is passed through to other bytes: the name gets a new one, and the kernel retries."""
+        self.ns.renumber(node)
+        raise pyfuse3.FUSEError(errno.ESTALE)
 
     def _new_handle(self, node: Node, staged: StagedFile, writable: bool) -> pyfuse3.FileInfo:
+        """A handle on staged bytes; its page-cache open is counted by the caller."""
         self.ns.opened(node)
         node.cached_ref = None  # the kernel's pages of the old object must not be kept
         fh = next(self._fh)
         self._files[fh] = _FileHandle(node, staged.ref(), ReadAhead(self.reader.block_size, 0), staged, writable)
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=False)
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=False, noflush=not writable)
 
     @_guard
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -196,6 +231,7 @@ class TierfsOperations(pyfuse3.Operations):
         staged = await writer.create(path)
         node = self.ns.staged_node(path)
         self.ns.remember(node)
+        self._page_cache_open(node)
         return self._new_handle(node, staged, writable=True), self.attrs(node)
 
     @_guard
@@ -251,6 +287,7 @@ class TierfsOperations(pyfuse3.Operations):
         handle = self._files.pop(fh, None)
         if handle is None:
             return
+        self.passthrough.release(handle.node.inode, handle.mode)
         if handle.staged is not None and self.writer is not None and self.writer.release(handle.staged):
             # What this mount knew of the file came from writes that were thrown
             # away: ask the lake again (the kernel drops its attributes after a

@@ -178,6 +178,10 @@ class Namespace:
     def release(self, node: Node) -> None:
         self.inodes.closed(node)
 
+    def renumber(self, node: Node) -> None:
+        """``node``'s name gets a new inode at its next lookup; ``node`` lives on for its open files."""
+        self.inodes.unlinked(node.path)
+
     def remember(self, node: Node) -> None:
         node.lookups += 1
 

@@ -57,6 +57,7 @@ LAYOUT = "tierfs-disk-cache 1\n"
 _TOUCH_BATCH = 512
 _TOUCH_SECONDS = 2.0
 DEFAULT_MIN_FREE = 0.05  # of the filesystem, as Mountpoint for S3 keeps
+_CHECKED_MAX = 1 << 18  # blocks whose bytes passthrough checked this run, remembered (~30 MB at most)
 _MIN_FREE_FLOOR = 1 << 30  # room for a staged checkpoint; at most half a small filesystem, or no cache fits there
 # statvfs is cheap but others (staged files, logs) change the free space too:
 # between calls, free space is estimated from what this tier wrote, and read
@@ -128,6 +129,7 @@ class DiskTier(Tier):
         self._made_dirs: set[str] = set()
         self._full_until = 0.0  # after ENOSPC, bypass puts for a while
         self._last_key_log = 0.0
+        self._checked: dict[bytes, int] = {}  # block digest -> inode of the block file checked (backing_fd)
         try:
             self.recovered = self._check_index() if self.index.unclean else self._recover()
         except lmdb.Error as exc:  # (a damaged page that LMDB reported rather than aborted on)
@@ -174,6 +176,48 @@ class DiskTier(Tier):
             data = opened
         self._touch(key.digest)
         return self._hit(data)
+
+    def backing_fd(self, key: BlockKey, size: int) -> int | None:
+        """An fd of ``key``'s block file if it holds exactly ``size`` plain bytes that pass their checksum.
+
+        What FUSE passthrough serves a whole small file from. A block file is
+        never changed in place (it lands by rename and leaves by unlink), so
+        the fd keeps these bytes for as long as it is open, evicted or not.
+        Its bytes are checked against the checksum at the first such open in
+        this process (the kernel reads them unchecked from then on); later
+        opens of a block already checked cost a lookup and an open.
+        None when the block is not here, is sealed (an encrypted cache), or fails.
+        """
+        if self.sealer is not None:
+            return None
+        meta = self.index.lookup(key.digest)
+        if meta is None or meta[0] != size:
+            return None
+        try:
+            fd = os.open(self._path(key.hex), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._drop([key.digest])
+            return None
+        try:
+            st = os.fstat(fd)
+            if self._checked.get(key.digest) != st.st_ino:
+                data = os.pread(fd, size + 1, 0)
+                if len(data) != size or checksum(data) != meta[1]:
+                    os.close(fd)
+                    log.warning("disk cache: block %s failed its checksum (%d of %d bytes); dropped, refetching",
+                                key.hex, len(data), size)
+                    self.stats.add("errors")
+                    self._drop([key.digest])
+                    return None
+                if len(self._checked) >= _CHECKED_MAX:
+                    self._checked.pop(next(iter(self._checked)))
+                self._checked[key.digest] = st.st_ino
+        except OSError:
+            os.close(fd)
+            raise
+        self._touch(key.digest)
+        self._hit(b"")
+        return fd
 
     def _unreadable(self, key: BlockKey) -> None:
         """A block that does not open under the cache key: written under another key (or none). A miss."""

@@ -1,0 +1,171 @@
+"""FUSE passthrough of cached files: the kernel reads them from the disk tier, not through us.
+
+A file whose whole content is one block on the disk tier (plain, its checksum
+checked at open) is opened with that block file as its *backing file*: read,
+pread, mmap and splice of the open file are then served by the kernel from the
+block file and never reach this daemon. Everything else is served as before.
+
+The kernel's rules, kept here per inode:
+
+- while an inode has passthrough opens, every open of it must be passed
+  through to the same backing file. Later opens of the same bytes reuse its
+  backing id. An open that needs other bytes (the object changed upstream) or
+  must not touch the block file (a writer) is answered ``Mode.RENUMBER``: the
+  mount gives the name a new inode, as a local filesystem does for a file
+  replaced under its name, and answers ESTALE, on which the kernel looks the
+  name up again and retries the open once, on the new inode. The old inode
+  keeps serving its open files the bytes they opened.
+- while an inode has page-cache opens, none is passed through;
+- a passthrough open never asks to keep the page cache.
+
+What the daemon counts as a release may lag the kernel, never lead it, so
+these counts are at worst cautious (an open served the ordinary way).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from tierfs.limits import in_thread
+from tierfs.metrics import Counters
+from tierfs.refs import ObjectRef
+from tierfs.tiers.disk import DiskTier
+
+log = logging.getLogger(__name__)
+
+
+class Mode(Enum):
+    CACHED = "cached"  # the kernel's page cache of the FUSE file; reads come to us
+    PASSTHROUGH = "passthrough"  # the kernel reads the backing file itself
+    RENUMBER = "renumber"  # the inode is passed through to other bytes: give the name a new inode
+
+
+@dataclass
+class _Backing:
+    ref: ObjectRef
+    backing_id: int
+    opens: int
+
+
+class Passthrough:
+    def __init__(self, disk: DiskTier | None, block_size: int, limiter: trio.CapacityLimiter, wanted: bool):
+        self.disk = disk
+        self.block_size = block_size
+        self.limiter = limiter
+        self.wanted = wanted and disk is not None and disk.sealer is None
+        self.on = False
+        self.note = "not started" if self.wanted else self._why_not(wanted)
+        self.stats = Counters(("passthrough_opens", "passthrough_bytes", "renumbered"))
+        self._backing: dict[int, _Backing] = {}
+        self._cached: collections.Counter[int] = collections.Counter()
+
+    def _why_not(self, wanted: bool) -> str:
+        if not wanted:
+            return "off ([fuse] passthrough = false)"
+        if self.disk is None:
+            return "off (no disk tier to pass through to)"
+        return "off (the disk cache is encrypted: its block files are not the files' bytes)"
+
+    def start(self, probe: Path) -> str:
+        """Once the kernel's INIT is answered: is passthrough on? One line for the log and stats."""
+        if not self.wanted:
+            return self.note
+        if not hasattr(pyfuse3, "passthrough_enabled"):
+            self.note = "off (this pyfuse3 lacks tierfs' patch: run scripts/build_pyfuse3.sh)"
+        elif not pyfuse3.passthrough_enabled():
+            self.note = "off (the kernel does not offer it: Linux >= 6.9 with CONFIG_FUSE_PASSTHROUGH)"
+        else:
+            try:
+                fd = os.open(probe, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    pyfuse3.passthrough_close(pyfuse3.passthrough_open(fd))
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                self.note = f"off (the kernel refused a backing file: {_why(exc)}; it needs CAP_SYS_ADMIN)"
+            else:
+                self.on = True
+                self.note = f"on (files of up to {self.block_size >> 10} KiB whose bytes are on the disk tier)"
+        return self.note
+
+    async def open_read(self, inode: int, ref: ObjectRef) -> tuple[Mode, int]:
+        """The mode of a read-only open of ``ref``, and its backing id (0 unless passed through)."""
+        backing = self._backing.get(inode)
+        if backing is not None:
+            if backing.ref == ref:
+                backing.opens += 1
+                self._counted(ref)
+                return Mode.PASSTHROUGH, backing.backing_id
+            return self._renumber()
+        if not self.on or self._cached[inode] or not 0 < ref.size <= self.block_size or self.disk is None:
+            return self._page_cache(inode)
+        fd = await in_thread(self.disk.backing_fd, ref.block_key(0, self.block_size), ref.size, limiter=self.limiter)
+        if fd is None:
+            return self._page_cache(inode)
+        try:
+            # (Another open of this inode may have been decided while the block was checked.)
+            backing = self._backing.get(inode)
+            if backing is None and not self._cached[inode]:
+                backing = self._backing[inode] = _Backing(ref, pyfuse3.passthrough_open(fd), 0)
+        except OSError as exc:
+            log.warning("passthrough: the kernel refused a backing file (%s); serving every file the ordinary way "
+                        "from now on", _why(exc))
+            self.on, self.note = False, f"off (the kernel refused a backing file: {_why(exc)})"
+            return self._page_cache(inode)
+        finally:
+            os.close(fd)  # the kernel holds its own reference from passthrough_open
+        if backing is None:
+            return self._page_cache(inode)
+        if backing.ref != ref:
+            return self._renumber()
+        backing.opens += 1
+        self._counted(ref)
+        return Mode.PASSTHROUGH, backing.backing_id
+
+    def open_other(self, inode: int) -> Mode:
+        """The mode of any other open (a writer, a staged file): never beside a passthrough open."""
+        if inode in self._backing:
+            return self._renumber()[0]
+        return self._page_cache(inode)[0]
+
+    def release(self, inode: int, mode: Mode) -> None:
+        if mode is Mode.CACHED:
+            self._cached[inode] -= 1
+            if self._cached[inode] <= 0:
+                del self._cached[inode]
+        elif mode is Mode.PASSTHROUGH:
+            backing = self._backing[inode]
+            backing.opens -= 1
+            if backing.opens == 0:
+                del self._backing[inode]
+                try:
+                    pyfuse3.passthrough_close(backing.backing_id)
+                except OSError as exc:
+                    log.warning("passthrough: releasing backing id %d failed: %s", backing.backing_id, exc)
+
+    def snapshot(self) -> dict[str, object]:
+        return {"passthrough": self.note, "backing_files": len(self._backing), **self.stats.snapshot()}
+
+    def _counted(self, ref: ObjectRef) -> None:
+        self.stats.add("passthrough_opens")
+        self.stats.add("passthrough_bytes", ref.size)
+
+    def _renumber(self) -> tuple[Mode, int]:
+        self.stats.add("renumbered")
+        return Mode.RENUMBER, 0
+
+    def _page_cache(self, inode: int) -> tuple[Mode, int]:
+        self._cached[inode] += 1
+        return Mode.CACHED, 0
+
+
+def _why(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno else str(exc)
