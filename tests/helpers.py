@@ -6,18 +6,21 @@ Everything started here is stopped by PID in a ``finally``, also when a test fai
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
+import pwd
 import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 TIERFS = [sys.executable, "-m", "tierfs"]
 # The secret the Redis tier's values are sealed with; the mounts a test starts share it, as a cluster's nodes do.
@@ -155,6 +158,48 @@ class Mount:
             self.umount()
         finally:
             force_cleanup(self.mountpoint, self.pid)
+
+
+class User(NamedTuple):
+    name: str
+    uid: int
+    gid: int
+    group: str
+
+
+@contextlib.contextmanager
+def other_user() -> Iterator[User]:
+    """A system user (and its group) made for the test, not root, as a training job's user is; removed after."""
+    name = f"tierfs-test-{random.randbytes(4).hex()}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name],
+                   check=True, capture_output=True)
+    try:
+        pw = pwd.getpwnam(name)
+        yield User(name, pw.pw_uid, pw.pw_gid, grp.getgrgid(pw.pw_gid).gr_name)
+    finally:
+        subprocess.run(["userdel", name], check=True, capture_output=True)  # (its own group goes with it)
+
+
+def as_user(user: User, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``argv`` run as ``user``, with no supplementary groups (root's would let it in)."""
+    return subprocess.run(["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", *argv],
+                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "LANG": "C"})
+
+
+@contextlib.contextmanager
+def reachable_dir() -> Iterator[Path]:
+    """A folder every user may pass through (pytest's tmp_path is root's alone), for mountpoints to live in.
+
+    Emptied with rmdir only, so a mount that failed to go is never descended into.
+    """
+    root = Path(tempfile.mkdtemp(prefix="tierfs-reach-"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        for child in root.iterdir():
+            child.rmdir()
+        root.rmdir()
 
 
 def drop_page_cache() -> None:

@@ -8,9 +8,11 @@ allowed.
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import math
 import os
+import pwd
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -30,6 +32,8 @@ _UNITS = {
 _SIZE_RE = re.compile(r"^\s*([0-9]{1,30})(?:\.([0-9]{1,30}))?\s*([a-zA-Z]*)\s*$")
 #: Past this no file, cache or part can be (an off_t): larger numbers are typos, and overflow C code later.
 MAX_NUMBER = 2**63 - 1
+#: The umask of the modes the mount shows when none is given: files 0644, directories 0755.
+DEFAULT_UMASK = 0o022
 
 
 def parse_size(value: Any) -> int:
@@ -196,6 +200,53 @@ def _host_port(value: Any) -> str:
     return text
 
 
+#: Largest uid or gid an owner can have: uid_t -1 (4294967295) means "no change" to chown(2), never an owner.
+_ID_MAX = 2**32 - 2
+
+
+def _owner(kind: str, database: str, lookup: Callable[[str], Any]) -> Callable[[Any], int]:
+    """A parser for a user (or group): a number, or a name resolved on this host (pwd/grp)."""
+    expected = f"a {kind} name this host knows (getent {database}) or a number from 0 to {_ID_MAX}"
+
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
+            raise ValueError(expected)
+        if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+            try:
+                return int(lookup(value)[2])  # (pw_uid, gr_gid: the third field of either)
+            except (KeyError, ValueError):  # (ValueError: a NUL byte in the name)
+                raise ValueError(f"{expected}; this host has no {kind} {shown(value)}") from None
+        n = int(value)
+        if not 0 <= n <= _ID_MAX:
+            raise ValueError(expected)
+        return n
+
+    return parse
+
+
+_uid = _owner("user", "passwd", pwd.getpwnam)
+_gid = _owner("group", "group", grp.getgrnam)
+_OCTAL_RE = re.compile(r"^(?:0[oO])?([0-7]{1,12})$")
+
+
+def _octal(example: str, limit: int) -> Callable[[Any], int]:
+    """A parser for permission bits written in octal ("0640", "640" or "0o640"), at most ``limit``."""
+    expected = f'an octal number as a quoted string, such as "{example}", at most {limit:o}'
+
+    def parse(value: Any) -> int:
+        # A TOML number is refused: a bare 640 is the decimal number 640, not the mode 0640.
+        m = _OCTAL_RE.match(value) if isinstance(value, str) else None
+        if m is None or int(m.group(1), 8) > limit:
+            raise ValueError(expected)
+        return int(m.group(1), 8)
+
+    return parse
+
+
+_mode = _octal("0640", 0o7777)
+_umask = _octal("027", 0o777)
+
+
 def _log_level(value: Any) -> str:
     v = str(value).lower()
     if v not in ("debug", "info", "warning", "error"):
@@ -217,7 +268,8 @@ class _Key:
 #   [redis] url password db key_prefix ttl max_block_size pool_size timeout secret secret_file username
 #           ca_file cert_file key_file allow_no_auth
 #   [mount] mountpoint read_only   [write] part_size upload_concurrency rename_concurrency
-#   [metrics] listen   [metadata] ttl listing_entries negative_ttl   [fuse] workers allow_other passthrough
+#   [metrics] listen   [metadata] ttl listing_entries negative_ttl
+#   [fuse] workers allow_other allow_root nonempty uid gid umask file_mode dir_mode read_ahead_kb passthrough
 #   [log] level file
 #   [backup] secret_file
 _KEYS = [
@@ -286,6 +338,12 @@ _KEYS = [
     _Key("fuse", "allow_other", _bool, "allow_other"),
     _Key("fuse", "nonempty", _bool, "allow_nonempty"),
     _Key("fuse", "passthrough", _bool, "passthrough"),
+    _Key("fuse", "allow_root", _bool, "allow_root"),
+    _Key("fuse", "uid", _uid, "uid"),
+    _Key("fuse", "gid", _gid, "gid"),
+    _Key("fuse", "umask", _umask, "umask"),
+    _Key("fuse", "file_mode", _mode, "file_mode"),
+    _Key("fuse", "dir_mode", _mode, "dir_mode"),
     _Key("log", "level", _log_level, "log_level"),
     _Key("log", "file", _path, "log_file"),
 ]
@@ -369,9 +427,17 @@ class Settings:
     negative_ttl: float = 5.0
     fuse_workers: int = 64
     allow_other: bool = False
+    allow_root: bool = False  # the mounting user and root only (libfuse refuses the others)
     allow_nonempty: bool = False
     # FUSE passthrough: a small file whose bytes are on the disk tier is read by the kernel from the block file.
     passthrough: bool = True
+    # What every file and directory shows (the lake keeps no owners or modes), as rclone and gcsfuse do;
+    # None: the daemon's uid and gid, and the modes of modes() below.
+    uid: int | None = None
+    gid: int | None = None
+    umask: int | None = None
+    file_mode: int | None = None
+    dir_mode: int | None = None
     log_level: str = "info"
     log_file: str = ""
 
@@ -384,8 +450,25 @@ class Settings:
         lake_id = hashlib.sha256(self.lake_url.encode()).hexdigest()[:12]
         return base / "tierfs" / lake_id
 
+    def modes(self) -> tuple[int, int]:
+        """The permission bits of (files, directories).
+
+        rclone's rule where a umask is given: 0666 and 0777 less the umask, and
+        the umask is taken off a file_mode or dir_mode given with it too.
+        gcsfuse's where only a mode is given: that mode, as written. Neither:
+        0644 and 0755 (0666 and 0777 less the default umask 022).
+        """
+        umask = DEFAULT_UMASK if self.umask is None else self.umask
+        given = self.umask or 0
+        files = 0o666 & ~umask if self.file_mode is None else self.file_mode & ~given
+        dirs = 0o777 & ~umask if self.dir_mode is None else self.dir_mode & ~given
+        return files, dirs
+
     def check(self) -> Settings:
         """Cross-field rules; returns self so calls chain."""
+        if self.allow_other and self.allow_root:
+            raise ConfigError("[fuse] allow_other and allow_root (--allow-other, --allow-root) cannot both be on: "
+                              "FUSE refuses the pair; allow_other already lets root in, so keep only one")
         if self.block_size < 4096 or self.block_size > 256 * 1024**2:
             raise ConfigError(
                 f"[cache] block_size = {self.block_size}: must be between 4KiB and 256MiB"

@@ -129,7 +129,9 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
     namespace = Namespace(store, settings.metadata_ttl, settings.listing_entries, limiters.metadata,
                           fetch=lambda key: fetch_through_tiers(store, reader, limiters.manifest, key),
                           manifest_limiter=limiters.manifest, negative_ttl=settings.negative_ttl)
-    attrs = AttrMaker(settings.metadata_ttl, settings.block_size)
+    file_mode, dir_mode = settings.modes()
+    attrs = AttrMaker(settings.metadata_ttl, settings.block_size, uid=settings.uid, gid=settings.gid,
+                      file_mode=file_mode, dir_mode=dir_mode)
     holder: list[Components] = []
     writer = None
     if not settings.read_only:
@@ -205,13 +207,19 @@ def run_foreground(settings: Settings, mountpoint: Path, on_ready: Callable[[str
             except OSError as exc:
                 raise UserError(f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}") from None
         options = set(pyfuse3.default_options)
-        options |= {"fsname=tierfs", "subtype=tierfs"}
+        # default_permissions (pyfuse3's default, named so it stays): the kernel checks the modes and owners
+        # the mount shows, so allow_other lets in only the users they allow.
+        options |= {"fsname=tierfs", "subtype=tierfs", "default_permissions"}
         if settings.allow_other:
             options.add("allow_other")
         if settings.read_only:
             # The kernel refuses writes itself, and keeps atime as it is: a
             # passthrough read then does not make the next stat a request.
             options.add("ro")
+        if settings.allow_root:
+            options.add("allow_root")
+        if (note := owner_note(settings)):
+            notes.append(note)
         try:
             pyfuse3.init(comps.operations, str(mountpoint), options)
         except RuntimeError as exc:
@@ -231,6 +239,15 @@ def run_foreground(settings: Settings, mountpoint: Path, on_ready: Callable[[str
         if metrics_server is not None:
             metrics_server.shutdown()
         comps.close()
+
+
+def owner_note(settings: Settings) -> str:
+    """A note when the owner given cannot enter the mount: without allow_other only the mounting user may."""
+    if settings.allow_other or (settings.uid in (None, os.getuid()) and settings.gid in (None, os.getgid())):
+        return ""
+    who = "the mounting user and root" if settings.allow_root else "the mounting user"
+    return (f"files show the owner given ([fuse] uid, gid), but only {who} may enter the mount: "
+            "add --allow-other ([fuse] allow_other) to let other users in, as far as the modes allow")
 
 
 async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Callable[[str], None] | None) -> None:

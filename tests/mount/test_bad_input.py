@@ -134,7 +134,8 @@ def test_help_and_version() -> None:
     assert "mount" in res.stdout and "umount" in res.stdout and "stats" in res.stdout
     res = run_tierfs("mount", "--help", check=True)
     for flag in ("--config", "--cache-dir", "--cache-size", "--ram-size", "--block-size", "--metadata-ttl", "--foreground",
-                 "--endpoint", "--region", "--profile", "--redis", "--read-only", "--nonempty", "--allow-other"):
+                 "--endpoint", "--region", "--profile", "--redis", "--read-only", "--nonempty", "--allow-other",
+                 "--allow-root", "--uid", "--gid", "--umask", "--file-mode", "--dir-mode"):
         assert flag in res.stdout
     # Every flag that has a TOML twin names it, so a user can move a working command line into a config.
     help_text = " ".join(res.stdout.split())
@@ -142,6 +143,9 @@ def test_help_and_version() -> None:
                       ("--cache-dir", "[cache] dir"), ("--cache-size", "[cache] size"), ("--redis", "[redis] url"),
                       ("--metadata-ttl", "[metadata] ttl"), ("--read-only", "[mount] read_only"),
                       ("--nonempty", "[fuse] nonempty"), ("--allow-other", "[fuse] allow_other"),
+                      ("--allow-root", "[fuse] allow_root"), ("--uid", "[fuse] uid"), ("--gid", "[fuse] gid"),
+                      ("--umask", "[fuse] umask"), ("--file-mode", "[fuse] file_mode"),
+                      ("--dir-mode", "[fuse] dir_mode"),
                       ("--log-level", "[log] level"), ("--metrics", "[metrics] listen")):
         assert f"config: {key}]" in help_text, f"{flag} does not name {key}"
     assert run_tierfs("--version", check=True).stdout.startswith("tierfs, version ")

@@ -10,7 +10,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, force_cleanup, is_mounted, run_tierfs, write_tree
+from helpers import (
+    as_user,
+    assert_one_line_error,
+    force_cleanup,
+    is_mounted,
+    other_user,
+    reachable_dir,
+    run_tierfs,
+    write_tree,
+)
 
 pytestmark = pytest.mark.mount
 HELPER = Path("/usr/sbin/mount.fuse.tierfs")
@@ -50,6 +59,28 @@ def test_mount_dash_t_fuse_tierfs_honours_its_options(fstab_lake: Path, tmp_path
         assert not is_mounted(mnt)
     finally:
         force_cleanup(mnt, None)
+
+
+def test_owner_and_modes_come_from_mount_options(fstab_lake: Path, tmp_path: Path) -> None:
+    """uid=, gid=, file_mode=, dir_mode= as an fstab line gives them (mount(8) passes them on to the helper)."""
+    with other_user() as user, reachable_dir() as place:
+        mnt, pid = place / "mnt", None
+        mnt.mkdir()
+        opts = (f"cache_dir={tmp_path / 'cache'},allow_other,uid={user.name},gid={user.group},file_mode=0640,"
+                "dir_mode=0750,_netdev")
+        try:
+            res = subprocess.run(["mount", "-t", "fuse.tierfs", f"file://{fstab_lake}", str(mnt), "-o", opts],
+                                 capture_output=True, text=True, timeout=120)
+            assert res.returncode == 0, res.stderr
+            pid = int(os.getxattr(mnt, "user.tierfs.pid"))
+            for path, mode in ((mnt / "d", 0o750), (mnt / "d/x.txt", 0o640)):
+                st = os.stat(path)
+                assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (user.uid, user.gid, mode), path
+            res = as_user(user, "cat", str(mnt / "d/x.txt"))
+            assert res.returncode == 0 and res.stdout == "hello from fstab", res.stderr
+            assert run_tierfs("umount", str(mnt)).returncode == 0
+        finally:
+            force_cleanup(mnt, pid)
 
 
 def test_an_unknown_mount_option_is_one_line(fstab_lake: Path, tmp_path: Path) -> None:

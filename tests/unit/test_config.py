@@ -69,3 +69,80 @@ def test_default_cache_dir_is_per_lake(monkeypatch: pytest.MonkeyPatch, tmp_path
     a = load(None, {"lake_url": "s3://a"}).resolved_cache_dir()
     b = load(None, {"lake_url": "s3://b"}).resolved_cache_dir()
     assert a != b and a.parent == tmp_path / "tierfs"
+
+
+@pytest.mark.parametrize(("given", "modes"), [
+    ({}, (0o644, 0o755)),  # today's modes: 0666 and 0777 less the default umask 022
+    ({"umask": "027"}, (0o640, 0o750)),  # rclone: 0666 and 0777 less the umask
+    ({"umask": "002"}, (0o664, 0o775)),
+    ({"umask": "0"}, (0o666, 0o777)),
+    ({"file_mode": "0666"}, (0o666, 0o755)),  # gcsfuse: the mode as given (the default umask is not taken off)
+    ({"file_mode": "0640", "dir_mode": "0o750"}, (0o640, 0o750)),
+    ({"file_mode": "666", "umask": "022"}, (0o644, 0o755)),  # both: the umask is taken off the mode too
+    ({"dir_mode": "1777", "umask": "077"}, (0o600, 0o1700)),
+])
+def test_modes_from_umask_and_modes(given: dict[str, str], modes: tuple[int, int]) -> None:
+    assert load(None, given).modes() == modes
+
+
+def test_owners_by_name_or_number(tmp_path: Path) -> None:
+    s = load(None)
+    assert (s.uid, s.gid, s.umask, s.file_mode, s.dir_mode, s.allow_root) == (None, None, None, None, None, False)
+    s = load(None, {"uid": "root", "gid": "root"})
+    assert (s.uid, s.gid) == (0, 0)
+    s = load(None, {"uid": "1234", "gid": "4294967294"})
+    assert (s.uid, s.gid) == (1234, 4294967294)
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[fuse]\nuid = 1000\ngid = "root"\nfile_mode = "0640"\ndir_mode = "0o750"\numask = "027"\n'
+                   "allow_root = true\n")
+    s = load(cfg)
+    assert (s.uid, s.gid, s.file_mode, s.dir_mode, s.umask, s.allow_root) == (1000, 0, 0o640, 0o750, 0o27, True)
+
+
+@pytest.mark.parametrize(("attr", "raw", "message"), [
+    ("uid", "tierfs-no-such-user", r"\[fuse\] uid = 'tierfs-no-such-user' is not allowed; expected a user name "
+                                   r"this host knows .*; this host has no user 'tierfs-no-such-user'"),
+    ("gid", "tierfs-no-such-group", r"this host has no group 'tierfs-no-such-group'"),
+    ("uid", "-1", r"a number from 0 to 4294967294"),
+    ("uid", "4294967295", r"a number from 0 to 4294967294"),  # (uid_t -1: chown's "no change")
+    ("uid", "", r"a user name"),
+    ("uid", "ro\0ot", r"this host has no user"),
+    ("gid", True, r"a group name"),
+    ("uid", 1.5, r"a user name"),
+    ("file_mode", "0988", r"expected an octal number as a quoted string, such as \"0640\", at most 7777"),
+    ("file_mode", "10000", r"at most 7777"),
+    ("dir_mode", "", r"octal number"),
+    ("dir_mode", " 0755", r"octal number"),
+    ("dir_mode", "0x1ed", r"octal number"),
+    ("dir_mode", "\u0667\u0665\u0665", r"octal number"),  # Arabic-Indic 755: digits int() reads, not octal ones
+    ("umask", "1000", r"such as \"027\", at most 777"),
+    ("umask", "-022", r"octal number"),
+    ("file_mode", 0o640, r"\[fuse\] file_mode = 416 is not allowed; expected an octal number as a quoted string"),
+])
+def test_bad_owners_and_modes(attr: str, raw: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(None, {attr: raw})
+
+
+def test_a_bare_toml_number_is_no_mode(tmp_path: Path) -> None:
+    """TOML reads `file_mode = 640` as the decimal 640 (0o1200): refused, with how to write it."""
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("[fuse]\nfile_mode = 640\n")
+    with pytest.raises(ConfigError, match=r"\[fuse\] file_mode = 640 is not allowed; expected an octal number as a "
+                                          r"quoted string, such as \"0640\""):
+        load(cfg)
+
+
+def test_allow_other_and_allow_root_together_are_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("[fuse]\nallow_other = true\n")
+    with pytest.raises(ConfigError, match=r"allow_other and allow_root .* cannot both be on: FUSE refuses the pair"):
+        load(cfg, {"allow_root": True})
+
+
+def test_mount_options_for_owners_and_modes() -> None:
+    from tierfs.cli import mount_options
+
+    opts = mount_options.parse(("rw,uid=1000,gid=staff,umask=027,file_mode=0640,dir-mode=0750,allow_root",))
+    assert opts.overrides == {"read_only": False, "uid": "1000", "gid": "staff", "umask": "027",
+                              "file_mode": "0640", "dir_mode": "0750", "allow_root": True}

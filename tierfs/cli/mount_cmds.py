@@ -53,7 +53,23 @@ PID_XATTR = "user.tierfs.pid"
 @click.option("--read-only", "read_only", is_flag=True, default=None,
               help="Refuse writes to the live view too (snapshots are always read-only).  [config: [mount] read_only]")
 @click.option("--allow-other", "allow_other", is_flag=True, default=None,
-              help="Let users other than the one mounting use the mount.  [config: [fuse] allow_other]")
+              help="Let users other than the one mounting use the mount, as far as the modes below allow (the "
+                   "kernel checks them).  [config: [fuse] allow_other]")
+@click.option("--allow-root", "allow_root", is_flag=True, default=None,
+              help="Let root use the mount too, besides the user mounting (not with --allow-other, which lets root "
+                   "in already).  [config: [fuse] allow_root]")
+@click.option("--uid", metavar="USER", help="Owner every file and directory shows (the lake keeps none): a user name "
+              "or number.  [default: the user running tierfs; config: [fuse] uid]")
+@click.option("--gid", metavar="GROUP", help="Group every file and directory shows: a group name or number (not "
+              "implied by --uid).  [default: the group running tierfs; config: [fuse] gid]")
+@click.option("--umask", metavar="OCTAL", help="Bits taken off every mode, as rclone's --umask: files 0666 and "
+              "directories 0777 less it, e.g. 027 gives 0640 and 0750; also taken off --file-mode and --dir-mode "
+              "when given with them.  [default: 022; config: [fuse] umask]")
+@click.option("--file-mode", metavar="OCTAL", help="Mode of every file, e.g. 0640, as gcsfuse's --file-mode "
+              "(a --umask given too is taken off it; snapshots show no write bits).  "
+              "[default: 0644; config: [fuse] file_mode]")
+@click.option("--dir-mode", metavar="OCTAL", help="Mode of every directory, e.g. 0750 (a --umask given too is "
+              "taken off it).  [default: 0755; config: [fuse] dir_mode]")
 @click.option("--nonempty", "allow_nonempty", is_flag=True, default=None,
               help="Mount over a directory that is not empty (its files are hidden meanwhile).  "
                    "[config: [fuse] nonempty]")
@@ -67,7 +83,7 @@ PID_XATTR = "user.tierfs.pid"
               help="Mount even though the --config file holds a secret and other users can read it.")
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
               help="Mount options as fstab gives them: config=FILE, cache_dir=DIR, cache_size=SIZE, ro, allow_other, "
-                   "...; fstab's own (_netdev, nofail, x-systemd.*) are ignored.")
+                   "uid=USER, file_mode=OCTAL, ...; fstab's own (_netdev, nofail, x-systemd.*) are ignored.")
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground and log to stderr.")
 @click.option("--ready-fd", type=int, hidden=True)
 def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | None, s3_endpoint_url: str | None,
@@ -75,7 +91,8 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
           cache_size: str | None, ram_size: str | None, block_size: str | None,
           metadata_ttl: str | None, redis_url: str | None, metrics_listen: str | None,
           log_file: str | None, log_level: str | None, read_only: bool | None, allow_other: bool | None,
-          allow_nonempty: bool | None,
+          allow_root: bool | None, uid: str | None, gid: str | None, umask: str | None, file_mode: str | None,
+          dir_mode: str | None, allow_nonempty: bool | None,
           read_only_prefixes: tuple[str, ...], no_delete: bool | None,
           allow_readable_secrets: bool, options: tuple[str, ...], foreground: bool, ready_fd: int | None) -> None:
     """Mount LAKE_URL at MOUNTPOINT.
@@ -99,6 +116,8 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
         settings = load(config_file, {**opts.overrides, **{k: v for k, v in {
             "lake_url": lake_url, "s3_endpoint_url": s3_endpoint_url, "s3_region": s3_region,
             "s3_profile": s3_profile, "allow_other": allow_other, "allow_nonempty": allow_nonempty,
+            "allow_root": allow_root, "uid": uid, "gid": gid, "umask": umask, "file_mode": file_mode,
+            "dir_mode": dir_mode,
             "cache_dir": cache_dir, "cache_size": cache_size,
             "ram_size": ram_size, "block_size": block_size, "metadata_ttl": metadata_ttl,
             "log_file": log_file, "log_level": log_level, "redis_url": redis_url,

@@ -2,8 +2,10 @@
 
 Each option is a flag's twin: `config=FILE` is `--config FILE`, `cache_size=50GiB`
 is `--cache-size 50GiB`, `ro` is `--read-only`, `allow_other` is `[fuse]
-allow_other`. The options mount(8) and systemd keep for themselves
-(`_netdev`, `nofail`, `noauto`, `x-systemd.*`, …) are accepted and ignored.
+allow_other`, `uid=alice,file_mode=0640` is `--uid alice --file-mode 0640`
+(mount(8) hands on `uid=alice` as `uid=1001`). The options mount(8) and systemd
+keep for themselves (`_netdev`, `nofail`, `noauto`, `x-systemd.*`, …) are
+accepted and ignored.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ _VALUED = {
     "metadata_ttl": "metadata_ttl", "log_file": "log_file", "log_level": "log_level", "metrics": "metrics_listen",
     "read_only_prefixes": "read_only_prefixes",  # read_only_prefixes=datasets:raw (':' between prefixes)
     "endpoint": "s3_endpoint_url", "region": "s3_region", "profile": "s3_profile",
+    "uid": "uid", "gid": "gid", "umask": "umask", "file_mode": "file_mode", "dir_mode": "dir_mode",
 }
 #: flags -> (Settings attribute, value)
 _FLAGS: dict[str, tuple[str, Any]] = {
     "ro": ("read_only", True), "rw": ("read_only", False), "read_only": ("read_only", True),
-    "allow_other": ("allow_other", True), "nonempty": ("allow_nonempty", True),
+    "allow_other": ("allow_other", True), "allow_root": ("allow_root", True), "nonempty": ("allow_nonempty", True),
     "no_delete": ("allow_delete", False),
 }
 #: What mount(8), fstab and systemd mean for themselves; the kernel's generic flags tierfs has no use for.

@@ -21,6 +21,13 @@ makes them skip a directory; 1 is the convention for "not counted" (fts
 reads a count below 2 as unknown and looks at every entry), and every
 readdir entry carries its type, so nothing is lost by not counting.
 
+**Owner and mode are the mount's**, the same for every node: the lake keeps
+neither, so each file shows ``[fuse] uid``/``gid`` (default: the daemon's)
+and ``file_mode``, each directory ``dir_mode``, as rclone and gcsfuse do. A
+file created here shows them too (create's mode is not kept, as chmod's and
+chown's are not). Snapshots show them without write bits. The kernel
+checks them (``default_permissions``, ``tierfs/mount.py``).
+
 **A file being written here** gets attributes the kernel may not keep
 (attribute timeout 0): its size and time change with each write and
 truncate, and at close become those of the uploaded object. A truncate's
@@ -38,18 +45,19 @@ import pyfuse3
 
 from tierfs.namespace.inodes import Node
 
-FILE_MODE = stat.S_IFREG | 0o644
-DIR_MODE = stat.S_IFDIR | 0o755
 FOREVER = 365 * 24 * 3600.0
 DIR_NLINK = 1  # "subdirectories not counted" (see the module docstring)
 
 
 class AttrMaker:
-    def __init__(self, ttl: float, block_size: int, started_ns: int | None = None):
+    def __init__(self, ttl: float, block_size: int, started_ns: int | None = None, *, uid: int | None = None,
+                 gid: int | None = None, file_mode: int = 0o644, dir_mode: int = 0o755):
         self.ttl = ttl
         self.block_size = block_size
-        self.uid = os.getuid()
-        self.gid = os.getgid()
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.file_mode = stat.S_IFREG | file_mode
+        self.dir_mode = stat.S_IFDIR | dir_mode
         # Made when the mount is built: the time of whatever has none of its own.
         self.started_ns = time.time_ns() if started_ns is None else started_ns
 
@@ -62,11 +70,11 @@ class AttrMaker:
         a.entry_timeout = timeout
         a.attr_timeout = 0.0 if being_written(node) else timeout
         if node.is_dir:
-            a.st_mode = pyfuse3.ModeT(DIR_MODE & ~0o222 if node.read_only else DIR_MODE)
+            a.st_mode = pyfuse3.ModeT(self.dir_mode & ~0o222 if node.read_only else self.dir_mode)
             a.st_nlink = DIR_NLINK
             a.st_size = 0
         else:
-            a.st_mode = pyfuse3.ModeT(FILE_MODE & ~0o222 if node.read_only else FILE_MODE)
+            a.st_mode = pyfuse3.ModeT(self.file_mode & ~0o222 if node.read_only else self.file_mode)
             a.st_nlink = 1
             a.st_size = node.size
         a.st_uid = self.uid
