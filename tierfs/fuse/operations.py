@@ -141,12 +141,19 @@ class TierfsOperations(pyfuse3.Operations):
 
     # -- directories --------------------------------------------------------
     @_guard
-    async def opendir(self, inode: int, ctx: Any) -> int:
+    async def opendir(self, inode: int, ctx: Any) -> pyfuse3.FileInfo:
         node = self.ns.node(inode)
         entries = await self.ns.list_dir(inode)
         fh = next(self._fh)
         self._dirs[fh] = _DirHandle(node, entries)
-        return fh
+        # The kernel's directory cache: kept across opens while the names are
+        # the ones it was given (a snapshot's never change; the live view's
+        # within the TTL). The kernel drops it itself when this mount changes
+        # the directory.
+        listed = hash(tuple((e.name, e.is_dir) for e in entries))
+        keep = node.immutable or node.listed == listed
+        node.listed = listed
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), cache_readdir=True, keep_cache=keep)
 
     @_guard
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:

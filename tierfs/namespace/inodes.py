@@ -28,7 +28,7 @@ class StaleInode(TierfsError):
 class Node:
     __slots__ = (
         "inode", "path", "is_dir", "size", "mtime_ns", "ref",
-        "lookups", "opens", "checked_at", "cached_ref", "last_tier", "read_only", "immutable",
+        "lookups", "opens", "checked_at", "cached_ref", "last_tier", "read_only", "immutable", "listed",
     )
 
     def __init__(self, inode: int, path: str, is_dir: bool, size: int = 0, mtime_ns: int = 0,
@@ -47,6 +47,7 @@ class Node:
         self.last_tier = ""  # which tier served this file's last read
         self.read_only = read_only
         self.immutable = immutable  # inside a snapshot: metadata and bytes never change
+        self.listed = 0  # a directory: digest of the names the kernel may hold in its directory cache
 
 
 class InodeTable:
