@@ -273,7 +273,7 @@ async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Call
         await trio.sleep(0.2)
         await trio.to_thread.run_sync(set_kernel_read_ahead, mountpoint, comps.settings.kernel_read_ahead_kb)
         log.info("fast paths: passthrough %s; read-only opens without a flush round trip",
-                 comps.operations.passthrough.start(comps.settings.resolved_cache_dir() / "LAYOUT"))
+                 comps.operations.passthrough.start(comps.settings.resolved_cache_dir() / "LAYOUT", nursery))
         if on_ready is not None:
             on_ready(notes)
     # Unmounted: blocks still queued for the disk (and Redis) go in now, so a

@@ -41,6 +41,13 @@ class ObjectRef:
     def block_key(self, index: int, block_size: int) -> BlockKey:
         return BlockKey.of(self, index, block_size)
 
+    def whole_key(self, block_size: int) -> BlockKey:
+        """Key of the whole file as one entry (the disk tier's copy that FUSE passthrough serves)."""
+        return BlockKey.of(self, WHOLE_FILE, block_size)
+
+
+WHOLE_FILE = -1  # the block index that names a whole-file copy
+
 
 @dataclass(frozen=True, slots=True)
 class BlockKey:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TIERFS, drop_page_cache, mounted, random_bytes, write_tree
+from helpers import TIERFS, drop_page_cache, mounted, random_bytes, wait_for, write_tree
 
 pytestmark = pytest.mark.mount
 KiB = 1 << 10
@@ -59,10 +59,12 @@ def warm(m, files: dict[str, bytes]) -> None:  # type: ignore[no-untyped-def]
     m.fills_settled()
 
 
-def test_a_cached_small_file_is_read_by_the_kernel_from_the_disk_tier(lake: Path, tmp_path: Path) -> None:
+def test_a_cached_file_is_read_by_the_kernel_from_the_disk_tier(lake: Path, tmp_path: Path) -> None:
     with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", "--ram-size", "0") as m:
         assert m.stats()["fast_paths"]["passthrough"].startswith("on")
         warm(m, {**SMALL, **BIG})
+        # The big file, read through once, gets a whole-file copy on the disk tier in the background.
+        wait_for(lambda: m.stats()["fast_paths"]["whole_file_copies"] == 1, 30, "a whole-file copy of big.bin")
         drop_page_cache()
         before = m.stats()
         for rel, data in SMALL.items():
@@ -73,10 +75,32 @@ def test_a_cached_small_file_is_read_by_the_kernel_from_the_disk_tier(lake: Path
         opens = after["fast_paths"]["passthrough_opens"] - before["fast_paths"]["passthrough_opens"]
         assert opens == 2 * len(SMALL)  # every_way opens each file twice
         assert after["fast_paths"]["passthrough_bytes"] >= sum(len(d) for d in SMALL.values())
-        # A file of several blocks is served the ordinary way, right.
+        # ... and from its whole-file copy, a file of several blocks too.
         every_way(m.mountpoint / "big.bin", BIG["big.bin"], tmp_path / "out")
-        assert m.stats()["fuse"]["read"] > after["fuse"]["read"]
+        assert m.stats()["fuse"]["read"] == after["fuse"]["read"]
         assert m.stats()["fast_paths"]["backing_files"] == 0  # all released with their last close
+
+
+def test_a_large_file_is_passed_through_only_once_all_its_blocks_are_copied(lake: Path, tmp_path: Path) -> None:
+    with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", "--ram-size", "0") as m:
+        fd = os.open(m.mountpoint / "big.bin", os.O_RDONLY)
+        try:
+            assert os.pread(fd, 1000, 0) == BIG["big.bin"][:1000]  # one block of three
+        finally:
+            os.close(fd)
+        m.fills_settled()
+        time.sleep(0.3)
+        assert m.stats()["fast_paths"]["whole_file_copies"] == 0
+        drop_page_cache()
+        before = m.stats()["fuse"]["read"]
+        every_way(m.mountpoint / "big.bin", BIG["big.bin"], tmp_path / "out")  # the ordinary way, right
+        assert m.stats()["fuse"]["read"] > before
+        m.fills_settled()
+        wait_for(lambda: m.stats()["fast_paths"]["whole_file_copies"] == 1, 30, "a whole-file copy of big.bin")
+        drop_page_cache()
+        before = m.stats()["fuse"]["read"]
+        every_way(m.mountpoint / "big.bin", BIG["big.bin"], tmp_path / "out")
+        assert m.stats()["fuse"]["read"] == before
 
 
 def test_with_passthrough_off_the_same_reads_come_to_the_daemon(lake: Path, tmp_path: Path) -> None:

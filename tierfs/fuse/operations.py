@@ -295,6 +295,8 @@ class TierfsOperations(pyfuse3.Operations):
         if handle is None:
             return
         self.passthrough.release(handle.node.inode, handle.mode)
+        if handle.mode is Mode.CACHED and handle.staged is None:
+            self.passthrough.assemble_soon(handle.ref)  # read through: passed through from its next open, if whole
         if handle.staged is not None and self.writer is not None and self.writer.release(handle.staged):
             # What this mount knew of the file came from writes that were thrown
             # away: ask the lake again (the kernel drops its attributes after a

@@ -3,7 +3,10 @@
 A file whose whole content is one block on the disk tier (plain, its checksum
 checked at open) is opened with that block file as its *backing file*: read,
 pread, mmap and splice of the open file are then served by the kernel from the
-block file and never reach this daemon. Everything else is served as before.
+block file and never reach this daemon. A file of several blocks gets a
+whole-file copy on the disk tier once all its blocks are there (written in the
+background from the checked blocks, when an open or a close finds them
+complete), and is passed through to that. Everything else is served as before.
 
 The kernel's rules, kept here per inode:
 
@@ -63,9 +66,12 @@ class Passthrough:
         self.wanted = wanted and disk is not None and disk.sealer is None
         self.on = False
         self.note = "not started" if self.wanted else self._why_not(wanted)
-        self.stats = Counters(("passthrough_opens", "passthrough_bytes", "renumbered"))
+        self.stats = Counters(("passthrough_opens", "passthrough_bytes", "renumbered", "whole_file_copies"))
         self._backing: dict[int, _Backing] = {}
         self._cached: collections.Counter[int] = collections.Counter()
+        self._nursery: trio.Nursery | None = None
+        self._assembling: set[ObjectRef] = set()
+        self._assembly_limiter = trio.CapacityLimiter(1)  # one whole-file copy written at a time
 
     def _why_not(self, wanted: bool) -> str:
         if not wanted:
@@ -74,8 +80,9 @@ class Passthrough:
             return "off (no disk tier to pass through to)"
         return "off (the disk cache is encrypted: its block files are not the files' bytes)"
 
-    def start(self, probe: Path) -> str:
+    def start(self, probe: Path, nursery: trio.Nursery) -> str:
         """Once the kernel's INIT is answered: is passthrough on? One line for the log and stats."""
+        self._nursery = nursery
         if not self.wanted:
             return self.note
         if not hasattr(pyfuse3, "passthrough_enabled"):
@@ -93,7 +100,7 @@ class Passthrough:
                 self.note = f"off (the kernel refused a backing file: {_why(exc)}; it needs CAP_SYS_ADMIN)"
             else:
                 self.on = True
-                self.note = f"on (files of up to {self.block_size >> 10} KiB whose bytes are on the disk tier)"
+                self.note = "on (files whose bytes are all on the disk tier)"
         return self.note
 
     async def open_read(self, inode: int, ref: ObjectRef) -> tuple[Mode, int]:
@@ -105,10 +112,14 @@ class Passthrough:
                 self._counted(ref)
                 return Mode.PASSTHROUGH, backing.backing_id
             return self._renumber()
-        if not self.on or self._cached[inode] or not 0 < ref.size <= self.block_size or self.disk is None:
+        if not self.on or self._cached[inode] or ref.size <= 0 or self.disk is None:
             return self._page_cache(inode)
-        fd = await in_thread(self.disk.backing_fd, ref.block_key(0, self.block_size), ref.size, limiter=self.limiter)
+        whole = ref.size > self.block_size
+        key = ref.whole_key(self.block_size) if whole else ref.block_key(0, self.block_size)
+        fd = await in_thread(self.disk.backing_fd, key, ref.size, limiter=self.limiter)
         if fd is None:
+            if whole:
+                self.assemble_soon(ref)
             return self._page_cache(inode)
         try:
             # (Another open of this inode may have been decided while the block was checked.)
@@ -135,6 +146,32 @@ class Passthrough:
         if inode in self._backing:
             return self._renumber()[0]
         return self._page_cache(inode)[0]
+
+    def assemble_soon(self, ref: ObjectRef) -> None:
+        """If all blocks of a large file are on the disk tier, write its whole-file copy (in the background)."""
+        if (not self.on or self.disk is None or self._nursery is None or ref.size <= self.block_size
+                or ref in self._assembling):
+            return
+        self._assembling.add(ref)
+        self._nursery.start_soon(self._assemble, ref)
+
+    async def _assemble(self, ref: ObjectRef) -> None:
+        try:
+            await in_thread(self._assemble_now, ref, limiter=self._assembly_limiter)
+        except Exception as exc:  # (a task of the mount's nursery: a copy not written is a file not passed through)
+            log.warning("passthrough: writing the whole-file copy of %s failed: %s: %s", ref.key,
+                        type(exc).__name__, exc)
+        finally:
+            self._assembling.discard(ref)
+
+    def _assemble_now(self, ref: ObjectRef) -> None:
+        assert self.disk is not None
+        whole = ref.whole_key(self.block_size)
+        parts = [ref.block_key(i, self.block_size) for i in range(-(-ref.size // self.block_size))]
+        if self.disk.holds([whole]) or not self.disk.holds(parts):
+            return
+        if self.disk.assemble(whole, parts, ref.size):
+            self.stats.add("whole_file_copies")
 
     def release(self, inode: int, mode: Mode) -> None:
         if mode is Mode.CACHED:

@@ -29,6 +29,7 @@ cached at all; the read it came from is served all the same.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -37,8 +38,9 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import lmdb
 import xxhash
@@ -74,6 +76,10 @@ def reserve_bytes(min_free: int | float | None, fs_bytes: int) -> int:
     if isinstance(min_free, float):
         return int(fs_bytes * min_free)
     return min_free
+
+
+class _PartGone(Exception):
+    """A block an assembly reads is no longer on the tier."""
 
 
 def checksum(data: bytes) -> int:
@@ -146,6 +152,11 @@ class DiskTier(Tier):
     # -- Tier -----------------------------------------------------------
     def may_hold(self, key: BlockKey) -> bool:
         return self.index.may_hold(key.digest)
+
+    def holds(self, keys: list[BlockKey]) -> bool:
+        """Whether every one of ``keys`` has an entry here (its bytes are checked when read)."""
+        return all(self.index.may_hold(k.digest) for k in keys) and \
+            all(self.index.lookup(k.digest) is not None for k in keys)
 
     def get(self, key: BlockKey) -> bytes | None:
         meta = self.index.lookup(key.digest)
@@ -231,22 +242,64 @@ class DiskTier(Tier):
         self._miss()
 
     def put(self, key: BlockKey, data: bytes) -> None:
-        if len(data) > self.high_bytes - self.low_bytes or time.monotonic() < self._full_until:
-            return
-        if not self._room_for(len(data)):
-            self._skipped()
+        if not self._may_land(len(data)):
             return
         if self.sealer is not None:
             data = self.sealer.seal(key.digest, data)
+        self._land(key, len(data), lambda fh: (fh.write(data), checksum(data))[1])
+
+    def assemble(self, key: BlockKey, parts: list[BlockKey], size: int) -> bool:
+        """Write the blocks ``parts`` (all on this tier) one after another as the plain file ``key``.
+
+        The whole-file copy that FUSE passthrough serves a large file from;
+        it is an entry like a block (counted, evicted), its checksum taken
+        from the checked blocks it was written from. False when a part is
+        gone (evicted meanwhile) or it does not fit.
+        """
+        if self.sealer is not None or not self._may_land(size):
+            return False
+
+        def write(fh: BinaryIO) -> int:
+            h = xxhash.xxh3_64()
+            for part in parts:
+                data = self.get(part)
+                if data is None:
+                    raise _PartGone(part.hex)
+                fh.write(data)
+                h.update(data)
+            if fh.tell() != size:
+                raise _PartGone(key.hex)
+            return h.intdigest()
+
+        try:
+            self._land(key, size, write)
+        except _PartGone:
+            return False
+        if self.index.lookup(key.digest) is None:
+            return False
+        with contextlib.suppress(OSError):
+            self._checked[key.digest] = os.stat(self._path(key.hex)).st_ino
+        return True
+
+    def _may_land(self, n: int) -> bool:
+        if n > self.high_bytes - self.low_bytes or time.monotonic() < self._full_until:
+            return False
+        if not self._room_for(n):
+            self._skipped()
+            return False
+        return True
+
+    def _land(self, key: BlockKey, n: int, write: Callable[[BinaryIO], int]) -> None:
+        """Temp file (``write`` fills it and returns its checksum) -> rename -> index entry."""
         final = self._path(key.hex)
         tmp = self.tmp_dir / f"{key.hex}.{threading.get_ident():x}"
         try:
             self._ensure_dir(final.parent)
             with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
-                fh.write(data)
+                digest = write(fh)
             self.index.mark([key.digest], b"L")
             os.replace(tmp, final)
-            self.index.add(key.digest, len(data), checksum(data), probation=self.policy == "stable")
+            self.index.add(key.digest, n, digest, probation=self.policy == "stable")
         except (OSError, lmdb.MapFullError) as exc:
             tmp.unlink(missing_ok=True)
             self._drop([key.digest])  # whatever half of the landing happened
@@ -259,7 +312,7 @@ class DiskTier(Tier):
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 # Evict for real: until the filesystem has its reserve again
                 # (the configured size may be far beyond what the disk holds).
-                self._make_room(len(data))
+                self._make_room(n)
                 with self._space_lock:
                     self._statvfs()
                     short = self._free < self._reserve
