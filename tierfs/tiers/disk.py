@@ -378,7 +378,7 @@ class DiskTier(Tier):
         marker = self.root / "LAYOUT"
         want = LAYOUT + f"sealing: {self.sealer.key_id if self.sealer is not None else 'none'}\n"
         try:
-            current: str | None = marker.read_text()
+            current: str | None = marker.read_text(errors="replace")  # (bytes that are not text: another layout)
         except FileNotFoundError:
             current = None
         if current == want:
