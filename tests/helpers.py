@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, Self
 
@@ -55,6 +55,15 @@ def assert_one_line_error(res: subprocess.CompletedProcess[str], *needles: str) 
     assert "Traceback" not in res.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``cond`` until it is true; fail the test, naming ``what``, after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def is_mounted(path: Path) -> bool:

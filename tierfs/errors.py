@@ -27,6 +27,14 @@ class ConfigError(UserError):
     """A setting (in the TOML file or on the command line) is not acceptable."""
 
 
+class CacheDirBusy(UserError):
+    """Another process (or tierfs instance) holds the cache dir's lock; ``holder`` is the pid it wrote there."""
+
+    def __init__(self, message: str, root: object, holder: str):
+        super().__init__(message)
+        self.root, self.holder = root, holder
+
+
 class StoreError(TierfsError):
     """The object store failed after retries (network, server, throttling)."""
 

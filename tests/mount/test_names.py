@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import SeaweedS3, mounted, write_tree
+from helpers import SeaweedS3, mounted, wait_for, write_tree
 
 from tierfs import statefile
 
@@ -33,14 +32,6 @@ def _enametoolong(call: Callable[[], Any]) -> None:
 def _nothing_staged(cache: Path) -> None:
     assert not list((cache / "staging").glob("*.json")), "a refused name was staged"
     assert not list((cache / "staging").glob("*.data")), "a refused name was staged"
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_a_name_past_the_local_limit_is_refused_at_the_call(lake: Path, tmp_path: Path) -> None:
@@ -130,9 +121,9 @@ def test_a_leftover_the_lake_cannot_hold_does_not_stop_the_next_mount(lake: Path
     with mounted(f"file://{lake}", mnt, cache) as m:
         assert "uploading 1 file(s) left staged by the previous run" in m.output, m.output
         assert "2 unclosed file(s)" in m.output, m.output
-        _wait(lambda: (lake / "ok/model.bin").exists(), 30, "the good leftover to be uploaded")
+        wait_for(lambda: (lake / "ok/model.bin").exists(), 30, "the good leftover to be uploaded")
         assert (lake / "ok/model.bin").read_bytes() == b"uploaded now"
-        _wait(lambda: m.stats()["writes"]["pending_uploads"] == 0, 10, "nothing left to retry")
+        wait_for(lambda: m.stats()["writes"]["pending_uploads"] == 0, 10, "nothing left to retry")
         kept = {p.read_bytes(): p.name for p in (staging / "unclosed").iterdir()}
         assert set(kept) == {b"closed, never uploaded", b"never closed"}
         assert all(len(os.fsencode(n)) <= os.statvfs(staging).f_namemax for n in kept.values())

@@ -16,18 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Mount, SeaweedS3, mounted, random_bytes, write_tree
+from helpers import Mount, SeaweedS3, mounted, random_bytes, wait_for, write_tree
 
 pytestmark = pytest.mark.mount
 MiB = 1 << 20
-
-
-def _wait(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _pending_record(staging: Path) -> Path | None:
@@ -73,7 +65,7 @@ def test_a_checkpoint_cut_short_by_a_power_cut_is_not_uploaded_over_the_old_one(
             writer = threading.Thread(target=save)
             writer.start()
             staging = cache / "staging"
-            _wait(lambda: _pending_record(staging) is not None, 60, "the close to journal the checkpoint pending")
+            wait_for(lambda: _pending_record(staging) is not None, 60, "the close to journal the checkpoint pending")
             m.kill9()
             writer.join(60)
             assert errors, "close returned although the store never had the checkpoint"

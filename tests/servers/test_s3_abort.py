@@ -12,21 +12,12 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import Mount, SeaweedS3, random_bytes
+from helpers import Mount, SeaweedS3, random_bytes, wait_for
 
 pytestmark = [pytest.mark.servers, pytest.mark.mount]
 MiB = 1 << 20
-
-
-def _wait(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def _parts_saved(staging: Path) -> int:
@@ -69,7 +60,7 @@ def test_unlink_of_a_half_uploaded_file_then_kill9(tmp_path: Path) -> None:
 
         writer = threading.Thread(target=write)
         writer.start()
-        _wait(lambda: _parts_saved(staging) >= 2, 120, "two parts of the upload to be acknowledged")
+        wait_for(lambda: _parts_saved(staging) >= 2, 120, "two parts of the upload to be acknowledged")
         port = server.s3_port
         server.stop()  # the upload fails midway: close is EIO, the multipart upload stays open
         writer.join(180)

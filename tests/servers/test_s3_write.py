@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Mount, SeaweedS3, mounted, random_bytes, run_tierfs
+from helpers import Mount, SeaweedS3, mounted, random_bytes, run_tierfs, wait_for
 
 pytestmark = [pytest.mark.servers, pytest.mark.mount]
 MiB = 1 << 20
@@ -27,14 +27,6 @@ def _bucket(server: SeaweedS3, name: str) -> Any:
     if not fs.exists(name):
         fs.mkdir(name)
     return fs
-
-
-def _wait(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_every_write_operation_against_s3(s3_server: SeaweedS3, tmp_path: Path) -> None:
@@ -119,7 +111,7 @@ def test_sigkill_during_upload_then_restart_uploads_it(s3_server: SeaweedS3, tmp
         writer = threading.Thread(target=write)
         writer.start()
         staging = cache / "staging"
-        _wait(lambda: any(staging.glob("*.upload.json")), 120, "the multipart upload to start")
+        wait_for(lambda: any(staging.glob("*.upload.json")), 120, "the multipart upload to start")
         m.kill9()
         writer.join(60)
         assert errors, "close returned success although the daemon was killed during the upload"
@@ -133,13 +125,13 @@ def test_sigkill_during_upload_then_restart_uploads_it(s3_server: SeaweedS3, tmp
     with m:
         assert "uploading 1 file(s) left staged by the previous run" in m.output
         assert "1 unclosed file(s)" in m.output
-        _wait(lambda: fs.exists("crash-lake/ckpt.bin") and fs.size("crash-lake/ckpt.bin") == len(data), 300,
+        wait_for(lambda: fs.exists("crash-lake/ckpt.bin") and fs.size("crash-lake/ckpt.bin") == len(data), 300,
               "the staged checkpoint to be uploaded")
         assert fs.cat("crash-lake/ckpt.bin") == data
         assert not fs.exists("crash-lake/unclosed.log")  # never confirmed: not uploaded
         kept = list((staging / "unclosed").iterdir())
         assert len(kept) == 1 and kept[0].read_bytes() == b"half a line"
-        _wait(lambda: m.stats()["writes"]["pending_uploads"] == 0, 30, "the pending count to drop")
+        wait_for(lambda: m.stats()["writes"]["pending_uploads"] == 0, 30, "the pending count to drop")
         assert m.stats()["writes"]["recovered"] == 1
 
 
@@ -164,7 +156,7 @@ def test_upload_failure_is_eio_keeps_the_bytes_and_is_retried(tmp_path: Path) ->
             assert "upload of model.pt failed" in m.log_tail()
             server.start(s3_port=port)
             fs = server.fs()
-            _wait(lambda: fs.exists("flaky-lake/model.pt"), 120, "the retried upload")
+            wait_for(lambda: fs.exists("flaky-lake/model.pt"), 120, "the retried upload")
             assert fs.cat("flaky-lake/model.pt") == b"weights" * 1000
     finally:
         server.stop()
@@ -197,7 +189,7 @@ def test_cp_uploads_and_downloads_resumably(s3_server: SeaweedS3, tmp_path: Path
                     return False
             return False
 
-        _wait(lambda: some_parts() or proc.poll() is not None, 120, "parts to be uploaded")
+        wait_for(lambda: some_parts() or proc.poll() is not None, 120, "parts to be uploaded")
         proc.kill()
     finally:
         proc.kill()

@@ -528,3 +528,18 @@ def test_what_a_cache_dir_may_hold_before_its_marker(tmp_path: Path) -> None:
     t.close()
     (legacy / "LAYOUT").unlink()
     DiskTier(legacy, 1 << 20).close()  # (started afresh: its blocks are not trusted without the marker)
+
+
+def test_a_marker_that_is_not_text_is_another_layout_not_a_crash(tmp_path: Path) -> None:
+    """A LAYOUT marker garbled into bytes that are not UTF-8 (a failing disk, a stray write) starts the
+    cache afresh, as any other layout does; it once stopped the mount with an internal UnicodeDecodeError."""
+    t = DiskTier(tmp_path / "c", 1 << 20)
+    t.put(key(1), b"old")
+    t.close()
+    (tmp_path / "c" / "LAYOUT").write_bytes(b"tierfs-disk-cache 1\nsealing: \xff\xfe\n")
+    t = DiskTier(tmp_path / "c", 1 << 20)
+    try:
+        assert t.get(key(1)) is None and t.entries() == 0
+    finally:
+        t.close()
+    assert (tmp_path / "c" / "LAYOUT").read_text() == "tierfs-disk-cache 1\nsealing: none\n"

@@ -80,12 +80,22 @@ def cli() -> None:
       tierfs stats /mnt/lake
       tierfs cp ckpt.pt s3://ml-lake/models/ckpt.pt --config /etc/tierfs/train.toml
       tierfs umount /mnt/lake
+      tierfs cache du --config /etc/tierfs/train.toml
     """
 
 
 
 
 # Commands register themselves on the group.
-from tierfs.cli import backup_cmds, cp_cmd, lifecycle_cmds, mount_cmds, versions_cmds, warm_cmd  # noqa: E402
+from tierfs.cli import (  # noqa: E402
+    backup_cmds,
+    cache_cmds,
+    cp_cmd,
+    lifecycle_cmds,
+    mount_cmds,
+    versions_cmds,
+    warm_cmd,
+)
 
-__all__ = ["backup_cmds", "cli", "cp_cmd", "lifecycle_cmds", "main", "mount_cmds", "versions_cmds", "warm_cmd"]
+__all__ = ["backup_cmds", "cache_cmds", "cli", "cp_cmd", "lifecycle_cmds", "main", "mount_cmds", "versions_cmds",
+           "warm_cmd"]

@@ -17,7 +17,8 @@ clean close the next start repairs only those; after an unclean one (a kill
 block file, drops what is missing or of the wrong size, and removes block
 files the index does not know. A block's bytes are checked against its
 checksum at every read, so a block that a power cut cut short or zeroed is
-dropped and refetched, never served.
+dropped and refetched, never served; `tierfs cache verify` reads them all
+through the same check (``check``, ``entries_and_files``).
 
 The tier is bounded twice: by its configured size (the watermarks) and by the
 filesystem it lives on, whose free space it never lets fall below a reserve
@@ -31,11 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import shutil
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,13 +48,13 @@ from tierfs.config import format_size
 from tierfs.errors import UserError
 from tierfs.refs import BlockKey
 from tierfs.tiers.base import Tier
+from tierfs.tiers.cache_dir import layout_text, ours, prepare_cache_dir, read_marker, sealing_of
 from tierfs.tiers.lmdb_index import EVICTING, BlockIndex
 from tierfs.tiers.presence import slots_for
 from tierfs.tiers.seal import Sealer
 
 log = logging.getLogger(__name__)
 
-LAYOUT = "tierfs-disk-cache 1\n"
 _TOUCH_BATCH = 512
 _TOUCH_SECONDS = 2.0
 DEFAULT_MIN_FREE = 0.05  # of the filesystem, as Mountpoint for S3 keeps
@@ -66,6 +65,8 @@ _MIN_FREE_FLOOR = 1 << 30  # room for a staged checkpoint; at most half a small 
 # again after this many bytes or seconds.
 _STATVFS_BYTES = 32 << 20
 _STATVFS_SECONDS = 0.5
+# Why a block file is not its block (``DiskTier.check``): cut short or other bytes; or not sealed under the key.
+BAD_CHECKSUM, NOT_SEALED = "wrong size or checksum", "does not open under the cache key"
 
 
 def reserve_bytes(min_free: int | float | None, fs_bytes: int) -> int:
@@ -163,7 +164,7 @@ class DiskTier(Tier):
         if meta is None:
             self._miss()
             return None
-        size, expected = meta
+        size = meta[0]
         try:
             with open(self._path(key.hex), "rb") as fh:
                 data = fh.read()
@@ -172,21 +173,30 @@ class DiskTier(Tier):
             self._drop([key.digest])
             self._miss()
             return None
-        if len(data) != size or checksum(data) != expected:
+        payload, why = self.check(key.digest, meta, data)
+        if why == BAD_CHECKSUM:
             log.warning("disk cache: block %s failed its checksum (%d of %d bytes); dropped, refetching",
                         key.hex, len(data), size)
             self.stats.add("errors")
             self._drop([key.digest])
             self._miss()
             return None
-        if self.sealer is not None:
-            opened = self.sealer.open(key.digest, data)
-            if opened is None:
-                self._unreadable(key)
-                return None
-            data = opened
+        if payload is None:
+            self._unreadable(key)
+            return None
         self._touch(key.digest)
-        return self._hit(data)
+        return self._hit(payload)
+
+    def check(self, digest: bytes, meta: tuple[int, int], data: bytes) -> tuple[bytes | None, str]:
+        """A block file's bytes against its index entry's (size, checksum), opened under the cache key:
+        (the payload, '') or (None, why not: BAD_CHECKSUM or NOT_SEALED)."""
+        size, expected = meta
+        if len(data) != size or checksum(data) != expected:
+            return None, BAD_CHECKSUM
+        if self.sealer is None:
+            return data, ""
+        opened = self.sealer.open(digest, data)
+        return (opened, "") if opened is not None else (None, NOT_SEALED)
 
     def backing_fd(self, key: BlockKey, size: int) -> int | None:
         """An fd of ``key``'s block file if it holds exactly ``size`` plain bytes that pass their checksum.
@@ -472,33 +482,29 @@ class DiskTier(Tier):
         A directory without the marker that holds anything tierfs did not put
         there is not a cache: it is refused, and nothing in it is removed.
         """
-        marker = self.root / "LAYOUT"
-        want = LAYOUT + f"sealing: {self.sealer.key_id if self.sealer is not None else 'none'}\n"
-        try:
-            current: str | None = marker.read_text()
-        except FileNotFoundError:
-            current = None
-        if current == want:
-            return
-        if current == LAYOUT and self.sealer is None:  # (a marker from before it named the sealing: plain blocks)
-            self._write_layout(want)
+        want = self.sealer.key_id if self.sealer is not None else "none"
+        current = read_marker(self.root)
+        sealing = sealing_of(current) if current is not None else None
+        if sealing == want:
+            if current != layout_text(want):  # (a marker from before it named the sealing: plain blocks)
+                self._write_layout(layout_text(want))
             return
         if current is None:
             legacy = (self.root / "index" / "data.mdb").is_file()  # a cache from before the marker: ours
             own = {"index", "blocks", "tmp"} if legacy else set()
-            foreign = sorted(n for n in os.listdir(self.root) if not _ours(n) and n not in own)
+            foreign = sorted(n for n in os.listdir(self.root) if not ours(n) and n not in own)
             if foreign:
                 raise UserError(f"cache dir {self.root} is not empty and is not a tierfs cache (it holds "
                                 f"{', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''}): give an empty "
                                 "or new directory as --cache-dir; nothing in it was touched")
-        elif current.split("\n", 1)[0] == LAYOUT.rstrip("\n"):
+        elif sealing is not None:
             log.warning("disk cache %s was written under another [cache] encryption key (or with none, or "
                         "encrypted while this mount has no key); starting it afresh", self.root)
         else:
             log.warning("disk cache %s has another layout; starting it afresh", self.root)
         for sub in ("blocks", "index", "tmp"):
             shutil.rmtree(self.root / sub, ignore_errors=True)
-        self._write_layout(want)
+        self._write_layout(layout_text(want))
 
     def _write_layout(self, text: str) -> None:
         tmp = self.root / "LAYOUT.tmp"
@@ -536,45 +542,32 @@ class DiskTier(Tier):
         """After an unclean start: keep the entries whose block file is there at its size, remove
         the files the index does not know; returns how many of either were dropped.
 
-        One pass over both, a directory at a time (entries in digest order are
-        files in directory order), and one stat per file, not a read: the
-        bytes are checked against their checksum at every read anyway.
+        One stat per file, not a read: the bytes are checked against their
+        checksum at every read anyway (and by `tierfs cache verify`).
         """
         t0 = time.monotonic()
         for leftover in self.tmp_dir.iterdir():
             leftover.unlink(missing_ok=True)
         kept = dropped = unknown = 0
         bad: list[bytes] = []
-        entries = self._entries()
-        entry = next(entries, None)
-        for prefix, d in self._block_dirs():
-            while entry is not None and entry[0][:2] < prefix:  # no directory: no file
-                bad.append(entry[0])
-                entry = next(entries, None)
-            with os.scandir(d) as it:
-                files = {e.name: e for e in it if e.is_file(follow_symlinks=False)}
-            while entry is not None and entry[0][:2] == prefix:
-                digest, size = entry
-                found = files.pop(digest.hex(), None)
-                try:
-                    ok = found is not None and size is not None and found.stat(follow_symlinks=False).st_size == size
-                except OSError:
-                    ok = False
-                if ok:
-                    kept += 1
-                else:
-                    bad.append(digest)
-                entry = next(entries, None)
-            for e in files.values():
-                Path(e.path).unlink(missing_ok=True)
+        for digest, meta, found in self.entries_and_files():
+            if digest is None:
+                assert found is not None
+                Path(found.path).unlink(missing_ok=True)
                 unknown += 1
+                continue
+            try:
+                ok = found is not None and meta is not None and found.stat(follow_symlinks=False).st_size == meta[0]
+            except OSError:
+                ok = False
+            if ok:
+                kept += 1
+                continue
+            bad.append(digest)
             if len(bad) >= 4096:
                 self._drop(bad)
                 dropped += len(bad)
                 bad = []
-        while entry is not None:
-            bad.append(entry[0])
-            entry = next(entries, None)
         self._drop(bad)
         dropped += len(bad)
         self.index.repair()
@@ -584,8 +577,31 @@ class DiskTier(Tier):
                      self.index.unclean, kept, dropped, unknown, time.monotonic() - t0)
         return dropped + unknown
 
-    def _entries(self) -> Iterator[tuple[bytes, int | None]]:
-        """The index's (digest, size) pairs in digest order, read in batches (drops between them are fine)."""
+    def entries_and_files(self) -> Iterator[tuple[bytes | None, tuple[int, int] | None, os.DirEntry[str] | None]]:
+        """Every index entry beside its block file, in one pass over both, a directory at a time (entries in
+        digest order are files in directory order): (digest, (size, checksum), file). The file is None where
+        the entry has none, the (size, checksum) None where the entry is unreadable, and the digest None for
+        a file the index does not know. Entries may be dropped meanwhile."""
+        entries = self._entries()
+        entry = next(entries, None)
+        for prefix, d in self._block_dirs():
+            while entry is not None and entry[0][:2] < prefix:  # no directory: no file
+                yield entry[0], entry[1], None
+                entry = next(entries, None)
+            with os.scandir(d) as it:
+                files = {e.name: e for e in it if e.is_file(follow_symlinks=False)}
+            while entry is not None and entry[0][:2] == prefix:
+                yield entry[0], entry[1], files.pop(entry[0].hex(), None)
+                entry = next(entries, None)
+            for e in files.values():
+                yield None, None, e
+        while entry is not None:
+            yield entry[0], entry[1], None
+            entry = next(entries, None)
+
+    def _entries(self) -> Iterator[tuple[bytes, tuple[int, int] | None]]:
+        """The index's (digest, (size, checksum)) pairs in digest order, read in batches (drops between them
+        are fine)."""
         after = b""
         while batch := self.index.entries_after(after, 4096):
             yield from batch
@@ -606,60 +622,3 @@ class DiskTier(Tier):
 def _subdirs(d: Path) -> list[str]:
     with os.scandir(d) as it:
         return sorted(e.path for e in it if e.is_dir(follow_symlinks=False))
-
-
-# What tierfs puts in a cache dir before the disk tier writes its marker (the lock, the daemon's log):
-# anything else there, without the marker, is someone else's.
-def _ours(name: str) -> bool:
-    # (staging/: a writable mount without a disk tier; lost+found: a filesystem of its own, as a cache disk is)
-    return name in ("lock", "LAYOUT.tmp", "staging", "lost+found") or name.startswith(("tierfs.log", ".probe."))
-
-
-def check_cache_dir(root: Path) -> None:
-    """Refuse a cache dir that is a symlink (tierfs creates, chmods and removes files in there: it never
-    follows a link to do so) or that another user owns. Creates nothing."""
-    try:
-        st = os.lstat(root)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise UserError(f"cache dir {root} is not usable ({exc.strerror or exc}); give a writable --cache-dir") from None
-    if st is not None and stat.S_ISLNK(st.st_mode):
-        raise UserError(f"cache dir {root} is a symlink; tierfs does not follow links there: give the directory "
-                        f"it points to ({os.path.realpath(root)}) as --cache-dir")
-    if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid != os.geteuid():
-        raise UserError(f"cache dir {root} belongs to uid {st.st_uid}, not to the user tierfs runs as "
-                        f"({os.geteuid()}); give a directory of this user's as --cache-dir")
-
-
-def prepare_cache_dir(root: Path) -> int:
-    """Create the cache dir (0700), check it is ours and writable, and lock it for this process."""
-    check_cache_dir(root)
-    try:
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(root, 0o700)
-        probe = root / f".probe.{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(
-            f"cache dir {root} is not usable ({exc.strerror or exc}); give a writable --cache-dir"
-        ) from None
-    fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        if holder == str(os.getpid()):
-            raise UserError(
-                f"cache dir {root} is in use by another tierfs instance in this process (a mount or a "
-                "tierfs:// filesystem); give each its own cache dir (cache_dir=... for tierfs://), or reuse the one"
-            ) from None
-        raise UserError(
-            f"cache dir {root} is in use by another tierfs process (pid {holder}); "
-            "give each mount its own --cache-dir"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd

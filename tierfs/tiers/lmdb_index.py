@@ -18,7 +18,9 @@ block file (``entries_after``, ``repair``). If the system itself went down
 while the index was open, the LMDB file may be torn, and it is first copied
 entry by entry into a new one in a child process (``_rebuild``), since reading
 a torn file can abort the process that reads it; so is a file whose last check
-never finished (the process died in it) or on which LMDB raised.
+never finished (the process died in it) or on which LMDB raised. Another
+process (`tierfs cache du`) reads the figures through a read-only open
+(``read_summary``), beside the one that writes the index.
 
 The access stamp is a logical clock, not wall time: strictly increasing, so the
 LRU order is exact and immune to clock steps.
@@ -36,6 +38,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import lmdb
@@ -98,6 +101,64 @@ def boot_id() -> str:
         return ""
 
 
+def unclean(path: Path) -> tuple[str, bool]:
+    """Why the index at ``path`` must be checked ('' if not), and whether its file may be torn (rebuilt first)."""
+    state = statefile.load(path / STATE)
+    if not (path / "data.mdb").exists():
+        return "it is new", False  # (nothing to trust: block files a lost index left are removed)
+    if isinstance(state, dict) and state.get("open") is False:
+        return "", False
+    if isinstance(state, dict) and state.get("checking"):
+        return "the last start died while checking it: the file may be damaged", True
+    boot = boot_id()
+    if isinstance(state, dict) and state.get("open") and boot and state.get("boot") == boot:
+        return "the last run did not close it: killed, or it crashed", False
+    if state is None:
+        return ("the system went down while it was open, or an older tierfs left it: no record of a clean "
+                "close"), True
+    return "the system went down while it was open: a power cut?", True
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What an index holds, in figures its databases keep (no scan)."""
+
+    blocks: int
+    bytes: int  # the sizes of the block files it records: what counts against [cache] size
+    never_hit: int  # blocks not read again since they landed (the stable policy evicts these first)
+    pending: int  # pending marks: blocks whose file and entry may disagree (a crash repairs them)
+
+
+def read_summary(path: Path, map_size: int = 1 << 34) -> Summary:
+    """The figures of the index at ``path``, from a read-only open.
+
+    Safe beside the mount that writes it: LMDB gives each read transaction a
+    snapshot, and a read-only open changes only LMDB's lock file (a reader
+    slot), never the data file. Not for an index ``unclean`` says may be
+    torn: reading a torn file can abort the process. Raises lmdb.Error where
+    the file cannot be read (none there, or damaged).
+    """
+    env = lmdb.open(str(path), readonly=True, max_dbs=len(_DBS), map_size=map_size, max_readers=512,
+                    readahead=False)
+    try:
+        with env.begin() as txn:
+            meta, probation, pending = (_existing_db(env, txn, name) for name in (b"meta", b"probation", b"pending"))
+            held = _u64(txn.get(b"bytes", db=meta)) if meta is not None else 0
+            entries = _u64(txn.get(b"entries", db=meta)) if meta is not None else 0
+            never_hit = txn.stat(probation)["entries"] if probation is not None else 0
+            marks = txn.stat(pending)["entries"] if pending is not None else 0
+    finally:
+        env.close()
+    return Summary(entries, held, never_hit, marks)
+
+
+def _existing_db(env: lmdb.Environment, txn: lmdb.Transaction, name: bytes) -> lmdb._Database | None:
+    try:
+        return env.open_db(name, txn=txn, create=False)
+    except lmdb.NotFoundError:
+        return None
+
+
 class BlockIndex:
     def __init__(self, path: Path, map_size: int = 1 << 34, damaged: str = ""):
         """``damaged``: why the file cannot be trusted although its state says it can (LMDB
@@ -111,7 +172,7 @@ class BlockIndex:
         self._recover_dir()
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         #: Why the index must be checked against the block files ('' after a clean close).
-        self.unclean, torn = (f"it is damaged: {damaged}", True) if damaged else self._unclean()
+        self.unclean, torn = (f"it is damaged: {damaged}", True) if damaged else unclean(path)
         if torn:
             self._rebuild()
         # "open" on disk before anything of the file is read or written; and
@@ -162,23 +223,6 @@ class BlockIndex:
     def _save_state(self, checking: bool) -> None:
         state = {"open": True, "boot": boot_id(), "pid": os.getpid()}
         statefile.save(self.path / STATE, {**state, "checking": True} if checking else state)
-
-    def _unclean(self) -> tuple[str, bool]:
-        """Why the index must be checked ('' if not), and whether its file may be torn (rebuilt first)."""
-        state = statefile.load(self.path / STATE)
-        if not (self.path / "data.mdb").exists():
-            return "it is new", False  # (nothing to trust: block files a lost index left are removed)
-        if isinstance(state, dict) and state.get("open") is False:
-            return "", False
-        if isinstance(state, dict) and state.get("checking"):
-            return "the last start died while checking it: the file may be damaged", True
-        boot = boot_id()
-        if isinstance(state, dict) and state.get("open") and boot and state.get("boot") == boot:
-            return "the last run did not close it: killed, or it crashed", False
-        if state is None:
-            return ("the system went down while it was open, or an older tierfs left it: no record of a clean "
-                    "close"), True
-        return "the system went down while it was open: a power cut?", True
 
     def _rebuild(self) -> None:
         """Replace the LMDB file with a copy, made in a child process, of what it still holds."""
@@ -287,9 +331,10 @@ class BlockIndex:
         with self.env.begin(db=self._pending) as txn:
             return [(bytes(k), bytes(v)) for k, v in txn.cursor()]
 
-    def entries_after(self, after: bytes, limit: int) -> list[tuple[bytes, int | None]]:
-        """Up to ``limit`` (digest, size) pairs in digest order, after ``after``; size None: an unreadable entry."""
-        out: list[tuple[bytes, int | None]] = []
+    def entries_after(self, after: bytes, limit: int) -> list[tuple[bytes, tuple[int, int] | None]]:
+        """Up to ``limit`` (digest, (size, checksum)) pairs in digest order, after ``after``; None: an unreadable
+        entry."""
+        out: list[tuple[bytes, tuple[int, int] | None]] = []
         with self.env.begin(db=self._blocks) as txn:
             cur = txn.cursor()
             if not cur.set_range(after):
@@ -298,7 +343,7 @@ class BlockIndex:
                 digest = bytes(k)
                 if digest == after:
                     continue
-                out.append((digest, _ENTRY.unpack(raw)[0] if len(raw) == _ENTRY.size else None))
+                out.append((digest, _ENTRY.unpack(raw)[:2] if len(raw) == _ENTRY.size else None))
                 if len(out) >= limit:
                     break
         return out

@@ -28,15 +28,17 @@ the object in the lake (a good older checkpoint) with a truncated one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 import xxhash
@@ -44,7 +46,7 @@ import xxhash
 from tierfs import statefile
 from tierfs.errors import NameTooLong
 from tierfs.refs import ObjectRef
-from tierfs.tiers.disk import prepare_cache_dir
+from tierfs.tiers.cache_dir import prepare_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +192,8 @@ class Staging:
     def leftovers(self) -> Leftovers:
         """What a previous run left: files to upload now, and the keys of those set aside."""
         left = Leftovers([], [], [])
-        for record in sorted(self.root.glob("*.json")):
-            if record.name.endswith(".upload.json") or record.name.endswith(".tmp"):
-                continue
+        for record, data, rec in _records(self.root):
             sid = record.stem
-            data = self.root / f"{sid}.data"
-            rec = statefile.load(record)
             try:
                 key, state = str(rec["key"]), str(rec["state"])
             except (TypeError, KeyError):
@@ -282,6 +280,48 @@ class Staging:
         if sf.state == PENDING and sf.sealed is not None:
             rec["size"], rec["xxh3_128"] = sf.sealed
         statefile.save(self.root / f"{sf.id}.json", rec, durable=durable)
+
+
+def _records(root: Path) -> Iterator[tuple[Path, Path, Any]]:
+    """(record, data file, what the record holds: None if unreadable) of each staged file's journal record."""
+    for record in sorted(root.glob("*.json")):
+        if not record.name.endswith(".upload.json"):
+            yield record, root / f"{record.stem}.data", statefile.load(record)
+
+
+@dataclass
+class StagedSummary:
+    """What a staging dir holds, by what the journal says of it (``staged_summary``)."""
+
+    pending: int = 0  # closed, the upload not acknowledged: the lake does not have them; a mount uploads them
+    pending_bytes: int = 0
+    other: int = 0  # being written (or left so by a mount that died: set aside at the next start), or clean
+    other_bytes: int = 0
+    unclosed: int = 0  # set aside in unclosed/ by an earlier start: never uploaded, kept for the user
+    unclosed_bytes: int = 0
+
+
+def staged_summary(root: Path) -> StagedSummary:
+    """Count the staged files in ``root``, without its lock and changing nothing (beside a mount, too)."""
+    out = StagedSummary()
+    for _record, data, rec in _records(root):
+        try:
+            size = data.stat().st_size
+        except FileNotFoundError:
+            continue  # (a record without data is dropped at the next start)
+        if isinstance(rec, dict) and rec.get("state") == PENDING:
+            out.pending, out.pending_bytes = out.pending + 1, out.pending_bytes + size
+        else:
+            out.other, out.other_bytes = out.other + 1, out.other_bytes + size
+    for data in sorted(root.glob("*.data")):
+        if not data.with_suffix(".json").exists():
+            with contextlib.suppress(FileNotFoundError):
+                out.other, out.other_bytes = out.other + 1, out.other_bytes + data.stat().st_size
+    if (root / "unclosed").is_dir():
+        for kept in (root / "unclosed").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                out.unclosed, out.unclosed_bytes = out.unclosed + 1, out.unclosed_bytes + kept.stat().st_size
+    return out
 
 
 def _digest(fd: int) -> tuple[int, str]:
