@@ -18,7 +18,10 @@ def test_du_verify_repair_and_clear_around_a_real_mount(tmp_path: Path) -> None:
     write_tree(lake, files)
     total = sum(len(d) for d in files.values())
     cache, mnt = tmp_path / "cache", tmp_path / "mnt"
-    args = ("--ram-size", "0", "--block-size", "64KiB")
+    # Passthrough off: its whole-file copies would be entries beside the blocks counted here.
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("[fuse]\npassthrough = false\n")
+    args = ("--ram-size", "0", "--block-size", "64KiB", "--config", str(cfg))
     where = ("--cache-dir", str(cache))
     checkpoint = random_bytes(100 << 10, seed=99)
     # A file where the local lake stages its uploads: every upload fails, so a checkpoint closed through the

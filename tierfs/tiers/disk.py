@@ -30,7 +30,6 @@ cached at all; the read it came from is served all the same.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -42,11 +41,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 import lmdb
-import xxhash
 
 from tierfs.config import format_size
 from tierfs.errors import UserError
 from tierfs.refs import BlockKey
+from tierfs.tiers.backing import BackingFiles, checksum
 from tierfs.tiers.base import Tier
 from tierfs.tiers.cache_dir import layout_text, ours, prepare_cache_dir, read_marker, sealing_of
 from tierfs.tiers.lmdb_index import EVICTING, BlockIndex
@@ -58,7 +57,6 @@ log = logging.getLogger(__name__)
 _TOUCH_BATCH = 512
 _TOUCH_SECONDS = 2.0
 DEFAULT_MIN_FREE = 0.05  # of the filesystem, as Mountpoint for S3 keeps
-_CHECKED_MAX = 1 << 18  # blocks whose bytes passthrough checked this run, remembered (~30 MB at most)
 _MIN_FREE_FLOOR = 1 << 30  # room for a staged checkpoint; at most half a small filesystem, or no cache fits there
 # statvfs is cheap but others (staged files, logs) change the free space too:
 # between calls, free space is estimated from what this tier wrote, and read
@@ -79,15 +77,7 @@ def reserve_bytes(min_free: int | float | None, fs_bytes: int) -> int:
     return min_free
 
 
-class _PartGone(Exception):
-    """A block an assembly reads is no longer on the tier."""
-
-
-def checksum(data: bytes) -> int:
-    return xxhash.xxh3_64_intdigest(data)
-
-
-class DiskTier(Tier):
+class DiskTier(BackingFiles, Tier):
     name = "disk"
 
     def __init__(self, root: Path, capacity: int, high: float = 0.95, low: float = 0.85, policy: str = "lru",
@@ -154,11 +144,6 @@ class DiskTier(Tier):
     def may_hold(self, key: BlockKey) -> bool:
         return self.index.may_hold(key.digest)
 
-    def holds(self, keys: list[BlockKey]) -> bool:
-        """Whether every one of ``keys`` has an entry here (its bytes are checked when read)."""
-        return all(self.index.may_hold(k.digest) for k in keys) and \
-            all(self.index.lookup(k.digest) is not None for k in keys)
-
     def get(self, key: BlockKey) -> bytes | None:
         meta = self.index.lookup(key.digest)
         if meta is None:
@@ -198,48 +183,6 @@ class DiskTier(Tier):
         opened = self.sealer.open(digest, data)
         return (opened, "") if opened is not None else (None, NOT_SEALED)
 
-    def backing_fd(self, key: BlockKey, size: int) -> int | None:
-        """An fd of ``key``'s block file if it holds exactly ``size`` plain bytes that pass their checksum.
-
-        What FUSE passthrough serves a whole small file from. A block file is
-        never changed in place (it lands by rename and leaves by unlink), so
-        the fd keeps these bytes for as long as it is open, evicted or not.
-        Its bytes are checked against the checksum at the first such open in
-        this process (the kernel reads them unchecked from then on); later
-        opens of a block already checked cost a lookup and an open.
-        None when the block is not here, is sealed (an encrypted cache), or fails.
-        """
-        if self.sealer is not None:
-            return None
-        meta = self.index.lookup(key.digest)
-        if meta is None or meta[0] != size:
-            return None
-        try:
-            fd = os.open(self._path(key.hex), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            self._drop([key.digest])
-            return None
-        try:
-            st = os.fstat(fd)
-            if self._checked.get(key.digest) != st.st_ino:
-                data = os.pread(fd, size + 1, 0)
-                if len(data) != size or checksum(data) != meta[1]:
-                    os.close(fd)
-                    log.warning("disk cache: block %s failed its checksum (%d of %d bytes); dropped, refetching",
-                                key.hex, len(data), size)
-                    self.stats.add("errors")
-                    self._drop([key.digest])
-                    return None
-                if len(self._checked) >= _CHECKED_MAX:
-                    self._checked.pop(next(iter(self._checked)))
-                self._checked[key.digest] = st.st_ino
-        except OSError:
-            os.close(fd)
-            raise
-        self._touch(key.digest)
-        self._hit(b"")
-        return fd
-
     def _unreadable(self, key: BlockKey) -> None:
         """A block that does not open under the cache key: written under another key (or none). A miss."""
         now = time.monotonic()
@@ -257,39 +200,6 @@ class DiskTier(Tier):
         if self.sealer is not None:
             data = self.sealer.seal(key.digest, data)
         self._land(key, len(data), lambda fh: (fh.write(data), checksum(data))[1])
-
-    def assemble(self, key: BlockKey, parts: list[BlockKey], size: int) -> bool:
-        """Write the blocks ``parts`` (all on this tier) one after another as the plain file ``key``.
-
-        The whole-file copy that FUSE passthrough serves a large file from;
-        it is an entry like a block (counted, evicted), its checksum taken
-        from the checked blocks it was written from. False when a part is
-        gone (evicted meanwhile) or it does not fit.
-        """
-        if self.sealer is not None or not self._may_land(size):
-            return False
-
-        def write(fh: BinaryIO) -> int:
-            h = xxhash.xxh3_64()
-            for part in parts:
-                data = self.get(part)
-                if data is None:
-                    raise _PartGone(part.hex)
-                fh.write(data)
-                h.update(data)
-            if fh.tell() != size:
-                raise _PartGone(key.hex)
-            return h.intdigest()
-
-        try:
-            self._land(key, size, write)
-        except _PartGone:
-            return False
-        if self.index.lookup(key.digest) is None:
-            return False
-        with contextlib.suppress(OSError):
-            self._checked[key.digest] = os.stat(self._path(key.hex)).st_ino
-        return True
 
     def _may_land(self, n: int) -> bool:
         if n > self.high_bytes - self.low_bytes or time.monotonic() < self._full_until:
