@@ -9,8 +9,8 @@ caches, page cache dropped), warm (the next epoch) and warm-from-disk (page
 cache dropped, the system's own caches kept). Every read is checked against
 the source's hash. Prints medians and the ratios tierfs/local,
 tierfs/best peer and tierfs/store. Unmounts and stops everything it started,
-by PID, even on failure. Needs root (to drop the page cache), fuse3, rclone
-and s3fs.
+by PID, even on failure. Needs root (to drop the page cache), fuse3, rclone,
+s3fs and fio (`apt-get install rclone s3fs fio`).
 
 The ``store`` column is no file system: the same workloads read straight
 from the bucket with obstore (Rust, no cache, the GIL released while it
@@ -54,6 +54,7 @@ warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
 
 BUCKET = "bench-lake"
 SYSTEMS = ("local", "tierfs", "rclone", "s3fs", "store")
+# Also offered (--systems): tierfs-nopt, tierfs with [fuse] passthrough = false, to show what passthrough buys.
 STORE_RANGE = 8 << 20  # the store column's shard reads: ranged GETs of this size
 PHASES = ("cold", "warm", "warm-from-disk")
 
@@ -164,6 +165,20 @@ def walk(root: Path, ds: Dataset) -> tuple[float, str]:
     if n < len(ds.files):
         raise AssertionError(f"walk saw {n} files, expected {len(ds.files)}")
     return n / (time.perf_counter() - t0), "files/s"
+
+
+def fio_random(root: Path, ds: Dataset) -> tuple[float, str]:
+    """fio: random 4 KiB reads in a shard for 5 s, one job, plain pread (the page cache as the phase leaves it)."""
+    shard = root / ds.shards[0]
+    res = subprocess.run(["fio", "--name=rand4k", f"--filename={shard}", "--readonly", "--rw=randread", "--bs=4k",
+                          "--ioengine=psync", "--numjobs=1", "--time_based", "--runtime=5", "--invalidate=0",
+                          "--randseed=5", "--output-format=json"], capture_output=True, text=True, timeout=120)
+    if res.returncode != 0:
+        raise RuntimeError(f"fio failed: {res.stderr.strip()[-300:]}")
+    job = json.loads(res.stdout)["jobs"][0]["read"]
+    if job["io_bytes"] == 0:
+        raise AssertionError("fio read nothing")
+    return float(job["iops"]), "IOPS"
 
 
 def list_big(root: Path, ds: Dataset) -> tuple[float, str]:
@@ -291,6 +306,21 @@ def store_walk(store: Any, ds: Dataset) -> tuple[float, str]:
     return n / (time.perf_counter() - t0), "files/s"
 
 
+def store_fio_random(store: Any, ds: Dataset) -> tuple[float, str]:
+    """The store's 4 KiB random ranged GETs in a shard for 5 s, one at a time (what fio asks of a mount)."""
+    import obstore
+
+    rel, size = ds.shards[0], ds.sizes[ds.shards[0]]
+    rng = random.Random(5)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 5:
+        off = rng.randrange(0, size // 4096) * 4096
+        if len(obstore.get_range(store, rel, start=off, length=4096)) != 4096:
+            raise AssertionError(f"{rel}: short range")
+        n += 1
+    return n / (time.perf_counter() - t0), "IOPS"
+
+
 def store_list_big(store: Any, ds: Dataset) -> tuple[float, str]:
     import obstore
 
@@ -323,6 +353,7 @@ WORKLOADS: list[tuple[str, Workload, StoreWorkload]] = [
     ("random small files, 8 threads", lambda r, d: random_read(r, d, 8),
      lambda s, d: store_random_read(s.store, d, 8)),
     ("DataLoader num_workers=4", dataloader, lambda s, d: store_dataloader(s.store_conn, d, s.work)),
+    ("fio random 4 KiB reads, 1 job", fio_random, lambda s, d: store_fio_random(s.store, d)),
     ("os.walk + stat", walk, lambda s, d: store_walk(s.store, d)),
     ("list a 5,000-entry folder", list_big, lambda s, d: store_list_big(s.store, d)),
     ("time to first byte", ttfb, lambda s, d: store_ttfb(s.store, d)),
@@ -354,8 +385,10 @@ class System:
         self.mnt.mkdir(parents=True, exist_ok=True)
         self.cache.mkdir(parents=True, exist_ok=True)
         s = self.server
-        if self.name == "tierfs":
-            cfg = s.s3_config(self.work / "tierfs.toml")
+        if self.name.startswith("tierfs"):
+            cfg = s.s3_config(self.work / f"{self.name}.toml")
+            if self.name == "tierfs-nopt":
+                cfg.write_text(cfg.read_text() + "\n[fuse]\npassthrough = false\n")
             subprocess.run([sys.executable, "-m", "tierfs", "mount", f"s3://{BUCKET}", str(self.mnt),
                             "--config", str(cfg), "--cache-dir", str(self.cache), "--cache-size", "20GiB",
                             "--ram-size", "2GiB", *([] if self.writable else ["--read-only"])],

@@ -92,8 +92,10 @@ if [ -z "$wheel" ]; then
   cp "$work"/wheel/pyfuse3-*.whl "$WHEELS/"
   wheel=$(ls "$WHEELS"/pyfuse3-$PYFUSE3-*.whl | head -1)
 fi
-"$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall "$wheel" >"$work/pip.log" 2>&1 \
-  || { tail -20 "$work/pip.log"; die "installing $wheel failed"; }
+# (then its one dependency, trio, which a new venv does not have yet)
+{ "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall "$wheel" \
+  && "$VENV/bin/pip" install -q --disable-pip-version-check "$wheel"; } >"$work/pip.log" 2>&1 \
+  || { grep -v '^WARNING: Location' "$work/pip.log" | tail -20; die "installing $wheel failed"; }
 "$VENV/bin/python" -c "import pyfuse3; pyfuse3.passthrough_open" || die "the installed pyfuse3 lacks the patch"
 rm -f "$VENV"/.pyfuse3-*
 touch "$STAMP"
