@@ -47,6 +47,7 @@ def test_status_with_a_live_mount_a_dead_one_and_none(lake: Path, tmp_path: Path
             assert by_path[str(dead_mnt)]["state"] == "dead"
             text = run_tierfs("status").stdout
             assert f"{live_mnt}: alive" in text and f"{dead_mnt}: DEAD" in text and "tiers: ram up, disk up" in text
+            assert "passthrough: on" in text
     finally:
         force_cleanup(dead_mnt, pid)
     assert _ours(run_tierfs("status", "--json").stdout, live_mnt, dead_mnt) == []

@@ -316,6 +316,7 @@ def status(as_json: bool) -> None:
             "tiers": {name: ("up" if t.get("up", 1) else "down") for name, t in data["tiers"].items()},
             "pending_uploads": writes.get("pending_uploads", 0), "staged_files": writes.get("staged_files", 0),
             "unclosed_leftovers": len(list(unclosed.iterdir())) if unclosed.is_dir() else 0,
+            "passthrough": data.get("fast_paths", {}).get("passthrough", "unknown"),
             "recent_errors": [{"time": t, "op": op, "error": msg} for t, op, msg in data.get("recent_errors", [])],
         })
         out.append(entry)
@@ -331,6 +332,7 @@ def status(as_json: bool) -> None:
         tiers = ", ".join(f"{n} {s}" for n, s in m["tiers"].items()) or "none"
         click.echo(f"{m['mountpoint']}: alive, {m['lake']} (pid {m['pid']}, up {format_duration(m['uptime_seconds'])})")
         click.echo(f"  tiers: {tiers}")
+        click.echo(f"  passthrough: {m['passthrough']}")
         click.echo(f"  writes: {m['pending_uploads']} waiting for a retry, {m['staged_files']} staged, "
                    f"{m['unclosed_leftovers']} unclosed leftover(s) from earlier runs")
         for e in m["recent_errors"][-3:]:
