@@ -284,8 +284,10 @@ def bit_flips(work: Path, size: str) -> Result:
     try:
         for tier in ("disk", "redis"):
             only = ("--cache-size", "0", "--redis", server.url) if tier == "redis" else ()
+            # No passthrough: every spoiled block must be asked for (a whole-file copy would serve it
+            # unasked); tests/mount/test_passthrough.py spoils the files passthrough serves from.
             args = (f"file://{lake}", work / f"mnt-{tier}", work / f"cache-{tier}", "--ram-size", "0",
-                    "--block-size", "128KiB", *only)
+                    "--block-size", "128KiB", "--no-passthrough", *only)
             with Mount(*args) as m:
                 for rel in src:
                     (m.mountpoint / rel).read_bytes()

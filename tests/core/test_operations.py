@@ -133,7 +133,7 @@ async def _readdir(ops: Any, inode: int, monkeypatch: pytest.MonkeyPatch) -> lis
         return True
 
     monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
-    fh = await ops.opendir(inode, None)
+    fh = (await ops.opendir(inode, None)).fh
     try:
         await ops.readdir(fh, 0, None)
     finally:

@@ -229,3 +229,24 @@ def test_an_encrypted_cache_is_not_passed_through(lake: Path, tmp_path: Path) ->
         for rel, data in SMALL.items():
             every_way(m.mountpoint / rel, data, tmp_path / "out")
         assert m.stats()["fast_paths"]["passthrough_opens"] == 0
+
+
+def test_a_spoiled_block_or_whole_file_copy_is_never_passed_through(lake: Path, tmp_path: Path) -> None:
+    """What the kernel would read unchecked is checked at its first passthrough open of a mount's life."""
+    args = (f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", "--ram-size", "0")
+    with mounted(*args) as m:
+        warm(m, {**SMALL, **BIG})
+        wait_for(lambda: m.stats()["fast_paths"]["whole_file_copies"] == 1, 30, "a whole-file copy of big.bin")
+    files = sorted(p for p in (tmp_path / "cache" / "blocks").rglob("*") if p.is_file())
+    for p in files:  # every block and the whole-file copy: one bit flipped, or cut short
+        raw = bytearray(p.read_bytes())
+        if len(raw) % 2:
+            raw[len(raw) // 3] ^= 0x10
+            p.write_bytes(bytes(raw))
+        else:
+            p.write_bytes(bytes(raw[: len(raw) // 2]))
+    drop_page_cache()
+    with mounted(*args) as m:
+        for rel, data in {**SMALL, **BIG}.items():
+            every_way(m.mountpoint / rel, data, tmp_path / "out")
+        assert m.stats()["tiers"]["disk"]["errors"] >= len(SMALL) + 1

@@ -105,7 +105,7 @@ def test_an_unclean_start_checks_the_disk_cache_and_reuses_it(tmp_path: Path) ->
     write_tree(lake, files)
     total = sum(len(d) for d in files.values())
     cache = tmp_path / "cache"
-    args = ("--ram-size", "0", "--block-size", "64KiB")
+    args = ("--ram-size", "0", "--block-size", "64KiB", "--no-passthrough")  # (blocks only: no whole-file copies)
     m = Mount(f"file://{lake}", tmp_path / "mnt", cache, *args).start()
     try:
         for rel, data in files.items():

@@ -269,3 +269,20 @@ def test_deletes_can_be_forbidden_and_prefixes_made_read_only(lake: Path, tmp_pa
                 call()
             assert e.value.errno == errno.EPERM
         assert (lake / "runs/b.txt").read_bytes() == b"a" and (lake / "runs/c.txt").read_bytes() == b"c"
+
+
+def test_a_file_in_a_renamed_directory_can_be_appended_to_at_once(tmp_path: Path) -> None:
+    """A directory rename moves its nodes; what they knew of their objects (the old keys) must not be used after."""
+    lake = tmp_path / "lake"
+    write_tree(lake, {"a/seed.bin": b"seed" * 1000})
+    with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache") as m:
+        root = m.mountpoint
+        (root / "c").mkdir()
+        os.replace(root / "a/seed.bin", root / "c/g20")
+        assert sorted(os.listdir(root / "c")) == ["g20"] and (root / "c/g20").is_file()
+        os.rename(root / "c", root / "d")
+        assert sorted(os.listdir(root / "d")) == ["g20"]  # (the kernel may list it from its own cache)
+        assert (root / "d/g20").is_file()
+        with open(root / "d/g20", "ab") as fh:
+            fh.write(b"more")
+        assert (lake / "d/g20").read_bytes() == b"seed" * 1000 + b"more"

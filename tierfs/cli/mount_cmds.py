@@ -73,6 +73,9 @@ PID_XATTR = "user.tierfs.pid"
 @click.option("--nonempty", "allow_nonempty", is_flag=True, default=None,
               help="Mount over a directory that is not empty (its files are hidden meanwhile).  "
                    "[config: [fuse] nonempty]")
+@click.option("--no-passthrough", "no_passthrough", is_flag=True, default=None,
+              help="Serve every read through tierfs, never by FUSE passthrough from the disk tier's files.  "
+                   "[config: [fuse] passthrough = false]")
 @click.option("--read-only-prefix", "read_only_prefixes", multiple=True, metavar="PREFIX",
               help="A part of the live view that refuses writes (repeat for more), e.g. datasets/.  "
                    "[config: [mount] read_only_prefixes]")
@@ -92,7 +95,7 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
           metadata_ttl: str | None, redis_url: str | None, metrics_listen: str | None,
           log_file: str | None, log_level: str | None, read_only: bool | None, allow_other: bool | None,
           allow_root: bool | None, uid: str | None, gid: str | None, umask: str | None, file_mode: str | None,
-          dir_mode: str | None, allow_nonempty: bool | None,
+          dir_mode: str | None, allow_nonempty: bool | None, no_passthrough: bool | None,
           read_only_prefixes: tuple[str, ...], no_delete: bool | None,
           allow_readable_secrets: bool, options: tuple[str, ...], foreground: bool, ready_fd: int | None) -> None:
     """Mount LAKE_URL at MOUNTPOINT.
@@ -117,7 +120,7 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
             "lake_url": lake_url, "s3_endpoint_url": s3_endpoint_url, "s3_region": s3_region,
             "s3_profile": s3_profile, "allow_other": allow_other, "allow_nonempty": allow_nonempty,
             "allow_root": allow_root, "uid": uid, "gid": gid, "umask": umask, "file_mode": file_mode,
-            "dir_mode": dir_mode,
+            "dir_mode": dir_mode, "passthrough": False if no_passthrough else None,
             "cache_dir": cache_dir, "cache_size": cache_size,
             "ram_size": ram_size, "block_size": block_size, "metadata_ttl": metadata_ttl,
             "log_file": log_file, "log_level": log_level, "redis_url": redis_url,

@@ -27,7 +27,7 @@ _VALUED = {
 _FLAGS: dict[str, tuple[str, Any]] = {
     "ro": ("read_only", True), "rw": ("read_only", False), "read_only": ("read_only", True),
     "allow_other": ("allow_other", True), "allow_root": ("allow_root", True), "nonempty": ("allow_nonempty", True),
-    "no_delete": ("allow_delete", False),
+    "no_delete": ("allow_delete", False), "no_passthrough": ("passthrough", False),
 }
 #: What mount(8), fstab and systemd mean for themselves; the kernel's generic flags tierfs has no use for.
 _IGNORED = frozenset({"defaults", "_netdev", "nofail", "noauto", "auto", "user", "users", "nouser", "owner",

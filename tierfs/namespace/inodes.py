@@ -110,6 +110,9 @@ class InodeTable:
         for node in moving:
             self._untrack(node)
             node.path = new + node.path[len(old):]
+            # Its ref names the object under the old key: ask the lake again at its next use
+            # (a readdir would have refreshed it, but the kernel may list the moved directory from its cache).
+            node.checked_at = 0.0
             self._track(node)
         for node in named:
             self._by_path[node.path] = node.inode

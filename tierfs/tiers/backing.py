@@ -57,7 +57,7 @@ class BackingFiles:
         def _hit(self, data: bytes) -> bytes: ...
         def _may_land(self, n: int) -> bool: ...
         def _land(self, key: BlockKey, n: int, write: Callable[[BinaryIO], int]) -> None: ...
-        def get(self, key: BlockKey) -> bytes | None: ...
+        def read_block(self, key: BlockKey) -> bytes | None: ...
 
     def holds(self, keys: list[BlockKey]) -> bool:
         """Whether every one of ``keys`` has an entry here (its bytes are checked when read)."""
@@ -120,7 +120,7 @@ class BackingFiles:
         def write(fh: BinaryIO) -> int:
             h = xxhash.xxh3_64()
             for part in parts:
-                data = self.get(part)
+                data = self.read_block(part)  # (checked; not a hit: no reader asked for it)
                 if data is None:
                     raise _PartGone(part.hex)
                 fh.write(data)

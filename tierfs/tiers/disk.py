@@ -145,9 +145,17 @@ class DiskTier(BackingFiles, Tier):
         return self.index.may_hold(key.digest)
 
     def get(self, key: BlockKey) -> bytes | None:
+        payload = self.read_block(key)
+        if payload is None:
+            self._miss()
+            return None
+        self._touch(key.digest)
+        return self._hit(payload)
+
+    def read_block(self, key: BlockKey) -> bytes | None:
+        """A block's checked bytes, or None (a bad one dropped and counted as an error); no hit or miss counted."""
         meta = self.index.lookup(key.digest)
         if meta is None:
-            self._miss()
             return None
         size = meta[0]
         try:
@@ -156,7 +164,6 @@ class DiskTier(BackingFiles, Tier):
         except FileNotFoundError:
             log.warning("disk cache: block %s is in the index but its file is gone; forgetting it", key.hex)
             self._drop([key.digest])
-            self._miss()
             return None
         payload, why = self.check(key.digest, meta, data)
         if why == BAD_CHECKSUM:
@@ -164,13 +171,11 @@ class DiskTier(BackingFiles, Tier):
                         key.hex, len(data), size)
             self.stats.add("errors")
             self._drop([key.digest])
-            self._miss()
             return None
         if payload is None:
             self._unreadable(key)
             return None
-        self._touch(key.digest)
-        return self._hit(payload)
+        return payload
 
     def check(self, digest: bytes, meta: tuple[int, int], data: bytes) -> tuple[bytes | None, str]:
         """A block file's bytes against its index entry's (size, checksum), opened under the cache key:
@@ -192,7 +197,6 @@ class DiskTier(BackingFiles, Tier):
                         "another key, or unencrypted); dropped and fetched again", key.hex)
         self.stats.add("errors")
         self._drop([key.digest])
-        self._miss()
 
     def put(self, key: BlockKey, data: bytes) -> None:
         if not self._may_land(len(data)):
