@@ -313,6 +313,14 @@ class SeaweedS3:
                                  use_listings_cache=False,
                                  client_kwargs={"endpoint_url": self.endpoint}, **kw)
 
+    def upload(self, bucket: str, files: dict[str, bytes]) -> None:
+        """Put ``files`` (key -> bytes) into ``bucket``, made if missing, straight to the server."""
+        fs = self.fs()
+        if not fs.exists(bucket):
+            fs.mkdir(bucket)
+        for key, data in files.items():
+            fs.pipe(f"{bucket}/{key}", data)
+
     def stop(self) -> None:
         if self.proc is not None:
             try:

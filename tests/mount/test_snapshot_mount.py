@@ -10,7 +10,7 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from helpers import drop_page_cache, mounted, random_bytes, run_tierfs, write_tree
+from helpers import assert_one_line_error, drop_page_cache, mounted, random_bytes, run_tierfs, write_tree
 
 from tierfs.config import load
 from tierfs.store.objects import ObjectStore
@@ -172,3 +172,48 @@ def test_many_cold_snapshot_lookups_at_once_with_tiny_limiters(tmp_path: Path) -
         assert hung == 0, f"{hung} of {len(threads)} lookups never returned"
         for i, (name, data) in enumerate(files.items()):
             assert results[name] == (len(data) if i % 2 else data), name
+
+
+def test_snapshot_commands_take_the_mount_path(versioned_lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    """LAKE_URL may be a mount's root: the lake it serves, so the snapshots made with it are the ones it shows."""
+    root, files = versioned_lake
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache", "--metadata-ttl", "1") as m:
+        mnt = str(m.mountpoint)
+        listed = run_tierfs("snapshot", "list", mnt, check=True).stdout
+        assert listed.startswith("toy@v1\t") and len(listed.splitlines()) == 1, listed
+        run_tierfs("snapshot", "create", mnt, "datasets/toy", "v2", check=True)
+        time.sleep(1.5)  # the metadata TTL
+        assert sorted(os.listdir(m.mountpoint / ".snapshots/toy")) == ["v1", "v2"]
+        assert (m.mountpoint / ".snapshots/toy/v2/shard.tar").read_bytes() == files["shard.tar"]
+        assert (root / ".tierfs/snapshots/toy/v2/meta.json").is_file()  # in the lake, not through the mount
+        assert "toy@v2" in run_tierfs("snapshot", "show", mnt, "toy", "v2", check=True).stdout
+        # A folder inside the mount names no lake: said in one line, not listed as an empty local lake.
+        assert_one_line_error(run_tierfs("snapshot", "list", f"{mnt}/datasets"), f"inside the tierfs mount {mnt}",
+                              f"file://{root}")
+
+
+def test_a_snapshot_a_mount_will_not_show_is_named_at_the_command(tmp_path: Path) -> None:
+    """A mount shows the snapshots made with its own lake URL; `create` and `list` name the mounts that differ."""
+    root = tmp_path / "lake"
+    files = {f"train/c{i}/{i}.jpg": random_bytes(1000 + i, seed=i) for i in range(3)}
+    write_tree(root / "datasets/toy", files)
+    with mounted(f"file://{root}/datasets", tmp_path / "mnt", tmp_path / "cache", "--metadata-ttl", "1") as m:
+        mnt = str(m.mountpoint)
+        made = run_tierfs("snapshot", "create", f"file://{root}", "datasets/toy", "v1", check=True)
+        assert made.stdout.startswith("created toy@v1 ")
+        assert f"the mount at {mnt} serves file://{root}/datasets" in made.stderr, made.stderr
+        assert f"tierfs snapshot create {mnt} toy v1" in made.stderr, made.stderr
+        listed = run_tierfs("snapshot", "list", f"file://{root}", check=True)
+        assert listed.stdout.startswith("toy@v1\t") and f"the mount at {mnt}" in listed.stderr, listed.stderr
+        time.sleep(1.5)
+        assert os.listdir(m.mountpoint / ".snapshots") == []  # as said
+        # What the note says to run makes the snapshot the mount shows, and says nothing more.
+        again = run_tierfs("snapshot", "create", mnt, "toy", "v1", check=True)
+        assert again.stderr == "", again.stderr
+        time.sleep(1.5)
+        assert os.listdir(m.mountpoint / ".snapshots/toy") == ["v1"]
+        assert (m.mountpoint / ".snapshots/toy/v1/train/c1/1.jpg").read_bytes() == files["train/c1/1.jpg"]
+    # The other way round: a mount of the lake's root does not show a snapshot made with a prefix's URL.
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache2") as m:
+        made = run_tierfs("snapshot", "create", f"file://{root}/datasets", "toy", "v2", check=True)
+        assert f"tierfs snapshot create {m.mountpoint} datasets/toy v2" in made.stderr, made.stderr

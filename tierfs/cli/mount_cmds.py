@@ -190,12 +190,12 @@ def stats(mountpoint: Path, as_json: bool, watch: float | None) -> None:
     """Hits, misses and bytes per tier, and backend traffic, of a running mount."""
     if watch is not None and not watch < 1e9:  # FloatRange lets NaN and infinity by; time.sleep() takes neither
         raise click.BadParameter(f"{watch} is not a number of seconds", param_hint="'--watch'")
-    data = _read_stats(mountpoint)
+    data = read_stats(mountpoint)
     if watch:
         try:
             while True:
                 time.sleep(watch)
-                later = _read_stats(mountpoint)
+                later = read_stats(mountpoint)
                 click.echo(render_rates(data, later, later["uptime_seconds"] - data["uptime_seconds"] or watch))
                 data = later
         except KeyboardInterrupt:
@@ -206,7 +206,7 @@ def stats(mountpoint: Path, as_json: bool, watch: float | None) -> None:
     click.echo(render_stats(data))
 
 
-def _read_stats(mountpoint: Path) -> dict[str, Any]:
+def read_stats(mountpoint: Path) -> dict[str, Any]:
     from tierfs.fuse.mountpoint import DEAD_MOUNT_ERRNOS
 
     try:
@@ -295,16 +295,10 @@ def status(as_json: bool) -> None:
     A dead mount (its daemon was killed) is listed with what to do about it.
     Exit code 0 when every mount is alive, 1 otherwise.
     """
-    from tierfs.fuse.mountpoint import DEAD_MOUNT_ERRNOS, OUR_FSTYPE, unescape_mountinfo
+    from tierfs.fuse.mountpoint import DEAD_MOUNT_ERRNOS, tierfs_mounts
 
-    mounts = []
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            fields = line.split()
-            if " - " in line and line.split(" - ", 1)[1].split()[0] == OUR_FSTYPE:
-                mounts.append(unescape_mountinfo(fields[4]))
     out: list[dict[str, Any]] = []
-    for path in mounts:
+    for path in tierfs_mounts():
         entry: dict[str, Any] = {"mountpoint": path}
         try:
             data = json.loads(os.getxattr(path, STATS_XATTR))

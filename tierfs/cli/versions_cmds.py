@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,82 @@ _CONFIG = click.option("--config", "config_file", type=click.Path(path_type=Path
 
 
 def open_lake(lake_url: str, config_file: Path | None) -> ObjectStore:
-    store = ObjectStore.open(load(config_file, {"lake_url": lake_url}))
+    store = ObjectStore.open(load(config_file, {"lake_url": served_lake(lake_url)}))
     store.check()
     return store
+
+
+def served_lake(lake_url: str) -> str:
+    """LAKE_URL as given, or the lake URL a tierfs mount serves when it names the mount's root.
+
+    Through the mount the lake's ``.tierfs/`` is hidden (and read-only), so a
+    mount taken for a local lake would list no snapshots and make none.
+    """
+    local = lake_url.removeprefix("file://") if lake_url.startswith("file://") or "://" not in lake_url else ""
+    if not local:
+        return lake_url
+    from tierfs.cli.mount_cmds import read_stats
+    from tierfs.fuse.mountpoint import mount_holding
+
+    path = os.path.abspath(local)
+    mount = mount_holding(path)
+    if mount is None:
+        return lake_url
+    served: str = read_stats(Path(mount))["lake"]
+    if path != mount:
+        raise UserError(f"{lake_url} is inside the tierfs mount {mount}: give LAKE_URL as the mount's root "
+                        f"({mount}) or as the lake URL it serves ({served})")
+    return served
+
+
+def _place(url: str) -> tuple[str, str]:
+    """(scheme, bucket/prefix or absolute path without slashes at the ends): where a lake URL points."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "file", url
+    scheme = _SCHEME_ALIASES.get(scheme.lower(), scheme.lower())
+    return scheme, (os.path.normpath("/" + rest) if scheme == "file" else rest).strip("/")
+
+
+_SCHEME_ALIASES = {"local": "file", "s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az"}
+
+
+def _within(path: str, root: str) -> bool:
+    return not root or path == root or path.startswith(root + "/")
+
+
+def _mounts_of_other_lakes(store: ObjectStore) -> Iterator[tuple[str, str, str]]:
+    """(mountpoint, lake URL, its place) of each tierfs mount on this host of another lake URL of the store's
+    provider that holds this lake or lies in it: what it shows under .snapshots/ are other snapshots."""
+    from tierfs.cli.mount_cmds import read_stats
+    from tierfs.fuse.mountpoint import tierfs_mounts
+
+    scheme, here = _place(store.url)
+    if scheme == "memory":
+        return  # a memory:// lake is its process's own
+    for mnt in tierfs_mounts():
+        try:
+            served: str = read_stats(Path(mnt))["lake"]
+        except UserError:
+            continue  # dead, or gone meanwhile
+        other, there = _place(served)
+        if other == scheme and there != here and (_within(here, there) or _within(there, here)):
+            yield mnt, served, there
+
+
+def _note_mounts_not_showing(store: ObjectStore, meta: Any) -> None:
+    """Name the mounts here that hold the snapshot's files but will not show it, and the command that makes
+    one they do show: a snapshot belongs to the lake URL it was made with (its .tierfs/)."""
+    files = f"{_place(store.url)[1]}/{meta.prefix}".strip("/")
+    for mnt, served, there in _mounts_of_other_lakes(store):
+        if not _within(files, there):
+            continue  # a mount of another part of the lake: it has none of these files
+        prefix = files[len(there):].strip("/")
+        argv = ["tierfs", "snapshot", "create", mnt, prefix, meta.name]
+        if meta.dataset != prefix.rsplit("/", 1)[-1]:
+            argv += ["--dataset", meta.dataset]
+        click.echo(f"note: the mount at {mnt} serves {served} and will not show {meta.dataset}@{meta.name}: a mount "
+                   f"shows the snapshots made with its own lake URL; {shlex.join(argv)} makes one it shows", err=True)
 
 
 @cli.group()
@@ -32,6 +108,10 @@ def snapshot() -> None:
     keeps object versions it pins their version ids and copies nothing;
     otherwise each object is copied once into a content-addressed area of the
     lake. Mounted, snapshots appear read-only under MOUNT/.snapshots/DATASET/NAME/.
+
+    A snapshot belongs to the LAKE_URL it is made with: a mount shows those made
+    with the URL it mounted (a prefix's URL is a lake of its own). LAKE_URL may
+    be a mount's root too, which stands for the URL it mounted.
     """
 
 
@@ -72,6 +152,7 @@ def snapshot_create(lake_url: str, dataset_prefix: str, name: str, dataset: str 
                                metadata=metadata, mode=mode, jobs=jobs, on_progress=progress)
     click.echo(f"created {meta.dataset}@{meta.name} ({meta.mode}): {meta.file_count} files, "
                f"{format_size(meta.total_size)}, from {store.url}/{meta.prefix}")
+    _note_mounts_not_showing(store, meta)
 
 
 @snapshot.command("list")
@@ -87,6 +168,9 @@ def snapshot_list(lake_url: str, dataset: str | None, as_json: bool, config_file
     if dataset:
         validate_name("dataset", dataset)  # (a '..' in it would list somewhere else)
     store = open_lake(lake_url, config_file)
+    for mnt, served, _ in _mounts_of_other_lakes(store):
+        click.echo(f"note: the mount at {mnt} serves {served}: its .snapshots/ shows the snapshots made with that "
+                   f"URL (tierfs snapshot list {mnt}), not those of {store.url}", err=True)
     for ds in [dataset] if dataset else list_datasets(store):
         for m in list_snapshots(store, ds):
             if as_json:

@@ -21,16 +21,9 @@ WARM_XATTR = "user.tierfs.warm"
 
 def find_mount(path: Path) -> Path:
     """The tierfs mount that holds ``path``."""
-    target = os.path.abspath(path)
-    best = None
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            f = line.split()
-            mnt = f[4].replace("\\040", " ")
-            fstype = f[f.index("-") + 1]
-            inside = target == mnt or target.startswith(mnt.rstrip("/") + "/")
-            if fstype == "fuse.tierfs" and inside and (best is None or len(mnt) > len(best)):
-                best = mnt
+    from tierfs.fuse.mountpoint import mount_holding
+
+    best = mount_holding(os.path.abspath(path))
     if best is None:
         raise UserError(f"{path} is not inside a tierfs mount")
     return Path(best)

@@ -150,6 +150,22 @@ def wait_for_exit(pid: int, timeout: float) -> bool:
     return False
 
 
+def tierfs_mounts() -> list[str]:
+    """The mountpoint of every tierfs mount on this host, as /proc/self/mountinfo lists them."""
+    out = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            if " - " in line and line.split(" - ", 1)[1].split()[0] == OUR_FSTYPE:
+                out.append(unescape_mountinfo(line.split()[4]))
+    return out
+
+
+def mount_holding(path: str) -> str | None:
+    """The innermost tierfs mount that ``path`` (absolute) is in, or is the root of; None if none."""
+    inside = [m for m in tierfs_mounts() if path == m or path.startswith(m.rstrip("/") + "/")]
+    return max(inside, key=len) if inside else None
+
+
 def unescape_mountinfo(field: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \ooo
     return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
