@@ -268,7 +268,7 @@ class _Key:
 #   [redis] url password db key_prefix ttl max_block_size pool_size timeout secret secret_file username
 #           ca_file cert_file key_file allow_no_auth
 #   [mount] mountpoint read_only   [write] part_size upload_concurrency rename_concurrency
-#   [metrics] listen   [metadata] ttl listing_entries negative_ttl
+#   [metrics] listen   [metadata] ttl listing_entries negative_ttl immutable_prefixes
 #   [fuse] workers allow_other allow_root nonempty uid gid umask file_mode dir_mode read_ahead_kb passthrough
 #   [log] level file
 #   [backup] secret_file
@@ -334,6 +334,7 @@ _KEYS = [
     _Key("metadata", "ttl", _positive_float, "metadata_ttl"),
     _Key("metadata", "listing_entries", _count, "listing_entries"),
     _Key("metadata", "negative_ttl", _positive_float, "negative_ttl"),
+    _Key("metadata", "immutable_prefixes", _prefixes, "immutable_prefixes"),
     _Key("fuse", "workers", _count, "fuse_workers"),
     _Key("fuse", "allow_other", _bool, "allow_other"),
     _Key("fuse", "nonempty", _bool, "allow_nonempty"),
@@ -425,6 +426,9 @@ class Settings:
     # Seconds a name found missing (by a stat, in a directory not listed) is answered missing without asking
     # again: Python's imports and config searches probe many. 0: ask every time.
     negative_ttl: float = 5.0
+    # Parts of the live view that never change (datasets): their metadata is cached until remount, and they
+    # refuse writes as read_only_prefixes do.
+    immutable_prefixes: tuple[str, ...] = ()
     fuse_workers: int = 64
     allow_other: bool = False
     allow_root: bool = False  # the mounting user and root only (libfuse refuses the others)

@@ -128,7 +128,8 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
                          settings.prefetch_memory)
     namespace = Namespace(store, settings.metadata_ttl, settings.listing_entries, limiters.metadata,
                           fetch=lambda key: fetch_through_tiers(store, reader, limiters.manifest, key),
-                          manifest_limiter=limiters.manifest, negative_ttl=settings.negative_ttl)
+                          manifest_limiter=limiters.manifest, negative_ttl=settings.negative_ttl,
+                          immutable_prefixes=settings.immutable_prefixes)
     file_mode, dir_mode = settings.modes()
     attrs = AttrMaker(settings.metadata_ttl, settings.block_size, uid=settings.uid, gid=settings.gid,
                       file_mode=file_mode, dir_mode=dir_mode)
@@ -146,7 +147,9 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
                            read_ahead_blocks=max(1, settings.read_ahead // settings.block_size), warmer=warmer,
                            writer=writer,
                            passthrough=Passthrough(disk, settings.block_size, chain.limiter, settings.passthrough))
-    ops.read_only_prefixes, ops.allow_delete = settings.read_only_prefixes, settings.allow_delete
+    # What never changes is not changed through the mount either: immutable prefixes refuse writes too.
+    ops.read_only_prefixes = settings.read_only_prefixes + settings.immutable_prefixes
+    ops.allow_delete = settings.allow_delete
     comps = Components(settings, store, chain, namespace, reader, ops, time.monotonic(), writer)
     holder.append(comps)
     return comps

@@ -146,3 +146,19 @@ def test_mount_options_for_owners_and_modes() -> None:
     opts = mount_options.parse(("rw,uid=1000,gid=staff,umask=027,file_mode=0640,dir-mode=0750,allow_root",))
     assert opts.overrides == {"read_only": False, "uid": "1000", "gid": "staff", "umask": "027",
                               "file_mode": "0640", "dir_mode": "0750", "allow_root": True}
+
+
+def test_immutable_prefixes_from_the_config_flags_and_mount_options(tmp_path: Path) -> None:
+    from tierfs.cli import mount_options
+
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[metadata]\nimmutable_prefixes = ["datasets/imagenet/", "/datasets/coco", "/"]\n')
+    assert load(cfg).immutable_prefixes == ("datasets/imagenet", "datasets/coco")
+    cfg.write_text("[metadata]\nimmutable_prefixes = 3\n")
+    with pytest.raises(ConfigError, match=r"\[metadata\] immutable_prefixes = 3 is not allowed; expected a list of "
+                                          r"lake prefixes"):
+        load(cfg)
+    opts = mount_options.parse(("immutable_prefixes=datasets/a:datasets/b/,read_only_prefixes=raw",))
+    s = load(None, opts.overrides)
+    assert (s.immutable_prefixes, s.read_only_prefixes) == (("datasets/a", "datasets/b"), ("raw",))
+

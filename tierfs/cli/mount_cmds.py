@@ -76,6 +76,10 @@ PID_XATTR = "user.tierfs.pid"
 @click.option("--read-only-prefix", "read_only_prefixes", multiple=True, metavar="PREFIX",
               help="A part of the live view that refuses writes (repeat for more), e.g. datasets/.  "
                    "[config: [mount] read_only_prefixes]")
+@click.option("--immutable-prefix", "immutable_prefixes", multiple=True, metavar="PREFIX",
+              help="A part of the live view that never changes (repeat for more), e.g. datasets/imagenet/: its "
+                   "listings and attributes are cached until remount, and it refuses writes.  "
+                   "[config: [metadata] immutable_prefixes]")
 @click.option("--no-delete", "no_delete", is_flag=True, default=None,
               help="Refuse unlink, rmdir and rename over a file (EPERM), so rm -rf on one node cannot wipe the lake.  "
                    "[config: [mount] allow_delete = false]")
@@ -93,7 +97,7 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
           log_file: str | None, log_level: str | None, read_only: bool | None, allow_other: bool | None,
           allow_root: bool | None, uid: str | None, gid: str | None, umask: str | None, file_mode: str | None,
           dir_mode: str | None, allow_nonempty: bool | None,
-          read_only_prefixes: tuple[str, ...], no_delete: bool | None,
+          read_only_prefixes: tuple[str, ...], immutable_prefixes: tuple[str, ...], no_delete: bool | None,
           allow_readable_secrets: bool, options: tuple[str, ...], foreground: bool, ready_fd: int | None) -> None:
     """Mount LAKE_URL at MOUNTPOINT.
 
@@ -123,6 +127,7 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
             "log_file": log_file, "log_level": log_level, "redis_url": redis_url,
             "metrics_listen": metrics_listen, "read_only": read_only or None,
             "read_only_prefixes": list(read_only_prefixes) or None, "allow_delete": False if no_delete else None,
+            "immutable_prefixes": list(immutable_prefixes) or None,
         }.items() if v is not None}})
         exposed = check_private(config_file, settings, allow_readable_secrets) if config_file is not None else ""
         if mountpoint is None and settings.mountpoint:

@@ -127,8 +127,14 @@ class TierfsOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         text = os.fsdecode(name)
         parent = self.ns.node(parent_inode)
-        self._check_name(f"{parent.path}/{text}" if parent.path else text)  # the lake can hold no such name
-        node = await self.ns.lookup(parent_inode, text)
+        path = f"{parent.path}/{text}" if parent.path else text
+        self._check_name(path)  # the lake can hold no such name
+        try:
+            node = await self.ns.lookup(parent_inode, text)
+        except NotFound as exc:
+            if exc.errno == errno.ENOENT and self.ns.under_immutable_prefix(path):
+                return self.attrs.missing()  # never there until remount: no lookup of it again
+            raise
         self.ns.remember(node)
         return self.attrs(node)
 
