@@ -354,26 +354,33 @@ def daemon_argv(argv: list[str]) -> tuple[list[str], dict[str, str], str]:
     return out, env, exposed
 
 
-def spawn_daemon(argv: list[str], log_file: Path, timeout: float = 120.0,
+def spawn_daemon(argv: list[str], log_file: Path | None, timeout: float = 120.0,
                  env: dict[str, str] | None = None) -> tuple[int, str]:
     """Start ``tierfs mount … --foreground`` in the background; returns its pid (and notes) once ready.
 
     The child reports READY, or one line of error, through a pipe; if it dies
-    without a word, the tail of its log says why.
+    without a word, the tail of its log says why. It logs to ``log_file``
+    (rotated: ``tierfs/logfile.py``), or with None to the stderr it inherits
+    (systemd's journal).
     """
-    try:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        # 0600: the log names the lake's keys. (noqa: closed once the daemon has it.)
-        log_fh = open(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")  # noqa: SIM115
-    except OSError as exc:
-        where = "cache dir" if log_file.name == "tierfs.log" else "log file"
-        raise UserError(f"cannot write the daemon's log {log_file} ({exc.strerror or exc}): give a {where} that "
-                        "can be written (--cache-dir DIR, or --log-file FILE)") from None
+    if log_file is None:
+        out = os.dup(2)  # the journal, as ours
+    else:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            # 0600: the log names the lake's keys. Until the daemon opens the log itself, its output goes
+            # here (what a start that fails before that prints).
+            out = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            where = "cache dir" if log_file.name == "tierfs.log" else "log file"
+            raise UserError(f"cannot write the daemon's log {log_file} ({exc.strerror or exc}): give a {where} "
+                            "that can be written (--cache-dir DIR, or --log-file FILE)") from None
     read_fd, write_fd = os.pipe()
-    with log_fh, open(os.devnull, "rb") as devnull:
+    with open(out, "ab") as log_fh, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(
             # -P: the cwd is not put on sys.path, so a folder named tierfs/ there cannot shadow the package.
-            [sys.executable, "-P", "-m", "tierfs", *argv, "--foreground", "--ready-fd", str(write_fd)],
+            [sys.executable, "-P", "-m", "tierfs", *argv, "--foreground", "--ready-fd", str(write_fd),
+             *(["--log-to-file"] if log_file is not None else [])],
             stdin=devnull, stdout=log_fh, stderr=log_fh, pass_fds=(write_fd,),
             start_new_session=True, close_fds=True, env={**os.environ, **(env or {})},
         )
@@ -395,7 +402,7 @@ def spawn_daemon(argv: list[str], log_file: Path, timeout: float = 120.0,
         else:
             proc.kill()
             proc.wait()
-            raise UserError(f"the mount did not become ready within {timeout:.0f} s; see {log_file}")
+            raise UserError(f"the mount did not become ready within {timeout:.0f} s; see {log_file or 'the journal'}")
     finally:
         os.close(read_fd)
     line = message.decode(errors="replace").strip()
@@ -427,7 +434,9 @@ def report_failure(fd: int | None, message: str) -> None:
             pass
 
 
-def _tail(path: Path) -> str:
+def _tail(path: Path | None) -> str:
+    if path is None:
+        return "see the journal (journalctl)"
     try:
         lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:

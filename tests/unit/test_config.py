@@ -162,3 +162,18 @@ def test_immutable_prefixes_from_the_config_flags_and_mount_options(tmp_path: Pa
     s = load(None, opts.overrides)
     assert (s.immutable_prefixes, s.read_only_prefixes) == (("datasets/a", "datasets/b"), ("raw",))
 
+
+def test_log_rotation_settings(tmp_path: Path) -> None:
+    s = load(None)
+    assert (s.log_max_size, s.log_backups) == (64 << 20, 5)
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[log]\nmax_size = "64KiB"\nbackups = 2\n')
+    assert (load(cfg).log_max_size, load(cfg).log_backups) == (64 << 10, 2)
+    for text, message in (('max_size = "1KiB"', r"\[log\] max_size = 1024 bytes: give 0 \(never rotate\) or at "
+                                                 r"least 4KiB"),
+                          ("backups = 0", r"\[log\] backups = 0 is not allowed; expected a whole number of 1")):
+        cfg.write_text(f"[log]\n{text}\n")
+        with pytest.raises(ConfigError, match=message):
+            load(cfg)
+    cfg.write_text("[log]\nmax_size = 0\n")
+    assert load(cfg).log_max_size == 0
