@@ -268,9 +268,9 @@ class _Key:
 #   [redis] url password db key_prefix ttl max_block_size pool_size timeout secret secret_file username
 #           ca_file cert_file key_file allow_no_auth
 #   [mount] mountpoint read_only   [write] part_size upload_concurrency rename_concurrency
-#   [metrics] listen   [metadata] ttl listing_entries negative_ttl
+#   [metrics] listen   [metadata] ttl listing_entries negative_ttl immutable_prefixes
 #   [fuse] workers allow_other allow_root nonempty uid gid umask file_mode dir_mode read_ahead_kb passthrough
-#   [log] level file
+#   [log] level file max_size backups
 #   [backup] secret_file
 _KEYS = [
     _Key("lake", "url", _string, "lake_url"),
@@ -334,6 +334,7 @@ _KEYS = [
     _Key("metadata", "ttl", _positive_float, "metadata_ttl"),
     _Key("metadata", "listing_entries", _count, "listing_entries"),
     _Key("metadata", "negative_ttl", _positive_float, "negative_ttl"),
+    _Key("metadata", "immutable_prefixes", _prefixes, "immutable_prefixes"),
     _Key("fuse", "workers", _count, "fuse_workers"),
     _Key("fuse", "allow_other", _bool, "allow_other"),
     _Key("fuse", "nonempty", _bool, "allow_nonempty"),
@@ -346,6 +347,8 @@ _KEYS = [
     _Key("fuse", "dir_mode", _mode, "dir_mode"),
     _Key("log", "level", _log_level, "log_level"),
     _Key("log", "file", _path, "log_file"),
+    _Key("log", "max_size", parse_size, "log_max_size"),
+    _Key("log", "backups", _count, "log_backups"),
 ]
 _BY_ATTR = {k.attr: k for k in _KEYS}
 
@@ -425,6 +428,9 @@ class Settings:
     # Seconds a name found missing (by a stat, in a directory not listed) is answered missing without asking
     # again: Python's imports and config searches probe many. 0: ask every time.
     negative_ttl: float = 5.0
+    # Parts of the live view that never change (datasets): their metadata is cached until remount, and they
+    # refuse writes as read_only_prefixes do.
+    immutable_prefixes: tuple[str, ...] = ()
     fuse_workers: int = 64
     allow_other: bool = False
     allow_root: bool = False  # the mounting user and root only (libfuse refuses the others)
@@ -439,7 +445,9 @@ class Settings:
     file_mode: int | None = None
     dir_mode: int | None = None
     log_level: str = "info"
-    log_file: str = ""
+    log_file: str = ""  # the background daemon's log; empty: tierfs.log in the cache dir
+    log_max_size: int = 64 * 1024**2  # that log is rotated at this size (0: never)...
+    log_backups: int = 5  # ...keeping this many older files (tierfs.log.1 is the newest)
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir:
@@ -449,6 +457,10 @@ class Settings:
             base = Path("/var/cache")
         lake_id = hashlib.sha256(self.lake_url.encode()).hexdigest()[:12]
         return base / "tierfs" / lake_id
+
+    def resolved_log_file(self) -> Path:
+        """The background daemon's log: [log] file, or tierfs.log in the cache dir."""
+        return Path(self.log_file) if self.log_file else self.resolved_cache_dir() / "tierfs.log"
 
     def modes(self) -> tuple[int, int]:
         """The permission bits of (files, directories).
@@ -480,6 +492,8 @@ class Settings:
                 f"[cache] low_watermark = {self.low_watermark} must be below "
                 f"high_watermark = {self.high_watermark}"
             )
+        if 0 < self.log_max_size < 4096:
+            raise ConfigError(f"[log] max_size = {self.log_max_size} bytes: give 0 (never rotate) or at least 4KiB")
         if 0 < self.cache_size < 2 * self.block_size:
             raise ConfigError(
                 f"[cache] size = {self.cache_size} bytes is smaller than two blocks "

@@ -128,7 +128,8 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
                          settings.prefetch_memory)
     namespace = Namespace(store, settings.metadata_ttl, settings.listing_entries, limiters.metadata,
                           fetch=lambda key: fetch_through_tiers(store, reader, limiters.manifest, key),
-                          manifest_limiter=limiters.manifest, negative_ttl=settings.negative_ttl)
+                          manifest_limiter=limiters.manifest, negative_ttl=settings.negative_ttl,
+                          immutable_prefixes=settings.immutable_prefixes)
     file_mode, dir_mode = settings.modes()
     attrs = AttrMaker(settings.metadata_ttl, settings.block_size, uid=settings.uid, gid=settings.gid,
                       file_mode=file_mode, dir_mode=dir_mode)
@@ -146,7 +147,9 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
                            read_ahead_blocks=max(1, settings.read_ahead // settings.block_size), warmer=warmer,
                            writer=writer,
                            passthrough=Passthrough(disk, settings.block_size, chain.limiter, settings.passthrough))
-    ops.read_only_prefixes, ops.allow_delete = settings.read_only_prefixes, settings.allow_delete
+    # What never changes is not changed through the mount either: immutable prefixes refuse writes too.
+    ops.read_only_prefixes = settings.read_only_prefixes + settings.immutable_prefixes
+    ops.allow_delete = settings.allow_delete
     comps = Components(settings, store, chain, namespace, reader, ops, time.monotonic(), writer)
     holder.append(comps)
     return comps
@@ -351,26 +354,33 @@ def daemon_argv(argv: list[str]) -> tuple[list[str], dict[str, str], str]:
     return out, env, exposed
 
 
-def spawn_daemon(argv: list[str], log_file: Path, timeout: float = 120.0,
+def spawn_daemon(argv: list[str], log_file: Path | None, timeout: float = 120.0,
                  env: dict[str, str] | None = None) -> tuple[int, str]:
     """Start ``tierfs mount … --foreground`` in the background; returns its pid (and notes) once ready.
 
     The child reports READY, or one line of error, through a pipe; if it dies
-    without a word, the tail of its log says why.
+    without a word, the tail of its log says why. It logs to ``log_file``
+    (rotated: ``tierfs/logfile.py``), or with None to the stderr it inherits
+    (systemd's journal).
     """
-    try:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        # 0600: the log names the lake's keys. (noqa: closed once the daemon has it.)
-        log_fh = open(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")  # noqa: SIM115
-    except OSError as exc:
-        where = "cache dir" if log_file.name == "tierfs.log" else "log file"
-        raise UserError(f"cannot write the daemon's log {log_file} ({exc.strerror or exc}): give a {where} that "
-                        "can be written (--cache-dir DIR, or --log-file FILE)") from None
+    if log_file is None:
+        out = os.dup(2)  # the journal, as ours
+    else:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            # 0600: the log names the lake's keys. Until the daemon opens the log itself, its output goes
+            # here (what a start that fails before that prints).
+            out = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            where = "cache dir" if log_file.name == "tierfs.log" else "log file"
+            raise UserError(f"cannot write the daemon's log {log_file} ({exc.strerror or exc}): give a {where} "
+                            "that can be written (--cache-dir DIR, or --log-file FILE)") from None
     read_fd, write_fd = os.pipe()
-    with log_fh, open(os.devnull, "rb") as devnull:
+    with open(out, "ab") as log_fh, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(
             # -P: the cwd is not put on sys.path, so a folder named tierfs/ there cannot shadow the package.
-            [sys.executable, "-P", "-m", "tierfs", *argv, "--foreground", "--ready-fd", str(write_fd)],
+            [sys.executable, "-P", "-m", "tierfs", *argv, "--foreground", "--ready-fd", str(write_fd),
+             *(["--log-to-file"] if log_file is not None else [])],
             stdin=devnull, stdout=log_fh, stderr=log_fh, pass_fds=(write_fd,),
             start_new_session=True, close_fds=True, env={**os.environ, **(env or {})},
         )
@@ -392,7 +402,7 @@ def spawn_daemon(argv: list[str], log_file: Path, timeout: float = 120.0,
         else:
             proc.kill()
             proc.wait()
-            raise UserError(f"the mount did not become ready within {timeout:.0f} s; see {log_file}")
+            raise UserError(f"the mount did not become ready within {timeout:.0f} s; see {log_file or 'the journal'}")
     finally:
         os.close(read_fd)
     line = message.decode(errors="replace").strip()
@@ -424,7 +434,9 @@ def report_failure(fd: int | None, message: str) -> None:
             pass
 
 
-def _tail(path: Path) -> str:
+def _tail(path: Path | None) -> str:
+    if path is None:
+        return "see the journal (journalctl)"
     try:
         lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:

@@ -1,4 +1,4 @@
-"""The systemd notify protocol (Type=notify units), spoken directly: no libsystemd needed."""
+"""systemd: the notify protocol (Type=notify units) without libsystemd, and whether stderr is the journal."""
 
 from __future__ import annotations
 
@@ -24,3 +24,19 @@ def sd_notify(message: str) -> bool:
     except OSError as exc:
         log.warning("could not notify systemd at %s: %s", address, exc)
         return False
+
+
+def journal_stderr() -> bool:
+    """Whether stderr is systemd's journal: JOURNAL_STREAM names its device and inode (systemd.exec(5)).
+
+    Compared with stderr itself, not just present: a process started by a
+    unit's process with its stderr sent elsewhere (a file, /dev/null)
+    inherits the variable. INVOCATION_ID is not enough for the same reason:
+    every process of a unit has it, wherever its stderr goes.
+    """
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return bool(value) and value == f"{st.st_dev}:{st.st_ino}"

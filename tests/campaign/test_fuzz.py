@@ -292,8 +292,8 @@ def test_config_opens_a_lake(tmp_path: Path, doc: dict[str, Any], memory: bool) 
 
 
 OPTION_NAMES = st.sampled_from(["config", "cache_dir", "cache_size", "ram_size", "block_size", "metadata_ttl",
-                                 "log_file", "log_level", "metrics", "read_only_prefixes", "ro", "rw", "allow_other",
-                                 "nonempty", "no_delete", "allow_readable_secrets", "foreground", "f", "_netdev",
+                                 "log_file", "log_level", "metrics", "read_only_prefixes", "immutable_prefixes", "ro",
+                                 "rw", "allow_other", "nonempty", "no_delete", "allow_readable_secrets", "foreground", "f", "_netdev",
                                  "x-systemd.automount", "comment=x", "defaults", "nope", "cache-size", ""])
 MOUNT_OPTIONS = st.lists(st.builds(lambda n, eq, v: f"{n}{eq}{v}", st.one_of(OPTION_NAMES, st.text(max_size=6)),
                                    st.sampled_from(["", "=", "=="]), st.one_of(SIZES, WORDS, st.text(max_size=8))),

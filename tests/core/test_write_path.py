@@ -136,3 +136,20 @@ async def test_rename_flags_and_targets(comps: Any) -> None:
     with pytest.raises(pyfuse3.FUSEError) as e:
         await ops.rename(ROOT_INODE, b"x", x.st_ino, b"inside", 0, None)
     assert e.value.errno == errno.EINVAL
+
+
+async def test_a_read_only_prefix_cannot_be_deleted_or_moved_from_above(comps: Any) -> None:
+    """The prefix's own name (a file, or the directory) and the directories above it are protected too."""
+    ops, store = comps.operations, comps.store
+    store.put_bytes("ds/labels.csv", b"l")
+    store.put_bytes("ds/frozen/x.bin", b"x")
+    ops.read_only_prefixes = ("ds/labels.csv", "ds/frozen")
+    ds = await ops.lookup(ROOT_INODE, b"ds", None)
+    for call in (lambda: ops.unlink(ds.st_ino, b"labels.csv", None),  # the prefix names a file: it stays
+                 lambda: ops.rename(ds.st_ino, b"labels.csv", ds.st_ino, b"other.csv", 0, None),
+                 lambda: ops.rename(ROOT_INODE, b"ds", ROOT_INODE, b"moved", 0, None)):  # would move ds/frozen
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await call()
+        assert e.value.errno == errno.EROFS
+    assert store.read_all("ds/labels.csv") == b"l" and store.read_all("ds/frozen/x.bin") == b"x"
+    assert not store.exists("moved/a.bin")

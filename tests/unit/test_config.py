@@ -146,3 +146,34 @@ def test_mount_options_for_owners_and_modes() -> None:
     opts = mount_options.parse(("rw,uid=1000,gid=staff,umask=027,file_mode=0640,dir-mode=0750,allow_root",))
     assert opts.overrides == {"read_only": False, "uid": "1000", "gid": "staff", "umask": "027",
                               "file_mode": "0640", "dir_mode": "0750", "allow_root": True}
+
+
+def test_immutable_prefixes_from_the_config_flags_and_mount_options(tmp_path: Path) -> None:
+    from tierfs.cli import mount_options
+
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[metadata]\nimmutable_prefixes = ["datasets/imagenet/", "/datasets/coco", "/"]\n')
+    assert load(cfg).immutable_prefixes == ("datasets/imagenet", "datasets/coco")
+    cfg.write_text("[metadata]\nimmutable_prefixes = 3\n")
+    with pytest.raises(ConfigError, match=r"\[metadata\] immutable_prefixes = 3 is not allowed; expected a list of "
+                                          r"lake prefixes"):
+        load(cfg)
+    opts = mount_options.parse(("immutable_prefixes=datasets/a:datasets/b/,read_only_prefixes=raw",))
+    s = load(None, opts.overrides)
+    assert (s.immutable_prefixes, s.read_only_prefixes) == (("datasets/a", "datasets/b"), ("raw",))
+
+
+def test_log_rotation_settings(tmp_path: Path) -> None:
+    s = load(None)
+    assert (s.log_max_size, s.log_backups) == (64 << 20, 5)
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[log]\nmax_size = "64KiB"\nbackups = 2\n')
+    assert (load(cfg).log_max_size, load(cfg).log_backups) == (64 << 10, 2)
+    for text, message in (('max_size = "1KiB"', r"\[log\] max_size = 1024 bytes: give 0 \(never rotate\) or at "
+                                                 r"least 4KiB"),
+                          ("backups = 0", r"\[log\] backups = 0 is not allowed; expected a whole number of 1")):
+        cfg.write_text(f"[log]\n{text}\n")
+        with pytest.raises(ConfigError, match=message):
+            load(cfg)
+    cfg.write_text("[log]\nmax_size = 0\n")
+    assert load(cfg).log_max_size == 0

@@ -58,6 +58,36 @@ async def test_ttl_expiry_sees_upstream_change(flaky: Any) -> None:
     assert node.size == 5 and node.ref != ref1
 
 
+async def test_an_immutable_prefix_is_trusted_past_the_ttl(flaky: Any) -> None:
+    """Under [metadata] immutable_prefixes, what was seen holds until the mount ends: no request, however old."""
+    f, store, fs = flaky
+    for path in ("ds/a", "ds/b", "ds/sub/c", "ds2/a", "x"):
+        fs.pipe(f"{store.root}/{path}", b"one")
+    ns = Namespace(store, 0.0, 1_000_000, trio.CapacityLimiter(4), immutable_prefixes=("ds",))
+    ds, ds2 = await ns.lookup(ROOT_INODE, "ds"), await ns.lookup(ROOT_INODE, "ds2")
+    a = await ns.lookup(ds.inode, "a")  # a stat (the first name of a directory)...
+    await ns.list_dir(ds.inode)  # ...then its listing
+    sub = await ns.lookup(ds.inode, "sub")
+    await ns.lookup(sub.inode, "c")
+    with pytest.raises(NotFound):
+        await ns.lookup(sub.inode, "missing")  # (a stat: sub has one name looked up before it)
+    assert (a.immutable, sub.immutable, ds.immutable, ds2.immutable) == (True, True, True, False)
+    _, _, keep = await ns.open(a.inode)
+    assert keep  # the kernel's pages are kept from the first open
+    for path in ("ds/a", "ds/new", "ds/sub/missing", "ds2/a"):
+        fs.pipe(f"{store.root}/{path}", b"changed")
+    fs.rm(f"{store.root}/ds/b")
+    before = dict(f.calls)
+    assert [e.name for e in await ns.list_dir(ds.inode)] == ["a", "b", "sub"]
+    assert (await ns.getattr(a.inode)).size == 3 and (await ns.lookup(ds.inode, "b")).size == 3
+    for parent, name in ((ds, "new"), (sub, "missing")):
+        with pytest.raises(NotFound):
+            await ns.lookup(parent.inode, name)
+    assert f.calls == before
+    assert (await ns.lookup(ds2.inode, "a")).size == 7  # outside the prefix: the TTL (0) holds
+    assert ns.under_immutable_prefix("ds/a") and not ns.under_immutable_prefix("ds2/a")
+
+
 async def test_keep_cache_only_while_ref_unchanged(flaky: Any) -> None:
     f, store, fs = flaky
     fs.pipe(f"{store.root}/x", b"one")

@@ -22,9 +22,11 @@ _CLIENT_LOGGERS = ("botocore", "aiobotocore", "s3fs", "gcsfs", "google", "adlfs"
                    "pyfuse3", "redis")
 
 
-def setup_logging(level: int) -> None:
-    """Log lines to stderr (journald adds the time under systemd); client libraries at WARNING or above."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def setup_logging(level: int, handler: logging.Handler | None = None) -> None:
+    """Log lines to stderr (journald adds the time under systemd) or to ``handler`` (the daemon's log file);
+    client libraries at WARNING or above."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=[handler or logging.StreamHandler(sys.stderr)])
     for name in _CLIENT_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, level))
 

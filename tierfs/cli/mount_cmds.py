@@ -46,8 +46,8 @@ PID_XATTR = "user.tierfs.pid"
                    "belongs in the config.  [config: [redis] url]")
 @click.option("--metrics", "metrics_listen", metavar="HOST:PORT", help="Serve Prometheus metrics there (off by default).  "
               "[config: [metrics] listen]")
-@click.option("--log-file", metavar="FILE", help="Where the background daemon logs (default: tierfs.log in the cache "
-              "dir).  [config: [log] file]")
+@click.option("--log-file", metavar="FILE", help="Where the background daemon logs, rotated at [log] max_size "
+              "(default: tierfs.log in the cache dir; none when stderr is systemd's journal).  [config: [log] file]")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="How much to log.  "
               "[default: info; config: [log] level]")
 @click.option("--read-only", "read_only", is_flag=True, default=None,
@@ -79,6 +79,10 @@ PID_XATTR = "user.tierfs.pid"
 @click.option("--read-only-prefix", "read_only_prefixes", multiple=True, metavar="PREFIX",
               help="A part of the live view that refuses writes (repeat for more), e.g. datasets/.  "
                    "[config: [mount] read_only_prefixes]")
+@click.option("--immutable-prefix", "immutable_prefixes", multiple=True, metavar="PREFIX",
+              help="A part of the live view that never changes (repeat for more), e.g. datasets/imagenet/: its "
+                   "listings and attributes are cached until remount, and it refuses writes.  "
+                   "[config: [metadata] immutable_prefixes]")
 @click.option("--no-delete", "no_delete", is_flag=True, default=None,
               help="Refuse unlink, rmdir and rename over a file (EPERM), so rm -rf on one node cannot wipe the lake.  "
                    "[config: [mount] allow_delete = false]")
@@ -89,6 +93,7 @@ PID_XATTR = "user.tierfs.pid"
                    "uid=USER, file_mode=OCTAL, ...; fstab's own (_netdev, nofail, x-systemd.*) are ignored.")
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground and log to stderr.")
 @click.option("--ready-fd", type=int, hidden=True)
+@click.option("--log-to-file", is_flag=True, hidden=True)  # (the background daemon: its log file, rotated)
 def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | None, s3_endpoint_url: str | None,
           s3_region: str | None, s3_profile: str | None, cache_dir: str | None,
           cache_size: str | None, ram_size: str | None, block_size: str | None,
@@ -96,8 +101,9 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
           log_file: str | None, log_level: str | None, read_only: bool | None, allow_other: bool | None,
           allow_root: bool | None, uid: str | None, gid: str | None, umask: str | None, file_mode: str | None,
           dir_mode: str | None, allow_nonempty: bool | None, no_passthrough: bool | None,
-          read_only_prefixes: tuple[str, ...], no_delete: bool | None,
-          allow_readable_secrets: bool, options: tuple[str, ...], foreground: bool, ready_fd: int | None) -> None:
+          read_only_prefixes: tuple[str, ...], immutable_prefixes: tuple[str, ...], no_delete: bool | None,
+          allow_readable_secrets: bool, options: tuple[str, ...], foreground: bool, ready_fd: int | None,
+          log_to_file: bool) -> None:
     """Mount LAKE_URL at MOUNTPOINT.
 
     LAKE_URL is an fsspec URL: file:///path, s3://bucket/prefix (endpoint and
@@ -126,6 +132,7 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
             "log_file": log_file, "log_level": log_level, "redis_url": redis_url,
             "metrics_listen": metrics_listen, "read_only": read_only or None,
             "read_only_prefixes": list(read_only_prefixes) or None, "allow_delete": False if no_delete else None,
+            "immutable_prefixes": list(immutable_prefixes) or None,
         }.items() if v is not None}})
         exposed = check_private(config_file, settings, allow_readable_secrets) if config_file is not None else ""
         if mountpoint is None and settings.mountpoint:
@@ -137,10 +144,13 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
 
         check_cache_dir(settings.resolved_cache_dir())  # before the daemon's log is written in there
         if not foreground:
-            log_path = Path(settings.log_file) if settings.log_file else settings.resolved_cache_dir() / "tierfs.log"
+            from tierfs.systemd import journal_stderr
+
+            # Under systemd's journal the daemon keeps logging there (journald stores and rotates it).
+            log_path = None if journal_stderr() else settings.resolved_log_file()
             argv, env, exposed_argv = mount_mod.daemon_argv(sys.argv[1:])
             pid, notes = mount_mod.spawn_daemon(argv, log_path, env=env)
-            click.echo(f"mounted {settings.lake_url} at {mountpoint} (pid {pid}, log {log_path})")
+            click.echo(f"mounted {settings.lake_url} at {mountpoint} (pid {pid}, log {log_path or 'to the journal'})")
             if exposed_argv:
                 notes = "; ".join(n for n in (notes, f"{exposed_argv} was given on the command line, where any user "
                                               "can read it (ps): put it in a config file only root can read") if n)
@@ -149,7 +159,7 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
             if notes:
                 click.echo(f"note: {notes}")
             return
-        _setup_logging(settings)
+        _setup_logging(settings, log_to_file)
         if exposed:
             log.warning("%s", exposed)
         mount_mod.run_foreground(settings, mountpoint, mount_mod.notify_ready(ready_fd))
@@ -282,9 +292,14 @@ def render_rates(before: dict[str, Any], after: dict[str, Any], seconds: float) 
     return time.strftime("%H:%M:%S ") + " | ".join(parts)
 
 
-def _setup_logging(settings: Settings) -> None:
+def _setup_logging(settings: Settings, to_file: bool) -> None:
+    """Stderr (--foreground: a terminal, or systemd's journal), or the background daemon's rotated log file."""
+    from tierfs.logfile import LogFile
+
     level = "debug" if os.environ.get("TIERFS_DEBUG") else settings.log_level
-    setup_logging(getattr(logging, level.upper()))
+    handler = LogFile(settings.resolved_log_file(), settings.log_max_size, settings.log_backups,
+                      stdio=True) if to_file else None
+    setup_logging(getattr(logging, level.upper()), handler)
 
 
 @cli.command()

@@ -3,7 +3,9 @@
 Each option is a flag's twin: `config=FILE` is `--config FILE`, `cache_size=50GiB`
 is `--cache-size 50GiB`, `ro` is `--read-only`, `allow_other` is `[fuse]
 allow_other`, `uid=alice,file_mode=0640` is `--uid alice --file-mode 0640`
-(mount(8) hands on `uid=alice` as `uid=1001`). The options mount(8) and systemd
+(mount(8) hands on `uid=alice` as `uid=1001`), `immutable_prefixes=datasets/a:datasets/b`
+is `--immutable-prefix datasets/a --immutable-prefix datasets/b` (a list takes
+':' between its items, since ',' separates options). The options mount(8) and systemd
 keep for themselves (`_netdev`, `nofail`, `noauto`, `x-systemd.*`, …) are
 accepted and ignored.
 """
@@ -20,9 +22,13 @@ _VALUED = {
     "cache_dir": "cache_dir", "cache_size": "cache_size", "ram_size": "ram_size", "block_size": "block_size",
     "metadata_ttl": "metadata_ttl", "log_file": "log_file", "log_level": "log_level", "metrics": "metrics_listen",
     "read_only_prefixes": "read_only_prefixes",  # read_only_prefixes=datasets:raw (':' between prefixes)
+    "immutable_prefixes": "immutable_prefixes",  # immutable_prefixes=datasets/imagenet:datasets/coco
     "endpoint": "s3_endpoint_url", "region": "s3_region", "profile": "s3_profile",
     "uid": "uid", "gid": "gid", "umask": "umask", "file_mode": "file_mode", "dir_mode": "dir_mode",
 }
+#: Options that carry a list: ':' between its items (fstab's ',' already separates options). Given twice, the
+#: last one wins, as for every option: one option names the whole list.
+_LISTS = frozenset({"read_only_prefixes", "immutable_prefixes"})
 #: flags -> (Settings attribute, value)
 _FLAGS: dict[str, tuple[str, Any]] = {
     "ro": ("read_only", True), "rw": ("read_only", False), "read_only": ("read_only", True),
@@ -57,7 +63,7 @@ def parse(groups: tuple[str, ...]) -> MountOptions:
             if key == "config" and eq:
                 out.config = value
             elif key in _VALUED and eq:
-                out.overrides[_VALUED[key]] = value.replace(":", ",") if key == "read_only_prefixes" else value
+                out.overrides[_VALUED[key]] = value.replace(":", ",") if key in _LISTS else value
             elif key in _FLAGS and not eq:
                 attr, flag = _FLAGS[key]
                 out.overrides[attr] = flag

@@ -65,7 +65,7 @@ class AttrMaker:
         a = pyfuse3.EntryAttributes()
         a.st_ino = pyfuse3.InodeT(node.inode)
         a.generation = 0
-        # Snapshot contents never change: the kernel may keep them for good.
+        # Snapshot contents (and immutable prefixes) never change: the kernel may keep them for good.
         timeout = FOREVER if node.immutable else self.ttl
         a.entry_timeout = timeout
         a.attr_timeout = 0.0 if being_written(node) else timeout
@@ -83,6 +83,14 @@ class AttrMaker:
         a.st_blksize = min(self.block_size, 1 << 20)
         a.st_blocks = (a.st_size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns or self.started_ns
+        return a
+
+
+    def missing(self) -> pyfuse3.EntryAttributes:
+        """A name that is not there and never will be (an immutable prefix): the kernel remembers it as missing."""
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = pyfuse3.InodeT(0)  # (no inode: a negative entry, kept for entry_timeout)
+        a.entry_timeout = FOREVER
         return a
 
 

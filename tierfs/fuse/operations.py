@@ -31,6 +31,7 @@ from tierfs.fuse.passthrough import Mode, Passthrough
 from tierfs.metrics import FUSE_SECONDS, Counters, observe
 from tierfs.namespace.inodes import ROOT_INODE, Node
 from tierfs.namespace.live import RESERVED, Namespace
+from tierfs.namespace.prefixes import holds, under
 from tierfs.namespace.snapshots import in_tree
 from tierfs.refs import ObjectRef
 from tierfs.store.objects import Changed, Entry
@@ -126,8 +127,14 @@ class TierfsOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         text = os.fsdecode(name)
         parent = self.ns.node(parent_inode)
-        self._check_name(f"{parent.path}/{text}" if parent.path else text)  # the lake can hold no such name
-        node = await self.ns.lookup(parent_inode, text)
+        path = f"{parent.path}/{text}" if parent.path else text
+        self._check_name(path)  # the lake can hold no such name
+        try:
+            node = await self.ns.lookup(parent_inode, text)
+        except NotFound as exc:
+            if exc.errno == errno.ENOENT and self.ns.under_immutable_prefix(path):
+                return self.attrs.missing()  # never there until remount: no lookup of it again
+            raise
         self.ns.remember(node)
         return self.attrs(node)
 
@@ -427,8 +434,8 @@ class TierfsOperations(pyfuse3.Operations):
             dst: Node | None = await self.ns.lookup(parent_new, os.fsdecode(name_new))
         except NotFound:
             dst = None
-        if self._protected(old) or self._protected(new):
-            raise ReadOnly(old if self._protected(old) else new)
+        if holds(old, self.read_only_prefixes):
+            raise ReadOnly(old)  # it would take a read-only part of the lake along
         if dst is not None:
             if flags & RENAME_NOREPLACE:
                 raise Exists(new)
@@ -478,7 +485,7 @@ class TierfsOperations(pyfuse3.Operations):
         return self.writer
 
     def _protected(self, path: str) -> bool:
-        return any(path == p or path.startswith(p + "/") for p in self.read_only_prefixes)
+        return under(path, self.read_only_prefixes)
 
     def _may_delete(self, path: str) -> None:
         """With deletes forbidden ([mount] allow_delete = false): EPERM, so `rm -rf` on one node cannot empty the lake."""
@@ -493,6 +500,8 @@ class TierfsOperations(pyfuse3.Operations):
         if parent.path == "" and text in RESERVED:
             raise ReadOnly(text)
         path = f"{parent.path}/{text}" if parent.path else text
+        if self._protected(path):
+            raise ReadOnly(path)  # (the prefix's own name too: its parent may be writable)
         self._check_name(path)
         return parent, path
 

@@ -46,7 +46,7 @@ class Node:
         self.cached_ref: ObjectRef | None = None  # ref whose pages the kernel may hold
         self.last_tier = ""  # which tier served this file's last read
         self.read_only = read_only
-        self.immutable = immutable  # inside a snapshot: metadata and bytes never change
+        self.immutable = immutable  # in a snapshot or an immutable prefix: metadata and bytes never change
         self.listed = 0  # a directory: digest of the names the kernel may hold in its directory cache
 
 
@@ -83,8 +83,13 @@ class InodeTable:
         """The node for ``path``, created or updated with fresh metadata.
 
         A path that turned from file to directory (or back) gets a new inode.
+        An immutable node keeps what it was made with: the kernel keeps its
+        attributes and pages for good, so they must stay those of one version
+        (a later listing may have seen another: the user's dataset changed).
         """
         node = self.by_path(path)
+        if node is not None and node.immutable:
+            return node
         if node is not None and node.is_dir != is_dir:
             self._unlink_path(node)
             node = None

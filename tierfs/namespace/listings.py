@@ -1,4 +1,4 @@
-"""Directory listings cached for the metadata TTL, bounded by entry count."""
+"""Directory listings cached for the metadata TTL (or for good: ``lasting``), bounded by entry count."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ def _name(entry: Entry) -> str:
 class Listing:
     """One directory's entries, sorted by name, and the same entries by name."""
 
-    def __init__(self, entries: list[Entry], fetched_at: float):
+    def __init__(self, entries: list[Entry], fetched_at: float, lasting: bool = False):
         self._entries = entries  # sorted by name
         self.fetched_at = fetched_at
+        self.lasting = lasting  # never expires (an immutable prefix): kept until pushed out by the bound
         self.by_name = {e.name: e for e in entries}
         self._handed_out = False
 
@@ -65,13 +66,13 @@ class ListingCache:
         listing = self._lists.get(path)
         if listing is None:
             return None
-        if not stale_ok and time.monotonic() - listing.fetched_at > self.ttl:
+        if not stale_ok and not listing.lasting and time.monotonic() - listing.fetched_at > self.ttl:
             return None
         self._lists.move_to_end(path)
         return listing
 
-    def put(self, path: str, entries: list[Entry], fetched_at: float) -> Listing:
-        listing = Listing(sorted(entries, key=_name), fetched_at)
+    def put(self, path: str, entries: list[Entry], fetched_at: float, lasting: bool = False) -> Listing:
+        listing = Listing(sorted(entries, key=_name), fetched_at, lasting)
         self.drop(path)
         if len(entries) <= self.max_entries // 2:
             self._lists[path] = listing

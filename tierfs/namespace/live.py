@@ -7,6 +7,11 @@ a change upstream becomes visible within one TTL; the ObjectRef a file had at
 (StoreError), lookups, attributes and listings are answered from the last
 listing or stat seen, however old (``stale.py``), and refreshed in the
 background once it answers again.
+
+Under an immutable prefix (``[metadata] immutable_prefixes``: datasets that
+never change) listings, stats and missing names are trusted until the mount
+ends, and the nodes are ``immutable`` as a snapshot's are (the kernel keeps
+their entries, attributes, pages and listings for good).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from tierfs.limits import in_thread
 from tierfs.namespace.inodes import ROOT_INODE, InodeTable, Node
 from tierfs.namespace.listings import Listing, ListingCache
 from tierfs.namespace.overlay import Overlay
+from tierfs.namespace.prefixes import under
 from tierfs.namespace.snapshots import SNAPSHOTS_DIR, Fetch, SnapshotTree, in_tree, is_immutable
 from tierfs.namespace.stale import LISTING, STAT, Outage
 from tierfs.refs import ObjectRef
@@ -44,10 +50,11 @@ class NotADirectory(NotFound):
 class Namespace:
     def __init__(self, store: ObjectStore, ttl: float, listing_entries: int, limiter: trio.CapacityLimiter,
                  fetch: Fetch | None = None, manifest_limiter: trio.CapacityLimiter | None = None,
-                 negative_ttl: float = 0.0):
+                 negative_ttl: float = 0.0, immutable_prefixes: tuple[str, ...] = ()):
         """``limiter``: the metadata limiter (listings, stats). ``fetch``: whole lake objects (manifests)."""
         self.store = store
         self.ttl = ttl
+        self.immutable_prefixes = immutable_prefixes
         self.inodes = InodeTable()
         self.listings = ListingCache(ttl, listing_entries)
         self.overlay = Overlay()  # what this mount wrote that the lake does not have yet
@@ -215,6 +222,10 @@ class Namespace:
         self.listings.update(old_parent, old_name, None)
         self.changed(new, entry)
 
+    def under_immutable_prefix(self, path: str) -> bool:
+        """Whether ``path`` lies in a part of the live view that never changes: what was seen of it holds."""
+        return under(path, self.immutable_prefixes)
+
     # -- internals --------------------------------------------------------
     async def _any_entry(self, path: str, parent: str, name: str) -> Entry:
         if in_tree(path):
@@ -251,7 +262,7 @@ class Namespace:
         fetched_at = time.monotonic()
         entries = await self._ask_store(self.store.list_dir, path)
         self._unlisted.pop(path, None)
-        listing = self.listings.put(path, entries, fetched_at)
+        listing = self.listings.put(path, entries, fetched_at, lasting=self.under_immutable_prefix(path))
         if self.listings.get(path, stale_ok=True) is None:
             self._too_large[path] = None
             self._too_large.move_to_end(path)
@@ -262,12 +273,13 @@ class Namespace:
         return listing
 
     async def _stat(self, path: str) -> Entry:
+        lasting = self.under_immutable_prefix(path)
         cached = self._stats.get(path)
-        if cached is not None and time.monotonic() - cached[1] <= self.ttl:
+        if cached is not None and (lasting or time.monotonic() - cached[1] <= self.ttl):
             return cached[0]
         missing_since = self._missing.get(path)
         if missing_since is not None:
-            if time.monotonic() - missing_since <= self.negative_ttl:
+            if lasting or time.monotonic() - missing_since <= self.negative_ttl:
                 raise NotFound(path)
             del self._missing[path]
         if self.outage.down():
@@ -288,7 +300,7 @@ class Namespace:
             entry = await self._ask_store(self.store.stat, path)
         except NotFound:
             self._stats.pop(path, None)
-            if self.negative_ttl > 0:
+            if self.negative_ttl > 0 or self.under_immutable_prefix(path):
                 self._missing[path] = now
                 self._missing.move_to_end(path)
                 while len(self._missing) > self._stats_max:
@@ -373,7 +385,7 @@ class Namespace:
         path = _join(parent_path, entry.name)
         return self.inodes.upsert(
             path, entry.is_dir, entry.size, entry.mtime_ns, entry.ref, checked,
-            read_only=in_tree(path), immutable=is_immutable(path),
+            read_only=in_tree(path), immutable=is_immutable(path) or self.under_immutable_prefix(path),
         )
 
 
