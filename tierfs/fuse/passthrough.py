@@ -45,6 +45,10 @@ from tierfs.tiers.disk import DiskTier
 log = logging.getLogger(__name__)
 
 
+_ASSEMBLY_TRIES = 5
+_MISSING = object()
+
+
 class Mode(Enum):
     CACHED = "cached"  # the kernel's page cache of the FUSE file; reads come to us
     PASSTHROUGH = "passthrough"  # the kernel reads the backing file itself
@@ -157,21 +161,29 @@ class Passthrough:
 
     async def _assemble(self, ref: ObjectRef) -> None:
         try:
-            await in_thread(self._assemble_now, ref, limiter=self._assembly_limiter)
+            # The blocks a read just fetched land on the disk behind its replies: give them a few seconds.
+            for _ in range(_ASSEMBLY_TRIES):
+                if await in_thread(self._assemble_now, ref, limiter=self._assembly_limiter) is not _MISSING:
+                    return
+                await trio.sleep(1)
         except Exception as exc:  # (a task of the mount's nursery: a copy not written is a file not passed through)
             log.warning("passthrough: writing the whole-file copy of %s failed: %s: %s", ref.key,
                         type(exc).__name__, exc)
         finally:
             self._assembling.discard(ref)
 
-    def _assemble_now(self, ref: ObjectRef) -> None:
+    def _assemble_now(self, ref: ObjectRef) -> object:
+        """Write the copy if all blocks are here; _MISSING if some are not (yet)."""
         assert self.disk is not None
         whole = ref.whole_key(self.block_size)
         parts = [ref.block_key(i, self.block_size) for i in range(-(-ref.size // self.block_size))]
-        if self.disk.holds([whole]) or not self.disk.holds(parts):
-            return
+        if self.disk.holds([whole]):
+            return None
+        if not self.disk.holds(parts):
+            return _MISSING
         if self.disk.assemble(whole, parts, ref.size):
             self.stats.add("whole_file_copies")
+        return None
 
     def release(self, inode: int, mode: Mode) -> None:
         if mode is Mode.CACHED:
