@@ -72,7 +72,8 @@ else
 fi
 
 # 2. pyfuse3 with the patch, built once per (patch, libfuse) and kept.
-WHEELS=$CACHE/pyfuse3-$TAG-$(echo "${RPATH:-system}" | sha256sum | cut -c1-8)
+PYTAG=$("$VENV/bin/python" -c 'import sys; print(sys.implementation.cache_tag)')
+WHEELS=$CACHE/pyfuse3-$TAG-$PYTAG-$(echo "${RPATH:-system}" | sha256sum | cut -c1-8)
 wheel=$(ls "$WHEELS"/pyfuse3-$PYFUSE3-*.whl 2>/dev/null | head -1 || true)
 if [ -z "$wheel" ]; then
   if ! checked "$CACHE/$PYFUSE3_TAR" "$PYFUSE3_SHA256"; then

@@ -273,7 +273,8 @@ async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Call
         nursery.start_soon(fuse_main)
         # The kernel sets the mount's read-ahead from FUSE INIT, the first
         # request served: raise it once that is done.
-        await trio.sleep(0.2)
+        with trio.move_on_after(10):
+            await comps.operations.initialized.wait()
         await trio.to_thread.run_sync(set_kernel_read_ahead, mountpoint, comps.settings.kernel_read_ahead_kb)
         log.info("fast paths: passthrough %s; read-only opens without a flush round trip",
                  comps.operations.passthrough.start(comps.settings.resolved_cache_dir() / "LAYOUT", nursery))

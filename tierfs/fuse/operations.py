@@ -87,6 +87,7 @@ class _FileHandle:
     staged: StagedFile | None = None  # reads and writes go to the staged bytes
     writable: bool = False
     mode: Mode = Mode.CACHED  # how the kernel serves it (passthrough.py)
+    ino: int = 0  # the inode the kernel opened (the node's may differ once its name means another)
 
 
 @dataclass
@@ -104,6 +105,8 @@ class TierfsOperations(pyfuse3.Operations):
         # Asked of the kernel at INIT (pyfuse3 with tierfs' patch); each open then decides.
         self.passthrough = passthrough or Passthrough(None, reader.block_size, trio.CapacityLimiter(1), False)
         self.enable_passthrough = self.passthrough.wanted
+        self.passthrough_stack_depth = self.passthrough.stack_depth
+        self.initialized = trio.Event()
         self.writer = writer  # None: a read-only mount
         self.read_only_prefixes: tuple[str, ...] = ()
         self.allow_delete = True
@@ -121,6 +124,10 @@ class TierfsOperations(pyfuse3.Operations):
 
     def open_files(self) -> int:
         return len(self._files)
+
+    def init(self) -> None:
+        """pyfuse3 calls this once it has answered the kernel's INIT (what passthrough waits for)."""
+        self.initialized.set()
 
     # -- names ------------------------------------------------------------
     @_guard
@@ -157,7 +164,7 @@ class TierfsOperations(pyfuse3.Operations):
         # the ones it was given (a snapshot's never change; the live view's
         # within the TTL). The kernel drops it itself when this mount changes
         # the directory.
-        listed = hash(tuple((e.name, e.is_dir) for e in entries))
+        listed = hash(tuple((e.name, e.is_dir, self.ns.inode_of(node.path, e.name)) for e in entries))
         keep = node.immutable or node.listed == listed
         node.listed = listed
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), cache_readdir=True, keep_cache=keep)
@@ -214,7 +221,8 @@ class TierfsOperations(pyfuse3.Operations):
         if mode is Mode.PASSTHROUGH:
             node.cached_ref = None  # the FUSE page cache was bypassed: keep nothing of it at the next open
         fh = next(self._fh)
-        self._files[fh] = _FileHandle(node, ref, ReadAhead(self.reader.block_size, self.read_ahead_blocks), mode=mode)
+        self._files[fh] = _FileHandle(node, ref, ReadAhead(self.reader.block_size, self.read_ahead_blocks), mode=mode,
+                                      ino=inode)
         # A read-only open has nothing to flush at close: no FLUSH round trip.
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache and mode is Mode.CACHED,
                                 backing_id=backing_id, noflush=True)
@@ -234,7 +242,8 @@ class TierfsOperations(pyfuse3.Operations):
         self.ns.opened(node)
         node.cached_ref = None  # the kernel's pages of the old object must not be kept
         fh = next(self._fh)
-        self._files[fh] = _FileHandle(node, staged.ref(), ReadAhead(self.reader.block_size, 0), staged, writable)
+        self._files[fh] = _FileHandle(node, staged.ref(), ReadAhead(self.reader.block_size, 0), staged, writable,
+                                      ino=node.inode)
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=False, noflush=not writable)
 
     @_guard
@@ -242,6 +251,9 @@ class TierfsOperations(pyfuse3.Operations):
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent, path = self._new_name(parent_inode, name)
         writer = self._writer_for(parent)
+        old = self.ns.inodes.by_path(path)  # a name the kernel thought gone, whose node is still passed through
+        if old is not None and self.passthrough.backed(old.inode):
+            self.ns.renumber(old)
         staged = await writer.create(path)
         node = self.ns.staged_node(path)
         self.ns.remember(node)
@@ -301,7 +313,7 @@ class TierfsOperations(pyfuse3.Operations):
         handle = self._files.pop(fh, None)
         if handle is None:
             return
-        self.passthrough.release(handle.node.inode, handle.mode)
+        self.passthrough.release(handle.ino, handle.mode)
         if handle.mode is Mode.CACHED and handle.staged is None:
             self.passthrough.assemble_soon(handle.ref)  # read through: passed through from its next open, if whole
         if handle.staged is not None and self.writer is not None and self.writer.release(handle.staged):

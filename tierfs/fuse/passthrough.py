@@ -28,6 +28,7 @@ these counts are at worst cautious (an open served the ordinary way).
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 
 _ASSEMBLY_TRIES = 5
+# What a refused backing file means for every later one too (no capability, a cache stacked too deep).
+_FOR_GOOD = frozenset({errno.EPERM, errno.EACCES, errno.ELOOP, errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL})
 _MISSING = object()
 
 
@@ -67,7 +70,10 @@ class Passthrough:
         self.disk = disk
         self.block_size = block_size
         self.limiter = limiter
-        self.wanted = wanted and disk is not None and disk.sealer is None
+        self.capable = may_pass_through()
+        self.wanted = wanted and disk is not None and disk.sealer is None and self.capable
+        # Asked at INIT: how deep the disk tier's filesystem is stacked (0: ext4, xfs; 1: overlayfs).
+        self.stack_depth = stack_depth(disk.root) if disk is not None else 0
         self.on = False
         self.note = "not started" if self.wanted else self._why_not(wanted)
         self.stats = Counters(("passthrough_opens", "passthrough_bytes", "renumbered", "whole_file_copies"))
@@ -82,7 +88,9 @@ class Passthrough:
             return "off ([fuse] passthrough = false)"
         if self.disk is None:
             return "off (no disk tier to pass through to)"
-        return "off (the disk cache is encrypted: its block files are not the files' bytes)"
+        if self.disk.sealer is not None:
+            return "off (the disk cache is encrypted: its block files are not the files' bytes)"
+        return "off (the daemon lacks CAP_SYS_ADMIN in the initial user namespace, which backing files need)"
 
     def start(self, probe: Path, nursery: trio.Nursery) -> str:
         """Once the kernel's INIT is answered: is passthrough on? One line for the log and stats."""
@@ -131,9 +139,12 @@ class Passthrough:
             if backing is None and not self._cached[inode]:
                 backing = self._backing[inode] = _Backing(ref, pyfuse3.passthrough_open(fd), 0)
         except OSError as exc:
-            log.warning("passthrough: the kernel refused a backing file (%s); serving every file the ordinary way "
-                        "from now on", _why(exc))
-            self.on, self.note = False, f"off (the kernel refused a backing file: {_why(exc)})"
+            if exc.errno in _FOR_GOOD:
+                log.warning("passthrough: the kernel refused a backing file (%s); serving every file the ordinary "
+                            "way from now on", _why(exc))
+                self.on, self.note = False, f"off (the kernel refused a backing file: {_why(exc)})"
+            else:  # (ENOMEM, ENFILE, ...: this open only)
+                log.info("passthrough: no backing file for %s (%s); served the ordinary way", ref.key, _why(exc))
             return self._page_cache(inode)
         finally:
             os.close(fd)  # the kernel holds its own reference from passthrough_open
@@ -185,13 +196,18 @@ class Passthrough:
             self.stats.add("whole_file_copies")
         return None
 
+    def backed(self, inode: int) -> bool:
+        return inode in self._backing
+
     def release(self, inode: int, mode: Mode) -> None:
         if mode is Mode.CACHED:
             self._cached[inode] -= 1
             if self._cached[inode] <= 0:
                 del self._cached[inode]
         elif mode is Mode.PASSTHROUGH:
-            backing = self._backing[inode]
+            backing = self._backing.get(inode)
+            if backing is None:
+                return
             backing.opens -= 1
             if backing.opens == 0:
                 del self._backing[inode]
@@ -218,3 +234,32 @@ class Passthrough:
 
 def _why(exc: OSError) -> str:
     return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def may_pass_through() -> bool:
+    """Whether this process holds CAP_SYS_ADMIN in the initial user namespace (what backing files need)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        caps = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("CapEff:")), 16)
+        uid_map = Path("/proc/self/uid_map").read_text().split()
+    except (OSError, StopIteration, ValueError):
+        return False
+    return bool(caps & (1 << _CAP_SYS_ADMIN)) and uid_map[:3] == ["0", "0", "4294967295"]
+
+
+def stack_depth(path: Path) -> int:
+    """How many filesystems are stacked under ``path``'s: 1 on overlayfs (a container's root), else 0."""
+    best, fstype = "", ""
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            for line in fh:
+                fields = line.split()
+                point, kind = fields[4], fields[fields.index("-") + 1]
+                if (str(path) + "/").startswith(point.rstrip("/") + "/") and len(point) >= len(best):
+                    best, fstype = point, kind
+    except (OSError, ValueError, IndexError):
+        return 0
+    return 1 if fstype in ("overlay", "ecryptfs") or fstype.startswith("fuse") else 0
+
+
+_CAP_SYS_ADMIN = 21

@@ -128,6 +128,10 @@ class InodeTable:
         if node is not None:
             self._unlink_path(node)
 
+    def unlink_node(self, node: Node) -> None:
+        """``node``'s path no longer names it (if it still did); another node on that path is left alone."""
+        self._unlink_path(node)
+
     def forget(self, inode: int, count: int) -> None:
         node = self._by_inode.get(inode)
         if node is None or inode == ROOT_INODE:

@@ -187,7 +187,12 @@ class Namespace:
 
     def renumber(self, node: Node) -> None:
         """``node``'s name gets a new inode at its next lookup; ``node`` lives on for its open files."""
-        self.inodes.unlinked(node.path)
+        self.inodes.unlink_node(node)
+
+    def inode_of(self, parent_path: str, name: str) -> int:
+        """The inode number a name in a directory has now, 0 if none."""
+        node = self.inodes.by_path(f"{parent_path}/{name}" if parent_path else name)
+        return node.inode if node is not None else 0
 
     def remember(self, node: Node) -> None:
         node.lookups += 1

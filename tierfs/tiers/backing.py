@@ -37,6 +37,18 @@ def checksum(data: bytes) -> int:
     return xxhash.xxh3_64_intdigest(data)
 
 
+def _checksum_of(fd: int) -> tuple[int, int]:
+    """(size, checksum) of a file read in chunks: a whole-file copy may be far larger than memory allows."""
+    h, n = xxhash.xxh3_64(), 0
+    while chunk := os.pread(fd, _CHUNK, n):
+        h.update(chunk)
+        n += len(chunk)
+    return n, h.intdigest()
+
+
+_CHUNK = 8 << 20
+
+
 class _PartGone(Exception):
     """A block an assembly reads is no longer on the tier."""
 
@@ -88,22 +100,22 @@ class BackingFiles:
         try:
             st = os.fstat(fd)
             if self._checked.get(key.digest) != st.st_ino:
-                data = os.pread(fd, size + 1, 0)
-                if len(data) != size or checksum(data) != meta[1]:
+                got, digest = _checksum_of(fd)
+                if got != size or digest != meta[1]:
                     os.close(fd)
                     log.warning("disk cache: block %s failed its checksum (%d of %d bytes); dropped, refetching",
-                                key.hex, len(data), size)
+                                key.hex, got, size)
                     self.stats.add("errors")
                     self._drop([key.digest])
                     return None
                 if len(self._checked) >= _CHECKED_MAX:
                     self._checked.pop(next(iter(self._checked)))
                 self._checked[key.digest] = st.st_ino
-        except OSError:
+            self._touch(key.digest)
+            self._hit(b"")
+        except BaseException:
             os.close(fd)
             raise
-        self._touch(key.digest)
-        self._hit(b"")
         return fd
 
     def assemble(self, key: BlockKey, parts: list[BlockKey], size: int) -> bool:
