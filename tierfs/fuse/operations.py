@@ -161,13 +161,15 @@ class TierfsOperations(pyfuse3.Operations):
         fh = next(self._fh)
         self._dirs[fh] = _DirHandle(node, entries)
         # The kernel's directory cache: kept across opens while the names are
-        # the ones it was given (a snapshot's never change; the live view's
-        # within the TTL). The kernel drops it itself when this mount changes
-        # the directory.
-        listed = hash(tuple((e.name, e.is_dir, self.ns.inode_of(node.path, e.name)) for e in entries))
-        keep = node.immutable or node.listed == listed
-        node.listed = listed
+        # the ones it was given, with the same inode numbers (a snapshot's
+        # never change; the live view's within the TTL). The kernel drops it
+        # itself when this mount changes the directory.
+        keep = node.immutable or node.listed == self._listed(node.path, entries)
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), cache_readdir=True, keep_cache=keep)
+
+    def _listed(self, path: str, entries: list[Entry]) -> int:
+        """A digest of a listing as the kernel would hold it: names, types and the inode numbers they have now."""
+        return hash(tuple((e.name, e.is_dir, self.ns.inode_of(path, e.name)) for e in entries))
 
     @_guard
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -176,8 +178,10 @@ class TierfsOperations(pyfuse3.Operations):
             entry = handle.entries[i]
             node = self.ns.entry_node(handle.node.path, entry)
             if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), self.attrs(node), i + 1):
-                break
+                return
             self.ns.remember(node)  # readdirplus counts as a lookup
+        # The kernel has the whole listing now (what opendir compares with to keep its cache).
+        handle.node.listed = self._listed(handle.node.path, handle.entries)
 
     @_guard
     async def releasedir(self, fh: int) -> None:

@@ -21,6 +21,11 @@ The kernel's rules, kept here per inode:
 - while an inode has page-cache opens, none is passed through;
 - a passthrough open never asks to keep the page cache.
 
+A backing id outlives its last open (idle, up to a count and a size): the
+next open of the same bytes is answered from memory, with no check, thread
+or ioctl, which is what makes a warm open cheap. An idle backing pins no mode
+on the inode in the kernel, so any open may follow it.
+
 What the daemon counts as a release may lag the kernel, never lead it, so
 these counts are at worst cautious (an open served the ordinary way).
 """
@@ -47,6 +52,8 @@ log = logging.getLogger(__name__)
 
 
 _ASSEMBLY_TRIES = 5
+_IDLE_MAX = 4096  # backing files kept registered with no open using them
+_IDLE_BYTES = 1 << 30  # ... and their bytes
 # What a refused backing file means for every later one too (no capability, a cache stacked too deep).
 _FOR_GOOD = frozenset({errno.EPERM, errno.EACCES, errno.ELOOP, errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL})
 _MISSING = object()
@@ -79,6 +86,8 @@ class Passthrough:
         self.stats = Counters(("passthrough_opens", "passthrough_bytes", "renumbered", "whole_file_copies"))
         self._backing: dict[int, _Backing] = {}
         self._cached: collections.Counter[int] = collections.Counter()
+        self._idle: collections.OrderedDict[int, None] = collections.OrderedDict()  # registered, no open uses them
+        self._idle_bytes = 0
         self._nursery: trio.Nursery | None = None
         self._assembling: set[ObjectRef] = set()
         self._assembly_limiter = trio.CapacityLimiter(1)  # one whole-file copy written at a time
@@ -118,12 +127,15 @@ class Passthrough:
     async def open_read(self, inode: int, ref: ObjectRef) -> tuple[Mode, int]:
         """The mode of a read-only open of ``ref``, and its backing id (0 unless passed through)."""
         backing = self._backing.get(inode)
-        if backing is not None:
+        if backing is not None and backing.opens:
             if backing.ref == ref:
-                backing.opens += 1
-                self._counted(ref)
-                return Mode.PASSTHROUGH, backing.backing_id
+                return self._reuse(inode, backing)
             return self._renumber()
+        if backing is not None:  # idle: no open uses it, the kernel holds no mode for the inode
+            if backing.ref == ref and not self._cached[inode]:
+                return self._reuse(inode, backing)  # (no check, no thread, no ioctl: the warm path)
+            if backing.ref != ref:
+                self._close(inode)
         if not self.on or self._cached[inode] or ref.size <= 0 or self.disk is None:
             return self._page_cache(inode)
         whole = ref.size > self.block_size
@@ -138,6 +150,8 @@ class Passthrough:
             backing = self._backing.get(inode)
             if backing is None and not self._cached[inode]:
                 backing = self._backing[inode] = _Backing(ref, pyfuse3.passthrough_open(fd), 0)
+                self._idle_bytes += ref.size
+                self._idle[inode] = None
         except OSError as exc:
             if exc.errno in _FOR_GOOD:
                 log.warning("passthrough: the kernel refused a backing file (%s); serving every file the ordinary "
@@ -151,14 +165,20 @@ class Passthrough:
         if backing is None:
             return self._page_cache(inode)
         if backing.ref != ref:
-            return self._renumber()
+            return self._renumber() if backing.opens else self._page_cache(inode)
+        return self._reuse(inode, backing)
+
+    def _reuse(self, inode: int, backing: _Backing) -> tuple[Mode, int]:
+        if not backing.opens:
+            self._idle.pop(inode, None)
+            self._idle_bytes -= backing.ref.size
         backing.opens += 1
-        self._counted(ref)
+        self._counted(backing.ref)
         return Mode.PASSTHROUGH, backing.backing_id
 
     def open_other(self, inode: int) -> Mode:
         """The mode of any other open (a writer, a staged file): never beside a passthrough open."""
-        if inode in self._backing:
+        if self.backed(inode):
             return self._renumber()[0]
         return self._page_cache(inode)[0]
 
@@ -197,7 +217,9 @@ class Passthrough:
         return None
 
     def backed(self, inode: int) -> bool:
-        return inode in self._backing
+        """Whether an open of ``inode`` is passed through now (the kernel holds its backing file)."""
+        backing = self._backing.get(inode)
+        return backing is not None and backing.opens > 0
 
     def release(self, inode: int, mode: Mode) -> None:
         if mode is Mode.CACHED:
@@ -206,18 +228,31 @@ class Passthrough:
                 del self._cached[inode]
         elif mode is Mode.PASSTHROUGH:
             backing = self._backing.get(inode)
-            if backing is None:
+            if backing is None or not backing.opens:
                 return
             backing.opens -= 1
             if backing.opens == 0:
-                del self._backing[inode]
-                try:
-                    pyfuse3.passthrough_close(backing.backing_id)
-                except OSError as exc:
-                    log.warning("passthrough: releasing backing id %d failed: %s", backing.backing_id, exc)
+                # Kept registered, idle, so the next open of the file is answered at once; the oldest
+                # idle ones are closed past a count and a size (the disk space of an evicted one comes
+                # back at its close).
+                self._idle[inode] = None
+                self._idle_bytes += backing.ref.size
+                while self._idle and (len(self._idle) > _IDLE_MAX or self._idle_bytes > _IDLE_BYTES):
+                    self._close(next(iter(self._idle)))
+
+    def _close(self, inode: int) -> None:
+        backing = self._backing.pop(inode)
+        if inode in self._idle:
+            del self._idle[inode]
+            self._idle_bytes -= backing.ref.size
+        try:
+            pyfuse3.passthrough_close(backing.backing_id)
+        except OSError as exc:
+            log.warning("passthrough: releasing backing id %d failed: %s", backing.backing_id, exc)
 
     def snapshot(self) -> dict[str, object]:
-        return {"passthrough": self.note, "backing_files": len(self._backing), **self.stats.snapshot()}
+        return {"passthrough": self.note, "backing_files": len(self._backing) - len(self._idle),
+                "idle_backing_files": len(self._idle), **self.stats.snapshot()}
 
     def _counted(self, ref: ObjectRef) -> None:
         self.stats.add("passthrough_opens")
