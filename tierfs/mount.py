@@ -146,7 +146,8 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
     ops = TierfsOperations(namespace, reader, attrs, stats=lambda: holder[0].stats(),
                            read_ahead_blocks=max(1, settings.read_ahead // settings.block_size), warmer=warmer,
                            writer=writer,
-                           passthrough=Passthrough(disk, settings.block_size, chain.limiter, settings.passthrough))
+                           passthrough=Passthrough(disk, settings.block_size, chain.limiter, settings.passthrough,
+                                                   ram=next((t for t in tiers if isinstance(t, RamTier)), None)))
     # What never changes is not changed through the mount either: immutable prefixes refuse writes too.
     ops.read_only_prefixes = settings.read_only_prefixes + settings.immutable_prefixes
     ops.allow_delete = settings.allow_delete

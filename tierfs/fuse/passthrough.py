@@ -47,6 +47,7 @@ from tierfs.limits import in_thread
 from tierfs.metrics import Counters
 from tierfs.refs import ObjectRef
 from tierfs.tiers.disk import DiskTier
+from tierfs.tiers.ram import RamTier
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,10 @@ class _Backing:
 
 
 class Passthrough:
-    def __init__(self, disk: DiskTier | None, block_size: int, limiter: trio.CapacityLimiter, wanted: bool):
+    def __init__(self, disk: DiskTier | None, block_size: int, limiter: trio.CapacityLimiter, wanted: bool,
+                 ram: RamTier | None = None):
         self.disk = disk
+        self.ram = ram  # a small file it holds is served from memory, not passed through to the disk
         self.block_size = block_size
         self.limiter = limiter
         self.capable = may_pass_through()
@@ -138,6 +141,8 @@ class Passthrough:
                 self._close(inode)
         if not self.on or self._cached[inode] or ref.size <= 0 or self.disk is None:
             return self._page_cache(inode)
+        if self.ram is not None and ref.size <= self.block_size and self.ram.holds(ref.block_key(0, self.block_size)):
+            return self._page_cache(inode)  # RAM is nearer than the disk: read it from there (and keep its pages)
         whole = ref.size > self.block_size
         key = ref.whole_key(self.block_size) if whole else ref.block_key(0, self.block_size)
         fd = await in_thread(self.disk.backing_fd, key, ref.size, limiter=self.limiter)

@@ -30,6 +30,10 @@ class RamTier(Tier):
             return None
         return self._hit(data)
 
+    def holds(self, key: BlockKey) -> bool:
+        """Whether the block is here (not a read: no hit counted, no LRU move)."""
+        return key.digest in self._blocks
+
     def put(self, key: BlockKey, data: bytes) -> None:
         if len(data) > self.capacity // 2:
             return  # one block must not flush the whole tier
