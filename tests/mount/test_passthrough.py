@@ -251,3 +251,13 @@ def test_a_spoiled_block_or_whole_file_copy_is_never_passed_through(lake: Path, 
         for rel, data in {**SMALL, **BIG}.items():
             every_way(m.mountpoint / rel, data, tmp_path / "out")
         assert m.stats()["tiers"]["disk"]["errors"] >= len(SMALL) + 1
+
+
+def test_a_small_file_the_ram_tier_holds_is_served_from_ram_not_passed_through(lake: Path, tmp_path: Path) -> None:
+    with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", "--ram-size", "64MiB") as m:
+        warm(m, SMALL)  # on the disk tier and in RAM
+        drop_page_cache()
+        for rel, data in SMALL.items():
+            every_way(m.mountpoint / rel, data, tmp_path / "out")
+        assert m.stats()["fast_paths"]["passthrough_opens"] == 0
+        assert m.stats()["tiers"]["ram"]["hits"] >= len(SMALL)

@@ -145,7 +145,9 @@ class Passthrough:
             return self._page_cache(inode)  # RAM is nearer than the disk: read it from there (and keep its pages)
         whole = ref.size > self.block_size
         key = ref.whole_key(self.block_size) if whole else ref.block_key(0, self.block_size)
-        fd = await in_thread(self.disk.backing_fd, key, ref.size, limiter=self.limiter)
+        # (The disk tier's in-memory filter first: a cold open pays no thread hop for a file surely not there.)
+        fd = await in_thread(self.disk.backing_fd, key, ref.size, limiter=self.limiter) \
+            if self.disk.may_hold(key) else None
         if fd is None:
             if whole:
                 self.assemble_soon(ref)
@@ -167,8 +169,8 @@ class Passthrough:
             return self._page_cache(inode)
         finally:
             os.close(fd)  # the kernel holds its own reference from passthrough_open
-        if backing is None:
-            return self._page_cache(inode)
+        if backing is None or (not backing.opens and self._cached[inode]):
+            return self._page_cache(inode)  # (a page-cache open began while the block was checked)
         if backing.ref != ref:
             return self._renumber() if backing.opens else self._page_cache(inode)
         return self._reuse(inode, backing)
