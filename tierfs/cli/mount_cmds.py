@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from tierfs import background
 from tierfs.cli import cli, mount_options, setup_logging
 from tierfs.config import Settings, check_private, format_size, load
 from tierfs.errors import UserError
@@ -115,8 +116,6 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
     and uploaded when it is closed or fsync'd, which return once the object
     store has it (docs/semantics.md).
     """
-    from tierfs import mount as mount_mod  # heavy imports only for this command
-
     try:
         opts = mount_options.parse(options)
         config_file = config_file or (Path(opts.config) if opts.config else None)
@@ -148,8 +147,8 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
 
             # Under systemd's journal the daemon keeps logging there (journald stores and rotates it).
             log_path = None if journal_stderr() else settings.resolved_log_file()
-            argv, env, exposed_argv = mount_mod.daemon_argv(sys.argv[1:])
-            pid, notes = mount_mod.spawn_daemon(argv, log_path, env=env)
+            argv, env, exposed_argv = background.daemon_argv(sys.argv[1:])
+            pid, notes = background.spawn_daemon(argv, log_path, env=env)
             click.echo(f"mounted {settings.lake_url} at {mountpoint} (pid {pid}, log {log_path or 'to the journal'})")
             if exposed_argv:
                 notes = "; ".join(n for n in (notes, f"{exposed_argv} was given on the command line, where any user "
@@ -162,10 +161,12 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
         _setup_logging(settings, log_to_file)
         if exposed:
             log.warning("%s", exposed)
-        mount_mod.run_foreground(settings, mountpoint, mount_mod.notify_ready(ready_fd))
+        from tierfs import mount as mount_mod  # the mount's layers: only the process that serves loads them
+
+        mount_mod.run_foreground(settings, mountpoint, background.notify_ready(ready_fd))
     except UserError as exc:
         if foreground and ready_fd is not None:
-            mount_mod.report_failure(ready_fd, f"{exc}")
+            background.report_failure(ready_fd, f"{exc}")
         raise
 
 
