@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pyfuse3
 import trio
 
-from tierfs import __version__
+from tierfs import __version__, control
 from tierfs.config import Settings
 from tierfs.data.reader import BlockReader
 from tierfs.data.warm import Warmer
@@ -264,6 +264,7 @@ async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Call
             nursery.start_soon(_refresh_gauges, redis_tier)
         if comps.writer is not None:
             comps.writer.start(nursery)
+        await nursery.start(control.serve, comps.operations.control)
 
         async def fuse_main() -> None:
             await pyfuse3.main(min_tasks=4, max_tasks=comps.settings.fuse_workers)

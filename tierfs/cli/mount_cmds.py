@@ -365,10 +365,7 @@ def format_duration(seconds: float) -> str:
 @click.argument("level", type=click.Choice(["debug", "info", "warning", "error"]))
 def log_level_cmd(mountpoint: Path, level: str) -> None:
     """Set how much a running mount logs, without a remount (root only)."""
-    try:
-        os.setxattr(mountpoint, "user.tierfs.log_level", level.encode())
-    except OSError as exc:
-        if exc.errno == errno.EPERM:
-            raise UserError(f"only root may change the log level of {mountpoint}") from None
-        raise UserError(f"cannot set the log level of {mountpoint}: {exc.strerror} (is it a tierfs mount?)") from None
+    from tierfs import control
+
+    control.request(mountpoint, {"op": "log_level", "level": level}, "set the log level")
     click.echo(f"{mountpoint}: logging at {level}")
