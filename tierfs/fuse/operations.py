@@ -228,6 +228,8 @@ class TierfsOperations(pyfuse3.Operations):
         fh = next(self._fh)
         self._files[fh] = _FileHandle(node, ref, ReadAhead(self.reader.block_size, self.read_ahead_blocks), mode=mode,
                                       ino=inode)
+        if mode is Mode.CACHED and not keep_cache:  # the kernel will ask for the first bytes at once
+            self.reader.read_first_block(ref)
         # A read-only open has nothing to flush at close: no FLUSH round trip.
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache and mode is Mode.CACHED,
                                 backing_id=backing_id, noflush=True)
