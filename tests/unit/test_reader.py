@@ -172,8 +172,9 @@ async def test_a_block_waiting_for_its_fill_is_served_from_the_queue_not_fetched
         assert (await reader.read(ref, 0, 2 * BS))[0] == b"f" * (2 * BS)
         assert store.stats.get("bytes") == fetched  # from the queue
         slow.gate.set()
-        await chain.fills.drain()
-        while chain.fills.stats.get("pending_bytes"):
+        for _ in range(500):  # (the workers put into the slow tier in threads)
+            if not chain.fills.stats.get("pending_bytes"):
+                break
             await trio.sleep(0.01)
         assert slow.entries() == 2 and not chain.in_loop_holds(ref.block_key(0, BS))  # the queue let go
         assert (await reader.read(ref, 0, 10))[1] == "gated"
