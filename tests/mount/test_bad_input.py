@@ -169,14 +169,53 @@ def test_a_config_holding_a_secret_must_be_private(lake: Path, tmp_path: Path) -
         assert "chmod" not in m.output
 
 
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every entry under ``root`` (and root itself, as ''): its mode and size, to see that nothing changed."""
+    out = {"": (root.lstat().st_mode, 0)}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(root))] = (st.st_mode, st.st_size if p.is_file() else 0)
+    return out
+
+
 def test_a_cache_dir_that_is_not_a_cache_is_refused_untouched(lake: Path, tmp_path: Path) -> None:
-    """`--cache-dir /srv/data` once removed /srv/data/tmp: a non-empty dir without our marker is refused."""
+    """`--cache-dir /srv/data` once removed /srv/data/tmp: a non-empty dir without our marker is refused.
+
+    Before anything is done to it: it was once chmodded 0700 and given a lock and the daemon's log before the
+    refusal said nothing was touched; and with no disk tier (--cache-size 0) it was taken, staging/ and the
+    log put in it, left 0755."""
     (tmp_path / "mnt").mkdir()
     data = tmp_path / "srv-data"
     (data / "tmp").mkdir(parents=True)
     (data / "tmp" / "run.log").write_text("mine")
     (data / "index").mkdir()
-    assert_one_line_error(mount(f"file://{lake}", tmp_path / "mnt", data), "is not a tierfs cache")
-    assert (data / "tmp" / "run.log").read_text() == "mine" and (data / "index").is_dir()
+    data.chmod(0o755)
+    before = tree(data)
+    for extra in ((), ("--cache-size", "0"), ("--cache-size", "0", "--read-only")):
+        res = mount(f"file://{lake}", tmp_path / "mnt", data, *extra)
+        assert_one_line_error(res, "is not a tierfs cache", "nothing in it was touched")
+        assert tree(data) == before, extra
     (tmp_path / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     assert_one_line_error(mount(f"file://{lake}", tmp_path / "mnt", tmp_path / "link"), "is a symlink")
+
+
+def test_a_staging_dir_is_ours_by_what_it_holds_not_by_its_name(lake: Path, tmp_path: Path) -> None:
+    """A foreign dir with staging/*.data and *.json was taken for a staging-only cache, and those files deleted."""
+    (tmp_path / "mnt").mkdir()
+    data = tmp_path / "srv-data"
+    (data / "staging").mkdir(parents=True)
+    (data / "staging" / "run.data").write_bytes(b"")  # (empty: what leftovers() removes outright)
+    (data / "staging" / "run.json").write_text('{"key": "x", "state": "clean"}')
+    (data / "staging" / "notes.txt").write_text("mine")
+    before = tree(data)
+    for extra in ((), ("--cache-size", "0")):
+        res = mount(f"file://{lake}", tmp_path / "mnt", data, *extra)
+        assert_one_line_error(res, "is not a tierfs cache", "staging")
+        assert tree(data) == before, extra
+    # One of ours (its lock holds the pid of the mount that used it) is taken, as before.
+    ours = tmp_path / "ours"
+    with mounted(f"file://{lake}", tmp_path / "mnt", ours, "--cache-size", "0") as m:
+        (m.mountpoint / "new.txt").write_text("x")
+    assert (ours / "staging" / "lock").read_text().strip().isdigit()
+    with mounted(f"file://{lake}", tmp_path / "mnt", ours, "--cache-size", "0") as m:
+        assert (m.mountpoint / "new.txt").read_text() == "x"

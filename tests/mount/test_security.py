@@ -5,15 +5,27 @@ Real mounts, a real redis-server (plain and TLS with a CA made here).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import stat
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import REDIS_SECRET, Mount, RedisServer, drop_page_cache, free_port, mounted, random_bytes, write_tree
+from helpers import (
+    REDIS_SECRET,
+    Mount,
+    RedisServer,
+    drop_page_cache,
+    force_cleanup,
+    free_port,
+    mounted,
+    random_bytes,
+    write_tree,
+)
 
 pytestmark = pytest.mark.mount
 KiB = 1024
@@ -176,6 +188,50 @@ def test_no_secret_in_argv_logs_stats_metrics_or_xattrs(lake: tuple[Path, dict[s
                 assert secret not in text, f"{where} shows a secret"
     finally:
         server.stop()
+
+
+def _modes_of(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` whose mode is not private (dirs 0700, files 0600), with its mode."""
+    wrong = {}
+    for p in [root, *root.rglob("*")]:
+        try:
+            st = p.lstat()
+        except FileNotFoundError:
+            continue  # (a staged file uploaded and dropped meanwhile)
+        want = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600
+        if stat.S_IMODE(st.st_mode) != want or stat.S_ISLNK(st.st_mode):
+            wrong[str(p.relative_to(root))] = f"{stat.S_IMODE(st.st_mode):04o}"
+    return wrong
+
+
+def test_a_used_cache_dir_is_private(lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    """After reads, a write and a crash with a file open for writing (set aside at the next start): every
+    directory of the cache dir 0700 and every file 0600; with a disk tier and without one (staging only).
+    LAYOUT was 0644, blocks/xx/ and staging/unclosed/ 0755, a staging-only cache dir 0755."""
+    root, files = lake
+    for cache, extra in ((tmp_path / "cache", ()), (tmp_path / "staging-only", ("--cache-size", "0"))):
+        mnt = tmp_path / "mnt"
+        with mounted(f"file://{root}", mnt, cache, "--ram-size", "0", *extra) as m:
+            for rel, data in files.items():
+                assert (m.mountpoint / rel).read_bytes() == data
+            m.fills_settled()
+            (m.mountpoint / "out").mkdir(exist_ok=True)
+            (m.mountpoint / "out/ckpt.bin").write_bytes(b"c" * 100_000)
+            assert _modes_of(cache) == {}
+        m = Mount(f"file://{root}", mnt, cache, "--ram-size", "0", *extra).start()
+        try:
+            fh = open(m.mountpoint / "out/open.bin", "wb")  # noqa: SIM115 - left open across the kill
+            fh.write(b"o" * 10_000)
+            fh.flush()
+            m.kill9()
+        finally:
+            with contextlib.suppress(OSError):
+                fh.close()
+            force_cleanup(mnt, m.pid)
+        with mounted(f"file://{root}", mnt, cache, "--ram-size", "0", *extra):
+            assert any((cache / "staging" / "unclosed").iterdir())
+            assert _modes_of(cache) == {}
+        assert _modes_of(cache) == {}
 
 
 def test_an_encrypted_disk_cache_holds_no_plaintext(lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:

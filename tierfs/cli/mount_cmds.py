@@ -139,9 +139,11 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
         if not settings.lake_url or mountpoint is None:
             raise UserError("give LAKE_URL and MOUNTPOINT, or set [lake] url and [mount] mountpoint in --config")
         mountpoint = mountpoint.absolute()
-        from tierfs.tiers.cache_dir import check_cache_dir
+        from tierfs.tiers.cache_dir import check_cache_dir, refuse_foreign
 
-        check_cache_dir(settings.resolved_cache_dir())  # before the daemon's log is written in there
+        # Before the daemon's log is written in there: someone else's dir is refused untouched.
+        check_cache_dir(settings.resolved_cache_dir())
+        refuse_foreign(settings.resolved_cache_dir())
         if not foreground:
             from tierfs.systemd import journal_stderr
 
