@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, force_cleanup, is_mounted, mounted, run_tierfs
+from helpers import RedisServer, assert_one_line_error, force_cleanup, is_mounted, mounted, run_tierfs
 
 pytestmark = pytest.mark.mount
 
@@ -167,6 +167,51 @@ def test_a_config_holding_a_secret_must_be_private(lake: Path, tmp_path: Path) -
     cfg.chmod(0o600)
     with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
         assert "chmod" not in m.output
+
+
+def test_a_secret_file_must_be_private(lake: Path, tmp_path: Path, redis_server: RedisServer) -> None:
+    """The files [redis] secret_file and [cache] encryption_key_file name are refused readable by others, as a
+    config holding a secret is (--allow-readable-secrets overrides, with a note); they were never checked."""
+    (tmp_path / "mnt").mkdir()
+    secret = tmp_path / "redis.secret"
+    secret.write_text("shared-mac-secret-0123456789")
+    key = tmp_path / "cache.key"
+    key.write_text("k" * 32)
+    for name, path, body in (("[redis] secret_file", secret, f'[redis]\nurl = "{redis_server.url}"\nsecret_file = "{secret}"\n'),
+                             ("[cache] encryption_key_file", key, f'[cache]\nencryption_key_file = "{key}"\n')):
+        cfg = tmp_path / "train.toml"
+        cfg.write_text(body)
+        for mode, who in ((0o640, "its group"), (0o604, "every user")):
+            path.chmod(mode)
+            res = mount(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", "--config", str(cfg))
+            assert_one_line_error(res, name, str(path), who, "chmod 600", "--allow-readable-secrets")
+            assert path.read_text() not in res.stderr
+        with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", "--allow-readable-secrets",
+                     config=cfg) as m:
+            assert f"chmod 600 {path}" in m.output
+        path.chmod(0o600)
+        with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
+            assert "chmod" not in m.output
+
+
+def test_credentials_in_the_lake_url_are_refused_unshown(tmp_path: Path) -> None:
+    """s3://KEY:SECRET@bucket would sit in argv, logs and every message that names the lake: refused, in one
+    line that says where credentials go, without the secret."""
+    (tmp_path / "mnt").mkdir()
+    for url in ("s3://AKIDEXAMPLE:lake-url-secret-31f@ml-lake/prefix", "gs://lake-url-secret-31f@bucket",
+                "az://acct:lake-url-secret-31f@container/x"):
+        for argv in (("mount", url, str(tmp_path / "mnt"), "--cache-dir", str(tmp_path / "cache")),
+                     ("snapshot", "list", url)):
+            res = run_tierfs(*argv)
+            assert_one_line_error(res, "credentials", "config file")
+            assert "lake-url-secret-31f" not in res.stderr + res.stdout, argv
+        cfg = tmp_path / "lake.toml"
+        cfg.write_text(f'[lake]\nurl = "{url}"\n')
+        cfg.chmod(0o600)
+        res = run_tierfs("mount", str(tmp_path / "mnt"), "--config", str(cfg))
+        assert_one_line_error(res, "credentials", "config file")
+        assert "lake-url-secret-31f" not in res.stderr + res.stdout
+    assert not any((tmp_path / "mnt").iterdir()) and not (tmp_path / "cache").exists()
 
 
 def tree(root: Path) -> dict[str, tuple[int, int]]:

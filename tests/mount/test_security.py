@@ -19,11 +19,14 @@ from helpers import (
     REDIS_SECRET,
     Mount,
     RedisServer,
+    SeaweedS3,
+    assert_one_line_error,
     drop_page_cache,
     force_cleanup,
     free_port,
     mounted,
     random_bytes,
+    run_tierfs,
     write_tree,
 )
 
@@ -190,6 +193,72 @@ def test_no_secret_in_argv_logs_stats_metrics_or_xattrs(lake: tuple[Path, dict[s
         server.stop()
 
 
+@pytest.mark.servers
+def test_no_secret_of_an_s3_lake_shows_anywhere(lake: tuple[Path, dict[str, bytes]], tmp_path: Path,
+                                                s3_server: SeaweedS3) -> None:
+    """An S3 lake on SeaweedFS with its secret, a Redis password, the MAC secret and a cache key, in a 0600
+    config: none in the daemon's argv, its log, stats, metrics or xattrs; nor in the one line of a mount whose
+    config fails (a config error once echoed the value: `[redis] password = ['…'] is not allowed`)."""
+    _root, files = lake
+    s3_server.upload("secrets-lake", files)
+    password, mac, cache_key = "redis-password-7c1e", "mac-secret-value-5d2a", "cache-key-value-9f3b-0123456789ab"
+    key_file = tmp_path / "cache.key"
+    key_file.write_text(cache_key)
+    key_file.chmod(0o600)
+    secrets = (SeaweedS3.SECRET_KEY, password, mac, cache_key)
+    server = RedisServer(tmp_path / "redis", password=password).start()
+    metrics = free_port()
+    body = (f'[s3]\nendpoint_url = "{s3_server.endpoint}"\nkey = "{SeaweedS3.ACCESS_KEY}"\n'
+            f'secret = "{SeaweedS3.SECRET_KEY}"\n'
+            f'[redis]\nurl = "redis://127.0.0.1:{server.port}/0"\npassword = "{password}"\nsecret = "{mac}"\n'
+            f'[cache]\nencryption_key_file = "{key_file}"\n[metrics]\nlisten = "127.0.0.1:{metrics}"\n')
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(body)
+    cfg.chmod(0o600)
+    seen: dict[str, str] = {}
+    try:
+        with mounted("s3://secrets-lake", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
+            assert m.pid is not None
+            for rel, data in files.items():
+                assert (m.mountpoint / rel).read_bytes() == data
+            assert m.stats()["tiers"]["redis"]["up"]
+            seen["mount's output"] = m.output
+            seen["argv"] = Path(f"/proc/{m.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            seen["stats xattr"] = os.getxattr(m.mountpoint, "user.tierfs.stats").decode()
+            seen["xattrs"] = " ".join(os.getxattr(m.mountpoint / "ds/000.bin", n).decode(errors="replace")
+                                      for n in os.listxattr(m.mountpoint / "ds/000.bin"))
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as resp:
+                seen["metrics"] = resp.read().decode()
+            for cmd in (("stats", str(m.mountpoint), "--json"), ("status", "--json")):
+                res = run_tierfs(*cmd)
+                seen[f"tierfs {cmd[0]}"] = res.stdout + res.stderr
+        seen["log"] = (tmp_path / "cache" / "tierfs.log").read_text()
+        # Configs that fail, each holding the secrets: a bad value beside them, and each secret mistyped.
+        failing = [body + "[fuse]\nworkers = 0\n",
+                   body.replace(f'password = "{password}"', f'password = ["{password}"]'),
+                   body.replace(f'secret = "{mac}"', f'secret = ["{mac}"]'),
+                   body.replace(f'secret = "{SeaweedS3.SECRET_KEY}"', f'secret = ["{SeaweedS3.SECRET_KEY}"]'),
+                   f'[redis]\nurl = ["redis://:{password}@127.0.0.1:{server.port}/0"]\n',
+                   f'[store]\noptions = "account_key={mac}"\n',
+                   f'[lake]\nurl = "s3://{SeaweedS3.ACCESS_KEY}:{SeaweedS3.SECRET_KEY}@secrets-lake"\n',
+                   # the servers refuse a wrong password and a wrong secret: their one line names neither
+                   body.replace(f'password = "{password}"', f'password = "{mac}"'),
+                   body.replace(f'secret = "{SeaweedS3.SECRET_KEY}"', f'secret = "{mac}"')]
+        for i, text in enumerate(failing):
+            bad = tmp_path / f"bad{i}.toml"
+            bad.write_text(text)
+            bad.chmod(0o600)
+            res = run_tierfs("mount", "s3://secrets-lake", str(tmp_path / "mnt"), "--cache-dir",
+                             str(tmp_path / f"cache-bad{i}"), "--config", str(bad))
+            assert_one_line_error(res)
+            seen[f"failed mount {i}"] = res.stdout + res.stderr
+    finally:
+        server.stop()
+    for where, text in seen.items():
+        for secret in secrets:
+            assert secret not in text, f"{where} shows a secret: {text}"
+
+
 def _modes_of(root: Path) -> dict[str, str]:
     """Every entry under ``root`` whose mode is not private (dirs 0700, files 0600), with its mode."""
     wrong = {}
@@ -264,6 +333,7 @@ def test_an_encrypted_disk_cache_holds_no_plaintext(lake: tuple[Path, dict[str, 
 
     inside = cache / "cache.key"  # a key kept beside the cache protects nothing: refused
     inside.write_bytes(b"k" * 32)
+    inside.chmod(0o600)
     cfg.write_text(f'[cache]\nencryption_key_file = "{inside}"\n')
     res = Mount(f"file://{root}", tmp_path / "mnt", cache, config=cfg)
     with pytest.raises(AssertionError, match="inside the cache dir"):
@@ -274,6 +344,7 @@ def test_a_sidecar_run_shows_no_secret(tmp_path: Path) -> None:
     """A backup job of the sidecar with known secrets in its store config: none in its argv, output or metrics."""
     s3_secret, backup_secret = "s3-secret-value-77aa", "backup-secret-value-88bb"
     (tmp_path / "backup.secret").write_text(backup_secret)
+    (tmp_path / "backup.secret").chmod(0o600)
     store_cfg = tmp_path / "store.toml"
     store_cfg.write_text(f'[s3]\nkey = "AKIDEXAMPLE"\nsecret = "{s3_secret}"\n'
                          f'[backup]\nsecret_file = "{tmp_path / "backup.secret"}"\n')
