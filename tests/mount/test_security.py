@@ -70,7 +70,9 @@ def test_values_planted_in_redis_are_never_served(lake: tuple[Path, dict[str, by
         for rel, data in files.items():
             assert (c.mountpoint / rel).read_bytes() == data
         stats = c.stats()
-        assert stats["tiers"]["redis"]["errors"] == len(keys) and stats["tiers"]["redis"]["hits"] == 0
+        # Each planted value refused once; a hit may follow, of a value this node put back after its refetch
+        # (the kernel's second READ of a block, as timing has it): the lake served every byte once.
+        assert stats["tiers"]["redis"]["errors"] == len(keys)
         assert stats["backend"]["bytes"] == sum(len(d) for d in files.values())
 
 
@@ -328,7 +330,9 @@ def test_an_encrypted_disk_cache_holds_no_plaintext(lake: tuple[Path, dict[str, 
     with mounted(f"file://{root}", tmp_path / "mnt", cache, "--ram-size", "0", config=cfg) as m:
         for rel, data in files.items():
             assert (m.mountpoint / rel).read_bytes() == data
-        assert m.stats()["tiers"]["disk"]["hits"] == 0
+        # Every byte from the lake: none of the old cache served. (Not "no disk hits": the kernel's second
+        # READ of a block this mount just filled may find it landed, or still queued, as timing has it.)
+        assert m.stats()["backend"]["bytes"] >= sum(len(d) for d in files.values())
     assert "another [cache] encryption key" in (cache / "tierfs.log").read_text()
 
     inside = cache / "cache.key"  # a key kept beside the cache protects nothing: refused
