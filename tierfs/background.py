@@ -67,7 +67,7 @@ def spawn_daemon(argv: list[str], log_file: Path | None, timeout: float = 120.0,
         out = os.dup(2)  # the journal, as ours
     else:
         try:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
+            log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # (the cache dir, as tierfs makes it)
             # 0600: the log names the lake's keys. Until the daemon opens the log itself, its output goes
             # here (what a start that fails before that prints).
             out = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

@@ -31,6 +31,7 @@ from tierfs.limits import StoreLimiters
 from tierfs.metrics import BACKEND_SECONDS, FUSE_SECONDS, TIER_SECONDS, export_stats, latency_summary
 from tierfs.metrics import serve as serve_metrics
 from tierfs.namespace.live import Namespace
+from tierfs.secrecy import read_secret
 from tierfs.store.objects import ObjectStore
 from tierfs.store.upload import Uploader
 from tierfs.systemd import sd_notify
@@ -39,7 +40,7 @@ from tierfs.tiers.chain import TierChain
 from tierfs.tiers.disk import DiskTier
 from tierfs.tiers.fills import FillQueue
 from tierfs.tiers.ram import RamTier
-from tierfs.tiers.seal import cache_key, read_secret
+from tierfs.tiers.seal import cache_key
 from tierfs.write.staging import Staging
 from tierfs.write.writer import Writer
 
@@ -160,7 +161,8 @@ def redis_settings(settings: Settings) -> RedisSettings:
         settings.redis_url, settings.redis_password or os.environ.get("TIERFS_REDIS_PASSWORD", ""),
         settings.redis_db, settings.redis_key_prefix, settings.redis_ttl, settings.redis_max_block_size,
         settings.redis_pool_size, settings.redis_timeout,
-        secret=read_secret(settings.redis_secret, settings.redis_secret_file, "TIERFS_REDIS_SECRET", "[redis] secret"),
+        secret=read_secret(settings.redis_secret, settings.redis_secret_file, "TIERFS_REDIS_SECRET",
+                           "[redis] secret_file", settings.allow_readable_secrets),
         data_key=cache_key(settings, settings.resolved_cache_dir()),
         username=settings.redis_username, ca_file=settings.redis_ca_file, cert_file=settings.redis_cert_file,
         key_file=settings.redis_key_file, allow_no_auth=settings.redis_allow_no_auth,

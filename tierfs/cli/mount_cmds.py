@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ import click
 
 from tierfs import background
 from tierfs.cli import cli, mount_options, setup_logging
-from tierfs.config import Settings, check_private, format_size, load
+from tierfs.config import Settings, format_size, load
 from tierfs.errors import UserError
+from tierfs.secrecy import check_private, check_secret_files
 
 log = logging.getLogger("tierfs")
 STATS_XATTR = "user.tierfs.stats"
@@ -133,15 +135,20 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
             "read_only_prefixes": list(read_only_prefixes) or None, "allow_delete": False if no_delete else None,
             "immutable_prefixes": list(immutable_prefixes) or None,
         }.items() if v is not None}})
-        exposed = check_private(config_file, settings, allow_readable_secrets) if config_file is not None else ""
+        settings = replace(settings, allow_readable_secrets=allow_readable_secrets)
+        exposed = "; ".join(n for n in (
+            check_private(config_file, settings, allow_readable_secrets) if config_file is not None else "",
+            check_secret_files(settings, allow_readable_secrets)) if n)
         if mountpoint is None and settings.mountpoint:
             mountpoint = Path(settings.mountpoint)
         if not settings.lake_url or mountpoint is None:
             raise UserError("give LAKE_URL and MOUNTPOINT, or set [lake] url and [mount] mountpoint in --config")
         mountpoint = mountpoint.absolute()
-        from tierfs.tiers.cache_dir import check_cache_dir
+        from tierfs.tiers.cache_dir import check_cache_dir, refuse_foreign
 
-        check_cache_dir(settings.resolved_cache_dir())  # before the daemon's log is written in there
+        # Before the daemon's log is written in there: someone else's dir is refused untouched.
+        check_cache_dir(settings.resolved_cache_dir())
+        refuse_foreign(settings.resolved_cache_dir())
         if not foreground:
             from tierfs.systemd import journal_stderr
 
