@@ -10,19 +10,20 @@ ETag, and the version id where the bucket keeps versions. A put's identity
 is the PUT's (or CompleteMultipartUpload's) own answer.
 
 s3fs (botocore) serves what obstore has no call for: resumable multipart
-uploads with their state and copies conditional on the source's ETag (both
-in ``s3_multipart.py``), storage classes, restores, version listings and
-bucket lifecycle configuration.
+uploads with their state, copies conditional on the source's ETag
+(``s3_copy.py``), storage classes, restores, version listings and bucket
+lifecycle configuration.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
 import posixpath
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,7 +31,7 @@ import fsspec
 import obstore
 
 from tierfs.config import Settings
-from tierfs.errors import Archived, NotFound, UserError
+from tierfs.errors import Archived, NotFound, StoreError, UserError
 from tierfs.refs import ObjectRef
 from tierfs.store.backend import (
     Backend,
@@ -44,19 +45,15 @@ from tierfs.store.backend import (
     same_object,
 )
 from tierfs.store.local import archived_message
-from tierfs.store.s3_multipart import S3Multipart
+from tierfs.store.s3_copy import S3Copies
 
 log = logging.getLogger(__name__)
 
 #: S3 servers that refuse a self-copy under MetadataDirective=COPY even when the class changes (SeaweedFS).
 _SELF_COPY_REFUSED = "self-copy-needs-replace"
-#: S3 servers whose copies get another ETag than their source even when the bytes are the same (SSE-KMS, SSE-C).
-_COPY_ETAG_DIFFERS = "copy-etag-differs"
-#: Objects up to this size are copied through obstore (GIL-free, one attempt's timeout); larger ones through s3fs.
-_QUICK_COPY_MAX = 16 << 20
 
 
-class S3Backend(S3Multipart, BucketKeys, Backend):
+class S3Backend(S3Copies, BucketKeys, Backend):
     provider: ClassVar[str] = "s3"
     multipart: ClassVar[bool] = True
 
@@ -253,48 +250,99 @@ class S3Backend(S3Multipart, BucketKeys, Backend):
     def move(self, src: str, dst: str) -> None:
         obstore.rename(self.obs, self._path(src), self._path(dst))
 
-    def copy_ref(self, ref: ObjectRef, dst: str) -> Entry:
-        """A server-side copy of exactly the bytes ``ref`` names, or Changed.
+    # -- multipart: resumable, with the state the caller saves after each part --------------
+    def multipart_upload(self, local: Path, key: str, state: Any, save: Callable[[], None],
+                         concurrency: int, progress: Callable[[int], None] | None) -> Entry:
+        out: Entry = self.run(self._multipart_async, local, key, state, save, concurrency, progress)
+        return out
 
-        obstore's copy takes no condition, so a small object with a plain
-        (MD5) ETag is copied through it and the copy's ETag and size checked:
-        the same as the source's is the same bytes. Otherwise, or if that
-        check fails (the source changed, or this server's copies get other
-        ETags), CopyObject through s3fs with CopySourceIfMatch (and the
-        version id): those bytes or PreconditionFailed. Above 5 GiB, in parts
-        (UploadPartCopy), each with the same condition.
-        """
-        quick = (ref.size <= min(_QUICK_COPY_MAX, self.copy_in_one_max) and ref.etag and "-" not in ref.etag and not ref.version
-                 and _COPY_ETAG_DIFFERS not in self.quirks)
-        if quick:
-            obstore.copy(self.obs, self._path(ref.key), self._path(dst))
-            head = obstore.head(self.obs, self._path(dst))
-            copied = self._meta_entry(posixpath.basename(dst), dst, head)
-            if copied.ref is not None and copied.ref.etag == ref.etag and copied.size == ref.size:
-                return copied
-            obstore.delete(self.obs, self._path(dst))  # not the bytes asked for: ask the server to check
-        entry = self._copy_if_match(ref, dst)
-        if quick:  # the source had not changed, yet the copy's ETag differed
-            log.info("%s gives copies other ETags than their sources': copies are made with a condition", self.url)
-            self.quirks.add(_COPY_ETAG_DIFFERS)
-        return entry
+    def run(self, coro_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        from fsspec.asyn import sync
 
-    def _copy_if_match(self, ref: ObjectRef, dst: str) -> Entry:
+        # A whole multipart upload is bounded by the call's deadline, not one attempt's timeout.
+        timeout = max(0.05, self.deadline.left()) if coro_fn == self._multipart_async else None
+        if timeout is None:
+            return super().run(coro_fn, *args, **kwargs)
+        return sync(self.fs.loop, coro_fn, *args, timeout=timeout, **kwargs)
+
+    async def _multipart_async(self, local: Path, key: str, state: Any, save: Callable[[], None],
+                               concurrency: int, progress: Callable[[int], None] | None) -> Entry:
         fs: Any = self.fs
-        source = {"Bucket": self.bucket, "Key": self._path(ref.key)}
-        if ref.version and self.version_aware:
-            source["VersionId"] = ref.version
-        condition = {"CopySourceIfMatch": f'"{ref.etag}"'} if ref.etag else {}
+        name = self._path(key)
+        if state.upload_id:
+            state.parts = await self._acknowledged_parts(name, state.upload_id)
+            if state.parts is None:  # the store forgot the upload: start again
+                state.upload_id, state.parts = "", {}
+        if not state.upload_id:
+            mpu = await fs._call_s3("create_multipart_upload", Bucket=self.bucket, Key=name)
+            state.upload_id = mpu["UploadId"]
+            state.parts = {}
+            save()
+        count = max(1, -(-state.size // state.part_size))
+        done = sum(min(state.part_size, state.size - (n - 1) * state.part_size) for n in state.parts)
+        if progress is not None and done:
+            progress(done)
+        todo = [n for n in range(1, count + 1) if n not in state.parts]
+        slots = asyncio.Semaphore(max(1, concurrency))
+        loop = asyncio.get_running_loop()
+
+        async def part(number: int) -> None:
+            async with slots:
+                start = (number - 1) * state.part_size
+                length = min(state.part_size, state.size - start)
+                body = await loop.run_in_executor(None, _pread, local, start, length)
+                if len(body) != length:
+                    raise StoreError(f"{local} changed while it was uploaded")
+                out = await asyncio.wait_for(
+                    fs._call_s3("upload_part", Bucket=self.bucket, Key=name, PartNumber=number,
+                                UploadId=state.upload_id, Body=body),
+                    timeout=max(self.attempt_timeout, length / (1 << 20)))  # a part: 1 s per MiB at least
+                state.parts[number] = out["ETag"]
+                save()
+                if progress is not None:
+                    progress(length)
+
+        tasks = [asyncio.ensure_future(part(n)) for n in todo]
         try:
-            if ref.size > self.copy_in_one_max:
-                return self.copy_in_parts(ref, dst, source, condition)
-            out = self.run_for(self.seconds_for(ref.size), fs._call_s3, "copy_object", Bucket=self.bucket,
-                               Key=self._path(dst), CopySource=source, **condition)
-        except OSError as exc:
-            if error_code_of(exc) == "PreconditionFailed":
-                raise Changed(f"{ref.key} changed upstream (ETag is no longer {ref.etag})") from None
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        return self._completed(dst, ref.size, out)
+        parts = [{"PartNumber": n, "ETag": state.parts[n]} for n in sorted(state.parts)]
+        out = await fs._call_s3("complete_multipart_upload", Bucket=self.bucket, Key=name,
+                                UploadId=state.upload_id, MultipartUpload={"Parts": parts})
+        fs.invalidate_cache(self.full(key))
+        etag = str(out.get("ETag") or "").strip('"')
+        version = str(out.get("VersionId") or "") if self.version_aware else ""
+        return Entry(posixpath.basename(key), False, state.size, time.time_ns(),
+                     ObjectRef(key, state.size, etag, version))
+
+    async def _acknowledged_parts(self, name: str, upload_id: str) -> Any:
+        """Parts the store holds for an upload, or None if it no longer knows the upload."""
+        fs: Any = self.fs
+        parts: dict[int, str] = {}
+        marker = 0
+        while True:
+            try:
+                out = await fs._call_s3("list_parts", Bucket=self.bucket, Key=name, UploadId=upload_id,
+                                        PartNumberMarker=marker)
+            except FileNotFoundError:
+                return None
+            except Exception as exc:
+                if "NoSuchUpload" in str(exc):
+                    return None
+                raise
+            for p in out.get("Parts", []):
+                parts[int(p["PartNumber"])] = str(p["ETag"])
+            if not out.get("IsTruncated"):
+                return parts
+            marker = int(out["NextPartNumberMarker"])
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        fs: Any = self.fs
+        self.run(fs._call_s3, "abort_multipart_upload", Bucket=self.bucket, Key=self._path(key), UploadId=upload_id)
 
     # -- versions --------------------------------------------------------------------
     def wants_versions(self, setting: str) -> bool:
@@ -460,3 +508,10 @@ def error_code_of(exc: BaseException) -> str:
     from tierfs.store.objects import error_code
 
     return error_code(exc)
+
+
+
+
+def _pread(path: Path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as fh:
+        return os.pread(fh.fileno(), length, offset)
