@@ -127,7 +127,8 @@ def snapshot() -> None:
               help="A JSON object of user metadata.")
 @click.option("--mode", type=click.Choice(["auto", "pinned", "copy"]), default="auto", show_default=True,
               help="pinned: record version ids (versioned stores); copy: server-side copies.")
-@click.option("--jobs", default=8, show_default=True, type=click.IntRange(min=1), help="Objects copied in parallel.")
+@click.option("--jobs", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Objects copied in parallel (server-side copies: each waits on the store, not on this machine).")
 @_CONFIG
 def snapshot_create(lake_url: str, dataset_prefix: str, name: str, dataset: str | None, message: str,
                     metas: tuple[str, ...], meta_file: Path | None, mode: str, jobs: int,

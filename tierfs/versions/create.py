@@ -138,7 +138,7 @@ def create_snapshot(
     message: str = "",
     metadata: dict[str, Any] | None = None,
     mode: str = "auto",
-    jobs: int = 8,
+    jobs: int = 32,
     on_progress: Callable[[Progress], None] | None = None,
     part_entries: int | None = None,
 ) -> SnapshotMeta:
@@ -189,6 +189,7 @@ def _create(store: ObjectStore, prefix: str, base: str, meta: SnapshotMeta, prev
             writer.add(entry)
 
     pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="snapshot")
+    written = 0
     try:
         for rel, entries in walk_sorted(store, prefix):
             for e in entries:  # files and directories share the (parent, name) order
@@ -199,6 +200,9 @@ def _create(store: ObjectStore, prefix: str, base: str, meta: SnapshotMeta, prev
                     window.append(pool.submit(_freeze, store, rel, e, meta.mode, previous, progress, run))
                 while len(window) > limit:
                     write_oldest()
+                    written += 1
+                    if on_progress is not None and not written % 512:
+                        on_progress(progress)  # (a directory of a million files shows its progress too)
             if on_progress is not None:
                 on_progress(progress)
         while window:
