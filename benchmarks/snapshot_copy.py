@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
     size = parse_size(args.size)
+    load = os.getloadavg()[0]  # (a shared machine: what else ran is part of the figure)
     work = Path(tempfile.mkdtemp(prefix="tierfs-snapcopy-", dir=args.work))
     server = SeaweedS3(work / "weed")
     times: list[float] = []
@@ -110,7 +111,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     med = statistics.median(times)
     print(f"\ncopy-mode snapshot: {args.files} x {args.size} files, SeaweedFS S3 on loopback, median of "
-          f"{args.repeat}; {os.cpu_count()} cores, shared VM")
+          f"{args.repeat}; {os.cpu_count()} cores, shared VM (load average {load:.1f} at the start)")
     print(f"  every object copied           {med:7.1f} s  {args.files / med:8.0f} files/s"
           f"  (runs: {', '.join(f'{t:.1f}' for t in times)} s)")
     print(f"  every object reused           {reuse:7.1f} s  {args.files / reuse:8.0f} files/s"
