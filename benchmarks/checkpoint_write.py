@@ -18,11 +18,27 @@ Each checkpoint is read back (``torch.load`` from the store side) and compared
 once. Prints medians and MiB/s, and tierfs' ratios to local disk. Unmounts and
 stops everything it started, by PID, even on failure. Needs root, fuse3,
 rclone, s3fs and torch.
+
+    .venv/bin/python benchmarks/checkpoint_write.py --warm 3000 --size 512MiB
+
+``--warm N`` measures instead what a checkpoint does to the dataset a job
+reads: a tierfs mount of the bucket (default RAM tier, 512 MiB) reads N
+files of 100 KiB into its RAM tier, then ``torch.save`` writes SIZE once
+straight to its name and once to a temporary name renamed into place (as
+Lightning and Hugging Face do). After each, once the tier fills are done,
+the mount's stats say how many dataset blocks the RAM tier still holds
+(none was read meanwhile: entries less evictions) and what the disk tier
+took; then the checkpoint is read back through the mount (``torch.load``)
+and compared, and the bytes that read fetched from the store are counted
+(0: it was served from the disk tier, filled under the checkpoint's name),
+with the RAM evictions the read-back's own promotions caused. Each case on a
+fresh mount.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -30,7 +46,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import BUCKET, System, drop_caches, unmount_all
@@ -73,14 +91,98 @@ def _wait_in_bucket(fs: object, key: str, size: int, t0: float, timeout: float =
     raise TimeoutError(f"{key} did not reach the bucket")
 
 
+def _stats(mnt: Path) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(os.getxattr(mnt, "user.tierfs.stats"))
+    return out
+
+
+def _settled(mnt: Path) -> dict[str, Any]:
+    """The mount's stats once the tier fills queued behind the replies (and a checkpoint's disk fill) are done."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        s = _stats(mnt)
+        if not s["fills"]["pending_bytes"] and not s["writes"]["staged_files"]:
+            return s
+        time.sleep(0.05)
+    raise TimeoutError("tier fills did not settle")
+
+
+def warm_dataset(files: int, size: int, work: Path) -> None:
+    """--warm: the RAM tier's dataset blocks before and after a checkpoint write (and its read-back)."""
+    import torch
+    from helpers import SeaweedS3
+
+    server = SeaweedS3(work / "weed")
+    state = _state(size)
+    rows = []
+    try:
+        server.start()
+        fs = server.fs()
+        fs.mkdir(BUCKET)
+        data = {f"ds/c{i % 20:02d}/{i:06d}.jpg": os.urandom(100 << 10) for i in range(files)}
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda kv: fs.pipe(f"{BUCKET}/{kv[0]}", kv[1]), data.items()))
+        cfg = server.s3_config(work / "s3.toml")
+        for how in ("direct", "renamed"):  # each on a fresh mount, its dataset read into RAM first
+            mnt, cache = work / f"mnt-{how}", work / f"cache-{how}"
+            mnt.mkdir()
+            subprocess.run([sys.executable, "-m", "tierfs", "mount", f"s3://{BUCKET}", str(mnt), "--config", str(cfg),
+                            "--cache-dir", str(cache), "--cache-size", "20GiB"], check=True, stdout=subprocess.DEVNULL)
+            try:
+                for key, payload in data.items():
+                    if (mnt / key).read_bytes() != payload:
+                        raise AssertionError(f"wrong bytes for {key}")
+                before = _settled(mnt)
+                final = mnt / f"ckpt/{how}.pt"
+                final.parent.mkdir(exist_ok=True)
+                target = final.with_suffix(".tmp") if how == "renamed" else final
+                t0 = time.perf_counter()
+                torch.save(state, target)
+                if how == "renamed":
+                    os.rename(target, final)
+                took = time.perf_counter() - t0
+                s = _settled(mnt)
+                drop_caches()
+                back = torch.load(final, weights_only=True)
+                if not all(torch.equal(back["model"][k], v) for k, v in state["model"].items()):  # type: ignore[attr-defined]
+                    raise AssertionError(f"{final} reads back other bytes")
+                after = _stats(mnt)
+                # no dataset block is read meanwhile: what RAM held of it, less what it evicted
+                rows.append((how, before["tiers"]["ram"]["entries"],
+                             before["tiers"]["ram"]["entries"] - s["tiers"]["ram"]["evictions"], took,
+                             s["tiers"]["disk"]["bytes_held"] - before["tiers"]["disk"]["bytes_held"],
+                             after["backend"]["bytes"] - s["backend"]["bytes"],
+                             after["tiers"]["ram"]["evictions"] - s["tiers"]["ram"]["evictions"]))
+            finally:
+                subprocess.run([sys.executable, "-m", "tierfs", "umount", str(mnt)], check=False,
+                               stdout=subprocess.DEVNULL)
+                shutil.rmtree(cache, ignore_errors=True)
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\ncheckpoint vs a warm dataset: {files} x 100 KiB read into the RAM tier (512 MiB), then torch.save of "
+          f"{size / 2**20:.0f} MiB, then torch.load of it; SeaweedFS S3 on loopback; {os.cpu_count()} cores, shared VM")
+    head = (f"{'checkpoint':<10}{'dataset blocks in RAM':>23}{'after the save':>16}{'save s':>8}{'disk tier +MiB':>16}"
+            f"{'load: store MiB':>17}{'load: RAM evictions':>21}")
+    print(head)
+    print("-" * len(head))
+    for how, held, left, took, disk, fetched, evicted in rows:
+        print(f"{how:<10}{held:>23}{left:>16}{took:>8.1f}{disk / 2**20:>16.0f}{fetched / 2**20:>17.0f}{evicted:>21}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="1GiB", help="checkpoint size")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--warm", type=int, default=0, metavar="N",
+                    help="measure the RAM tier's dataset blocks around a checkpoint write instead (N files)")
     args = ap.parse_args()
     size = parse_size(args.size)
+    if args.warm:
+        warm_dataset(args.warm, size, Path(tempfile.mkdtemp(prefix="tierfs-ckpt-", dir=args.work)))
+        return
     systems = args.systems.split(",")
     work = Path(tempfile.mkdtemp(prefix="tierfs-ckpt-", dir=args.work))
     from helpers import SeaweedS3, mounted

@@ -29,7 +29,7 @@ from tierfs.store.objects import ObjectStore
 from tierfs.versions.catalog import delete_snapshot, gc, open_snapshot
 from tierfs.versions.create import create_snapshot
 from tierfs.versions.leases import LAKE_LEASES, LEASE_TTL
-from tierfs.versions.manifest import CAS
+from tierfs.versions.manifest import COPIES
 
 HOUR = 3600.0
 X = random_bytes(5000, seed=7)  # the content a copy (or blob) of which outlives its first owner
@@ -81,14 +81,16 @@ def test_expiration_spares_an_object_rewritten_after_the_plan(tmp_path: Path) ->
 
 
 # -- gc and snapshot creation -----------------------------------------------------------------
-def _lake_with_an_old_unreferenced_copy(tmp_path: Path) -> tuple[Path, ObjectStore, Path]:
-    """A lake whose CAS holds X, referenced by no snapshot any more, and older than gc's grace."""
+def _lake_with_an_old_unreferenced_copy(tmp_path: Path, unreferenced: bool = True) -> tuple[Path, ObjectStore, Path]:
+    """A lake whose copies hold X, older than gc's grace, and referenced by no snapshot any more (unless not
+    ``unreferenced``: then snapshot s1 still names it)."""
     root = tmp_path / "lake"
     write_tree(root, {"data/a.bin": X, "data/b.bin": b"b"})
     store = _store(root)
     create_snapshot(store, "data", "s1")
-    delete_snapshot(store, "data", "s1")
-    copies = [p for p in (root / CAS).rglob("*") if p.is_file()]
+    if unreferenced:
+        delete_snapshot(store, "data", "s1")
+    copies = [p for p in (root / COPIES).rglob("*") if p.is_file()]
     _age(copies, 2 * HOUR)
     [copy] = [p for p in copies if p.read_bytes() == X]
     return root, store, copy
@@ -104,14 +106,17 @@ def _readable(store: ObjectStore, dataset: str, name: str) -> dict[str, bytes]:
 
 
 def test_gc_during_a_snapshot_keeps_the_copies_it_reuses(tmp_path: Path) -> None:
-    root, store, copy = _lake_with_an_old_unreferenced_copy(tmp_path)
+    """Retention deletes the snapshot a creation reuses copies from, and gc runs: those copies stay."""
+    root, store, copy = _lake_with_an_old_unreferenced_copy(tmp_path, unreferenced=False)
     reports = []
 
-    def gc_now(_progress: Any) -> None:
-        if not reports:  # once, after the snapshot found X already copied and reused it
+    def gc_now(progress: Any) -> None:
+        if progress.reused and not reports:  # once, after the snapshot reused X's copy from s1
+            delete_snapshot(store, "data", "s1")
             reports.append(gc(store))
 
     create_snapshot(store, "data", "s2", on_progress=gc_now)
+    assert reports and reports[0].deferred
     assert copy.exists()
     assert _readable(store, "data", "s2") == {"a.bin": X, "b.bin": b"b"}
 
@@ -121,7 +126,7 @@ def test_a_snapshot_started_during_gc_does_not_reuse_what_gc_deletes(tmp_path: P
     other: list[tuple[threading.Thread, list[Any]]] = []
 
     def snapshot_now(what: str) -> None:
-        if what.startswith(CAS) and not other:  # gc is about to delete its first copy
+        if what.startswith(COPIES) and not other:  # gc is about to delete its first copy
             other.append(_other_side(lambda: create_snapshot(store, "data", "s2")))
             other[0][0].join(timeout=3)  # a snapshot that does not wait for gc is done by now
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,7 +15,15 @@ from tierfs.errors import UserError
 from tierfs.store.objects import ObjectStore
 from tierfs.versions.catalog import delete_snapshot, diff, gc, list_datasets, list_snapshots, open_snapshot
 from tierfs.versions.create import create_snapshot
-from tierfs.versions.manifest import ManifestError, ManifestReader, snapshot_dir
+from tierfs.versions.manifest import (
+    ManifestEntry,
+    ManifestError,
+    ManifestReader,
+    ManifestWriter,
+    SnapshotMeta,
+    cas_key,
+    snapshot_dir,
+)
 
 
 @pytest.fixture
@@ -69,12 +78,34 @@ def test_second_snapshot_copies_only_what_changed(lake: tuple[Path, ObjectStore]
     assert seen[-1].reused == 5 and seen[-1].copied_bytes == 100
 
 
-def test_identical_content_is_stored_once(tmp_path: Path) -> None:
+def test_copies_by_content_hash_from_older_snapshots_are_reused_and_kept(tmp_path: Path) -> None:
+    """A snapshot made before server-side copies (its copies in cas/sha256/) is reused, and gc keeps its copies."""
     root = tmp_path / "lake"
-    write_tree(root, {f"d/{i}": b"same bytes" for i in range(10)})
+    files = {"d/a": b"aaa", "d/b": b"bbbb"}
+    write_tree(root, files)
     store = ObjectStore.open(load(None, {"lake_url": f"file://{root}"}))
-    create_snapshot(store, "d", "v1")
-    assert len([p for p in (root / ".tierfs/cas").rglob("*") if p.is_file()]) == 1
+    writer = ManifestWriter(store.put_bytes, snapshot_dir("d", "old"))
+    for key, data in files.items():
+        sha = hashlib.sha256(data).hexdigest()
+        store.put_bytes(cas_key(sha), data)
+        live = store.stat(key)
+        assert live.ref is not None
+        writer.add(ManifestEntry("", key[2:], False, len(data), 0o644, live.mtime_ns, cas_key(sha), "", "", sha,
+                                 live.ref.identity()))
+    meta = SnapshotMeta("d", "old", "d", "copy", created_at="2026-01-01T00:00:00+00:00", file_count=2,
+                        total_size=7, parts=writer.finish())
+    store.put_bytes(f"{snapshot_dir('d', 'old')}/meta.json", meta.to_json())
+    from tierfs.versions.create import Progress
+
+    seen: list[Progress] = []
+    create_snapshot(store, "d", "new", on_progress=seen.append)
+    assert seen[-1].reused == 2 and seen[-1].copied_bytes == 0
+    assert not (root / ".tierfs/cas/copies").exists()
+    delete_snapshot(store, "d", "old")
+    assert gc(store, grace_seconds=0).removed == []  # "new" names them
+    assert read_snapshot(store, "d", "new") == {"a": b"aaa", "b": b"bbbb"}
+    delete_snapshot(store, "d", "new")
+    assert len(gc(store, grace_seconds=0).removed) == 2
 
 
 def test_names_and_immutability(lake: tuple[Path, ObjectStore]) -> None:
@@ -130,7 +161,7 @@ def test_gc_keeps_every_referenced_copy(lake: tuple[Path, ObjectStore]) -> None:
     delete_snapshot(store, "toy", "v1")
     dry = gc(store, dry_run=True, grace_seconds=0)
     assert len(dry.removed) == 1 and dry.removed_bytes == 3000
-    assert len([p for p in (root / ".tierfs/cas/sha256").rglob("*") if p.is_file()]) == 6  # dry run removed nothing
+    assert len([p for p in (root / ".tierfs/cas/copies").rglob("*") if p.is_file()]) == 6  # dry run removed nothing
     gc(store, grace_seconds=0)
     assert read_snapshot(store, "toy", "v2")["train/cat/1.jpg"] == b"changed!"  # v2 intact
     young = gc(store, grace_seconds=3600)

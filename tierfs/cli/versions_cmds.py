@@ -108,7 +108,7 @@ def snapshot() -> None:
 
     A snapshot freezes every object under a prefix of the lake. On a store that
     keeps object versions it pins their version ids and copies nothing;
-    otherwise each object is copied once into a content-addressed area of the
+    otherwise each object is copied once, server side, into an area of the
     lake. Mounted, snapshots appear read-only under MOUNT/.snapshots/DATASET/NAME/.
 
     A snapshot belongs to the LAKE_URL it is made with: a mount shows those made
@@ -128,8 +128,9 @@ def snapshot() -> None:
 @click.option("--meta-file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="A JSON object of user metadata.")
 @click.option("--mode", type=click.Choice(["auto", "pinned", "copy"]), default="auto", show_default=True,
-              help="pinned: record version ids (versioned stores); copy: content-addressed copies.")
-@click.option("--jobs", default=8, show_default=True, type=click.IntRange(min=1), help="Objects copied in parallel.")
+              help="pinned: record version ids (versioned stores); copy: server-side copies.")
+@click.option("--jobs", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Objects copied in parallel (server-side copies: each waits on the store, not on this machine).")
 @_CONFIG
 def snapshot_create(lake_url: str, dataset_prefix: str, name: str, dataset: str | None, message: str,
                     metas: tuple[str, ...], meta_file: Path | None, mode: str, jobs: int,
@@ -253,7 +254,7 @@ def snapshot_delete(lake_url: str, dataset: str, name: str, config_file: Path | 
               help="Keep copies younger than this many seconds (a snapshot may be being created).")
 @_CONFIG
 def gc(lake_url: str, dry_run: bool, grace: float, config_file: Path | None) -> None:
-    """Remove content-addressed copies that no snapshot references.
+    """Remove snapshots' copies that no snapshot references.
 
     While a snapshot is being created (copy mode) gc removes nothing and says
     so: that snapshot may reuse any copy. A snapshot started during gc waits

@@ -157,13 +157,19 @@ class BlockReader:
         return data, source
 
     async def block(self, ref: ObjectRef, index: int, limiter: trio.CapacityLimiter | None = None,
-                    wait_for_fill: bool = False) -> tuple[bytes, str]:
-        """Block ``index`` of ``ref``; a store fetch runs under ``limiter`` (default: the demand read limiter)."""
+                    wait_for_fill: bool = False, fill: bool = True) -> tuple[bytes, str]:
+        """Block ``index`` of ``ref``; a store fetch runs under ``limiter`` (default: the demand read limiter).
+
+        Without ``fill`` the tiers only answer: a block from the store, or a
+        lower tier, is put into none (the old bytes of a file being rewritten).
+        """
         key = ref.block_key(index, self.block_size)
         hit = self.chain.get_fast(key)
         if hit is not None:
             return hit
         limiter = limiter or self.read_limiter
+        if not fill:  # (outside single-flight: a reader sharing this fetch would get no fill either)
+            return await self._slow(ref, index, key, limiter, wait_for_fill, fill=False)
 
         # Past RAM, concurrent readers of one block share one disk lookup and
         # at most one backend fetch.
@@ -184,8 +190,8 @@ class BlockReader:
                 self._wanted[key] = left
 
     async def _slow(self, ref: ObjectRef, index: int, key: BlockKey, limiter: trio.CapacityLimiter,
-                    wait_for_fill: bool) -> tuple[bytes, str]:
-        hit = await self.chain.get(key, after_fast=True, wait=wait_for_fill)
+                    wait_for_fill: bool, fill: bool = True) -> tuple[bytes, str]:
+        hit = await self.chain.get(key, after_fast=True, wait=wait_for_fill, promote=fill)
         if hit is not None:
             return hit
         start, end = block_span(index, self.block_size, ref.size)
@@ -205,7 +211,8 @@ class BlockReader:
                     del self._failed[next(iter(self._failed))]
                 self._failed[key] = (trio.current_time() + self.failed_for, str(exc))
             raise
-        await self.chain.put(key, data, wait=wait_for_fill)
+        if fill:
+            await self.chain.put(key, data, wait=wait_for_fill)
         return data, BACKEND
 
     async def _fetch(self, ref: ObjectRef, start: int, end: int, key: BlockKey,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import os
+import posixpath
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +32,7 @@ import obstore
 
 from tierfs.errors import Archived, UserError
 from tierfs.refs import ObjectRef
-from tierfs.store.backend import Backend, Entry, mtime_ns_of, require_identity
+from tierfs.store.backend import Backend, Changed, Entry, mtime_ns_of, require_identity
 from tierfs.store.local import archived_message
 from tierfs.store.obstore_data import Listing, ObstoreBackend, client_options, retries_off
 
@@ -134,6 +135,47 @@ class AzureBackend(ObstoreBackend):
         finally:
             self.fs.invalidate_cache(self.full(key))
         return True
+
+    def copy_ref(self, ref: ObjectRef, dst: str) -> Entry:
+        """Copy Blob, server side, If-Match the source's ETag: exactly those bytes, or ConditionNotMet (Changed).
+
+        A copy inside one account is usually done when the call returns; one
+        still pending is polled until it is, within the call's deadline.
+        """
+        import asyncio
+
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        async def copy() -> Any:
+            async with self._blob(dst) as blob:
+                url = self._blob(ref.key).url
+                if ref.version and self.version_aware:
+                    url += f"?versionid={ref.version}"
+                kwargs: dict[str, Any] = {}
+                if ref.etag:
+                    kwargs.update(source_etag=f'"{ref.etag}"', source_match_condition=MatchConditions.IfNotModified)
+                out = await blob.start_copy_from_url(url, **kwargs)
+                status = out.get("copy_status")
+                while status == "pending":
+                    await asyncio.sleep(0.1)
+                    out = await blob.get_blob_properties()
+                    status = out.copy.status
+                if status != "success":
+                    raise OSError(f"copy of {ref.key} to {dst} ended {status}")
+                return out
+
+        try:
+            out = self.run_for(self.seconds_for(ref.size), copy)
+        except ResourceModifiedError:
+            raise Changed(f"{ref.key} changed upstream (ETag is no longer {ref.etag})") from None
+        except ResourceNotFoundError:
+            raise FileNotFoundError(ref.key) from None
+        self.fs.invalidate_cache(self.full(dst))
+        etag = str(out.get("etag") or "").strip('"')
+        version = str(out.get("version_id") or "") if self.version_aware else ""
+        return Entry(posixpath.basename(dst), False, ref.size, mtime_ns_of({"last_modified": out.get("last_modified")}),
+                     ObjectRef(dst, ref.size, etag, version))
 
     def remove_dir(self, rel: str) -> None:
         """Delete the directory's marker blob: ``rel/``, or ``rel`` flagged as a folder (adlfs, Azure tools)."""

@@ -110,6 +110,14 @@ class Backend:
         timeout = max(0.05, min(self.attempt_timeout, self.deadline.left()))
         return sync(self.fs.loop, coro_fn, *args, timeout=timeout, **kwargs)
 
+    def run_for(self, seconds: float, coro_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Like :meth:`run`, for a request whose time grows with its bytes: ``seconds`` instead of one attempt's."""
+        return sync(self.fs.loop, coro_fn, *args, timeout=max(0.05, min(seconds, self.deadline.left())), **kwargs)
+
+    def seconds_for(self, nbytes: int) -> float:
+        """How long one request that moves ``nbytes`` may take: one attempt's time plus 1 s per MiB."""
+        return self.attempt_timeout + nbytes / (1 << 20)
+
     # -- metadata -----------------------------------------------------------
     def check(self) -> dict[str, Any]:
         info: dict[str, Any] = self.fs.info(self.full(""))
@@ -223,6 +231,31 @@ class Backend:
     def copy(self, src: str, dst: str) -> None:
         """Copy one object inside the lake (server side where the store can)."""
         self.fs.copy(self.full(src), self.full(dst))
+
+    def copy_ref(self, ref: ObjectRef, dst: str) -> Entry:
+        """Copy exactly the object ``ref`` names to the new key ``dst``: the copy's Entry, or Changed.
+
+        For a snapshot's copies, which must hold the bytes the manifest names,
+        never a newer version's or a mix. Each provider copies server side and
+        makes the copy conditional on ``ref``'s ETag or version (see theirs).
+        Here, for any fsspec store, the bytes go through this process and the
+        source is checked after: if it is no longer ``ref`` (or the length
+        differs), the copy is deleted and Changed raised. A source gone is
+        FileNotFoundError.
+        """
+        size = 0
+        with self.open_read(ref) as src, self.open_write(dst) as out:
+            while chunk := src.read(8 << 20):
+                out.write(chunk)
+                size += len(chunk)
+        try:
+            now = self.stat(ref.key)
+        except FileNotFoundError:
+            now = None
+        if size != ref.size or now is None or not same_object(now.ref, ref):
+            self.delete(dst)
+            raise Changed(f"{ref.key} changed while it was copied")
+        return self.stat(dst)
 
     # Directories and times exist only where the store has them (a local lake).
     def make_dir(self, rel: str) -> bool:

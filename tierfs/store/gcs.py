@@ -123,6 +123,30 @@ class GcsBackend(ObstoreBackend):
         return Entry(posixpath.basename(key), False, size, mtime_ns_of(out),
                      ObjectRef(key, size, etag, str(out["generation"])), str(out.get("storageClass") or ""))
 
+    def copy_ref(self, ref: ObjectRef, dst: str) -> Entry:
+        """A server-side rewrite of exactly the generation ``ref`` records (``sourceGeneration``).
+
+        A generation gone (rewritten since) is a 404: Changed. A ref without a
+        generation is checked after instead: the source must still be it.
+        """
+        fs: Any = self.fs
+        sb, sk, _ = fs.split_path(self.full(ref.key))
+        db, dk, _ = fs.split_path(self.full(dst))
+        out: dict[str, Any] = {}
+        try:
+            while not out.get("done"):  # a large object may take several calls, each resuming by token
+                out = self.run_for(self.seconds_for(ref.size), fs._call, "POST", "b/{}/o/{}/rewriteTo/b/{}/o/{}",
+                                   sb, sk, db, dk, sourceGeneration=ref.version or None,
+                                   rewriteToken=out.get("rewriteToken"), json_out=True)
+        except FileNotFoundError:
+            if ref.version:
+                raise Changed(f"{ref.key} changed upstream (generation {ref.version} is gone)") from None
+            raise
+        if not ref.version and not same_object(self.stat(ref.key).ref, ref):
+            self.delete(dst)
+            raise Changed(f"{ref.key} changed while it was copied")
+        return self._answer(dst, out.get("resource"))
+
     def delete_if(self, key: str, ref: ObjectRef) -> bool:
         """DELETE with ifGenerationMatch: GCS itself refuses (412) if the object is another generation now.
 

@@ -259,6 +259,17 @@ class ObjectStore:
         """Copy one object inside the lake (server side where the store can)."""
         self.call(lambda: self.backend.copy(src, dst), f"copy {src} to {dst}", deadline=self.read_deadline)
 
+    def copy_ref(self, ref: ObjectRef, dst: str) -> Entry:
+        """Copy exactly the bytes ``ref`` names to the new key ``dst`` (server side where the store can).
+
+        Changed if the source is another object now (nothing is left at
+        ``dst`` then), NotFound if it is gone. The deadline grows with the
+        object's size, as an upload's does.
+        """
+        entry: Entry = self.call(lambda: self.backend.copy_ref(ref, dst), f"copy {ref.key} to {dst}",
+                                 deadline=self.read_deadline + ref.size / (1 << 20))
+        return entry
+
     def make_dir(self, rel: str) -> bool:
         """Create an empty directory where the store has them (a local lake); False where it has none."""
         out: bool = self.call(lambda: self.backend.make_dir(rel), f"mkdir {rel}")

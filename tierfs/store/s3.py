@@ -7,8 +7,9 @@ keeps versions. A put's identity is the PUT's (or CompleteMultipartUpload's)
 own answer.
 
 s3fs (botocore) serves what obstore has no call for: resumable multipart
-uploads with their state, storage classes, restores, version listings and
-bucket lifecycle configuration.
+uploads with their state, copies conditional on the source's ETag
+(``s3_copy.py``), storage classes, restores, version listings and bucket
+lifecycle configuration.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tierfs.refs import ObjectRef
 from tierfs.store.backend import Backend, Entry, join_key, require_identity, same_object
 from tierfs.store.local import archived_message
 from tierfs.store.obstore_data import ObstoreBackend, client_options, retries_off
+from tierfs.store.s3_copy import S3Copies
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 _SELF_COPY_REFUSED = "self-copy-needs-replace"
 
 
-class S3Backend(ObstoreBackend):
+class S3Backend(S3Copies, ObstoreBackend):
     provider: ClassVar[str] = "s3"
     multipart: ClassVar[bool] = True
 

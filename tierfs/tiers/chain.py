@@ -63,12 +63,14 @@ class TierChain:
                 return data, tier.name
         return self._filling.get(key.digest)
 
-    async def get(self, key: BlockKey, after_fast: bool = False, wait: bool = False) -> tuple[bytes, str] | None:
+    async def get(self, key: BlockKey, after_fast: bool = False, wait: bool = False,
+                  promote: bool = True) -> tuple[bytes, str] | None:
         """The block and the name of the tier that had it, or None.
 
         With ``after_fast``, the leading in-loop tiers are taken as already
         asked (by :meth:`get_fast`) and are only promoted into. With ``wait``,
-        promotions are done before this returns instead of queued.
+        promotions are done before this returns instead of queued; without
+        ``promote``, none is made.
         """
         for i, tier in enumerate(self.tiers):
             if after_fast and tier.in_loop and all(t.in_loop for t in self.tiers[:i]):
@@ -80,7 +82,8 @@ class TierChain:
             data = await self._call(tier, tier.get, key)
             observe(TIER_SECONDS, tier.name, time.perf_counter() - t0)
             if data is not None:
-                await self._fill(self.tiers[:i], key, data, wait)
+                if promote:
+                    await self._fill(self.tiers[:i], key, data, wait)
                 return data, tier.name
         return None
 
@@ -99,8 +102,9 @@ class TierChain:
         tiers = self.tiers if into is None else [t for t in self.tiers if t.name in into]
         await self._fill(tiers, key, data, wait)
 
-    async def evict(self, key: BlockKey) -> None:
-        for tier in self.tiers:
+    async def evict(self, key: BlockKey, into: Collection[str] | None = None) -> None:
+        """Drop a block from every tier (or the ones named ``into``)."""
+        for tier in self.tiers if into is None else [t for t in self.tiers if t.name in into]:
             await self._call(tier, tier.evict, key)
 
     def close(self) -> None:

@@ -15,12 +15,14 @@ from tierfs.store.objects import ObjectStore
 from tierfs.versions.leases import LAKE_LEASES, sweeping
 from tierfs.versions.manifest import (
     CAS,
+    COPIES,
     RESERVED,
     SNAPSHOTS,
     ManifestEntry,
     ManifestError,
     ManifestReader,
     SnapshotMeta,
+    copy_name,
     snapshot_dir,
     validate_name,
 )
@@ -135,6 +137,8 @@ def _same_bytes(a: ManifestEntry, b: ManifestEntry) -> bool:
         return False
     if a.sha256 and b.sha256:
         return a.sha256 == b.sha256
+    if a.cache_id and b.cache_id:  # the identity the bytes had when frozen: two copies of one version are the same
+        return a.cache_id == b.cache_id
     return (a.key, a.version, a.cache_id) == (b.key, b.version, b.cache_id)
 
 
@@ -153,7 +157,7 @@ class GcReport:
 
 def gc(store: ObjectStore, dry_run: bool = False, grace_seconds: float = 3600.0,
        on_progress: Callable[[str], None] | None = None) -> GcReport:
-    """Remove content-addressed copies that no snapshot references.
+    """Remove snapshots' copies (``cas/sha256/`` by content, ``cas/copies/`` by source identity) no snapshot references.
 
     Never a copy a snapshot being created may reuse: gc holds a sweep lease
     while it runs and deletes nothing if a snapshot's creation lease is live;
@@ -164,8 +168,9 @@ def gc(store: ObjectStore, dry_run: bool = False, grace_seconds: float = 3600.0,
     The referenced set is built from every manifest (checksums checked: a
     manifest that cannot be read stops gc, since what it pins is unknown),
     in an on-disk table so memory stays bounded. Copies younger than the
-    grace period are kept as well: a copy in ``cas/tmp`` may be one a
-    snapshot is writing (one from before leases, or past its lease's expiry).
+    grace period are kept as well: a copy in ``cas/copies`` or ``cas/tmp``
+    may be one a snapshot is writing (one from before leases, or past its
+    lease's expiry).
     """
     if dry_run:
         return _gc(store, True, grace_seconds, on_progress)
@@ -200,8 +205,9 @@ def _gc(store: ObjectStore, dry_run: bool, grace_seconds: float,
                 try:
                     batch = []
                     for e in reader:
-                        if e.sha256:
-                            batch.append((e.sha256,))
+                        name = "" if e.is_dir else copy_name(e.key) or e.sha256
+                        if name:
+                            batch.append((name,))
                             if len(batch) >= 10_000:
                                 db.executemany("INSERT OR IGNORE INTO ref VALUES (?)", batch)
                                 batch = []
@@ -210,11 +216,11 @@ def _gc(store: ObjectStore, dry_run: bool, grace_seconds: float,
                     raise UserError(f"gc stopped, nothing removed: {exc}") from None
         report.referenced = db.execute("SELECT count(*) FROM ref").fetchone()[0]
         now = time.time()
-        for area, is_tmp in ((CAS, False), (CAS_TMP, True)):
+        for area, is_tmp in ((CAS, False), (COPIES, False), (CAS_TMP, True)):
             for obj in store.walk_files(area):
-                sha = obj.name.rsplit("/", 1)[-1]
+                name = obj.name.rsplit("/", 1)[-1]
                 young = now - obj.mtime_ns / 1e9 < grace_seconds
-                if not is_tmp and db.execute("SELECT 1 FROM ref WHERE h = ?", (sha,)).fetchone():
+                if not is_tmp and db.execute("SELECT 1 FROM ref WHERE h = ?", (name,)).fetchone():
                     report.kept += 1
                     continue
                 if young:

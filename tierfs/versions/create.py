@@ -5,29 +5,38 @@ manifest streams out sorted with one directory listing in memory.
 
 - **pinned** (the store keeps object versions): each entry records the version
   id it had; nothing is copied.
-- **copy** (no versions): each object is copied once into a content-addressed
-  area (``.tierfs/cas/sha256/…``); a file whose live identity is unchanged
+- **copy** (no versions): each object is copied once, server side where the
+  store can (CopyObject, rewrite, Copy Blob, a reflink), into
+  ``.tierfs/cas/copies/``, under a key named by the identity it was copied
+  from and this creation; the copy is conditional on that identity (or
+  checked against it), so a source rewritten meanwhile is copied again as
+  its new version, never as a mix. A file whose live identity is unchanged
   since the dataset's previous snapshot reuses that snapshot's copy without
-  being read, and identical content is stored once.
+  being read or copied. Older snapshots' copies in ``.tierfs/cas/sha256/``
+  (by content hash) are reused the same way.
+
+Copies run on ``jobs`` threads with a window of entries in flight across
+directories, so the manifest keeps its order while small directories do
+not stall the copies.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import getpass
-import hashlib
 import heapq
 import logging
 import socket
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from tierfs.errors import NotFound, StoreError, TierfsError, UserError
-from tierfs.store.objects import Entry, ObjectStore
+from tierfs.store.objects import Changed, Entry, ObjectStore
 from tierfs.versions.leases import LAKE_LEASES, creating
 from tierfs.versions.manifest import (
     RESERVED,
@@ -35,14 +44,13 @@ from tierfs.versions.manifest import (
     ManifestReader,
     ManifestWriter,
     SnapshotMeta,
-    cas_key,
+    copy_key,
+    copy_name,
     snapshot_dir,
     validate_name,
 )
 
 log = logging.getLogger(__name__)
-CHUNK = 8 << 20
-CAS_TMP = f"{RESERVED}/cas/tmp"
 
 
 @dataclass
@@ -130,7 +138,7 @@ def create_snapshot(
     message: str = "",
     metadata: dict[str, Any] | None = None,
     mode: str = "auto",
-    jobs: int = 8,
+    jobs: int = 32,
     on_progress: Callable[[Progress], None] | None = None,
     part_entries: int | None = None,
 ) -> SnapshotMeta:
@@ -168,34 +176,58 @@ def create_snapshot(
 
 def _create(store: ObjectStore, prefix: str, base: str, meta: SnapshotMeta, previous: _Previous | None, jobs: int,
             on_progress: Callable[[Progress], None] | None, part_entries: int | None) -> SnapshotMeta:
-    mode = meta.mode
     progress = Progress()
     writer = ManifestWriter(store.put_bytes, base, part_entries or 20_000)
-    with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="snapshot") as pool:
+    run = uuid.uuid4().hex[:12]
+    window: deque[ManifestEntry | Future[ManifestEntry | None]] = deque()
+    limit = max(64, 8 * jobs)  # entries in flight: bounded memory, and enough to keep every thread busy
+
+    def write_oldest() -> None:
+        item = window.popleft()
+        entry = item.result() if isinstance(item, Future) else item
+        if entry is not None:
+            writer.add(entry)
+
+    pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="snapshot")
+    written = 0
+    try:
         for rel, entries in walk_sorted(store, prefix):
-            for i in range(0, len(entries), 512):  # bounded work in flight
-                chunk = entries[i : i + 512]
-                frozen = iter(pool.map(lambda e, rel=rel: _freeze(store, rel, e, mode, previous, progress),
-                                       [e for e in chunk if not e.is_dir]))
-                for e in chunk:  # files and directories share the (parent, name) order
-                    if e.is_dir:
-                        writer.add(ManifestEntry(rel, e.name, True))
-                        meta.dir_count += 1
-                    else:
-                        writer.add(next(frozen))
-                if on_progress is not None:
-                    on_progress(progress)
+            for e in entries:  # files and directories share the (parent, name) order
+                if e.is_dir:
+                    window.append(ManifestEntry(rel, e.name, True))
+                    meta.dir_count += 1
+                else:
+                    window.append(pool.submit(_freeze, store, rel, e, meta.mode, previous, progress, run))
+                while len(window) > limit:
+                    write_oldest()
+                    written += 1
+                    if on_progress is not None and not written % 512:
+                        on_progress(progress)  # (a directory of a million files shows its progress too)
+            if on_progress is not None:
+                on_progress(progress)
+        while window:
+            write_oldest()
+    except BaseException:
+        for item in window:
+            if isinstance(item, Future):
+                item.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    if on_progress is not None:
+        on_progress(progress)
     meta.file_count = progress.files
     meta.total_size = progress.bytes
     meta.parts = writer.finish()
     store.put_bytes(f"{base}/meta.json", meta.to_json())  # the commit point
     log.info("snapshot %s@%s: %d files, %d bytes, mode %s", meta.dataset, meta.name, meta.file_count,
-             meta.total_size, mode)
+             meta.total_size, meta.mode)
     return meta
 
 
-def _freeze(store: ObjectStore, rel: str, e: Entry, mode: str,
-            previous: _Previous | None, progress: Progress) -> ManifestEntry:
+def _freeze(store: ObjectStore, rel: str, e: Entry, mode: str, previous: _Previous | None, progress: Progress,
+            run: str) -> ManifestEntry | None:
+    """The manifest entry of one file: pinned, reused from the previous snapshot, or copied (None: gone meanwhile)."""
     assert e.ref is not None
     ref = e.ref
     if mode == "pinned":
@@ -203,57 +235,30 @@ def _freeze(store: ObjectStore, rel: str, e: Entry, mode: str,
         return ManifestEntry(rel, e.name, False, ref.size, 0o644, e.mtime_ns, ref.key, ref.version,
                              ref.etag, "", ref.identity())
     old = previous.lookup(rel, e.name) if previous is not None else None
-    if old is not None and not old.is_dir and old.cache_id == ref.identity() and old.sha256:
+    if old is not None and not old.is_dir and old.cache_id == ref.identity() and copy_name(old.key):
         progress.add(files=1, nbytes=ref.size, reused=1)
-        return ManifestEntry(rel, e.name, False, ref.size, 0o644, e.mtime_ns, old.key, "", old.etag,
+        return ManifestEntry(rel, e.name, False, ref.size, 0o644, e.mtime_ns, old.key, "", "",
                              old.sha256, old.cache_id)
+    mtime_ns = e.mtime_ns
     for _attempt in range(3):
-        sha, size = _copy_to_cas(store, ref, progress)
-        after = store.stat(ref.key)
-        if after.ref is not None and after.ref.identity() == ref.identity() and size == ref.size:
+        key = copy_key(ref.identity(), run)
+        try:
+            store.copy_ref(ref, key)
             break
-        log.info("%s changed while it was copied; copying it again", ref.key)
-        assert after.ref is not None
-        ref = after.ref
-        e = Entry(e.name, False, after.size, after.mtime_ns, after.ref)
+        except (Changed, NotFound):
+            pass
+        try:
+            now = store.stat(ref.key)
+        except NotFound:
+            log.info("%s was deleted while it was snapshotted; it is not in the snapshot", ref.key)
+            return None
+        if now.is_dir or now.ref is None:
+            log.info("%s became a directory while it was snapshotted; the file is not in the snapshot", ref.key)
+            return None
+        log.info("%s changed while it was copied; copying its new version", ref.key)
+        ref, mtime_ns = now.ref, now.mtime_ns
     else:
         raise StoreError(f"{ref.key} keeps changing while being snapshotted; try again when writers are done")
-    progress.add(files=1, nbytes=size)
-    return ManifestEntry(rel, e.name, False, size, 0o644, e.mtime_ns, cas_key(sha), "", "", sha, ref.identity())
-
-
-def _copy_to_cas(store: ObjectStore, ref: Any, progress: Progress) -> tuple[str, int]:
-    """Copy an object into the content-addressed area; returns (sha256, size).
-
-    A copy lands under a temporary key and is renamed into place, so a CAS key
-    never names partial bytes (a later snapshot trusts an existing CAS key).
-    """
-    tmp = f"{CAS_TMP}/{uuid.uuid4().hex}"
-    try:
-        if ref.size <= CHUNK:  # small objects: one GET, hash in memory, one PUT at most
-            data = store.read_range(ref, 0, ref.size) if ref.size else b""
-            sha, size = hashlib.sha256(data).hexdigest(), len(data)
-            if store.exists(cas_key(sha)):
-                return sha, size
-            store.put_bytes(tmp, data)
-        else:
-            h = hashlib.sha256()
-            size = 0
-            with store.open_read(ref) as src, store.open_write(tmp) as dst:
-                while chunk := src.read(CHUNK):
-                    h.update(chunk)
-                    dst.write(chunk)
-                    size += len(chunk)
-            sha = h.hexdigest()
-            if store.exists(cas_key(sha)):
-                store.delete(tmp)  # identical content is stored once
-                return sha, size
-        store.move(tmp, cas_key(sha))
-        progress.add(copied=size)
-        return sha, size
-    except BaseException:
-        try:
-            store.delete(tmp)
-        except Exception:
-            pass
-        raise
+    progress.add(files=1, nbytes=ref.size, copied=ref.size)
+    # The copy's key is never written again (only gc deletes it): like a content hash, it needs no ETag to be read.
+    return ManifestEntry(rel, e.name, False, ref.size, 0o644, mtime_ns, key, "", "", "", ref.identity())

@@ -1,10 +1,11 @@
 """Leases: how a sweep (gc, backup expiry) and a creation (a snapshot, a backup run) never overlap badly.
 
-A creation may reuse content-addressed objects that exist already (a copy
-in ``.tierfs/cas/``, a backup blob) without rewriting them: that is the
-point of storing content once. A sweep deletes the ones no committed
-manifest references. The race: the creation finds an old, unreferenced copy,
-decides to reuse it, and the sweep deletes it before the creation's manifest
+A creation may reuse objects that exist already (a copy in ``.tierfs/cas/``
+a previous snapshot names, a backup blob) without rewriting them: that is
+the point of copying only what changed. A sweep deletes the ones no committed
+manifest references. The race: the creation decides to reuse an old copy
+(whose snapshot retention deletes meanwhile, or a backup blob no backup
+names any more), and the sweep deletes it before the creation's manifest
 is committed; the manifest then names bytes that are gone. A grace period by
 the object's age cannot close it (the copy reused is old), nor can reading
 the manifests again right before deleting (the creation has not committed).

@@ -38,6 +38,8 @@ from tierfs.refs import ObjectRef
 RESERVED = ".tierfs"
 SNAPSHOTS = f"{RESERVED}/snapshots"
 CAS = f"{RESERVED}/cas/sha256"
+#: Server-side copies (copy mode), named by the identity of the bytes they were copied from (see copy_key).
+COPIES = f"{RESERVED}/cas/copies"
 FORMAT = "tierfs-manifest 1"
 PART_ENTRIES = 20_000
 
@@ -110,6 +112,25 @@ def meta_key(dataset: str, name: str) -> str:
 
 def cas_key(sha256: str) -> str:
     return f"{CAS}/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+def copy_key(identity: str, run: str) -> str:
+    """Where a snapshot creation (``run``) puts its copy of the bytes whose ObjectRef identity is ``identity``.
+
+    Never written twice: a key per creation, so no other creation's copy, nor
+    a copy of a newer version, can land over one a manifest names; later
+    snapshots share it by reusing their predecessor's entry.
+    """
+    h = hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{COPIES}/{h[:2]}/{h[2:4]}/{h}-{run}"
+
+
+def copy_name(key: str) -> str:
+    """The name gc knows a copy by: its sha256 (CAS) or its copy key's last component; '' for no copy."""
+    for area in (CAS, COPIES):
+        if key.startswith(f"{area}/"):
+            return key.rsplit("/", 1)[-1]
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +212,7 @@ class SnapshotMeta:
     dataset: str
     name: str
     prefix: str
-    mode: str  # "pinned" (version ids) or "copy" (content-addressed copies)
+    mode: str  # "pinned" (version ids) or "copy" (copies in .tierfs/cas/)
     message: str = ""
     created_at: str = ""
     creator: str = ""

@@ -71,6 +71,8 @@ class StagedFile:
     uploaded_generation: int = -1  # the generation the lake holds
     unlinked: bool = False
     filling: bool = False  # its uploaded bytes are being put into the tiers
+    fill_scope: trio.CancelScope | None = None  # the fill's (a rename stops it)
+    refill: bool = False  # its fill was stopped by a rename: it is filled again under the new name
     dropped: bool = False  # its fd is closed and its files removed
     user_mtime_ns: int = 0  # an mtime set by utimens, applied to the object after its upload
     error: str = ""  # why the last upload failed

@@ -31,10 +31,10 @@ from tierfs.data.reader import BlockReader
 from tierfs.errors import NoSpace, NotFound, StoreError
 from tierfs.metrics import WRITE_COUNTERS, Counters
 from tierfs.namespace.live import Namespace
-from tierfs.refs import ObjectRef, block_span
+from tierfs.refs import ObjectRef
 from tierfs.store.objects import Entry, ObjectStore
 from tierfs.store.upload import Uploader
-from tierfs.tiers.disk import DiskTier
+from tierfs.write.fill import Fills
 from tierfs.write.staging import CLEAN, DIRTY, StagedFile, Staging
 from tierfs.write.tree import rename_tree
 
@@ -48,7 +48,7 @@ T = TypeVar("T")
 UNRECORD, DROP = "unrecord", "drop"
 
 
-class Writer:
+class Writer(Fills):
     def __init__(self, store: ObjectStore, uploader: Uploader, reader: BlockReader, namespace: Namespace,
                  staging: Staging, limiter: trio.CapacityLimiter, rename_concurrency: int = 16,
                  staging_limiter: trio.CapacityLimiter | None = None):
@@ -264,27 +264,8 @@ class Writer:
         self.ns.changed(sf.key, entry)
         # The close returns now; the blocks go into the disk tier behind it. Until
         # they are in, reads of the file are served from the staged bytes.
-        sf.filling = True
-        if self._nursery is not None:
-            self._nursery.start_soon(self._fill_then_settle, sf, entry)
-        else:
-            await self._fill_then_settle(sf, entry)
+        await self._start_fill(sf, entry)
         return entry
-
-    async def _fill_then_settle(self, sf: StagedFile, entry: Entry) -> None:
-        """Put the uploaded bytes into the disk tier (writes to ``sf`` wait meanwhile); drop ``sf`` if closed."""
-        try:
-            async with sf.upload_lock:
-                if sf.generation == sf.uploaded_generation and not sf.unlinked:
-                    t0 = time.monotonic()
-                    await self._fill_tiers(sf, entry)
-                    log.debug("%s put into the disk tier in %.2f s", sf.key, time.monotonic() - t0)
-        except Exception as exc:  # the tiers are a cache: a failure here loses nothing
-            log.warning("putting %s into the disk tier failed: %s", sf.key, exc)
-        finally:
-            sf.filling = False
-            if sf.unlinked or (sf.handles == 0 and not sf.dirty):
-                self._forget(sf)  # (its disk work runs apart, and logs its failures: _clean_up_quietly)
 
     def release(self, sf: StagedFile) -> bool:
         """A handle on ``sf`` closed; True if that discarded it (the lake's version is the file again)."""
@@ -357,6 +338,7 @@ class Writer:
                 # No upload into the old tree may land behind the copy.
                 below = [f for key, f in self._staged.items() if key.startswith(old + "/")]
                 for f in below:
+                    self._hold_fill(f)
                     await stack.enter_async_context(f.upload_lock)
                 moved = await rename_tree(self.store, old, new, self.limiter, self.rename_concurrency)
                 self.stats.add("renamed_objects", moved)
@@ -366,11 +348,15 @@ class Writer:
                 self.ns.moved(old, new, Entry(posixpath.basename(new), True))
                 for f in below:
                     await self._journal_key(f)
+            for f in below:
+                await self._refill(f)
             return
         sf = self._staged.get(old)
         if sf is not None:
+            self._hold_fill(sf)  # a fill under the old name is of no use: it is filled under the new one
             async with sf.upload_lock:  # no upload or fill of it runs meanwhile
-                if not sf.dropped:  # (it may have settled while we waited)
+                moved = not sf.dropped  # (it may have settled while we waited)
+                if moved:
                     if sf.uploaded_generation >= 0 or sf.base is not None:
                         try:
                             await trio.to_thread.run_sync(self.store.move, old, new, limiter=self.limiter)
@@ -382,7 +368,9 @@ class Writer:
                     assert overlay_entry is not None
                     self.ns.moved(old, new, overlay_entry)
                     await self._journal_key(sf)
-                    return
+            await self._refill(sf)  # (the lock let go: the fill takes it)
+            if moved:
+                return
         await trio.to_thread.run_sync(self.store.move, old, new, limiter=self.limiter)
         self.stats.add("renamed_objects")
         entry = await trio.to_thread.run_sync(self.store.stat, new, limiter=self.limiter)
@@ -539,32 +527,15 @@ class Writer:
         base = sf.base
         assert base is not None
         for index in range((base.size + self.reader.block_size - 1) // self.reader.block_size):
-            data, _ = await self.reader.block(base, index)
+            # Into no tier: these bytes are about to be replaced (appending to a large file must not push
+            # the dataset out of RAM, nor fill Redis, with its old version).
+            data, _ = await self.reader.block(base, index, fill=False)
             await self._fd_call(sf, os.pwrite, sf.fd, data, index * self.reader.block_size)
 
     def _changed(self, sf: StagedFile) -> None:
         sf.generation += 1
         sf.mtime_ns = time.time_ns()
         sf.base = None if sf.materialized else sf.base
-
-    async def _fill_tiers(self, sf: StagedFile, entry: Entry) -> None:
-        """Put what was just uploaded into the disk tier under its new ref: reading it back is a hit.
-
-        The disk tier only: a checkpoint of gigabytes would push the blocks
-        the readers use out of RAM, and would fill the Redis the nodes share
-        with bytes the others rarely read (they fetch it once, into theirs).
-        """
-        ref = entry.ref
-        if ref is None or ref.size != sf.size:
-            return
-        block_size = self.reader.block_size
-        for index in range((ref.size + block_size - 1) // block_size):
-            start, end = block_span(index, block_size, ref.size)
-            data = await self._fd_call(sf, os.pread, sf.fd, end - start, start)
-            if len(data) != end - start:
-                return
-            # Awaited, not queued: the staged copy is dropped once this returns.
-            await self.reader.chain.put(ref.block_key(index, block_size), data, into={DiskTier.name}, wait=True)
 
     def stop(self) -> None:
         """At unmount: say what is left to upload (the next start does it)."""
