@@ -36,6 +36,7 @@ from tierfs.namespace.snapshots import SNAPSHOTS_DIR, Fetch, SnapshotTree, in_tr
 from tierfs.namespace.stale import LISTING, STAT, Outage
 from tierfs.refs import ObjectRef
 from tierfs.store.objects import Entry, ObjectStore
+from tierfs.versions.index_dir import ManifestIndexes
 
 #: Names at the lake's root that belong to tierfs itself, never shown in the live view.
 RESERVED = frozenset({".tierfs", SNAPSHOTS_DIR})
@@ -50,8 +51,10 @@ class NotADirectory(NotFound):
 class Namespace:
     def __init__(self, store: ObjectStore, ttl: float, listing_entries: int, limiter: trio.CapacityLimiter,
                  fetch: Fetch | None = None, manifest_limiter: trio.CapacityLimiter | None = None,
-                 negative_ttl: float = 0.0, immutable_prefixes: tuple[str, ...] = ()):
-        """``limiter``: the metadata limiter (listings, stats). ``fetch``: whole lake objects (manifests)."""
+                 negative_ttl: float = 0.0, immutable_prefixes: tuple[str, ...] = (),
+                 manifest_indexes: ManifestIndexes | None = None):
+        """``limiter``: the metadata limiter (listings, stats). ``fetch``: whole lake objects (manifests).
+        ``manifest_indexes``: where snapshots' manifests are indexed locally (None: their parts are kept in memory)."""
         self.store = store
         self.ttl = ttl
         self.immutable_prefixes = immutable_prefixes
@@ -78,7 +81,8 @@ class Namespace:
         async def read_whole(key: str) -> bytes:
             return await trio.to_thread.run_sync(store.read_all, key, limiter=manifest_limiter)
 
-        self.snapshots = SnapshotTree(self._lake_entries, fetch or read_whole, manifest_limiter)
+        self.snapshots = SnapshotTree(self._lake_entries, fetch or read_whole, manifest_limiter,
+                                      indexes=manifest_indexes, read_part=store.read_all)
 
     def start(self, nursery: trio.Nursery) -> None:
         """Refresh what an outage made us serve stale, in the background (the mount's nursery)."""

@@ -1,0 +1,236 @@
+"""The local index of snapshot manifests: what it answers, how it is built, checked, bounded and dropped."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import trio
+from helpers import write_tree
+
+from tierfs.config import load
+from tierfs.errors import NotFound
+from tierfs.namespace.live import Namespace
+from tierfs.store.objects import ObjectStore
+from tierfs.versions.catalog import delete_snapshot, open_snapshot
+from tierfs.versions.create import create_snapshot
+from tierfs.versions.index_dir import ManifestIndexes, manifest_id
+from tierfs.versions.manifest import ManifestEntry, ManifestError, ManifestReader, meta_key, snapshot_dir
+from tierfs.versions.manifest_index import ManifestIndex, decode_value, encode_value
+
+FILES = {f"train/c{i % 6}/{i:03d}.jpg": bytes([i % 256]) * i for i in range(90)}
+FILES.update({"labels.csv": b"a,0\n", "empty": b"", "é x/\u2028 #?": b"odd"})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ObjectStore:
+    root = tmp_path / "lake"
+    write_tree(root / "datasets/toy", FILES)
+    (root / "datasets/toy" / os.fsdecode(b"not-utf8-\xff")).write_bytes(b"bytes")  # a name that is not UTF-8
+    return ObjectStore.open(load(None, {"lake_url": f"file://{root}"}))
+
+
+def snapshot(store: ObjectStore, name: str = "v1", part_entries: int = 7) -> tuple[ManifestReader, str]:
+    create_snapshot(store, "datasets/toy", name, part_entries=part_entries)
+    return open_snapshot(store, "toy", name), manifest_id(store.read_all(meta_key("toy", name)))
+
+
+def build(indexes: ManifestIndexes, store: ObjectStore, reader: ManifestReader, manifest: str) -> ManifestIndex:
+    builder = indexes.builder(reader, manifest)
+    for i in range(reader.part_count):
+        builder.add_from(i, store.read_all)
+    return indexes.commit(builder)
+
+
+def index_files(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir())
+
+
+def test_the_index_answers_as_the_manifest_does(store: ObjectStore, tmp_path: Path) -> None:
+    reader, manifest = snapshot(store)
+    assert reader.part_count > 10
+    indexes = ManifestIndexes(tmp_path / "manifests")
+    index = build(indexes, store, reader, manifest)
+    entries = list(reader)
+    for e in entries:
+        assert index.lookup(e.parent, e.name) == e
+    for parent in ["", *(e.path for e in entries if e.is_dir)]:
+        assert index.children(parent) == list(reader.list_dir(parent)), parent
+    assert index.lookup("train", "c9") is None and index.lookup("train/c0", "") is None
+    assert index.children("labels.csv") == [] and index.children("nope") == []
+    # Private: the directory 0700, the file 0600, nothing else left there (no lock file, no temp file).
+    root = tmp_path / "manifests"
+    assert root.stat().st_mode & 0o777 == 0o700
+    (name,) = index_files(root)
+    assert (root / name).stat().st_mode & 0o777 == 0o600
+    indexes.close()
+
+
+@pytest.mark.parametrize("entry", [
+    ManifestEntry("a/b", "c", False, 5, 0o640, -3, "pre/a/b/c", "", "etag1", "", "e:pre/a/b/c\0live-etag\x005"),
+    ManifestEntry("", "c", False, 2**62, 0o644, 2**62, "pre/c", "ver-9", "", "", "v:pre/c\0ver-9"),
+    ManifestEntry("d", "x", False, 1, 0o644, 0, ".tierfs/cas/sha256/ab/cd/" + "ab" * 32, "", "", "ab" * 32,
+                  "e:pre/d/x\0\0\x001"),
+    ManifestEntry("d", "\udcff", False, 0, 0, 0, "elsewhere/\udcfe", "v" * 300, "e" * 255, "not hex", "x" * 1000),
+    ManifestEntry("d", "e", False, 7, 0o644, 0, "pre/d/e", "", "", "", "e:pre/d/e\x007"),  # (too short to hold both)
+    ManifestEntry("", "dir", True),
+])
+def test_values_come_back_whole(entry: ManifestEntry) -> None:
+    """What the value leaves out (the key, the live identity, hex) is given back exactly."""
+    raw = encode_value(entry, "pre")
+    assert decode_value(entry.parent, entry.name, raw, "pre") == entry
+    assert len(encode_value(ManifestEntry("a/b", "c", False, 5, 0o644, 0, "pre/a/b/c", "", "", "ab" * 32,
+                                          "e:pre/a/b/c\0etag\x005"), "pre")) < 70
+
+
+def test_a_second_open_reuses_the_index_and_a_damaged_one_is_removed(store: ObjectStore, tmp_path: Path) -> None:
+    reader, manifest = snapshot(store)
+    root = tmp_path / "manifests"
+    first = ManifestIndexes(root)
+    build(first, store, reader, manifest)
+    first.close()
+    again = ManifestIndexes(root)
+    index = again.open(reader, manifest)
+    assert index is not None and index.lookup("", "labels.csv") is not None
+    assert again.stats.get("index_reused") == 1
+    again.close()
+    del index
+    for damage in (lambda b: b[: len(b) - 4096], lambda b: b[:100] + bytes([b[100] ^ 1]) + b[101:], lambda b: b""):
+        (name,) = index_files(root)
+        path = root / name
+        path.write_bytes(damage(path.read_bytes()))
+        indexes = ManifestIndexes(root)
+        assert indexes.open(reader, manifest) is None  # never opened by LMDB: its bytes are not its name's
+        assert indexes.stats.get("index_rebuilt") == 1 and index_files(root) == []
+        assert build(indexes, store, reader, manifest).lookup("", "empty") is not None
+        indexes.close()
+        assert len(index_files(root)) == 1
+
+
+def test_a_build_a_crash_interrupted_is_never_trusted(store: ObjectStore, tmp_path: Path) -> None:
+    reader, manifest = snapshot(store)
+    root = tmp_path / "manifests"
+    crashed = ManifestIndexes(root)
+    builder = crashed.builder(reader, manifest)
+    builder.add_from(0, store.read_all)
+    builder.add_from(1, store.read_all)
+    assert builder.env is not None
+    builder.env.close()  # the process dies here: a temp file with two parts in it, never renamed
+    (leftover,) = index_files(root)
+    assert leftover.startswith(".build-")
+    after = ManifestIndexes(root)
+    assert after.open(reader, manifest) is None and index_files(root) == []  # removed at the first use
+    build(after, store, reader, manifest)
+    assert len(index_files(root)) == 1
+    # A build that fails (a part missing in the lake) leaves nothing behind either.
+    other, manifest2 = snapshot(store, "v2")
+    part = Path(store.full(other.part_key(3)))
+    part.rename(part.with_suffix(".gone"))
+    builder = after.builder(other, manifest2)
+    with pytest.raises(ManifestError, match="missing part 3"):
+        for i in range(other.part_count):
+            builder.add_from(i, store.read_all)
+    builder.abort()
+    assert len(index_files(root)) == 1
+    after.close()
+
+
+def test_indexes_are_dropped_with_their_snapshots_and_past_the_bounds(store: ObjectStore, tmp_path: Path) -> None:
+    root = tmp_path / "manifests"
+    indexes = ManifestIndexes(root, max_files=2)
+    made = {}
+    for v in ("v1", "v2", "v3"):
+        reader, manifest = snapshot(store, v)
+        index = build(indexes, store, reader, manifest)
+        made[v] = index.path.name
+        del index  # (not open any more: the bound may take it)
+    assert index_files(root) == sorted([made["v2"], made["v3"]])  # v1: the least recently opened
+    indexes.keep_only("toy", {"v3", "v9"})  # what the lake lists now
+    assert index_files(root) == [made["v3"]]
+    # A snapshot made again under its name has another manifest: the old index goes when the new one is built.
+    delete_snapshot(store, "toy", "v3")
+    reader, manifest = snapshot(store, "v3", part_entries=5)
+    assert indexes.open(reader, manifest) is None
+    index = build(indexes, store, reader, manifest)
+    assert index_files(root) == [index.path.name] != [made["v3"]]
+    indexes.keep_only("", {"other"})  # the dataset is gone from the lake: an index open here stays readable
+    assert index_files(root) == [] and index.lookup("", "empty") is not None
+    reader, manifest = snapshot(store, "v4")
+    build(indexes, store, reader, manifest)
+    indexes.forget("toy", "v4")
+    assert index_files(root) == []
+    assert indexes.stats.get("index_dropped") == 5
+    indexes.close()
+
+
+def test_a_private_index_dir_goes_at_close_and_a_dead_mounts_with_it(store: ObjectStore, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / "tierfs-manifests-999999999-abc"
+    live = tmp_path / f"tierfs-manifests-{os.getppid()}-abc"
+    for d in (dead, live):
+        d.mkdir()
+    reader, manifest = snapshot(store)
+    indexes = ManifestIndexes(None)
+    build(indexes, store, reader, manifest)
+    (private,) = [p for p in tmp_path.iterdir() if p.name.startswith(f"tierfs-manifests-{os.getpid()}-")]
+    assert private.stat().st_mode & 0o777 == 0o700 and len(index_files(private)) == 1
+    assert not dead.exists() and live.exists()  # a live process' directory is its own
+    indexes.close()
+    assert not private.exists()
+
+
+def cut_short(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-3])
+
+
+def namespace(store: ObjectStore, indexes: ManifestIndexes | None, limit: int = 2) -> Namespace:
+    return Namespace(store, 60.0, 100_000, trio.CapacityLimiter(limit), manifest_indexes=indexes)
+
+
+async def test_concurrent_lookups_wait_for_one_build(store: ObjectStore, tmp_path: Path) -> None:
+    reader, _ = snapshot(store)
+    ns = namespace(store, ManifestIndexes(tmp_path / "manifests"))
+    files = [e.path for e in reader if not e.is_dir]
+    got: dict[str, int] = {}
+
+    async def look(path: str) -> None:
+        got[path] = (await ns.resolve(f".snapshots/toy/v1/{path}")).size
+
+    async with trio.open_nursery() as nursery:
+        for path in files:
+            nursery.start_soon(look, path)
+    assert got == {p: len(FILES[p]) if p in FILES else 5 for p in files}
+    s = ns.snapshots.stats()
+    assert (s["index_builds"], s["parts_decoded"], s["index_lookups"]) == (1, reader.part_count, len(files))
+    listed = await ns.snapshots.list_dir(".snapshots/toy/v1/train/c2")
+    assert [e.name for e in listed] == sorted(p.rsplit("/", 1)[1] for p in FILES if p.startswith("train/c2/"))
+    with pytest.raises(NotFound):
+        await ns.resolve(".snapshots/toy/v1/train/nope")
+    ns.snapshots.close()
+
+
+async def test_without_room_for_an_index_the_parts_are_read(store: ObjectStore, tmp_path: Path) -> None:
+    reader, _ = snapshot(store)
+    blocked = tmp_path / "manifests"
+    blocked.write_text("a file where the directory would be")
+    ns = namespace(store, ManifestIndexes(blocked))
+    for e in reader:
+        assert (await ns.resolve(f".snapshots/toy/v1/{e.path}")).is_dir == e.is_dir
+    s = ns.snapshots.stats()
+    assert (s["index_fallbacks"], s["index_builds"]) == (1, 0) and s["parts_decoded"] >= reader.part_count
+    ns.snapshots.close()
+
+
+async def test_a_corrupt_part_refuses_the_snapshot_whole_and_once(store: ObjectStore, tmp_path: Path) -> None:
+    snapshot(store)
+    cut_short(Path(store.full(f"{snapshot_dir('toy', 'v1')}/part-00004.jsonl.gz")))
+    ns = namespace(store, ManifestIndexes(tmp_path / "manifests"))
+    for path in ("labels.csv", "train/c0/000.jpg"):  # (in parts that are sound, and that are not)
+        with pytest.raises(ManifestError, match="part 4 fails its checksum"):
+            await ns.resolve(f".snapshots/toy/v1/{path}")
+    assert ns.snapshots.stats()["parts_decoded"] == 4  # read up to the bad part once, not at every lookup
+    assert list((tmp_path / "manifests").iterdir()) == []
+    ns.snapshots.close()
