@@ -85,8 +85,10 @@ class Namespace:
                                       indexes=manifest_indexes, read_part=store.read_all)
 
     def start(self, nursery: trio.Nursery) -> None:
-        """Refresh what an outage made us serve stale, in the background (the mount's nursery)."""
+        """Refresh what an outage made us serve stale, and build manifest indexes, in the background (the mount's
+        nursery)."""
         nursery.start_soon(self.outage.run, self._refresh)
+        self.snapshots.start(nursery)
 
     async def refresh_stale(self) -> None:
         """One round of that background refresh."""

@@ -7,13 +7,10 @@ snapshot's manifest, which never changes: those nodes are immutable and the
 kernel may cache their entries, attributes and pages for good.
 
 A lookup or a listing inside a snapshot is a key read or a range scan of
-the manifest's local index (``tierfs/versions/manifest_index.py``), built the
-first time a snapshot is entered, once per manifest and node: one builder,
-which the lookups meanwhile wait for, reading the parts straight from the
-store (they are not needed again, so they fill no tier) and decoding them
-one at a time in worker threads. Where no index can be kept (the local disk
-refuses), the parts are read through the tier chain (``fetch``) and kept
-decoded in memory, a few at a time, as before the index.
+the manifest's local index, built the first time a snapshot is entered, once
+per manifest and node (``snapshot_index.py``). Where no index can be kept
+(the local disk refuses), the parts are read through the tier chain
+(``fetch``) and kept decoded in memory, a few at a time, as before the index.
 
 meta.json is read through the tier chain. Every fetch is awaited here, in
 trio, and each blocking step (a part's read and decoding, an LMDB read) goes
@@ -26,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
@@ -36,6 +32,7 @@ from tierfs.data.singleflight import SingleFlight
 from tierfs.errors import NotFound, TierfsError, UserError
 from tierfs.limits import in_thread
 from tierfs.metrics import Counters
+from tierfs.namespace.snapshot_index import NoIndex, Snapshot, SnapshotIndex
 from tierfs.store.objects import Entry
 from tierfs.versions.index_dir import INDEX_COUNTERS, ManifestIndexes, manifest_id
 from tierfs.versions.manifest import (
@@ -47,7 +44,6 @@ from tierfs.versions.manifest import (
     is_absent,
     meta_key,
 )
-from tierfs.versions.manifest_index import IndexUnavailable, ManifestIndex
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +62,6 @@ def is_immutable(path: str) -> bool:
     return path.count("/") >= 2 and in_tree(path)
 
 
-class Snapshot:
-    """One snapshot as the tree knows it: its manifest's reader and, once entered, its local index."""
-
-    __slots__ = ("reader", "manifest", "index", "parts_only", "refused")
-
-    def __init__(self, reader: ManifestReader, manifest: str):
-        self.reader = reader
-        self.manifest = manifest  # the manifest's name (the hash of its meta.json)
-        self.index: ManifestIndex | None = None
-        self.parts_only = False  # no index can be kept: parts decoded in memory
-        self.refused: ManifestError | None = None  # its parts failed their checks: refused whole, for good
-
-
 class SnapshotTree:
     def __init__(self, list_lake_dir: ListDir, fetch: Fetch, limiter: trio.CapacityLimiter, max_open: int = 32,
                  indexes: ManifestIndexes | None = None, read_part: Callable[[str], bytes] | None = None):
@@ -92,10 +75,13 @@ class SnapshotTree:
         self._opening: SingleFlight[Snapshot] = SingleFlight()
         self._loading: SingleFlight[ManifestPart] = SingleFlight()
         self._indexes = indexes if read_part is not None else None
-        self._read_part = read_part
-        self._indexing: SingleFlight[ManifestIndex | None] = SingleFlight()
-        self._listed: dict[str, frozenset[str]] = {}  # what was last told to the indexes, by dataset ('': datasets)
         self.counters = indexes.stats if indexes is not None else Counters(INDEX_COUNTERS)
+        self._index = SnapshotIndex(self._indexes, read_part, limiter, self.counters)
+        self._listed: dict[str, frozenset[str]] = {}  # what was last told to the indexes, by dataset ('': datasets)
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Manifest indexes are built in ``nursery`` (the mount's), while the lookups that need them wait."""
+        self._index.start(nursery)
 
     def stats(self) -> dict[str, int]:
         return self.counters.snapshot()
@@ -177,8 +163,8 @@ class SnapshotTree:
             await self._forget(dataset, name)
             raise
         self._readers[key] = snap
-        while len(self._readers) > self._max_open:
-            self._readers.popitem(last=False)  # (its index closes once the last read of it is done)
+        for old in [k for k, s in self._readers.items() if s.build is None][:len(self._readers) - self._max_open]:
+            del self._readers[old]  # (its index closes once the last read of it is done; one being built stays)
         return snap
 
     async def _open(self, dataset: str, name: str) -> Snapshot:
@@ -192,49 +178,6 @@ class SnapshotTree:
         return Snapshot(reader, manifest_id(raw))
 
     # -- the local index ---------------------------------------------------
-    async def _index(self, snap: Snapshot) -> ManifestIndex | None:
-        """The snapshot's index, opened or built (one builder per manifest); None: read its parts instead."""
-        if snap.refused is not None:
-            raise snap.refused
-        if snap.index is not None or snap.parts_only or self._indexes is None:
-            return snap.index
-        return await self._indexing.run(snap.manifest, lambda: self._attach(snap))
-
-    async def _attach(self, snap: Snapshot) -> ManifestIndex | None:
-        assert self._indexes is not None
-        try:
-            index = await in_thread(self._indexes.open, snap.reader, snap.manifest, limiter=self._limiter)
-            if index is None:
-                index = await self._build(snap)
-        except IndexUnavailable as exc:
-            log.warning("%s", exc)
-            self.counters.add("index_fallbacks")
-            snap.parts_only = True
-            return None
-        except ManifestError as exc:
-            snap.refused = exc  # (a manifest never changes: neither does what is wrong with it)
-            raise
-        snap.index = index
-        return index
-
-    async def _build(self, snap: Snapshot) -> ManifestIndex:
-        assert self._indexes is not None and self._read_part is not None
-        t0 = time.monotonic()
-        builder = await in_thread(self._indexes.builder, snap.reader, snap.manifest, limiter=self._limiter)
-        try:
-            for i in range(snap.reader.part_count):
-                await in_thread(builder.add_from, i, self._read_part, limiter=self._limiter)
-                self.counters.add("parts_decoded")
-            index = await in_thread(self._indexes.commit, builder, limiter=self._limiter)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await in_thread(builder.abort, limiter=self._limiter)
-            raise
-        self.counters.add("index_build_ms", int(1000 * (time.monotonic() - t0)))
-        log.info("manifest %s: local index built (%d parts, %.1f s)", snap.reader.where, snap.reader.part_count,
-                 time.monotonic() - t0)
-        return index
-
     async def _keep_only(self, dataset: str, names: set[str]) -> None:
         """What the lake lists now: the indexes of the snapshots (or datasets) it no longer has go."""
         if self._indexes is None or self._listed.get(dataset) == (listed := frozenset(names)):
@@ -248,18 +191,17 @@ class SnapshotTree:
 
     # -- lookups and listings -------------------------------------------------
     async def _lookup(self, snap: Snapshot, parent: str, name: str) -> ManifestEntry | None:
-        index = await self._index(snap)
-        if index is not None:
-            self.counters.add("index_lookups")
-            return await in_thread(index.lookup, parent, name, limiter=self._limiter)
+        found = await self._index.lookup(snap, parent, name)
+        if not isinstance(found, NoIndex):
+            return found
         i = snap.reader.part_index(parent, name)
         return None if i is None else (await self._part(snap.reader, i)).find(parent, name)
 
     async def _children(self, snap: Snapshot, parent: str) -> list[ManifestEntry]:
         """The entries of ``parent``, in name order: one range of the index, or the parts that hold them."""
-        index = await self._index(snap)
-        if index is not None:
-            return await in_thread(index.children, parent, limiter=self._limiter)
+        listed = await self._index.children(snap, parent)
+        if not isinstance(listed, NoIndex):
+            return listed
         reader = snap.reader
         out: list[ManifestEntry] = []
         i = reader.part_index(parent)

@@ -143,30 +143,16 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()[:32]
 
 
-class ManifestIndex:
-    """One manifest's index, open read-only; its methods run in worker threads (LMDB reads may wait on the disk).
+class _Entries:
+    """Reads of an open LMDB file of entries, from worker threads; ``close`` waits for none but defers to the last."""
 
-    Safe from several threads at once: nothing writes the file, so LMDB needs
-    no lock (``lock=False``: no lock file either). Closed when the last
-    reference to it goes, or by ``close`` once no read is under way.
-    """
-
-    def __init__(self, path: Path, manifest: str, prefix: str, entries: int):
-        self.path = path
-        self.prefix = prefix
+    def __init__(self, env: lmdb.Environment, prefix: str, name: str):
+        self.env = env
+        self.prefix = prefix  # the snapshot's prefix in the lake: what a file's key is made of
+        self._name = name
         self._users = 0
         self._closing = False
         self._lock = threading.Lock()
-        self.env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False,
-                             max_spare_txns=4)
-        try:
-            with self.env.begin() as txn:
-                fmt, mid, count = (txn.get(_META + k) for k in (b"format", b"manifest", b"entries"))
-            if fmt != FORMAT or mid != manifest.encode() or count is None or _U64.unpack(count)[0] != entries:
-                raise ManifestError(f"it is not the index of manifest {manifest} with {entries} entries")
-        except BaseException:
-            self.env.close()
-            raise
 
     def lookup(self, parent: str, name: str) -> ManifestEntry | None:
         self._enter()
@@ -205,7 +191,7 @@ class ManifestIndex:
     def _enter(self) -> None:
         with self._lock:
             if self._closing:
-                raise IndexClosed(f"the manifest index {self.path.name} is closed")
+                raise IndexClosed(f"the manifest index {self._name} is closed")
             self._users += 1
 
     def _leave(self) -> None:
@@ -216,12 +202,37 @@ class ManifestIndex:
             self.env.close()
 
 
-class IndexBuilder:
+class ManifestIndex(_Entries):
+    """One manifest's index, open read-only; its methods run in worker threads (LMDB reads may wait on the disk).
+
+    Safe from several threads at once: nothing writes the file, so LMDB needs
+    no lock (``lock=False``: no lock file either). Closed when the last
+    reference to it goes, or by ``close`` once no read is under way.
+    """
+
+    def __init__(self, path: Path, manifest: str, prefix: str, entries: int):
+        self.path = path
+        env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False, max_spare_txns=4)
+        try:
+            with env.begin() as txn:
+                fmt, mid, count = (txn.get(_META + k) for k in (b"format", b"manifest", b"entries"))
+            if fmt != FORMAT or mid != manifest.encode() or count is None or _U64.unpack(count)[0] != entries:
+                raise ManifestError(f"it is not the index of manifest {manifest} with {entries} entries")
+        except BaseException:
+            env.close()
+            raise
+        super().__init__(env, prefix, path.name)
+
+
+class IndexBuilder(_Entries):
     """Writes one manifest's index into a temp file, part by part; ``finish`` renames it into place.
 
     Each call runs in a worker thread of its own, so each part is one write
     transaction begun and committed in that call (LMDB ties a write
-    transaction to its thread).
+    transaction to its thread). The parts already in can be read meanwhile
+    (``lookup``, ``children``, from other threads: LMDB's lock file, beside
+    the temp file, keeps readers and the writer apart), so a lookup waits
+    only for the part it needs.
     """
 
     def __init__(self, root: Path, stem: str, reader: ManifestReader, manifest: str):
@@ -230,17 +241,19 @@ class IndexBuilder:
         self.reader = reader
         self.manifest = manifest
         self.entries = 0
+        self.open = False
         fd, tmp = tempfile.mkstemp(dir=root, prefix=BUILDING, suffix=SUFFIX)  # 0600
         os.close(fd)
         self.tmp = Path(tmp)
         try:
-            # lock=False: only this builder ever opens the temp file; sync=False: one fsync, at the end.
-            self.env: lmdb.Environment | None = lmdb.open(
-                tmp, subdir=False, lock=False, sync=False, metasync=False, map_size=_MAP_SIZE, readahead=False,
-                mode=0o600)  # (meminit stays on: no stray process memory in the file's unused bytes)
+            # sync=False: one fsync, at the end (a build a crash cut short is never trusted anyway).
+            env = lmdb.open(tmp, subdir=False, sync=False, metasync=False, map_size=_MAP_SIZE, readahead=False,
+                            mode=0o600)  # (meminit stays on: no stray process memory in the file's unused bytes)
         except BaseException:
-            self.tmp.unlink(missing_ok=True)
+            self._remove()
             raise
+        super().__init__(env, reader.meta.prefix, self.tmp.name)
+        self.open = True
 
     def add_from(self, i: int, read: Callable[[str], bytes]) -> int:
         """Read part ``i`` with ``read`` (a whole lake object), check it, and add its entries; returns how many."""
@@ -256,7 +269,6 @@ class IndexBuilder:
         entries = self.reader.check_part(i, raw)
         prefix = self.reader.meta.prefix
         items = [(entry_key(e.parent, e.name), encode_value(e, prefix)) for e in entries]
-        assert self.env is not None
         with self.env.begin(write=True) as txn:
             _, added = txn.cursor().putmulti(items, append=True)
         if added != len(items):  # (decode_part checked the order: never, unless a bug)
@@ -265,15 +277,15 @@ class IndexBuilder:
         return len(items)
 
     def finish(self) -> Path:
-        """Seal the file: its meta keys, a sync, its hash in its name, the rename (then the directory's sync)."""
-        assert self.env is not None
+        """Seal the file: its meta keys, a sync, its hash in its name, the rename (then the directory's sync).
+
+        No read of it may be under way (the caller waits for them to end)."""
         with self.env.begin(write=True) as txn:
             txn.put(_META + b"format", FORMAT)
             txn.put(_META + b"manifest", self.manifest.encode())
             txn.put(_META + b"entries", _U64.pack(self.entries))
         self.env.sync(True)
-        self.env.close()
-        self.env = None
+        self._shut()
         final = self.root / f"{self.stem}-{file_digest(self.tmp)}{SUFFIX}"
         os.replace(self.tmp, final)
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
@@ -284,7 +296,15 @@ class IndexBuilder:
         return final
 
     def abort(self) -> None:
-        if self.env is not None:
-            self.env.close()
-            self.env = None
+        self._shut()
+        self._remove()
+
+    def _shut(self) -> None:
+        if self.open:
+            self.open = False
+            self.close()
+        Path(f"{self.tmp}-lock").unlink(missing_ok=True)
+
+    def _remove(self) -> None:
         self.tmp.unlink(missing_ok=True)
+        Path(f"{self.tmp}-lock").unlink(missing_ok=True)
