@@ -88,6 +88,7 @@ class Components:
             "prefetched_blocks": self.reader.prefetched,
             "read_ahead_peak_bytes": self.reader.window_peak,
             "listing_entries_cached": len(self.namespace.listings),
+            "listing_bytes_cached": self.namespace.listings.bytes_held,
             "manifests": self.namespace.snapshots.stats(),
             "stale_to_refresh": self.namespace.outage.pending(),
             "fills": self.chain.fills.stats.snapshot(),
@@ -134,7 +135,7 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
                           fetch=lambda key: fetch_through_tiers(store, reader, limiters.manifest, key),
                           manifest_limiter=limiters.manifest, negative_ttl=settings.negative_ttl,
                           immutable_prefixes=settings.immutable_prefixes,
-                          manifest_indexes=manifest_indexes(settings, disk))
+                          manifest_indexes=manifest_indexes(settings, disk), listing_memory=settings.listing_memory)
     file_mode, dir_mode = settings.modes()
     attrs = AttrMaker(settings.metadata_ttl, settings.block_size, uid=settings.uid, gid=settings.gid,
                       file_mode=file_mode, dir_mode=dir_mode)

@@ -52,14 +52,15 @@ class Namespace:
     def __init__(self, store: ObjectStore, ttl: float, listing_entries: int, limiter: trio.CapacityLimiter,
                  fetch: Fetch | None = None, manifest_limiter: trio.CapacityLimiter | None = None,
                  negative_ttl: float = 0.0, immutable_prefixes: tuple[str, ...] = (),
-                 manifest_indexes: ManifestIndexes | None = None):
+                 manifest_indexes: ManifestIndexes | None = None, listing_memory: int | None = None):
         """``limiter``: the metadata limiter (listings, stats). ``fetch``: whole lake objects (manifests).
-        ``manifest_indexes``: where snapshots' manifests are indexed locally (None: their parts are kept in memory)."""
+        ``manifest_indexes``: where snapshots' manifests are indexed locally (None: their parts are kept in memory).
+        ``listing_memory``: the listing cache's bound in bytes (None: 400 bytes an entry)."""
         self.store = store
         self.ttl = ttl
         self.immutable_prefixes = immutable_prefixes
         self.inodes = InodeTable()
-        self.listings = ListingCache(ttl, listing_entries)
+        self.listings = ListingCache(ttl, listing_entries, listing_memory)
         self.overlay = Overlay()  # what this mount wrote that the lake does not have yet
         self.limiter = limiter
         self.outage = Outage()
@@ -391,13 +392,15 @@ class Namespace:
         return await self._stat(path)
 
     def _node_for(self, parent_path: str, entry: Entry) -> Node:
-        listing = self.listings.get(parent_path)
-        checked = listing.fetched_at if listing is not None else time.monotonic()
         path = _join(parent_path, entry.name)
-        return self.inodes.upsert(
-            path, entry.is_dir, entry.size, entry.mtime_ns, entry.ref, checked,
-            read_only=in_tree(path), immutable=is_immutable(path) or self.under_immutable_prefix(path),
-        )
+        immutable = is_immutable(path) or self.under_immutable_prefix(path)
+        if immutable:
+            checked = 0.0  # (never checked again: one float for all of them)
+        else:
+            listing = self.listings.get(parent_path)
+            checked = listing.fetched_at if listing is not None else time.monotonic()
+        return self.inodes.upsert_child(parent_path, entry.name, entry.is_dir, entry.size, entry.mtime_ns,
+                                        entry.ref, checked, read_only=in_tree(path), immutable=immutable)
 
 
 def _join(parent: str, name: str) -> str:
