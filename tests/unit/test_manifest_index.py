@@ -15,7 +15,8 @@ from helpers import write_tree
 from tierfs.config import load
 from tierfs.errors import NotFound
 from tierfs.namespace.live import Namespace
-from tierfs.store.objects import ObjectStore
+from tierfs.namespace.snapshots import SnapshotTree
+from tierfs.store.objects import Entry, ObjectStore
 from tierfs.versions.catalog import delete_snapshot, open_snapshot
 from tierfs.versions.create import create_snapshot
 from tierfs.versions.index_dir import ManifestIndexes, manifest_id
@@ -276,3 +277,29 @@ async def test_a_lookup_waits_only_for_the_part_it_needs(store: ObjectStore, tmp
         assert (s["index_builds"], s["parts_decoded"]) == (1, reader.part_count)
         nursery.cancel_scope.cancel()
     ns.snapshots.close()
+
+
+async def test_open_snapshots_are_kept_up_to_their_bound(store: ObjectStore) -> None:
+    """Up to max_open snapshots stay open (meta.json read once each); past it the least recently used go."""
+    for i in range(20):
+        create_snapshot(store, "datasets/toy", f"v{i}", part_entries=50)
+    fetched: list[str] = []
+
+    async def fetch(key: str) -> bytes:
+        if key.endswith("/meta.json"):
+            fetched.append(key)
+        return await trio.to_thread.run_sync(store.read_all, key)
+
+    async def no_listing(path: str) -> list[Entry]:
+        raise NotFound(path)
+
+    tree = SnapshotTree(no_listing, fetch, trio.CapacityLimiter(2), max_open=16)
+    for _ in range(2):
+        for i in range(16):
+            assert (await tree.entry(f".snapshots/toy/v{i}/labels.csv")).size == len(FILES["labels.csv"])
+    assert len(fetched) == 16  # the second round from the open ones
+    for i in range(16, 20):
+        await tree.entry(f".snapshots/toy/v{i}/labels.csv")
+    await tree.entry(".snapshots/toy/v15/labels.csv")  # the most recently used stay
+    await tree.entry(".snapshots/toy/v0/labels.csv")  # the least recently used: gone, read again
+    assert len(fetched) == 21

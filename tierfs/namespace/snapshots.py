@@ -163,8 +163,10 @@ class SnapshotTree:
             await self._forget(dataset, name)
             raise
         self._readers[key] = snap
-        for old in [k for k, s in self._readers.items() if s.build is None][:len(self._readers) - self._max_open]:
-            del self._readers[old]  # (its index closes once the last read of it is done; one being built stays)
+        excess = len(self._readers) - self._max_open
+        if excess > 0:  # the least recently used go (an index closes once its last read is done); one being built stays
+            for old in [k for k, s in self._readers.items() if s.build is None][:excess]:
+                del self._readers[old]
         return snap
 
     async def _open(self, dataset: str, name: str) -> Snapshot:
