@@ -14,7 +14,10 @@ from helpers import write_tree
 
 from tierfs.config import load
 from tierfs.errors import NotFound
+from tierfs.fuse.attrs import being_written
+from tierfs.namespace.inodes import ROOT_INODE
 from tierfs.namespace.live import Namespace
+from tierfs.namespace.snapshot_index import PackedRef
 from tierfs.namespace.snapshots import SnapshotTree
 from tierfs.store.objects import Entry, ObjectStore
 from tierfs.versions.catalog import delete_snapshot, open_snapshot
@@ -74,8 +77,9 @@ def test_the_index_answers_as_the_manifest_does(store: ObjectStore, tmp_path: Pa
 @pytest.mark.parametrize("entry", [
     ManifestEntry("a/b", "c", False, 5, 0o640, -3, "pre/a/b/c", "", "etag1", "", "e:pre/a/b/c\0live-etag\x005"),
     ManifestEntry("", "c", False, 2**62, 0o644, 2**62, "pre/c", "ver-9", "", "", "v:pre/c\0ver-9"),
-    ManifestEntry("d", "x", False, 1, 0o644, 0, ".tierfs/cas/sha256/ab/cd/" + "ab" * 32, "", "", "ab" * 32,
+    ManifestEntry("d", "x", False, 1, 0o644, 0, ".tierfs/cas/sha256/ab/ab/" + "ab" * 32, "", "", "ab" * 32,
                   "e:pre/d/x\0\0\x001"),
+    ManifestEntry("d", "y", False, 1, 0o644, 0, ".tierfs/cas/sha256/ab/cd/" + "ab" * 32, "", "", "ab" * 32, ""),
     ManifestEntry("d", "\udcff", False, 0, 0, 0, "elsewhere/\udcfe", "v" * 300, "e" * 255, "not hex", "x" * 1000),
     ManifestEntry("d", "e", False, 7, 0o644, 0, "pre/d/e", "", "", "", "e:pre/d/e\x007"),  # (too short to hold both)
     ManifestEntry("", "dir", True),
@@ -84,8 +88,8 @@ def test_values_come_back_whole(entry: ManifestEntry) -> None:
     """What the value leaves out (the key, the live identity, hex) is given back exactly."""
     raw = encode_value(entry, "pre")
     assert decode_value(entry.parent, entry.name, raw, "pre") == entry
-    assert len(encode_value(ManifestEntry("a/b", "c", False, 5, 0o644, 0, "pre/a/b/c", "", "", "ab" * 32,
-                                          "e:pre/a/b/c\0etag\x005"), "pre")) < 70
+    assert len(encode_value(ManifestEntry("a/b", "c", False, 5, 0o644, 0, ".tierfs/cas/sha256/ab/ab/" + "ab" * 32,
+                                          "", "", "ab" * 32, "e:pre/a/b/c\0etag\x005"), "pre")) < 70
 
 
 def test_a_second_open_reuses_the_index_and_a_damaged_one_is_removed(store: ObjectStore, tmp_path: Path) -> None:
@@ -303,3 +307,25 @@ async def test_open_snapshots_are_kept_up_to_their_bound(store: ObjectStore) -> 
     await tree.entry(".snapshots/toy/v15/labels.csv")  # the most recently used stay
     await tree.entry(".snapshots/toy/v0/labels.csv")  # the least recently used: gone, read again
     assert len(fetched) == 21
+
+
+async def test_a_snapshot_node_keeps_its_ref_packed(store: ObjectStore, tmp_path: Path) -> None:
+    """Each node of a snapshot holds its ref as the index does (a third of the memory) and gives it back whole."""
+    reader, _ = snapshot(store)
+    ns = namespace(store, ManifestIndexes(tmp_path / "manifests"))
+    snaps = await ns.lookup(ROOT_INODE, ".snapshots")
+    toy = await ns.lookup(snaps.inode, "toy")
+    v1 = await ns.lookup(toy.inode, "v1")
+    train = await ns.lookup(v1.inode, "train")
+    c3 = await ns.lookup(train.inode, "c3")
+    for e in await ns.list_dir(c3.inode):
+        node = ns.entry_node(c3.path, e)
+        assert isinstance(node._ref, PackedRef) and node.ref == e.ref
+        want = reader.lookup("train/c3", e.name)
+        assert want is not None and node.ref == want.ref()
+    top = await ns.lookup(v1.inode, "labels.csv")  # (in the snapshot's root)
+    assert isinstance(top._ref, PackedRef) and top.ref == (await ns.resolve(".snapshots/toy/v1/labels.csv")).ref
+    node, ref, keep_cache = await ns.open(top.inode)
+    assert (ref, keep_cache, node.cached_ref) == (top.ref, True, None) and not being_written(node)
+    ns.release(node)
+    ns.snapshots.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+from typing import Protocol
 
 from tierfs.errors import TierfsError
 from tierfs.namespace.pathindex import PathIndex
@@ -32,7 +33,7 @@ class Node:
     it (and the name, by the listing it came from), so a million nodes do not hold a million full paths."""
 
     __slots__ = (
-        "inode", "parent", "name", "is_dir", "size", "mtime_ns", "ref", "named",
+        "inode", "parent", "name", "is_dir", "size", "mtime_ns", "_ref", "named",
         "lookups", "opens", "checked_at", "cached_ref", "last_tier", "read_only", "immutable", "listed",
     )
 
@@ -44,7 +45,7 @@ class Node:
         self.is_dir = is_dir
         self.size = 0
         self.mtime_ns = 0
-        self.ref: ObjectRef | None = None
+        self._ref: ObjectRef | PackedRef | None = None
         self.named = True  # its path names it (False once unlinked or renamed over: it lives on by inode)
         self.lookups = 0
         self.opens = 0
@@ -58,6 +59,23 @@ class Node:
     @property
     def path(self) -> str:
         return f"{self.parent}/{self.name}" if self.parent else self.name
+
+    @property
+    def ref(self) -> ObjectRef | None:
+        r = self._ref
+        if r is None or isinstance(r, ObjectRef):
+            return r
+        return r.unpack(self.parent, self.name)  # (a snapshot file's: decoded when asked for, at its open)
+
+    @ref.setter
+    def ref(self, value: ObjectRef | None) -> None:
+        self._ref = value
+
+
+class PackedRef(Protocol):
+    """An ObjectRef kept in less memory (a snapshot file's, as its manifest's index holds it)."""
+
+    def unpack(self, parent: str, name: str) -> ObjectRef: ...
 
 
 class _Dir:
@@ -117,8 +135,9 @@ class InodeTable:
         parent, _, name = path.rpartition("/")
         return self.upsert_child(parent, name, is_dir, size, mtime_ns, ref, checked_at, read_only, immutable)
 
-    def upsert_child(self, parent: str, name: str, is_dir: bool, size: int, mtime_ns: int, ref: ObjectRef | None,
-                     checked_at: float, read_only: bool = False, immutable: bool = False) -> Node:
+    def upsert_child(self, parent: str, name: str, is_dir: bool, size: int, mtime_ns: int,
+                     ref: ObjectRef | PackedRef | None, checked_at: float, read_only: bool = False,
+                     immutable: bool = False) -> Node:
         """The node for ``name`` in directory ``parent``, created or updated with fresh metadata.
 
         A path that turned from file to directory (or back) gets a new inode.
@@ -136,7 +155,7 @@ class InodeTable:
             node = Node(next(self._next), parent, name, is_dir, read_only, immutable)
             self._by_inode[node.inode] = node
             self._track(node, parent)
-        node.size, node.mtime_ns, node.ref, node.checked_at = size, mtime_ns, ref, checked_at
+        node.size, node.mtime_ns, node._ref, node.checked_at = size, mtime_ns, ref, checked_at
         return node
 
     def rename(self, old: str, new: str) -> None:

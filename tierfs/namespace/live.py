@@ -28,7 +28,7 @@ import trio
 from tierfs.data.singleflight import SingleFlight
 from tierfs.errors import NotFound, StoreError
 from tierfs.limits import in_thread
-from tierfs.namespace.inodes import ROOT_INODE, InodeTable, Node
+from tierfs.namespace.inodes import ROOT_INODE, InodeTable, Node, PackedRef
 from tierfs.namespace.listings import Listing, ListingCache
 from tierfs.namespace.overlay import Overlay
 from tierfs.namespace.prefixes import under
@@ -165,8 +165,11 @@ class Namespace:
         if node.is_dir or node.ref is None:
             raise IsADirectoryError(node.path)
         ref = node.ref
-        keep_cache = node.immutable or node.cached_ref == ref
-        node.cached_ref = ref
+        if node.immutable:
+            keep_cache = True  # (and no cached_ref kept: a snapshot's node keeps its ref packed)
+        else:
+            keep_cache = node.cached_ref == ref
+            node.cached_ref = ref
         self.inodes.opened(node)
         return node, ref, keep_cache
 
@@ -399,8 +402,11 @@ class Namespace:
         else:
             listing = self.listings.get(parent_path)
             checked = listing.fetched_at if listing is not None else time.monotonic()
+        ref: ObjectRef | PackedRef | None = entry.ref
+        if entry.ref is not None and immutable and in_tree(path):
+            ref = self.snapshots.pack(parent_path, entry.name, entry.ref)  # (a third of the memory, for millions)
         return self.inodes.upsert_child(parent_path, entry.name, entry.is_dir, entry.size, entry.mtime_ns,
-                                        entry.ref, checked, read_only=in_tree(path), immutable=immutable)
+                                        ref, checked, read_only=in_tree(path), immutable=immutable)
 
 
 def _join(parent: str, name: str) -> str:

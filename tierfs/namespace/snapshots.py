@@ -32,7 +32,8 @@ from tierfs.data.singleflight import SingleFlight
 from tierfs.errors import NotFound, TierfsError, UserError
 from tierfs.limits import in_thread
 from tierfs.metrics import Counters
-from tierfs.namespace.snapshot_index import NoIndex, Snapshot, SnapshotIndex
+from tierfs.namespace.snapshot_index import NoIndex, PackedRef, Snapshot, SnapshotIndex
+from tierfs.refs import ObjectRef
 from tierfs.store.objects import Entry
 from tierfs.versions.index_dir import INDEX_COUNTERS, ManifestIndexes, manifest_id
 from tierfs.versions.manifest import (
@@ -132,6 +133,15 @@ class SnapshotTree:
         if found is None:
             raise NotFound(path)
         return _to_entry(found, snap.reader)
+
+    def pack(self, parent: str, name: str, ref: ObjectRef) -> ObjectRef | PackedRef:
+        """A snapshot file's ref as its node keeps it: packed, as the index holds it (``parent``: its
+        directory in the mount)."""
+        parts = self._split(parent)
+        snap = self._readers.get((parts[0], parts[1])) if len(parts) >= 2 else None
+        if snap is None:
+            return ref
+        return PackedRef.of(ref, snap.root, snap.reader.meta.prefix, "/".join(parts[2:]), name)
 
     # -- internals --------------------------------------------------------
     @staticmethod

@@ -7,9 +7,9 @@ reuses the file. One file per manifest (``index_dir.py`` names and keeps them):
   as the manifest does, so the entries of a directory are one range and the
   file is written in order (LMDB's append: full pages, no splits);
 - value: the entry's fields, less what the rest gives (a file's key where it
-  is the snapshot's prefix plus its path; the live identity a copy was frozen
-  from but for its etag; a sha256 as 32 bytes), so a million entries take
-  about a hundred MB;
+  is the snapshot's prefix plus its path, or its copy's, named by its hash;
+  the live identity a copy was frozen from but for its etag; a sha256 as 32
+  bytes), so a million entries take about a hundred MB;
 - ``\\xff`` keys, after every entry (no UTF-8 starts with 0xff): the format,
   the manifest indexed and its number of entries.
 
@@ -36,7 +36,7 @@ from pathlib import Path
 import lmdb
 
 from tierfs.errors import TierfsError
-from tierfs.versions.manifest import ManifestEntry, ManifestError, ManifestReader, is_absent
+from tierfs.versions.manifest import ManifestEntry, ManifestError, ManifestReader, cas_key, is_absent
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ _META = b"\xff"
 _HEAD = struct.Struct(">BQHq")  # flags, size, mode, mtime_ns
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
-_DIR, _KEY_IS_PATH, _LIVE_ID, _VERSION_ID, _RAW_SHA = 1, 2, 4, 8, 16
+_DIR, _KEY_IS_PATH, _LIVE_ID, _VERSION_ID, _RAW_SHA, _KEY_IS_COPY = 1, 2, 4, 8, 16, 32
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -95,6 +95,8 @@ def encode_value(e: ManifestEntry, prefix: str) -> bytes:
     key = e.key
     if key == default:
         flags, key = flags | _KEY_IS_PATH, ""
+    elif e.sha256 and key == cas_key(e.sha256):  # (a copy-mode snapshot's file: its copy, named by its hash)
+        flags, key = flags | _KEY_IS_COPY, ""
     cache_id = e.cache_id
     head, tail = f"e:{default}\0", f"\0{e.size}"
     if len(cache_id) >= len(head) + len(tail) and cache_id.startswith(head) and cache_id.endswith(tail):
@@ -130,6 +132,8 @@ def decode_value(parent: str, name: str, raw: bytes, prefix: str) -> ManifestEnt
     default = _path_key(prefix, parent, name)
     if flags & _KEY_IS_PATH:
         key = default
+    elif flags & _KEY_IS_COPY:
+        key = cas_key(sha)
     if flags & _LIVE_ID:
         cache_id = f"e:{default}\0{cache_id}\0{size}"
     elif flags & _VERSION_ID:
