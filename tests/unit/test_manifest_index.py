@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -328,4 +330,31 @@ async def test_a_snapshot_node_keeps_its_ref_packed(store: ObjectStore, tmp_path
     node, ref, keep_cache = await ns.open(top.inode)
     assert (ref, keep_cache, node.cached_ref) == (top.ref, True, None) and not being_written(node)
     ns.release(node)
+    ns.snapshots.close()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 48 KiB tmpfs (too small for an index of the test's manifest), unmounted whatever happened."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    d = tmp_path / "tiny"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(d)], check=True)
+    try:
+        yield d
+    finally:
+        if subprocess.run(["umount", str(d)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+async def test_a_disk_that_fills_during_a_build_leaves_the_parts_to_answer(store: ObjectStore,
+                                                                          tiny_disk: Path) -> None:
+    reader, _ = snapshot(store)
+    ns = namespace(store, ManifestIndexes(tiny_disk / "manifests"))
+    for e in reader:
+        assert (await ns.resolve(f".snapshots/toy/v1/{e.path}")).is_dir == e.is_dir
+    s = ns.snapshots.stats()
+    assert (s["index_fallbacks"], s["index_builds"]) == (1, 0), s
+    assert [p for p in (tiny_disk / "manifests").iterdir()] == []  # (the temp file and its lock are gone)
     ns.snapshots.close()

@@ -35,7 +35,15 @@ import lmdb
 
 from tierfs.metrics import Counters
 from tierfs.versions.manifest import ManifestError, ManifestReader
-from tierfs.versions.manifest_index import BUILDING, SUFFIX, IndexBuilder, IndexUnavailable, ManifestIndex, file_digest
+from tierfs.versions.manifest_index import (
+    BUILDING,
+    SUFFIX,
+    IndexBuilder,
+    IndexUnavailable,
+    ManifestIndex,
+    file_digest,
+    unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -234,10 +242,7 @@ class ManifestIndexes:
             pass
 
     def _unavailable(self, reader: ManifestReader, exc: BaseException) -> IndexUnavailable:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
-        where = self._made or self._root or "a temp dir"
-        return IndexUnavailable(f"manifest {reader.where}: no local index can be kept in {where} ({why}); "
-                                "its parts are read into memory instead")
+        return unavailable(reader.where, self._made or self._root or "a temp dir", exc)
 
 
 def _sweep_private(base: Path) -> None:

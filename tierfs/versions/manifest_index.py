@@ -56,6 +56,13 @@ class IndexUnavailable(TierfsError):
     """No index can be kept here (the local disk refused, or LMDB did): the manifest's parts are read instead."""
 
 
+def unavailable(where: str, root: object, exc: BaseException) -> IndexUnavailable:
+    """The error that says manifest ``where`` gets no index in ``root`` (the disk refused: ``exc``)."""
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+    return IndexUnavailable(f"manifest {where}: no local index can be kept in {root} ({why}); "
+                            "its parts are read into memory instead")
+
+
 class IndexClosed(TierfsError):
     """The index was closed under a lookup (at unmount): the caller opens it again or gives up."""
 
@@ -273,8 +280,11 @@ class IndexBuilder(_Entries):
         entries = self.reader.check_part(i, raw)
         prefix = self.reader.meta.prefix
         items = [(entry_key(e.parent, e.name), encode_value(e, prefix)) for e in entries]
-        with self.env.begin(write=True) as txn:
-            _, added = txn.cursor().putmulti(items, append=True)
+        try:
+            with self.env.begin(write=True) as txn:
+                _, added = txn.cursor().putmulti(items, append=True)
+        except (OSError, lmdb.Error) as exc:  # (the disk is full, or refuses)
+            raise unavailable(self.reader.where, self.root, exc) from None
         if added != len(items):  # (decode_part checked the order: never, unless a bug)
             raise ManifestError(f"manifest {self.reader.where}: part {i} is out of order: it cannot be served")
         self.entries += len(items)
