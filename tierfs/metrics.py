@@ -107,7 +107,7 @@ class _StatsCollector(Collector):
         for op, n in s.get("fuse", {}).items():
             ops.add_metric([op], n)
         yield ops
-        for name in ("in_flight_fetches", "inodes", "open_files", "listing_entries_cached"):
+        for name in ("in_flight_fetches", "inodes", "open_files", "listing_entries_cached", "listing_bytes_cached"):
             if name in s:
                 yield GaugeMetricFamily(f"tierfs_{name}", name.replace("_", " "), value=s[name])
 

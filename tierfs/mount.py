@@ -41,6 +41,7 @@ from tierfs.tiers.disk import DiskTier
 from tierfs.tiers.fills import FillQueue
 from tierfs.tiers.ram import RamTier
 from tierfs.tiers.seal import cache_key
+from tierfs.versions.index_dir import ManifestIndexes
 from tierfs.write.staging import Staging
 from tierfs.write.writer import Writer
 
@@ -81,6 +82,8 @@ class Components:
             "prefetched_blocks": self.reader.prefetched,
             "read_ahead_peak_bytes": self.reader.window_peak,
             "listing_entries_cached": len(self.namespace.listings),
+            "listing_bytes_cached": self.namespace.listings.bytes_held,
+            "manifests": self.namespace.snapshots.stats(),
             "stale_to_refresh": self.namespace.outage.pending(),
             "fills": self.chain.fills.stats.snapshot(),
             "writes": self.writer.stats.snapshot() if self.writer is not None else {},
@@ -96,6 +99,7 @@ class Components:
         return next((t for t in self.chain.tiers if isinstance(t, DiskTier)), None)
 
     def close(self) -> None:
+        self.namespace.snapshots.close()
         self.chain.close()
         if self.writer is not None:
             self.writer.staging.close()
@@ -123,10 +127,12 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
     limiters = StoreLimiters.from_settings(settings)
     reader = BlockReader(store, chain, settings.block_size, limiters.read, limiters.prefetch,
                          settings.prefetch_memory)
+    disk = next((t for t in tiers if isinstance(t, DiskTier)), None)
     namespace = Namespace(store, settings.metadata_ttl, settings.listing_entries, limiters.metadata,
                           fetch=lambda key: fetch_through_tiers(store, reader, limiters.manifest, key),
                           manifest_limiter=limiters.manifest, negative_ttl=settings.negative_ttl,
-                          immutable_prefixes=settings.immutable_prefixes)
+                          immutable_prefixes=settings.immutable_prefixes,
+                          manifest_indexes=manifest_indexes(settings, disk), listing_memory=settings.listing_memory)
     file_mode, dir_mode = settings.modes()
     attrs = AttrMaker(settings.metadata_ttl, settings.block_size, uid=settings.uid, gid=settings.gid,
                       file_mode=file_mode, dir_mode=dir_mode)
@@ -139,7 +145,6 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
                         settings.rename_concurrency)
     warmer = Warmer(reader, namespace.resolve_ref,
                     settings.resolved_cache_dir() if settings.cache_size > 0 else None)
-    disk = next((t for t in tiers if isinstance(t, DiskTier)), None)
     ops = TierfsOperations(namespace, reader, attrs, stats=lambda: holder[0].stats(),
                            read_ahead_blocks=max(1, settings.read_ahead // settings.block_size), warmer=warmer,
                            writer=writer,
@@ -151,6 +156,14 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
     comps = Components(settings, store, chain, namespace, reader, ops, time.monotonic(), writer)
     holder.append(comps)
     return comps
+
+
+def manifest_indexes(settings: Settings, disk: DiskTier | None) -> ManifestIndexes:
+    """Snapshots' manifests indexed beside the disk tier, kept across mounts; without one (or with a cache
+    key: an index holds the manifest's names in plaintext), in a private temp dir removed at unmount."""
+    if disk is None or disk.sealer is not None:
+        return ManifestIndexes(None)
+    return ManifestIndexes(disk.root / "manifests", max_bytes=max(1 << 30, settings.cache_size // 8))
 
 
 def redis_settings(settings: Settings) -> RedisSettings:

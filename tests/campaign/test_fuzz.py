@@ -31,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import tomllib
 import uuid
 from collections.abc import Callable, Iterator
@@ -51,6 +52,7 @@ from tierfs.sidecar.rules import CLASSES, evaluate, load_rules, parse_rules
 from tierfs.store.objects import ObjectStore
 from tierfs.versions.catalog import delete_snapshot, gc, open_snapshot
 from tierfs.versions.create import create_snapshot
+from tierfs.versions.index_dir import ManifestIndexes, manifest_id
 from tierfs.versions.manifest import (
     ManifestEntry,
     ManifestError,
@@ -554,7 +556,29 @@ def read_everything(objects: dict[str, bytes], probes: list[tuple[str, str]]) ->
         assert reader.lookup(e.parent, e.name) == e
         if e.is_dir:
             list(reader.list_dir(e.path))
+    index_agrees(objects, reader, entries, probes)
     return reader.meta, entries
+
+
+def index_agrees(objects: dict[str, bytes], reader: ManifestReader, entries: list[ManifestEntry],
+                 probes: list[tuple[str, str]]) -> None:
+    """The manifest's local index, built from the same objects, answers every lookup and listing as the reader."""
+    with tempfile.TemporaryDirectory() as tmp:
+        indexes = ManifestIndexes(Path(tmp))
+        raw_meta = objects[f"{snapshot_dir('ds', 'v1')}/meta.json"]
+        builder = indexes.builder(reader, manifest_id(raw_meta))
+        for i in range(reader.part_count):
+            builder.add_from(i, fetcher(objects))
+        index = indexes.commit(builder)
+        try:
+            for e in entries:
+                assert index.lookup(e.parent, e.name) == e
+            for parent in {"", *(e.path for e in entries if e.is_dir), *(p for p, _ in probes)}:
+                assert index.children(parent) == list(reader.list_dir(parent))
+            for parent, name in probes:
+                assert index.lookup(parent, name) == reader.lookup(parent, name)
+        finally:
+            indexes.close()
 
 
 def assert_sane_entries(entries: list[ManifestEntry]) -> None:

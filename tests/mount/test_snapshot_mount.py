@@ -217,3 +217,102 @@ def test_a_snapshot_a_mount_will_not_show_is_named_at_the_command(tmp_path: Path
     with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache2") as m:
         made = run_tierfs("snapshot", "create", f"file://{root}/datasets", "toy", "v2", check=True)
         assert f"tierfs snapshot create {m.mountpoint} datasets/toy v2" in made.stderr, made.stderr
+
+
+@pytest.fixture
+def parted_lake(tmp_path: Path) -> tuple[Path, dict[str, bytes], int]:
+    """A dataset whose manifest is cut into many parts (8 entries each), with names a listing must keep."""
+    root = tmp_path / "lake"
+    files = {f"train/c{i % 5}/{i:03d}.jpg": random_bytes(100 + i, seed=i) for i in range(120)}
+    files.update({"odd name #1 ?é.txt": b"odd", "train/c0/\u2028line": b"sep", "top": b"t"})
+    write_tree(root / "datasets/toy", files)
+    create_snapshot(ObjectStore.open(load(None, {"lake_url": f"file://{root}"})), "datasets/toy", "v1",
+                    part_entries=8)
+    parts = len(list((root / ".tierfs/snapshots/toy/v1").glob("part-*")))
+    assert parts > 10
+    return root, files, parts
+
+
+def check_snapshot_tree(snap: Path, files: dict[str, bytes]) -> None:
+    """Lookups (before any listing: each a LOOKUP), listings and bytes of every file, and names not there."""
+    for rel, data in files.items():
+        assert os.stat(snap / rel).st_size == len(data), rel
+    assert sorted(os.listdir(snap)) == sorted({rel.split("/")[0] for rel in files})
+    for d in {rel.rsplit("/", 1)[0] for rel in files if "/" in rel}:
+        assert sorted(os.listdir(snap / d)) == sorted(r.rsplit("/", 1)[1] for r in files if r.startswith(d + "/")
+                                                      and "/" not in r[len(d) + 1:]), d
+    assert tree_bytes(snap) == files
+    for missing in ("nope", "train/nope", "train/c1/000.jpg"):  # (000 is in c0)
+        assert not (snap / missing).exists()
+
+
+def test_snapshot_lookups_come_from_a_local_index_the_next_mount_reuses(
+        parted_lake: tuple[Path, dict[str, bytes], int], tmp_path: Path) -> None:
+    root, files, parts = parted_lake
+    cache = tmp_path / "cache"
+    with mounted(f"file://{root}", tmp_path / "mnt", cache) as m:
+        check_snapshot_tree(m.mountpoint / ".snapshots/toy/v1", files)
+        s = m.stats()["manifests"]
+        # Built once, each part read and decoded once, however many lookups came meanwhile and after.
+        assert (s["index_builds"], s["parts_decoded"], s["index_rebuilt"], s["index_fallbacks"]) == (1, parts, 0, 0), s
+        assert s["index_lookups"] >= len(files)
+    indexes = list((cache / "manifests").iterdir())
+    assert len(indexes) == 1 and indexes[0].suffix == ".mdb", indexes
+    assert (cache / "manifests").stat().st_mode & 0o777 == 0o700 and indexes[0].stat().st_mode & 0o777 == 0o600
+
+    # The next mount reads no part: they are not even in the lake any more.
+    hidden = tmp_path / "parts"
+    hidden.mkdir()
+    for p in (root / ".tierfs/snapshots/toy/v1").glob("part-*"):
+        p.rename(hidden / p.name)
+    with mounted(f"file://{root}", tmp_path / "mnt", cache) as m:
+        before = m.stats()["backend"]
+        check_snapshot_tree(m.mountpoint / ".snapshots/toy/v1", files)
+        after = m.stats()
+        s = after["manifests"]
+        assert (s["index_builds"], s["index_reused"], s["parts_decoded"]) == (0, 1, 0), s
+        meta = (root / ".tierfs/snapshots/toy/v1/meta.json").stat().st_size
+        file_bytes = sum(len(b) for b in files.values())
+        assert after["backend"]["bytes"] - before["bytes"] <= meta + file_bytes  # meta.json and the files: no part
+    for p in hidden.iterdir():
+        p.rename(root / ".tierfs/snapshots/toy/v1" / p.name)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_manifest_index_is_built_again_not_served(
+        parted_lake: tuple[Path, dict[str, bytes], int], tmp_path: Path, damage: str) -> None:
+    root, files, parts = parted_lake
+    cache = tmp_path / "cache"
+    with mounted(f"file://{root}", tmp_path / "mnt", cache) as m:
+        assert os.stat(m.mountpoint / ".snapshots/toy/v1/top").st_size == 1
+    (index,) = (cache / "manifests").iterdir()
+    raw = bytearray(index.read_bytes())
+    if damage == "truncated":
+        raw = raw[: len(raw) // 2]
+    else:  # one bit of an entry's value: "0" (a size) becomes "1"... whichever byte it is, it is not the file's
+        raw[len(raw) // 3] ^= 0x01
+    index.write_bytes(bytes(raw))
+    with mounted(f"file://{root}", tmp_path / "mnt", cache) as m:
+        check_snapshot_tree(m.mountpoint / ".snapshots/toy/v1", files)
+        s = m.stats()["manifests"]
+        assert (s["index_rebuilt"], s["index_builds"], s["parts_decoded"]) == (1, 1, parts), s
+        assert "its local index" in m.log_tail() and "is damaged" in m.log_tail()
+    (again,) = (cache / "manifests").iterdir()
+    assert again.read_bytes() != bytes(raw)
+
+
+def test_without_a_disk_tier_the_manifest_index_is_private_and_goes_at_unmount(
+        parted_lake: tuple[Path, dict[str, bytes], int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, files, _ = parted_lake
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))  # (the daemon's temp dir)
+    dead = tmp / "tierfs-manifests-999999999-x"  # what a killed mount left: swept by the next that makes one
+    dead.mkdir()
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache", "--cache-size", "0") as m:
+        check_snapshot_tree(m.mountpoint / ".snapshots/toy/v1", files)
+        (private,) = tmp.iterdir()
+        assert private.name.startswith(f"tierfs-manifests-{m.pid}-") and private.stat().st_mode & 0o777 == 0o700
+        assert len(list(private.glob("*.mdb"))) == 1
+        assert not (tmp_path / "cache" / "manifests").exists()
+    assert list(tmp.iterdir()) == []

@@ -16,7 +16,7 @@ import pytest
 
 from tierfs.namespace import listings as listings_mod
 from tierfs.namespace.inodes import InodeTable, Node
-from tierfs.namespace.listings import ListingCache
+from tierfs.namespace.listings import ListingCache, entry_bytes
 from tierfs.namespace.overlay import Overlay
 from tierfs.refs import ObjectRef
 from tierfs.store.objects import Entry
@@ -107,6 +107,30 @@ def test_listing_updates_replace_remove_and_leave_handed_out_lists_alone() -> No
     assert len(cache) == 4
 
 
+def test_listings_are_bounded_by_what_their_entries_hold() -> None:
+    """Long keys fill the bound sooner than short names: the cache counts bytes, not only entries."""
+    def files(n: int, key_len: int) -> list[Entry]:
+        return [Entry(f"f{i}", False, 1, 0, ObjectRef("k" * key_len + str(i), 1, "etag")) for i in range(n)]
+
+    short, long = entry_bytes(files(1, 10)[0]), entry_bytes(files(1, 1000)[0])
+    assert long - short >= 990 and 300 < short < 500
+    cache = ListingCache(60.0, 1_000_000, max_bytes=100 * long)
+    cache.put("short", files(100, 10), 1.0)
+    cache.put("long/a", files(40, 1000), 1.0)
+    assert len(cache) == 140 and cache.bytes_held == sum(map(entry_bytes, files(100, 10) + files(40, 1000)))
+    cache.put("long/b", files(40, 1000), 1.0)  # past the bound: the oldest goes, whatever its count
+    assert cache.get("short", stale_ok=True) is None and cache.get("long/a", stale_ok=True) is not None
+    assert cache.bytes_held == 2 * sum(map(entry_bytes, files(40, 1000))) and len(cache) == 80
+    before = cache.bytes_held
+    cache.update("long/a", "f0", None)
+    cache.update("long/a", "new", Entry("new", True))
+    assert cache.bytes_held == before - entry_bytes(files(1, 1000)[0]) + entry_bytes(Entry("new", True))
+    cache.put("huge", files(51, 1000), 1.0)  # more than half the bound: not kept (it would push out all)
+    assert cache.get("huge", stale_ok=True) is None and cache.get("long/b", stale_ok=True) is not None
+    cache.drop_tree("long")
+    assert cache.bytes_held == 0 and len(cache) == 0
+
+
 class CountingOrderedDict(OrderedDict[Any, Any]):
     walked = 0
 
@@ -182,6 +206,20 @@ def test_a_rename_over_a_known_name_and_the_table_after_forget() -> None:
     again = _known(table, "d/y")
     table.rename("d", "e")
     assert again.path == "e/y" and table.by_path("e/y") is again
+
+
+def test_nodes_share_their_directorys_path_and_their_names() -> None:
+    """A node holds no path of its own: its directory's string (one for all the nodes in it) and its name."""
+    table = InodeTable()
+    names = [f"img_{i:04d}.jpg" for i in range(100)]
+    # (each call with a string of its own, as each listing and lookup makes one)
+    nodes = [table.upsert_child("/".join(["a", "b", "c"]), n, False, 1, 0, None, 0.0) for n in names]
+    assert all(n.parent is nodes[0].parent for n in nodes) and all(n.name is name for n, name in zip(nodes, names, strict=True))
+    assert nodes[5].path == "a/b/c/img_0005.jpg" and table.by_path("a/b/c/img_0005.jpg") is nodes[5]
+    assert not hasattr(nodes[5], "__dict__")
+    table.rename("a/b", "x")
+    assert nodes[5].path == "x/c/img_0005.jpg" and all(n.parent is nodes[0].parent for n in nodes)
+    assert nodes[5].name is names[5]  # (only the directory's string changed)
 
 
 def test_renaming_a_directory_does_not_bring_back_an_unlinked_file() -> None:

@@ -100,6 +100,7 @@ def being_written(node: Node) -> bool:
     A read handle records the ref whose pages the kernel may keep
     (``cached_ref``); a handle on a staged file (written here) clears it, as
     does a read that found the object changed upstream. Either way what the
-    kernel was told of the file is about to be superseded.
+    kernel was told of the file is about to be superseded. An immutable node
+    (a snapshot's) is never written, and keeps no ``cached_ref``.
     """
-    return not node.is_dir and node.opens > 0 and node.cached_ref is None
+    return not node.is_dir and not node.immutable and node.opens > 0 and node.cached_ref is None

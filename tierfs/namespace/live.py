@@ -28,7 +28,7 @@ import trio
 from tierfs.data.singleflight import SingleFlight
 from tierfs.errors import NotFound, StoreError
 from tierfs.limits import in_thread
-from tierfs.namespace.inodes import ROOT_INODE, InodeTable, Node
+from tierfs.namespace.inodes import ROOT_INODE, InodeTable, Node, PackedRef
 from tierfs.namespace.listings import Listing, ListingCache
 from tierfs.namespace.overlay import Overlay
 from tierfs.namespace.prefixes import under
@@ -36,6 +36,7 @@ from tierfs.namespace.snapshots import SNAPSHOTS_DIR, Fetch, SnapshotTree, in_tr
 from tierfs.namespace.stale import LISTING, STAT, Outage
 from tierfs.refs import ObjectRef
 from tierfs.store.objects import Entry, ObjectStore
+from tierfs.versions.index_dir import ManifestIndexes
 
 #: Names at the lake's root that belong to tierfs itself, never shown in the live view.
 RESERVED = frozenset({".tierfs", SNAPSHOTS_DIR})
@@ -50,13 +51,16 @@ class NotADirectory(NotFound):
 class Namespace:
     def __init__(self, store: ObjectStore, ttl: float, listing_entries: int, limiter: trio.CapacityLimiter,
                  fetch: Fetch | None = None, manifest_limiter: trio.CapacityLimiter | None = None,
-                 negative_ttl: float = 0.0, immutable_prefixes: tuple[str, ...] = ()):
-        """``limiter``: the metadata limiter (listings, stats). ``fetch``: whole lake objects (manifests)."""
+                 negative_ttl: float = 0.0, immutable_prefixes: tuple[str, ...] = (),
+                 manifest_indexes: ManifestIndexes | None = None, listing_memory: int | None = None):
+        """``limiter``: the metadata limiter (listings, stats). ``fetch``: whole lake objects (manifests).
+        ``manifest_indexes``: where snapshots' manifests are indexed locally (None: their parts are kept in memory).
+        ``listing_memory``: the listing cache's bound in bytes (None: 400 bytes an entry)."""
         self.store = store
         self.ttl = ttl
         self.immutable_prefixes = immutable_prefixes
         self.inodes = InodeTable()
-        self.listings = ListingCache(ttl, listing_entries)
+        self.listings = ListingCache(ttl, listing_entries, listing_memory)
         self.overlay = Overlay()  # what this mount wrote that the lake does not have yet
         self.limiter = limiter
         self.outage = Outage()
@@ -78,11 +82,14 @@ class Namespace:
         async def read_whole(key: str) -> bytes:
             return await trio.to_thread.run_sync(store.read_all, key, limiter=manifest_limiter)
 
-        self.snapshots = SnapshotTree(self._lake_entries, fetch or read_whole, manifest_limiter)
+        self.snapshots = SnapshotTree(self._lake_entries, fetch or read_whole, manifest_limiter,
+                                      indexes=manifest_indexes, read_part=store.read_all)
 
     def start(self, nursery: trio.Nursery) -> None:
-        """Refresh what an outage made us serve stale, in the background (the mount's nursery)."""
+        """Refresh what an outage made us serve stale, and build manifest indexes, in the background (the mount's
+        nursery)."""
         nursery.start_soon(self.outage.run, self._refresh)
+        self.snapshots.start(nursery)
 
     async def refresh_stale(self) -> None:
         """One round of that background refresh."""
@@ -158,8 +165,11 @@ class Namespace:
         if node.is_dir or node.ref is None:
             raise IsADirectoryError(node.path)
         ref = node.ref
-        keep_cache = node.immutable or node.cached_ref == ref
-        node.cached_ref = ref
+        if node.immutable:
+            keep_cache = True  # (and no cached_ref kept: a snapshot's node keeps its ref packed)
+        else:
+            keep_cache = node.cached_ref == ref
+            node.cached_ref = ref
         self.inodes.opened(node)
         return node, ref, keep_cache
 
@@ -385,13 +395,18 @@ class Namespace:
         return await self._stat(path)
 
     def _node_for(self, parent_path: str, entry: Entry) -> Node:
-        listing = self.listings.get(parent_path)
-        checked = listing.fetched_at if listing is not None else time.monotonic()
         path = _join(parent_path, entry.name)
-        return self.inodes.upsert(
-            path, entry.is_dir, entry.size, entry.mtime_ns, entry.ref, checked,
-            read_only=in_tree(path), immutable=is_immutable(path) or self.under_immutable_prefix(path),
-        )
+        immutable = is_immutable(path) or self.under_immutable_prefix(path)
+        if immutable:
+            checked = 0.0  # (never checked again: one float for all of them)
+        else:
+            listing = self.listings.get(parent_path)
+            checked = listing.fetched_at if listing is not None else time.monotonic()
+        ref: ObjectRef | PackedRef | None = entry.ref
+        if entry.ref is not None and immutable and in_tree(path):
+            ref = self.snapshots.pack(parent_path, entry.name, entry.ref)  # (a third of the memory, for millions)
+        return self.inodes.upsert_child(parent_path, entry.name, entry.is_dir, entry.size, entry.mtime_ns,
+                                        ref, checked, read_only=in_tree(path), immutable=immutable)
 
 
 def _join(parent: str, name: str) -> str:

@@ -5,8 +5,8 @@ LAYOUT marker), creating and changing nothing. ``usage`` takes no lock: it
 reads the index through LMDB's read-only open, which is safe beside the mount
 that writes it. ``verify`` opens the cache as a mount's disk tier does (the
 lock, then the repair of what a crash left) and reads every block through
-the tier's own check; ``clear`` holds the lock while it removes the index and
-the block files. Neither touches ``staging/``: what the user wrote and the
+the tier's own check; ``clear`` holds the lock while it removes the index, the
+block files and the manifest indexes. Neither touches ``staging/``: what the user wrote and the
 lake has not acknowledged is not the cache's to drop.
 """
 
@@ -31,7 +31,7 @@ from tierfs.tiers.seal import Sealer
 NOT_RECORDED = ("not recorded: the index keeps each block's digest (a one-way hash of its object's identity "
                 "and block number), size, checksum and age, not the object or prefix it belongs to")
 #: What a cache holds that `clear` removes, the index first (see ``clear``).
-_CACHE_PARTS = ("index", "index.rebuilt", "index.torn", "tmp", "blocks")
+_CACHE_PARTS = ("index", "index.rebuilt", "index.torn", "tmp", "blocks", "manifests")
 MISSING = "in the index, no block file"
 
 
@@ -185,7 +185,8 @@ def hold_staging(root: Path) -> int | None:
 
 
 def clear(root: Path) -> tuple[int, int]:
-    """Remove the index, tmp/ and the block files; the caller holds the lock. Returns (block files, bytes) freed.
+    """Remove the index, tmp/, the block files and manifests/; the caller holds the lock. Returns (block files,
+    bytes) freed.
 
     The index goes first: interrupted after it, the next start finds a new
     index and removes the block files it does not know. ``staging/``, the

@@ -469,13 +469,17 @@ class ManifestReader:
             raise
         return self.add_part(i, raw)
 
-    def add_part(self, i: int, raw: bytes) -> ManifestPart:
-        """Check and decode part ``i`` from its bytes, and keep it among the cached parts."""
+    def check_part(self, i: int, raw: bytes) -> list[ManifestEntry]:
+        """The entries of part ``i`` from its bytes, checked (a ManifestError says why not)."""
         info = self.meta.parts[i]
         if hashlib.sha256(raw).hexdigest() != info["sha256"]:
             raise ManifestError(f"manifest {self.where}: part {i} fails its checksum (corrupt or truncated)")
         after = self._firsts[i + 1] if i + 1 < len(self._firsts) else None
-        part = ManifestPart(decode_part(raw, self.where, i, info, after))
+        return decode_part(raw, self.where, i, info, after)
+
+    def add_part(self, i: int, raw: bytes) -> ManifestPart:
+        """Check and decode part ``i`` from its bytes, and keep it among the cached parts."""
+        part = ManifestPart(self.check_part(i, raw))
         with self._lock:
             self._cache[i] = part
             while len(self._cache) > self._cached_parts:
