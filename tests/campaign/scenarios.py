@@ -99,11 +99,18 @@ def _stats(mnt: Path) -> dict[str, Any]:
 def kill9(work: Path, size: str) -> Result:
     """Mixed reads, writes, fsyncs and renames; a kill -9 at a random moment; the same command again.
 
-    Checked after each restart: every read during the run returned the right
-    bytes or an error; every write that was closed or fsync'd before the kill
-    is in the lake with exactly its bytes (under its new name once a rename
-    returned); the mount came back; and the disk cache is reused (re-reading
-    the dataset costs fewer backend bytes than the dataset holds).
+    Checked after each restart (and after one more start behind the last
+    kill): every read during the run returned the right bytes or an error;
+    every write that was closed before the kill is in the lake with exactly
+    its bytes (under its new name once a rename returned); a file whose fsync
+    returned and that was never closed is in the lake as its last fsync that
+    returned left it (docs/semantics.md: "a file whose close or fsync
+    returned | in the lake"), or as the close or fsync under way at the kill
+    would leave it; the mount came back; and the disk cache is reused
+    (re-reading the dataset costs fewer backend bytes than the dataset holds).
+    Writers: checkpoints (written in two halves, an fsync between them in a
+    third of them, then closed, some renamed) and a log (appended, fsync'd
+    after about every other append, closed only when it passes 4 MiB).
     """
     res = Result("kill -9 under mixed I/O")
     rounds = 5 if size == "short" else 50
@@ -111,9 +118,12 @@ def kill9(work: Path, size: str) -> Result:
     src = dataset(lake, 60, 200_000)
     total = sum(len(v) for v in src.values())
     rng = random.Random(9)
-    acked: dict[str, bytes] = {}  # lake key -> bytes a close/fsync acknowledged
-    for r in range(rounds):
-        res.runs += 1
+    acked: dict[str, bytes] = {}  # lake key -> bytes a close acknowledged (or an fsync, once checked)
+    # Files an fsync acknowledged and nothing closed before the kill: key -> (the bytes the last fsync
+    # that returned was for, and what the close or fsync under way at the kill would land, else None).
+    synced: dict[str, tuple[bytes, bytes | None]] = {}
+    synced_checked = landing = 0  # landing: found as the call under way at the kill left them
+    for r in range(rounds + 1):  # the last start only checks what the last kill left
         with foreground(f"file://{lake}", mnt, cache, "--block-size", "256KiB") as proc:
             if r:
                 drop_page_cache()
@@ -132,9 +142,38 @@ def kill9(work: Path, size: str) -> Result:
                 except FileNotFoundError:
                     res.fail(f"round {r}: acknowledged {key} is missing from the lake")
                 res.checks += 1
+            for key, (prefix, whole) in synced.items():
+                try:
+                    got = (lake / key).read_bytes()
+                except FileNotFoundError:
+                    got = None
+                res.checks += 1
+                synced_checked += 1
+                if got == prefix or (whole is not None and got == whole):
+                    landing += got != prefix
+                    acked[key] = got  # and so it stays in every later round
+                elif got is None:
+                    res.fail(f"round {r}: {key}, fsync'd and never closed, is missing from the lake")
+                else:
+                    res.fail(f"round {r}: {key} in the lake ({len(got)} bytes) is not what its fsync acknowledged "
+                             f"({len(prefix)} bytes{f', or {len(whole)} once closed' if whole is not None else ''})")
+            synced.clear()
+            if r == rounds:
+                break
+            res.runs += 1
             stop = threading.Event()
-            pending: dict[str, tuple[bytes, str]] = {}  # written, not yet acknowledged (key -> bytes, old name)
+            pending: dict[str, tuple[bytes, str]] = {}  # renamed, not yet acknowledged (new key -> bytes, old key)
             lock = threading.Lock()
+
+            def close_and_ack(fd: int, key: str, whole: bytes, lock: threading.Lock = lock) -> None:
+                """close(2), the FUSE flush that uploads: ``whole`` is acknowledged once it returns."""
+                with lock:
+                    if key in synced:
+                        synced[key] = (synced[key][0], whole)  # the close under way may land it whole
+                os.close(fd)
+                with lock:
+                    acked[key] = whole
+                    synced.pop(key, None)
 
             def reader(seed: int, stop: threading.Event = stop, r: int = r) -> None:
                 local = random.Random(seed)
@@ -157,20 +196,22 @@ def kill9(work: Path, size: str) -> Result:
                     n += 1
                     key = f"ckpt/r{r}-w{seed}-{n}.pt"
                     data = random_bytes(local.randrange(1000, 3 * MiB), seed * 1000 + n + r * 100_000)
-                    with lock:
-                        pending[key] = (data, "")
+                    half = len(data) // 2
                     try:
                         (mnt / "ckpt").mkdir(exist_ok=True)
-                        with open(mnt / key, "wb") as fh:
-                            half = len(data) // 2
-                            fh.write(data[:half])
+                        # Unbuffered: what each call returned for is exactly what the daemon was given.
+                        fd = os.open(mnt / key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                        try:
+                            _write_all(fd, data[:half])
                             if local.random() < 0.3:
-                                fh.flush()
-                                os.fsync(fh.fileno())
-                            fh.write(data[half:])
-                        with lock:
-                            acked[key] = data
-                            pending.pop(key, None)
+                                os.fsync(fd)
+                                with lock:
+                                    synced[key] = (data[:half], None)
+                            _write_all(fd, data[half:])
+                        except OSError:
+                            _abandon(fd)
+                            raise
+                        close_and_ack(fd, key, data)
                         if local.random() < 0.3:
                             new = key.replace(".pt", ".renamed.pt")
                             with lock:
@@ -183,8 +224,41 @@ def kill9(work: Path, size: str) -> Result:
                     except OSError:
                         return  # the daemon is gone
 
+            def log_writer(stop: threading.Event = stop, lock: threading.Lock = lock, r: int = r) -> None:
+                local = random.Random(r + 7)
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    key = f"logs/r{r}-{n}.log"
+                    written = b""
+                    try:
+                        (mnt / "logs").mkdir(exist_ok=True)
+                        fd = os.open(mnt / key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                        try:
+                            while not stop.is_set() and len(written) < 4 * MiB:
+                                chunk = random_bytes(local.randrange(1, 100_000), local.randrange(1 << 30))
+                                _write_all(fd, chunk)
+                                written += chunk
+                                if local.random() < 0.5:
+                                    with lock:
+                                        if key in synced:  # the fsync under way may land these bytes
+                                            synced[key] = (synced[key][0], written)
+                                    os.fsync(fd)
+                                    with lock:
+                                        synced[key] = (written, None)
+                        except OSError:
+                            _abandon(fd)
+                            raise
+                        if stop.is_set():
+                            _abandon(fd)  # held open to the kill (this close comes after it)
+                            return
+                        close_and_ack(fd, key, written)
+                    except OSError:
+                        return  # the daemon is gone
+
             threads = [threading.Thread(target=reader, args=(i,)) for i in range(2)]
             threads += [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+            threads.append(threading.Thread(target=log_writer))
             for t in threads:
                 t.start()
             time.sleep(rng.uniform(0.3, 2.0))
@@ -205,7 +279,20 @@ def kill9(work: Path, size: str) -> Result:
         if is_mounted(mnt):
             res.fail(f"round {r}: a dead mount was left after the daemon stopped")
     res.figures["acknowledged writes checked"] = str(len(acked))
+    res.figures["fsync'd, never closed, checked"] = f"{synced_checked} ({landing} as the call under way landed them)"
     return res
+
+
+def _abandon(fd: int) -> None:
+    """Close ``fd`` of a file the daemon may be gone from: nothing it did is acknowledged."""
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _wait_uploads(mnt: Path, res: Result, r: int) -> None:
