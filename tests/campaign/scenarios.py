@@ -621,10 +621,15 @@ def full_disks(work: Path, size: str) -> Result:
 
 # -- store faults under a DataLoader epoch ----------------------------------------------------
 STORE_DEADLINE = 3.0  # [store] read_deadline and metadata_deadline of the store-faults scenario
+# What a call may take past its store deadline: the hand-offs between the kernel, the FUSE loop and the
+# store's thread on a loaded 2-core machine, and the store's shortest last attempt (0.05 s).
+STORE_SLACK = 0.5
+HEALED_AFTER = 2.5  # tierfs/data/reader.py answers a block that failed slowly with that failure for 2 s
 
 
 class _TimedFiles:
-    """A map-style dataset: each item is (index, seconds the read took, the bytes' digest or the errno)."""
+    """A map-style dataset: each item is (index, seconds the open took, seconds the read took, the bytes'
+    digest or the errno); an open that failed has no read."""
 
     def __init__(self, paths: list[str]):
         self.paths = paths
@@ -632,24 +637,31 @@ class _TimedFiles:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, float, str]:
+    def __getitem__(self, i: int) -> tuple[int, float, float, str]:
         import hashlib
 
         t0 = time.monotonic()
+        opened = reading = 0.0
         try:
             with open(self.paths[i], "rb") as f:
+                opened = time.monotonic()
                 outcome = hashlib.sha256(f.read()).hexdigest()
         except OSError as exc:
             outcome = errno.errorcode.get(exc.errno or 0, str(exc))
-        return i, time.monotonic() - t0, outcome
+        if opened:
+            reading = time.monotonic() - opened
+        else:
+            opened = time.monotonic()
+        return i, opened - t0, reading, outcome
 
 
 def store_faults(work: Path, size: str) -> Result:
-    """DataLoader epochs (4 workers) over an S3 lake whose store fails: 503s, resets, cut bodies, stalls.
+    """DataLoader epochs (4 workers) over an S3 lake whose store fails: 503s, resets, cut bodies, stalls, all mixed.
 
     SeaweedFS behind tests/faultproxy.py; no RAM or disk tier, page cache dropped, so every read is a
-    store read. Every read must answer right or EIO within the deadline; never wrong bytes; afterwards
-    (store healthy) a clean epoch reads everything right and the mount is alive.
+    store read. Every read must answer, right or EIO, within the read deadline (plus STORE_SLACK);
+    every open within one metadata deadline per name it looks up (plus STORE_SLACK); never wrong bytes;
+    afterwards (store healthy) a clean epoch reads everything right and the mount is alive.
     """
     import hashlib
 
@@ -661,7 +673,8 @@ def store_faults(work: Path, size: str) -> Result:
     n = 150 if size == "short" else 1500
     files = {f"ds/c{i % 5}/{i:05d}.jpg": random_bytes(30_000 + (i * 997) % 40_000, seed=900 + i) for i in range(n)}
     digests = {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
-    modes = [("http_503", 0.2), ("reset", 0.2), ("truncate", 0.2), ("stall", 0.03)]
+    # (mixed: half the requests fail, each in one of the four ways: reads that run out of their deadline)
+    modes = [("http_503", 0.2), ("reset", 0.2), ("truncate", 0.2), ("stall", 0.03), ("mixed", 0.5)]
     server = SeaweedS3(work / "seaweed").start()
     try:
         fs = server.fs()
@@ -681,20 +694,26 @@ def store_faults(work: Path, size: str) -> Result:
                        config=cfg) as m:
                 keys = sorted(files)
                 paths = [str(m.mountpoint / k) for k in keys]
-                slowest = 0.0
+                slowest_read = slowest_open = 0.0
                 eio = 0
                 for mode, p in [*modes, ("pass", 1.0)]:
                     res.runs += 1
+                    if mode == "pass":
+                        time.sleep(HEALED_AFTER)
                     drop_page_cache()
                     proxy.set_mode(mode, probability=p)
                     with warnings.catch_warnings():  # 4 workers on 2 cores, as the benchmarks run them
                         warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
                         loader = iter(DataLoader(_TimedFiles(paths), num_workers=4, batch_size=None, shuffle=True))
-                    for i, seconds, outcome in loader:
+                    for i, opening, reading, outcome in loader:
                         res.checks += 1
-                        slowest = max(slowest, seconds)
-                        if seconds > 2 * STORE_DEADLINE:
-                            res.fail(f"{mode}: reading {keys[i]} took {seconds:.1f} s (deadline {STORE_DEADLINE:g} s)")
+                        slowest_read, slowest_open = max(slowest_read, reading), max(slowest_open, opening)
+                        names = keys[i].count("/") + 1
+                        if reading > STORE_DEADLINE + STORE_SLACK:
+                            res.fail(f"{mode}: reading {keys[i]} took {reading:.2f} s (deadline {STORE_DEADLINE:g} s)")
+                        if opening > names * STORE_DEADLINE + STORE_SLACK:
+                            res.fail(f"{mode}: opening {keys[i]} took {opening:.2f} s ({names} names looked up, "
+                                     f"deadline {STORE_DEADLINE:g} s each)")
                         if outcome == digests[keys[i]]:
                             continue
                         if outcome == "EIO" and mode != "pass":
@@ -707,7 +726,9 @@ def store_faults(work: Path, size: str) -> Result:
                 faults = proxy.stats().faults
                 res.figures["faults injected"] = str(sum(faults.values()))
                 res.figures["EIO / reads under faults"] = f"{eio} / {n * len(modes)}"
-                res.figures["slowest read, s"] = f"{slowest:.2f} (deadline {STORE_DEADLINE:g})"
+                res.figures["slowest read, s"] = (f"{slowest_read:.2f} (deadline {STORE_DEADLINE:g}, "
+                                                  f"bound {STORE_DEADLINE + STORE_SLACK:g})")
+                res.figures["slowest open, s"] = f"{slowest_open:.2f} (3 names, bound {3 * STORE_DEADLINE + STORE_SLACK:g})"
     finally:
         server.stop()
     return res
