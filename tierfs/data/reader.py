@@ -14,6 +14,7 @@ prefetch limiter, manifest parts under the manifest limiter.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable
 
 import trio
@@ -60,11 +61,25 @@ class BlockReader:
         self.failed_for = 2.0  # seconds a slow failure is answered without asking the store again
         self.failed_after = 1.0  # a failure that took this long (a stall, a deadline) is remembered; fast ones not
         self._queued: dict[BlockKey, trio.CancelScope] = {}
+        # Blocks just fetched from the store, kept for a moment whatever the tiers do with them: after a
+        # failed read-ahead the kernel asks for the rest of its range one page at a time, and with no tier
+        # to keep the block every page would be a fetch of all of it, each with a deadline of its own.
+        self._held: OrderedDict[BlockKey, tuple[float, bytes]] = OrderedDict()  # key -> (fetched at, bytes)
+        self._held_total = 0
+        self.held_for = 2.0  # seconds
+        self.held_bytes = max(16 << 20, 4 * block_size)
 
     def start(self, nursery: trio.Nursery) -> None:
         """Run read-ahead and the tier fills in ``nursery`` (the mount's); without one, neither is in the background."""
         self._nursery = nursery
         nursery.start_soon(self.chain.fills.run)
+        nursery.start_soon(self._let_go_of_held)
+
+    async def _let_go_of_held(self) -> None:
+        """Drop the blocks kept past their moment, also when no fetch comes to do it."""
+        while True:
+            await trio.sleep(max(self.held_for, 0.5))
+            self._prune(trio.current_time())
 
     async def finish(self) -> None:
         """At unmount, after the nursery: put what is still queued into the tiers."""
@@ -188,6 +203,9 @@ class BlockReader:
         hit = await self.chain.get(key, after_fast=True, wait=wait_for_fill)
         if hit is not None:
             return hit
+        held = self._held_block(key)
+        if held is not None:
+            return held, BACKEND
         start, end = block_span(index, self.block_size, ref.size)
         failed = self._failed.get(key)
         if failed is not None:
@@ -205,8 +223,41 @@ class BlockReader:
                     del self._failed[next(iter(self._failed))]
                 self._failed[key] = (trio.current_time() + self.failed_for, str(exc))
             raise
+        self._hold(key, data)
         await self.chain.put(key, data, wait=wait_for_fill)
         return data, BACKEND
+
+    def _held_block(self, key: BlockKey) -> bytes | None:
+        entry = self._held.get(key)
+        if entry is None:
+            return None
+        if trio.current_time() - entry[0] >= self.held_for:
+            self._prune(trio.current_time())
+            return None
+        return entry[1]
+
+    def _hold(self, key: BlockKey, data: bytes) -> None:
+        """Keep ``data`` for ``held_for`` seconds, in at most ``held_bytes`` (the oldest go first)."""
+        now = trio.current_time()
+        old = self._held.pop(key, None)
+        if old is not None:
+            self._held_total -= len(old[1])
+        if self.held_for > 0 and len(data) <= self.held_bytes:
+            self._held[key] = (now, data)
+            self._held_total += len(data)
+        self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        while self._held:
+            key, (at, data) = next(iter(self._held.items()))
+            if self._held_total <= self.held_bytes and now - at < self.held_for:
+                return
+            del self._held[key]
+            self._held_total -= len(data)
+
+    def bytes_held(self) -> int:
+        """Bytes of blocks kept for a moment after their fetch (not counting the tiers')."""
+        return self._held_total
 
     async def _fetch(self, ref: ObjectRef, start: int, end: int, key: BlockKey,
                      limiter: trio.CapacityLimiter) -> bytes:
