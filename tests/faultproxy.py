@@ -30,6 +30,9 @@ seeded RNG; when the draw is under ``probability`` (and the mode is not
 ``http_503`` (alias ``slowdown``)
     answer S3's ``503 SlowDown`` XML error without contacting the upstream;
     the connection stays usable.
+``mixed``
+    one of the four faults above, drawn for each faulted request (a store that
+    fails in every way at once: a fast failure, then a stall on the retry).
 
 For ``reset``/``truncate``, ``after_bytes=None`` means half of the body. A
 response without a body (HEAD, 204, 304, empty) is cut before its headers:
@@ -52,7 +55,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-MODES = ("pass", "stall", "reset", "truncate", "http_503", "slowdown")
+FAULTS = ("stall", "reset", "truncate", "http_503")  # what ``mixed`` draws from
+MODES = ("pass", *FAULTS, "slowdown", "mixed")
 _MAX_HEAD = 64 * 1024  # longest request/response head we accept
 _CHUNK = 64 * 1024
 
@@ -208,7 +212,7 @@ class Stats:
     bytes_to_upstream: int = 0
     bytes_from_upstream: int = 0
     bytes_to_client: int = 0
-    faults: dict[str, int] = field(default_factory=dict)  # mode -> requests it was applied to
+    faults: dict[str, int] = field(default_factory=dict)  # fault -> requests it was applied to
 
 
 class FaultProxy:
@@ -344,6 +348,8 @@ class FaultProxy:
             self._stats.requests += 1
             hit = self._rng.random() < self._probability
             mode = self._mode if hit else "pass"
+            if mode == "mixed":
+                mode = self._rng.choice(FAULTS)
             if mode != "pass":
                 self._stats.faults[mode] = self._stats.faults.get(mode, 0) + 1
             return mode, self._after_bytes

@@ -230,6 +230,20 @@ def test_probability_is_a_seeded_fraction(upstream: ThreadingHTTPServer) -> None
     assert run(2) != a
 
 
+def test_mixed_draws_every_fault(upstream: ThreadingHTTPServer) -> None:
+    with FaultProxy("127.0.0.1", upstream.server_address[1], mode="mixed", probability=1.0, seed=3) as p:
+        while set(p.stats().faults) != {"stall", "reset", "truncate", "http_503"}:
+            assert p.stats().requests < 200, p.stats().faults
+            c = conn(p, timeout=0.2)
+            try:
+                get(c, "/len/10")
+            except (OSError, http.client.HTTPException):
+                pass  # a stall (timeout), a reset or a truncated body
+            finally:
+                c.close()
+        assert p.stats().faults.get("mixed") is None  # counted under the fault drawn
+
+
 def test_exit_closes_everything_even_on_failure(upstream: ThreadingHTTPServer) -> None:
     before = set(threading.enumerate())
     with pytest.raises(RuntimeError, match="boom"), \

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
 from tierfs.data.readahead import ReadAhead
 from tierfs.data.reader import BACKEND, BlockReader
+from tierfs.errors import StoreError
 from tierfs.refs import BlockKey
 from tierfs.tiers.base import Tier
 from tierfs.tiers.chain import TierChain
@@ -227,5 +230,101 @@ async def test_a_block_that_just_failed_fails_at_once_for_a_moment(flaky: Any, t
         f.failures["cat_file"] = 0
         await trio.sleep(0.35)
         assert (await reader.read(ref, 0, 10))[0] == b"x" * 10  # and asked again after it
+    finally:
+        d.close()
+
+
+async def test_with_no_tier_a_block_read_page_by_page_is_fetched_once(flaky: Any) -> None:
+    """After a failed read-ahead the kernel reads the rest of its range one page at a time (the pages it had
+    asked for stay in its page cache, not up to date). With no tier to keep the block, every page was a fetch
+    of the whole block, each with a deadline of its own: under store faults one read of a 60 KB file took 7 s
+    with a 3 s deadline (tests/campaign, store faults, mixed). A block just fetched is kept for a moment."""
+    f, store, fs = flaky
+    size = 64 * 1024
+    data = random.Random(5).randbytes(size)
+    fs.pipe(f"{store.root}/obj", data)
+    ref = store.stat("obj").ref
+    reader = BlockReader(store, TierChain([], trio.CapacityLimiter(4)), size, trio.CapacityLimiter(8))
+    for off in range(0, size, 4096):
+        assert (await reader.read(ref, off, 4096))[0] == data[off: off + 4096]
+    assert f.calls["cat_file"] == 1
+
+
+async def test_blocks_kept_for_a_moment_are_few_and_only_for_a_moment(flaky: Any) -> None:
+    f, store, fs = flaky
+    size = 64 * 1024
+    refs = []
+    for i in range(8):
+        fs.pipe(f"{store.root}/obj{i}", bytes([i]) * size)
+        refs.append(store.stat(f"obj{i}").ref)
+    reader = BlockReader(store, TierChain([], trio.CapacityLimiter(4)), size, trio.CapacityLimiter(8))
+    reader.held_bytes = 3 * size
+    for ref in refs:
+        await reader.read(ref, 0, 10)
+    assert reader.bytes_held() <= 3 * size  # bounded: the oldest go first
+    asked = f.calls["cat_file"]
+    await reader.read(refs[-1], 10, 10)
+    assert f.calls["cat_file"] == asked  # the newest is kept
+    await reader.read(refs[0], 10, 10)
+    assert f.calls["cat_file"] == asked + 1  # the oldest is not
+    reader.held_for = 0.0
+    await reader.read(refs[-1], 20, 10)
+    assert f.calls["cat_file"] == asked + 2  # and none past the moment
+
+
+def one_block(flaky: Any, tmp_path: Path) -> tuple[Any, Any, Any, BlockReader, DiskTier]:
+    """An object of one block (b"x" * BS) and a reader of RAM and disk tiers."""
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/obj", b"x" * BS)
+    reader, _, d = make(flaky, tmp_path)
+    return f, store, store.stat("obj").ref, reader, d
+
+
+async def test_the_retry_of_a_read_that_failed_fast_gets_what_is_left_of_its_deadline(flaky: Any,
+                                                                                       tmp_path: Path) -> None:
+    """The kernel retries a failed read at once. A fast failure (503s, resets) is asked again, but that retry
+    is the same read(2): with a deadline of its own it could answer a deadline after the first failure, and
+    one read took the first failure's time plus the whole deadline."""
+    f, store, ref, reader, d = one_block(flaky, tmp_path)
+    ends: list[float | None] = []
+    read_range = store.read_range
+
+    def spy(ref: Any, start: int, end: int, until: float | None = None) -> bytes:
+        ends.append(until)
+        return read_range(ref, start, end, until)
+
+    store.read_range = spy  # type: ignore[method-assign]
+    try:
+        store.read_deadline = 60.0
+        f.failures["cat_file"] = store.retries + 1  # every attempt of the first read, fast
+        with pytest.raises(StoreError):
+            await reader.read(ref, 0, 10)
+        failed_at = time.monotonic()
+        assert (await reader.read(ref, 0, 10))[0] == b"x" * 10  # asked again (the store is back)
+        assert len(ends) == 2 and ends[0] is None
+        # Not a whole deadline from when it started, but what the first read left of its own.
+        assert ends[1] is not None and ends[1] < failed_at + 60.0
+        await reader.read(ref, 0, 10)  # (from the tiers now)
+        reader.chain.tiers[0].evict(ref.block_key(0, BS))
+        d.evict(ref.block_key(0, BS))
+        reader.held_for = 0.0
+        await reader.read(ref, 0, 10)
+        assert ends[2] is None  # a read after one that worked has a deadline of its own
+    finally:
+        d.close()
+
+
+async def test_a_retry_with_nothing_left_of_its_deadline_fails_at_once(flaky: Any, tmp_path: Path) -> None:
+    f, store, ref, reader, d = one_block(flaky, tmp_path)
+    try:
+        store.read_deadline = 0.05
+        f.delay = 0.06  # each attempt outlasts the deadline, but none takes failed_after: a "fast" failure
+        f.failures["cat_file"] = 100
+        with pytest.raises(StoreError):
+            await reader.read(ref, 0, 10)
+        asked = f.calls["cat_file"]
+        with pytest.raises(StoreError, match="failed moments ago"):
+            await reader.read(ref, 0, 10)
+        assert f.calls["cat_file"] == asked
     finally:
         d.close()

@@ -14,6 +14,8 @@ prefetch limiter, manifest parts under the manifest limiter.
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable
 
 import trio
@@ -29,6 +31,7 @@ from tierfs.tiers.chain import TierChain
 log = logging.getLogger(__name__)
 
 BACKEND = "backend"  # the source name of a block fetched from the object store
+MIN_LEFT = 0.1  # seconds of a failed read's deadline worth asking the store again with
 
 
 class BlockReader:
@@ -54,17 +57,34 @@ class BlockReader:
         # Demand readers waiting on each block's flight, and the speculative
         # fetches (read-ahead, warm, manifest) still waiting for a token.
         self._wanted: dict[BlockKey, int] = {}
-        # Blocks whose fetch just failed slowly: the kernel retries a failed read at once (read-ahead, then
-        # the read itself), and against a stalled store each retry would wait out a deadline of its own.
-        self._failed: dict[BlockKey, tuple[float, str]] = {}
-        self.failed_for = 2.0  # seconds a slow failure is answered without asking the store again
-        self.failed_after = 1.0  # a failure that took this long (a stall, a deadline) is remembered; fast ones not
+        # Blocks whose fetch just failed: the kernel retries a failed read at once (read-ahead, then the
+        # read itself), and each retry with a deadline of its own would answer a deadline later. For
+        # failed_for seconds a fetch of the block has only what is left of the failed one's deadline: after
+        # a slow failure (a stall, a deadline) nothing, so it is answered with that failure at once; after
+        # a fast one (503, a reset) the store is asked again, as a store that is back must be.
+        self._failed: dict[BlockKey, tuple[float, str, float]] = {}  # key -> (until, why, the deadline's end)
+        self.failed_for = 2.0
+        self.failed_after = 1.0  # a failure that took this long is slow
         self._queued: dict[BlockKey, trio.CancelScope] = {}
+        # Blocks just fetched from the store, kept for a moment whatever the tiers do with them: after a
+        # failed read-ahead the kernel asks for the rest of its range one page at a time, and with no tier
+        # to keep the block every page would be a fetch of all of it, each with a deadline of its own.
+        self._held: OrderedDict[BlockKey, tuple[float, bytes]] = OrderedDict()  # key -> (fetched at, bytes)
+        self._held_total = 0
+        self.held_for = 2.0  # seconds
+        self.held_bytes = max(16 << 20, 4 * block_size)
 
     def start(self, nursery: trio.Nursery) -> None:
         """Run read-ahead and the tier fills in ``nursery`` (the mount's); without one, neither is in the background."""
         self._nursery = nursery
         nursery.start_soon(self.chain.fills.run)
+        nursery.start_soon(self._let_go_of_held)
+
+    async def _let_go_of_held(self) -> None:
+        """Drop the blocks kept past their moment, also when no fetch comes to do it."""
+        while True:
+            await trio.sleep(max(self.held_for, 0.5))
+            self._prune(trio.current_time())
 
     async def finish(self) -> None:
         """At unmount, after the nursery: put what is still queued into the tiers."""
@@ -194,29 +214,71 @@ class BlockReader:
         hit = await self.chain.get(key, after_fast=True, wait=wait_for_fill, promote=fill)
         if hit is not None:
             return hit
+        held = self._held_block(key)
+        if held is not None:
+            return held, BACKEND
         start, end = block_span(index, self.block_size, ref.size)
+        t0, started = trio.current_time(), time.monotonic()
+        ends = started + self.store.read_deadline  # when this read's deadline ends
+        until: float | None = None  # (the store's own read deadline)
         failed = self._failed.get(key)
         if failed is not None:
-            if trio.current_time() < failed[0]:
-                raise StoreError(f"{failed[1]} (failed moments ago; asked again in {self.failed_for:.0f} s)")
-            del self._failed[key]
-        t0 = trio.current_time()
+            if t0 < failed[0]:
+                ends = failed[2]
+                if ends - started < MIN_LEFT:
+                    raise StoreError(f"{failed[1]} (failed moments ago; asked again in {self.failed_for:.0f} s)")
+                until = ends
+            else:
+                del self._failed[key]
         try:
-            data = await self._fetch(ref, start, end, key, limiter)
+            data = await self._fetch(ref, start, end, key, limiter, until)
         except StoreError as exc:
-            # Only a slow failure is remembered: asking again after a fast one (503, a reset) costs nothing,
-            # and a store that is back must be read at once.
             if trio.current_time() - t0 >= self.failed_after:
-                if len(self._failed) >= 4096:  # bounded: forget the oldest
-                    del self._failed[next(iter(self._failed))]
-                self._failed[key] = (trio.current_time() + self.failed_for, str(exc))
+                ends = float("-inf")  # slow: nothing is left to try again with
+            if len(self._failed) >= 4096 and key not in self._failed:  # bounded: forget the oldest
+                del self._failed[next(iter(self._failed))]
+            self._failed[key] = (trio.current_time() + self.failed_for, str(exc), ends)
             raise
+        self._failed.pop(key, None)
+        self._hold(key, data)
         if fill:
             await self.chain.put(key, data, wait=wait_for_fill)
         return data, BACKEND
 
+    def _held_block(self, key: BlockKey) -> bytes | None:
+        entry = self._held.get(key)
+        if entry is None:
+            return None
+        if trio.current_time() - entry[0] >= self.held_for:
+            self._prune(trio.current_time())
+            return None
+        return entry[1]
+
+    def _hold(self, key: BlockKey, data: bytes) -> None:
+        """Keep ``data`` for ``held_for`` seconds, in at most ``held_bytes`` (the oldest go first)."""
+        now = trio.current_time()
+        old = self._held.pop(key, None)
+        if old is not None:
+            self._held_total -= len(old[1])
+        if self.held_for > 0 and len(data) <= self.held_bytes:
+            self._held[key] = (now, data)
+            self._held_total += len(data)
+        self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        while self._held:
+            key, (at, data) = next(iter(self._held.items()))
+            if self._held_total <= self.held_bytes and now - at < self.held_for:
+                return
+            del self._held[key]
+            self._held_total -= len(data)
+
+    def bytes_held(self) -> int:
+        """Bytes of blocks kept for a moment after their fetch (not counting the tiers')."""
+        return self._held_total
+
     async def _fetch(self, ref: ObjectRef, start: int, end: int, key: BlockKey,
-                     limiter: trio.CapacityLimiter) -> bytes:
+                     limiter: trio.CapacityLimiter, until: float | None) -> bytes:
         if limiter is not self.read_limiter and not self._wanted.get(key):
             # A speculative fetch waits for a token of its own kind. If a reader
             # comes to wait on this block meanwhile, it cancels the wait
@@ -226,7 +288,7 @@ class BlockReader:
                 self._queued[key] = waiting
                 try:
                     # Once its thread has a token the call is not cancellable: it returns the bytes.
-                    return await in_thread(self.store.read_range, ref, start, end, limiter=limiter)
+                    return await in_thread(self.store.read_range, ref, start, end, until, limiter=limiter)
                 finally:
                     del self._queued[key]
-        return await in_thread(self.store.read_range, ref, start, end, limiter=self.read_limiter)
+        return await in_thread(self.store.read_range, ref, start, end, until, limiter=self.read_limiter)

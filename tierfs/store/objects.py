@@ -157,11 +157,16 @@ class ObjectStore:
         out: Entry = self.call(lambda: self.backend.stat(rel), f"stat {rel}")
         return out
 
-    def read_range(self, ref: ObjectRef, start: int, end: int) -> bytes:
-        """Bytes [start, end) of exactly the object ``ref`` names; Changed (EIO) if it is another now."""
+    def read_range(self, ref: ObjectRef, start: int, end: int, until: float | None = None) -> bytes:
+        """Bytes [start, end) of exactly the object ``ref`` names; Changed (EIO) if it is another now.
+
+        Within the read deadline, or by ``until`` (monotonic seconds) if that comes first: the retry
+        of a read that failed has what is left of that read's deadline.
+        """
+        limit = self.read_deadline if until is None else min(self.read_deadline, until - time.monotonic())
         try:
             data: bytes = self.call(lambda: self.backend.read_range(ref, start, end),
-                                    f"read {ref.key} [{start}:{end}]", deadline=self.read_deadline)
+                                    f"read {ref.key} [{start}:{end}]", deadline=limit)
         except Archived:
             self.stats.add("errors")
             raise
