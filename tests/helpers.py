@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -209,6 +210,29 @@ def reachable_dir() -> Iterator[Path]:
         for child in root.iterdir():
             child.rmdir()
         root.rmdir()
+
+
+@contextlib.contextmanager
+def fsspec_loop_stopped() -> Iterator[None]:
+    """fsspec's IO thread (every s3fs, gcsfs and adlfs call runs on it) busy until the block ends.
+
+    A store call that needs it waits, up to its deadline; what obstore serves
+    still answers. The loop is let go when the block ends, also on failure.
+    """
+    import fsspec.asyn
+
+    release, stopped = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        stopped.set()
+        release.wait(120)  # (bounded: a test that dies here still lets the loop go)
+
+    fsspec.asyn.get_loop().call_soon_threadsafe(hold)
+    assert stopped.wait(30)
+    try:
+        yield
+    finally:
+        release.set()
 
 
 def drop_page_cache() -> None:

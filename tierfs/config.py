@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tierfs.errors import ConfigError
+from tierfs.secrecy import hidden, url_credentials
 
 _UNITS = {
     "": 1, "b": 1,
@@ -120,6 +121,14 @@ def _string(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("a string")
     return value
+
+
+def _lake_url(value: Any) -> str:
+    """A lake URL without credentials: it is shown wherever the lake is named (argv, logs, stats, messages)."""
+    if url_credentials(_string(value)):
+        raise ValueError("a lake URL without credentials in it: put them in the config file ([s3] key and secret, "
+                         "or [store] options), mode 0600")
+    return str(value)
 
 
 def _path(value: Any) -> str:
@@ -273,7 +282,7 @@ class _Key:
 #   [log] level file max_size backups
 #   [backup] secret_file
 _KEYS = [
-    _Key("lake", "url", _string, "lake_url"),
+    _Key("lake", "url", _lake_url, "lake_url"),
     _Key("mount", "mountpoint", _path, "mountpoint"),
     _Key("mount", "read_only", _bool, "read_only"),
     _Key("mount", "read_only_prefixes", _prefixes, "read_only_prefixes"),
@@ -448,6 +457,8 @@ class Settings:
     log_file: str = ""  # the background daemon's log; empty: tierfs.log in the cache dir
     log_max_size: int = 64 * 1024**2  # that log is rotated at this size (0: never)...
     log_backups: int = 5  # ...keeping this many older files (tierfs.log.1 is the newest)
+    # --allow-readable-secrets: take secret files other users can read; None: the command has no such flag.
+    allow_readable_secrets: bool | None = None
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir:
@@ -502,49 +513,6 @@ class Settings:
         return self
 
 
-#: Settings that hold secrets (never in reprs; a config file holding one must be private).
-_SECRET_ATTRS = {"s3_secret": "[s3] secret", "redis_password": "[redis] password", "redis_secret": "[redis] secret"}
-#: Store options that hold secrets (Azure account keys, connection strings, SAS tokens, passwords).
-_SECRET_OPTION = ("key", "secret", "token", "password", "connection_string", "sas", "credential")
-#: Values of such options that name a way to find credentials rather than being one (gcsfs' token).
-_NOT_SECRET = frozenset({"anon", "google_default", "cloud", "browser", "cache"})
-
-
-def secrets_in(settings: Settings) -> list[str]:
-    """Which secrets ``settings`` holds, by their config names."""
-    out = [name for attr, name in _SECRET_ATTRS.items() if getattr(settings, attr)]
-    if "@" in settings.redis_url.split("://", 1)[-1].split("/", 1)[0]:
-        out.append("[redis] url (a password in it)")
-    out += [f"[store] options.{k}" for k, v in settings.store_options.items()
-            if v and any(word in k.lower() for word in _SECRET_OPTION)
-            and not str(v).startswith("/") and str(v) not in _NOT_SECRET]
-    return out
-
-
-def check_private(path: Path, settings: Settings, allow_readable: bool = False) -> str:
-    """A config file holding secrets must not be readable by others: refused (unless allowed), or a warning.
-
-    Readable by other users: refused, unless ``allow_readable``; readable by
-    its group: a warning. Returns the warning ('' when there is none).
-    """
-    held = secrets_in(settings)
-    if not held:
-        return ""
-    try:
-        mode = path.stat().st_mode & 0o777
-    except OSError:
-        return ""
-    what = f"{path} holds {', '.join(held)} and can be read by"
-    if mode & 0o004:
-        if not allow_readable:
-            raise ConfigError(f"{what} every user (mode {mode:04o}): chmod 600 {path}, "
-                              "or pass --allow-readable-secrets to use it anyway")
-        return f"{what} every user (mode {mode:04o}); chmod 600 {path}"
-    if mode & 0o040:
-        return f"{what} its group (mode {mode:04o}); chmod 600 {path} unless that group is meant to"
-    return ""
-
-
 def load(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None = None) -> Settings:
     """Settings from a TOML file (optional) with command-line ``overrides``.
 
@@ -580,7 +548,8 @@ def _parse(key: _Key, raw: Any, origin: str) -> Any:
         return key.parse(raw)
     except ValueError as exc:
         raise ConfigError(
-            f"{origin}: [{key.section}] {key.name} = {shown(raw)} is not allowed; expected {exc}"
+            f"{origin}: [{key.section}] {key.name} = {shown(hidden(key.section, key.name, raw))} is not allowed; "
+            f"expected {exc}"
         ) from None
 
 

@@ -1,30 +1,24 @@
 """Composition root of a mount: store -> tiers -> namespace -> fuse, one nursery.
 
-``run_foreground`` mounts and serves until unmounted or signalled.
-``spawn_daemon`` starts the same in a background process and returns once the
-mount is ready (or with the reason it is not), which is what `tierfs mount`
-does without ``--foreground``.
+``run_foreground`` mounts and serves until unmounted or signalled; started in
+the background, it is the daemon ``tierfs/background.py`` spawns.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, cast
 
 import pyfuse3
 import trio
 
-from tierfs import __version__
+from tierfs import __version__, control
 from tierfs.config import Settings
 from tierfs.data.reader import BlockReader
 from tierfs.data.warm import Warmer
@@ -37,6 +31,7 @@ from tierfs.limits import StoreLimiters
 from tierfs.metrics import BACKEND_SECONDS, FUSE_SECONDS, TIER_SECONDS, export_stats, latency_summary
 from tierfs.metrics import serve as serve_metrics
 from tierfs.namespace.live import Namespace
+from tierfs.secrecy import read_secret
 from tierfs.store.objects import ObjectStore
 from tierfs.store.upload import Uploader
 from tierfs.systemd import sd_notify
@@ -45,15 +40,14 @@ from tierfs.tiers.chain import TierChain
 from tierfs.tiers.disk import DiskTier
 from tierfs.tiers.fills import FillQueue
 from tierfs.tiers.ram import RamTier
-from tierfs.tiers.redis import RedisSettings, RedisTier
-from tierfs.tiers.seal import cache_key, read_secret
+from tierfs.tiers.seal import cache_key
 from tierfs.write.staging import Staging
 from tierfs.write.writer import Writer
 
+if TYPE_CHECKING:  # redis-py is imported only by a mount that has a Redis tier
+    from tierfs.tiers.redis import RedisSettings, RedisTier
+
 log = logging.getLogger("tierfs")
-
-READY = "READY"
-
 
 @dataclass
 class Components:
@@ -95,7 +89,8 @@ class Components:
         }
 
     def redis(self) -> RedisTier | None:
-        return next((t for t in self.chain.tiers if isinstance(t, RedisTier)), None)
+        # By name, so that a mount without one never imports the Redis client.
+        return cast("RedisTier | None", next((t for t in self.chain.tiers if t.name == "redis"), None))
 
     def disk(self) -> DiskTier | None:
         return next((t for t in self.chain.tiers if isinstance(t, DiskTier)), None)
@@ -119,6 +114,8 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
                               settings.low_watermark, settings.cache_policy, settings.cache_min_free,
                               data_key=cache_key(settings, settings.resolved_cache_dir())))
     if settings.redis_url:
+        from tierfs.tiers.redis import RedisTier
+
         tiers.append(RedisTier(redis_settings(settings)))
     # Worker threads: one pool for the tiers' disk I/O, and one per kind of
     # store work, so a slow store never starves cache hits, nor read-ahead the reads.
@@ -158,11 +155,14 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
 
 def redis_settings(settings: Settings) -> RedisSettings:
     """The Redis tier's settings, its secrets read from where the config says (never from argv)."""
+    from tierfs.tiers.redis import RedisSettings
+
     return RedisSettings(
         settings.redis_url, settings.redis_password or os.environ.get("TIERFS_REDIS_PASSWORD", ""),
         settings.redis_db, settings.redis_key_prefix, settings.redis_ttl, settings.redis_max_block_size,
         settings.redis_pool_size, settings.redis_timeout,
-        secret=read_secret(settings.redis_secret, settings.redis_secret_file, "TIERFS_REDIS_SECRET", "[redis] secret"),
+        secret=read_secret(settings.redis_secret, settings.redis_secret_file, "TIERFS_REDIS_SECRET",
+                           "[redis] secret_file", settings.allow_readable_secrets),
         data_key=cache_key(settings, settings.resolved_cache_dir()),
         username=settings.redis_username, ca_file=settings.redis_ca_file, cert_file=settings.redis_cert_file,
         key_file=settings.redis_key_file, allow_no_auth=settings.redis_allow_no_auth,
@@ -266,6 +266,7 @@ async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Call
             nursery.start_soon(_refresh_gauges, redis_tier)
         if comps.writer is not None:
             comps.writer.start(nursery)
+        await nursery.start(control.serve, comps.operations.control)
 
         async def fuse_main() -> None:
             await pyfuse3.main(min_tasks=4, max_tasks=comps.settings.fuse_workers)
@@ -326,121 +327,3 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
             sd_notify("STOPPING=1\nSTATUS=unmounting")
             pyfuse3.terminate()
             return
-
-
-# -- background start -------------------------------------------------------------
-def daemon_argv(argv: list[str]) -> tuple[list[str], dict[str, str], str]:
-    """The daemon's argv without secrets, the environment that carries them, and what was exposed ('' if none).
-
-    A password in ``--redis redis://:PASSWORD@host`` would sit in the
-    daemon's /proc/PID/cmdline for as long as it runs; the daemon gets the URL
-    without it and the password in its environment (readable by root only).
-    """
-    out, env, exposed = list(argv), {}, ""
-    for i, arg in enumerate(out):
-        flag, eq, value = arg.partition("=")
-        if flag == "--redis" and eq:
-            index, url = i, value
-        elif arg == "--redis" and i + 1 < len(out):
-            index, url = i + 1, out[i + 1]
-        else:
-            continue
-        parts = urlsplit(url)
-        if parts.password:
-            host = parts.netloc.rsplit("@", 1)[1]
-            user = f"{parts.username}@" if parts.username else ""
-            bare = urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
-            out[index] = f"--redis={bare}" if index == i else bare
-            env["TIERFS_REDIS_PASSWORD"] = unquote(parts.password)
-            exposed = "the Redis password"
-    return out, env, exposed
-
-
-def spawn_daemon(argv: list[str], log_file: Path | None, timeout: float = 120.0,
-                 env: dict[str, str] | None = None) -> tuple[int, str]:
-    """Start ``tierfs mount … --foreground`` in the background; returns its pid (and notes) once ready.
-
-    The child reports READY, or one line of error, through a pipe; if it dies
-    without a word, the tail of its log says why. It logs to ``log_file``
-    (rotated: ``tierfs/logfile.py``), or with None to the stderr it inherits
-    (systemd's journal).
-    """
-    if log_file is None:
-        out = os.dup(2)  # the journal, as ours
-    else:
-        try:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            # 0600: the log names the lake's keys. Until the daemon opens the log itself, its output goes
-            # here (what a start that fails before that prints).
-            out = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        except OSError as exc:
-            where = "cache dir" if log_file.name == "tierfs.log" else "log file"
-            raise UserError(f"cannot write the daemon's log {log_file} ({exc.strerror or exc}): give a {where} "
-                            "that can be written (--cache-dir DIR, or --log-file FILE)") from None
-    read_fd, write_fd = os.pipe()
-    with open(out, "ab") as log_fh, open(os.devnull, "rb") as devnull:
-        proc = subprocess.Popen(
-            # -P: the cwd is not put on sys.path, so a folder named tierfs/ there cannot shadow the package.
-            [sys.executable, "-P", "-m", "tierfs", *argv, "--foreground", "--ready-fd", str(write_fd),
-             *(["--log-to-file"] if log_file is not None else [])],
-            stdin=devnull, stdout=log_fh, stderr=log_fh, pass_fds=(write_fd,),
-            start_new_session=True, close_fds=True, env={**os.environ, **(env or {})},
-        )
-    os.close(write_fd)
-    message = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([read_fd], [], [], 0.5)
-            if ready:
-                chunk = os.read(read_fd, 4096)
-                if not chunk:
-                    break
-                message += chunk
-                if b"\n" in message:
-                    break
-            elif proc.poll() is not None:
-                break
-        else:
-            proc.kill()
-            proc.wait()
-            raise UserError(f"the mount did not become ready within {timeout:.0f} s; see {log_file or 'the journal'}")
-    finally:
-        os.close(read_fd)
-    line = message.decode(errors="replace").strip()
-    if line.startswith(READY):
-        return proc.pid, line[len(READY):].strip()
-    proc.wait(timeout=30)
-    if line:
-        raise UserError(line)
-    raise UserError(f"the tierfs daemon exited during start-up (code {proc.returncode}): {_tail(log_file)}")
-
-
-def notify_ready(fd: int | None) -> Callable[[str], None]:
-    def ready(notes: str) -> None:
-        if notes:
-            log.warning("%s", notes)
-        sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving" + (f"; {notes}" if notes else ""))
-        if fd is not None:
-            os.write(fd, f"{READY} {notes}\n".encode())
-            os.close(fd)
-
-    return ready
-
-
-def report_failure(fd: int | None, message: str) -> None:
-    if fd is not None:
-        try:
-            os.write(fd, (message.replace("\n", " ") + "\n").encode())
-        except OSError:
-            pass
-
-
-def _tail(path: Path | None) -> str:
-    if path is None:
-        return "see the journal (journalctl)"
-    try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return f"see {path}"
-    return lines[-1] if lines else f"see {path}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,18 @@ def save(path: Path, state: Any, durable: bool = True) -> None:
     power cut the file may hold the state before this one, or nothing
     readable (``load`` answers None). For states whose loss costs nothing.
     """
-    tmp = path.with_name(path.name + ".tmp")
-    data = json.dumps(state).encode()
+    replace_bytes(path, json.dumps(state).encode(), durable)
+
+
+def replace_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Replace the file at ``path`` with ``data`` (mode 0600) atomically; with ``durable``, on disk on return.
+
+    The temp file beside it has a name of its own, made with O_EXCL
+    (``mkstemp``): a fixed name opened with O_TRUNC would write through a
+    symlink someone planted there. It ends in ``.<name>.tmp``.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=f".{path.name}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             view = memoryview(data)
             while view:
@@ -37,7 +46,7 @@ def save(path: Path, state: Any, durable: bool = True) -> None:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
     if durable:
         fsync_dir(path.parent)

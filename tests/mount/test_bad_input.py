@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, force_cleanup, is_mounted, mounted, run_tierfs
+from helpers import RedisServer, assert_one_line_error, force_cleanup, is_mounted, mounted, run_tierfs
 
 pytestmark = pytest.mark.mount
 
@@ -169,14 +169,98 @@ def test_a_config_holding_a_secret_must_be_private(lake: Path, tmp_path: Path) -
         assert "chmod" not in m.output
 
 
+def test_a_secret_file_must_be_private(lake: Path, tmp_path: Path, redis_server: RedisServer) -> None:
+    """The files [redis] secret_file and [cache] encryption_key_file name are refused readable by others, as a
+    config holding a secret is (--allow-readable-secrets overrides, with a note); they were never checked."""
+    (tmp_path / "mnt").mkdir()
+    secret = tmp_path / "redis.secret"
+    secret.write_text("shared-mac-secret-0123456789")
+    key = tmp_path / "cache.key"
+    key.write_text("k" * 32)
+    for name, path, body in (("[redis] secret_file", secret, f'[redis]\nurl = "{redis_server.url}"\nsecret_file = "{secret}"\n'),
+                             ("[cache] encryption_key_file", key, f'[cache]\nencryption_key_file = "{key}"\n')):
+        cfg = tmp_path / "train.toml"
+        cfg.write_text(body)
+        for mode, who in ((0o640, "its group"), (0o604, "every user")):
+            path.chmod(mode)
+            res = mount(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", "--config", str(cfg))
+            assert_one_line_error(res, name, str(path), who, "chmod 600", "--allow-readable-secrets")
+            assert path.read_text() not in res.stderr
+        with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", "--allow-readable-secrets",
+                     config=cfg) as m:
+            assert f"chmod 600 {path}" in m.output
+        path.chmod(0o600)
+        with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
+            assert "chmod" not in m.output
+
+
+def test_credentials_in_the_lake_url_are_refused_unshown(tmp_path: Path) -> None:
+    """s3://KEY:SECRET@bucket would sit in argv, logs and every message that names the lake: refused, in one
+    line that says where credentials go, without the secret."""
+    (tmp_path / "mnt").mkdir()
+    for url in ("s3://AKIDEXAMPLE:lake-url-secret-31f@ml-lake/prefix", "gs://lake-url-secret-31f@bucket",
+                "az://acct:lake-url-secret-31f@container/x"):
+        for argv in (("mount", url, str(tmp_path / "mnt"), "--cache-dir", str(tmp_path / "cache")),
+                     ("snapshot", "list", url)):
+            res = run_tierfs(*argv)
+            assert_one_line_error(res, "credentials", "config file")
+            assert "lake-url-secret-31f" not in res.stderr + res.stdout, argv
+        cfg = tmp_path / "lake.toml"
+        cfg.write_text(f'[lake]\nurl = "{url}"\n')
+        cfg.chmod(0o600)
+        res = run_tierfs("mount", str(tmp_path / "mnt"), "--config", str(cfg))
+        assert_one_line_error(res, "credentials", "config file")
+        assert "lake-url-secret-31f" not in res.stderr + res.stdout
+    assert not any((tmp_path / "mnt").iterdir()) and not (tmp_path / "cache").exists()
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every entry under ``root`` (and root itself, as ''): its mode and size, to see that nothing changed."""
+    out = {"": (root.lstat().st_mode, 0)}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(root))] = (st.st_mode, st.st_size if p.is_file() else 0)
+    return out
+
+
 def test_a_cache_dir_that_is_not_a_cache_is_refused_untouched(lake: Path, tmp_path: Path) -> None:
-    """`--cache-dir /srv/data` once removed /srv/data/tmp: a non-empty dir without our marker is refused."""
+    """`--cache-dir /srv/data` once removed /srv/data/tmp: a non-empty dir without our marker is refused.
+
+    Before anything is done to it: it was once chmodded 0700 and given a lock and the daemon's log before the
+    refusal said nothing was touched; and with no disk tier (--cache-size 0) it was taken, staging/ and the
+    log put in it, left 0755."""
     (tmp_path / "mnt").mkdir()
     data = tmp_path / "srv-data"
     (data / "tmp").mkdir(parents=True)
     (data / "tmp" / "run.log").write_text("mine")
     (data / "index").mkdir()
-    assert_one_line_error(mount(f"file://{lake}", tmp_path / "mnt", data), "is not a tierfs cache")
-    assert (data / "tmp" / "run.log").read_text() == "mine" and (data / "index").is_dir()
+    data.chmod(0o755)
+    before = tree(data)
+    for extra in ((), ("--cache-size", "0"), ("--cache-size", "0", "--read-only")):
+        res = mount(f"file://{lake}", tmp_path / "mnt", data, *extra)
+        assert_one_line_error(res, "is not a tierfs cache", "nothing in it was touched")
+        assert tree(data) == before, extra
     (tmp_path / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     assert_one_line_error(mount(f"file://{lake}", tmp_path / "mnt", tmp_path / "link"), "is a symlink")
+
+
+def test_a_staging_dir_is_ours_by_what_it_holds_not_by_its_name(lake: Path, tmp_path: Path) -> None:
+    """A foreign dir with staging/*.data and *.json was taken for a staging-only cache, and those files deleted."""
+    (tmp_path / "mnt").mkdir()
+    data = tmp_path / "srv-data"
+    (data / "staging").mkdir(parents=True)
+    (data / "staging" / "run.data").write_bytes(b"")  # (empty: what leftovers() removes outright)
+    (data / "staging" / "run.json").write_text('{"key": "x", "state": "clean"}')
+    (data / "staging" / "notes.txt").write_text("mine")
+    before = tree(data)
+    for extra in ((), ("--cache-size", "0")):
+        res = mount(f"file://{lake}", tmp_path / "mnt", data, *extra)
+        assert_one_line_error(res, "is not a tierfs cache", "staging")
+        assert tree(data) == before, extra
+    # One of ours (its lock holds the pid of the mount that used it) is taken, as before.
+    ours = tmp_path / "ours"
+    with mounted(f"file://{lake}", tmp_path / "mnt", ours, "--cache-size", "0") as m:
+        (m.mountpoint / "new.txt").write_text("x")
+    assert (ours / "staging" / "lock").read_text().strip().isdigit()
+    with mounted(f"file://{lake}", tmp_path / "mnt", ours, "--cache-size", "0") as m:
+        assert (m.mountpoint / "new.txt").read_text() == "x"

@@ -152,3 +152,36 @@ def test_a_warm_job_whose_list_copy_is_removed_leaves_the_mount_serving(lake: tu
         assert progress(m.mountpoint)["state"] == "done"
         assert (m.mountpoint / order[0]).read_bytes() == files[order[0]]
         assert os.getxattr(m.mountpoint, "user.tierfs.pid")
+
+
+def test_warm_and_log_level_work_on_a_read_only_mount(lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    """A training node's mount is often --read-only, which the kernel enforces (ro): it refuses every setxattr,
+    so the control requests must reach the daemon another way."""
+    root, files = lake
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "c", "--read-only", "--ram-size", "0") as m:
+        res = run_tierfs("warm", str(m.mountpoint / "ds"), "--jobs", "4")
+        assert res.returncode == 0, res.stderr
+        assert "warmed 40 files" in res.stdout
+        assert m.stats()["tiers"]["disk"]["entries"] == 40
+        res = run_tierfs("log-level", str(m.mountpoint), "debug")
+        assert res.returncode == 0, res.stderr
+        assert "log level set to debug" in m.log_tail()
+        for rel, data in files.items():
+            assert (m.mountpoint / rel).read_bytes() == data
+
+
+def test_control_requests_are_refused_to_other_users(lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    import sys
+
+    from helpers import as_user, other_user, reachable_dir
+
+    root, _ = lake
+    with other_user() as user, reachable_dir() as place, \
+            mounted(f"file://{root}", place / "mnt", tmp_path / "c", "--read-only", "--allow-other") as m:
+        for argv in (("warm", str(m.mountpoint / "ds")), ("log-level", str(m.mountpoint), "debug")):
+            res = as_user(user, sys.executable, "-P", "-m", "tierfs", *argv)
+            assert res.returncode != 0
+            assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+            assert "root" in res.stderr, res.stderr
+        assert m.stats()["tiers"]["disk"]["entries"] == 0
+        assert "log level set" not in m.log_tail()

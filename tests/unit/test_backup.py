@@ -177,3 +177,22 @@ def test_a_restore_without_a_secret_sets_no_setuid_bit(tmp_path: Path) -> None:
     (bid,) = backup_ids(target)
     run_tierfs("backup", "restore", target, bid, str(tmp_path / "r"), check=True)
     assert stat.S_IMODE((tmp_path / "r" / "tool").stat().st_mode) == 0o755
+
+
+def test_a_readable_backup_secret_is_refused(tmp_path: Path) -> None:
+    """`[backup] secret_file` was never checked for mode: one its group or every user can read is refused."""
+    secret = tmp_path / "backup.secret"
+    secret.write_text("s3cr3t-for-backups-0123456789")
+    cfg = tmp_path / "tierfs.toml"
+    cfg.write_text(f'[backup]\nsecret_file = "{secret}"\n')
+    src = tmp_path / "scratch"
+    write_tree(src, {"a.bin": random_bytes(1000, 1)})
+    target = f"file://{tmp_path / 'lake'}/backups/node1"
+    for mode, who in ((0o640, "its group"), (0o644, "every user")):
+        secret.chmod(mode)
+        res = run_tierfs("backup", "run", str(src), target, "--config", str(cfg))
+        assert_one_line_error(res, "[backup] secret_file", str(secret), who, "chmod 600")
+        assert "s3cr3t" not in res.stderr
+    assert not (tmp_path / "lake" / "backups").exists()
+    secret.chmod(0o600)
+    run_tierfs("backup", "run", str(src), target, "--config", str(cfg), check=True)

@@ -221,6 +221,7 @@ def test_an_encrypted_cache_is_verified_under_its_key_only(tmp_path: Path) -> No
     assert snapshot(root) == before  # refused untouched: no cache started afresh under the wrong key
     key_file = tmp_path / "cache.key"
     key_file.write_text(KEY)
+    key_file.chmod(0o600)  # (one others can read is refused)
     cfg = tmp_path / "train.toml"
     cfg.write_text(f'[cache]\ndir = "{root}"\nencryption_key_file = "{key_file}"\n')
     res = cache("verify", "--config", str(cfg))

@@ -177,3 +177,35 @@ def test_log_rotation_settings(tmp_path: Path) -> None:
             load(cfg)
     cfg.write_text("[log]\nmax_size = 0\n")
     assert load(cfg).log_max_size == 0
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("[redis]\npassword = ['pw-1f2e']\n", r"\[redis\] password = <hidden> is not allowed"),
+    ("[redis]\nsecret = ['pw-1f2e']\n", r"\[redis\] secret = <hidden> is not allowed"),
+    ("[s3]\nsecret = ['pw-1f2e']\n", r"\[s3\] secret = <hidden> is not allowed"),
+    ("[store]\noptions = 'account_key=pw-1f2e'\n", r"\[store\] options = <hidden> is not allowed"),
+    ("[redis]\nurl = ['redis://:pw-1f2e@host:6379/0']\n", r"\[redis\] url = <hidden> is not allowed"),
+    ("[lake]\nurl = 's3://AKID:pw-1f2e@bucket/x'\n", r"\[lake\] url = 's3://<hidden>@bucket/x' is not allowed; "
+                                                     r"expected a lake URL without credentials"),
+])
+def test_a_secret_is_never_echoed_by_a_config_error(tmp_path: Path, text: str, shown: str) -> None:
+    """A config error used to echo the value (`[redis] password = ['…'] is not allowed`): a secret's is hidden."""
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=shown) as e:
+        load(cfg)
+    assert "pw-1f2e" not in str(e.value)
+
+
+@pytest.mark.parametrize("url", ["s3://AKID:pw-1f2e@bucket", "gs://pw-1f2e@bucket/p", "s3a://pw-1f2e@bucket",
+                                 "az://account:pw-1f2e@container", "abfs://c:pw-1f2e@acct.dfs.core.windows.net/p"])
+def test_credentials_in_a_lake_url_are_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match="credentials in it: put them in the config file") as e:
+        load(None, {"lake_url": url})
+    assert "pw-1f2e" not in str(e.value)
+
+
+@pytest.mark.parametrize("url", ["abfs://container@account.dfs.core.windows.net/p", "file:///data/a@b",
+                                 "s3://bucket/key@2x", "memory://x"])
+def test_an_at_sign_that_is_no_credential_is_taken(url: str) -> None:
+    assert load(None, {"lake_url": url}).lake_url == url

@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 
+from tierfs import statefile
 from tierfs.config import load
 from tierfs.errors import ConfigError, UserError
 from tierfs.refs import ObjectRef
 from tierfs.tiers import disk as disk_module
 from tierfs.tiers.disk import DiskTier, reserve_bytes
 from tierfs.tiers.lmdb_index import LANDING
+from tierfs.write.staging import Staging
 
 
 def key(n: int):
@@ -482,13 +484,33 @@ def test_a_symlinked_or_foreign_cache_dir_is_refused(tmp_path: Path, monkeypatch
 
 
 def test_blocks_and_index_files_are_private(tmp_path: Path) -> None:
-    t = DiskTier(tmp_path / "c", 1 << 20)
+    """Every dir 0700 and every file 0600, whatever the umask: LAYOUT was 0644 and blocks/xx/ 0755."""
+    old = os.umask(0o022)
     try:
+        t = DiskTier(tmp_path / "c", 1 << 20)
+        try:
+            t.put(key(1), b"abc")
+            for p in [tmp_path / "c", *(tmp_path / "c").rglob("*")]:
+                assert stat.S_IMODE(p.lstat().st_mode) == (0o700 if p.is_dir() else 0o600), p
+        finally:
+            t.close()
+    finally:
+        os.umask(old)
+
+
+def test_a_link_planted_at_a_temp_name_is_not_followed(tmp_path: Path) -> None:
+    """Block temp files had a fixed name (tmp/<key>.<thread id>) opened with O_CREAT|O_TRUNC: a symlink there
+    was written through. They are made with O_EXCL under a name of their own now."""
+    t = DiskTier(tmp_path / "c", 1 << 20)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    try:
+        (t.tmp_dir / f"{key(1).hex}.{threading.get_ident():x}").symlink_to(victim)
         t.put(key(1), b"abc")
-        for p in [t._path(key(1).hex), *(tmp_path / "c" / "index").glob("*.mdb")]:
-            assert stat.S_IMODE(p.stat().st_mode) & 0o077 == 0, p
+        assert t.get(key(1)) == b"abc"
     finally:
         t.close()
+    assert victim.read_bytes() == b"keep"
 
 
 def test_a_cache_written_under_another_key_starts_afresh(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -522,12 +544,33 @@ def test_what_a_cache_dir_may_hold_before_its_marker(tmp_path: Path) -> None:
     (tmp_path / "a" / "lost+found").mkdir()
     DiskTier(tmp_path / "a", 1 << 20).close()
     assert (tmp_path / "a" / "staging").is_dir() and (tmp_path / "a" / "lost+found").is_dir()
+    used = tmp_path / "used"  # a staging dir a mount used: its lock holds that mount's pid
+    Staging(used / "staging").close()
+    statefile.save(used / "staging" / "x.json", {"key": "k", "state": "dirty"})
+    (used / "staging" / "x.data").write_bytes(b"bytes")
+    DiskTier(used, 1 << 20).close()
+    assert (used / "staging" / "x.data").read_bytes() == b"bytes"
     legacy = tmp_path / "b"
     t = DiskTier(legacy, 1 << 20)
     t.put(key(1), b"x")
     t.close()
     (legacy / "LAYOUT").unlink()
     DiskTier(legacy, 1 << 20).close()  # (started afresh: its blocks are not trusted without the marker)
+
+
+def test_a_staging_dir_is_ours_by_its_lock_not_its_name(tmp_path: Path) -> None:
+    """staging/ counted as ours by its name: a foreign dir with staging/*.data and *.json was taken, and those
+    files deleted (as a mount's leftovers) or set aside. Refused now, with or without a disk tier."""
+    foreign = tmp_path / "srv"
+    (foreign / "staging").mkdir(parents=True)
+    (foreign / "staging" / "run.data").write_bytes(b"mine")
+    (foreign / "staging" / "run.json").write_text('{"key": "x", "state": "clean"}')
+    foreign.chmod(0o755)
+    for make in (lambda: DiskTier(foreign, 1 << 20), lambda: Staging(foreign / "staging")):
+        with pytest.raises(UserError, match="is not a tierfs cache"):
+            make()
+        assert sorted(p.name for p in foreign.rglob("*")) == ["run.data", "run.json", "staging"]
+        assert stat.S_IMODE(foreign.stat().st_mode) == 0o755
 
 
 def test_a_marker_that_is_not_text_is_another_layout_not_a_crash(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import textwrap
@@ -343,3 +344,15 @@ def test_an_index_damaged_under_a_running_system_costs_one_start_at_most(tmp_pat
     assert runs[1].returncode == 0, runs[1]
     served = [ln for ln in runs[1].stdout.splitlines() if ln.startswith("served")]
     assert served and served[0].split()[1] == served[0].split()[3], runs[1].stdout
+
+
+def test_a_link_planted_at_a_state_files_temp_name_is_not_followed(tmp_path: Path) -> None:
+    """The temp file of a state file had a fixed name (``state.json.tmp``) opened with O_CREAT|O_TRUNC: a symlink
+    planted there was written through. It is made with O_EXCL under a name of its own now."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / "state.json.tmp").symlink_to(victim)
+    statefile.save(tmp_path / "state.json", {"v": 1})
+    assert victim.read_text() == "keep" and statefile.load(tmp_path / "state.json") == {"v": 1}
+    assert stat.S_IMODE((tmp_path / "state.json").stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.json.tmp", "victim"]

@@ -155,6 +155,32 @@ async def test_a_cold_read_returns_before_the_slower_tiers_are_filled(flaky: Any
     assert slow.entries() == 1 and chain.fills.stats.get("pending_bytes") == 0
 
 
+async def test_a_block_waiting_for_its_fill_is_served_from_the_queue_not_fetched_again(flaky: Any) -> None:
+    """No RAM tier: a block read ahead sits in the fill queue until the disk has it; a read meanwhile must not
+    go to the store again (it did: the kernel's next READ often comes before the disk put)."""
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/obj", b"f" * (2 * BS))
+    ref = store.stat("obj").ref
+    slow = GatedTier()
+    chain = TierChain([slow], trio.CapacityLimiter(4))
+    reader = BlockReader(store, chain, BS, trio.CapacityLimiter(8))
+    async with trio.open_nursery() as nursery:
+        reader.start(nursery)
+        assert await reader.read(ref, 0, 2 * BS) == (b"f" * (2 * BS), BACKEND)
+        fetched = store.stats.get("bytes")
+        assert slow.entries() == 0 and chain.in_loop_holds(ref.block_key(0, BS))
+        assert (await reader.read(ref, 0, 2 * BS))[0] == b"f" * (2 * BS)
+        assert store.stats.get("bytes") == fetched  # from the queue
+        slow.gate.set()
+        for _ in range(500):  # (the workers put into the slow tier in threads)
+            if not chain.fills.stats.get("pending_bytes"):
+                break
+            await trio.sleep(0.01)
+        assert slow.entries() == 2 and not chain.in_loop_holds(ref.block_key(0, BS))  # the queue let go
+        assert (await reader.read(ref, 0, 10))[1] == "gated"
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_read_takes_over_a_prefetch_of_its_block_that_waits_for_a_token(flaky: Any, tmp_path: Path) -> None:
     f, store, fs = flaky
     fs.pipe(f"{store.root}/obj", b"p" * (2 * BS))

@@ -9,11 +9,16 @@ import logging
 import os
 import re
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from tierfs import __version__
 from tierfs.errors import TierfsError
+
+if TYPE_CHECKING:
+    from tierfs.config import Settings
+    from tierfs.store.objects import ObjectStore
 
 log = logging.getLogger("tierfs")
 
@@ -86,6 +91,14 @@ def cli() -> None:
     """
 
 
+
+
+def open_store(settings: Settings) -> ObjectStore:
+    """The lake ``settings`` name. The store's clients are imported here, not when the CLI starts, so that
+    `tierfs --help` and `tierfs mount` (whose daemon loads them itself) start quickly."""
+    from tierfs.store.objects import ObjectStore
+
+    return ObjectStore.open(settings)
 
 
 # Commands register themselves on the group.

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from tierfs.cli import cli
+from tierfs.cli import cli, open_store
 from tierfs.config import format_size, load
-from tierfs.store.objects import ObjectStore
+
+if TYPE_CHECKING:
+    from tierfs.store.objects import ObjectStore
 
 _CONFIG = click.option("--config", "config_file", type=click.Path(path_type=Path), metavar="FILE",
                        help="TOML settings file (endpoint, credentials).")
 
 
 def _target(url: str, config_file: Path | None, must_exist: bool) -> ObjectStore:
-    store = ObjectStore.open(load(config_file, {"lake_url": url}))
+    store = open_store(load(config_file, {"lake_url": url}))
     if must_exist:
         store.check()
     return store

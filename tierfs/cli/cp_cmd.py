@@ -6,13 +6,16 @@ import hashlib
 import posixpath
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from tierfs.cli import cli
+from tierfs.cli import cli, open_store
 from tierfs.config import Settings, format_size, load, parse_size, shown
 from tierfs.errors import NotFound, UserError
-from tierfs.store.objects import ObjectStore
+
+if TYPE_CHECKING:
+    from tierfs.store.objects import ObjectStore
 
 
 def _is_url(arg: str) -> bool:
@@ -26,7 +29,7 @@ def _open(url: str, config_file: Path | None) -> tuple[ObjectStore, str, Setting
     if not key:
         raise UserError(f"{url} names no object: give s3://bucket/path/to/file")
     settings = load(config_file, {"lake_url": f"{scheme}://{parent}"})
-    return ObjectStore.open(settings), key, settings
+    return open_store(settings), key, settings
 
 
 def _bar(label: str, total: int) -> object:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from tierfs.cli import cli, setup_logging
+from tierfs.cli import cli, open_store, setup_logging
 from tierfs.cli.versions_cmds import open_lake
 from tierfs.config import format_size, load
 from tierfs.errors import UserError
-from tierfs.sidecar.cost import CostReport
-from tierfs.sidecar.rules import RuleSet
-from tierfs.store.objects import ObjectStore
+
+if TYPE_CHECKING:
+    from tierfs.sidecar.cost import CostReport
+    from tierfs.sidecar.rules import RuleSet
+    from tierfs.store.objects import ObjectStore
 
 _CONFIG = click.option("--config", "config_file", type=click.Path(path_type=Path), metavar="FILE",
                        help="TOML settings file (endpoint, credentials, [prices]).")
@@ -34,7 +37,7 @@ def lake_init(lake_url: str, rules_file: Path, config_file: Path | None) -> None
     from tierfs.sidecar.cost import provider_of
     from tierfs.sidecar.starter import ZONES, starter_rules
 
-    store = ObjectStore.open(load(config_file, {"lake_url": lake_url}))
+    store = open_store(load(config_file, {"lake_url": lake_url}))
     for zone in ZONES:
         if not store.exists(f"{zone}/README.txt"):
             store.put_bytes(f"{zone}/README.txt", f"The {zone} zone of this lake (made by tierfs lake init).\n".encode())

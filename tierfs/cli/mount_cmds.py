@@ -8,14 +8,17 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
+from tierfs import background
 from tierfs.cli import cli, mount_options, setup_logging
-from tierfs.config import Settings, check_private, format_size, load
+from tierfs.config import Settings, format_size, load
 from tierfs.errors import UserError
+from tierfs.secrecy import check_private, check_secret_files
 
 log = logging.getLogger("tierfs")
 STATS_XATTR = "user.tierfs.stats"
@@ -115,8 +118,6 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
     and uploaded when it is closed or fsync'd, which return once the object
     store has it (docs/semantics.md).
     """
-    from tierfs import mount as mount_mod  # heavy imports only for this command
-
     try:
         opts = mount_options.parse(options)
         config_file = config_file or (Path(opts.config) if opts.config else None)
@@ -134,22 +135,27 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
             "read_only_prefixes": list(read_only_prefixes) or None, "allow_delete": False if no_delete else None,
             "immutable_prefixes": list(immutable_prefixes) or None,
         }.items() if v is not None}})
-        exposed = check_private(config_file, settings, allow_readable_secrets) if config_file is not None else ""
+        settings = replace(settings, allow_readable_secrets=allow_readable_secrets)
+        exposed = "; ".join(n for n in (
+            check_private(config_file, settings, allow_readable_secrets) if config_file is not None else "",
+            check_secret_files(settings, allow_readable_secrets)) if n)
         if mountpoint is None and settings.mountpoint:
             mountpoint = Path(settings.mountpoint)
         if not settings.lake_url or mountpoint is None:
             raise UserError("give LAKE_URL and MOUNTPOINT, or set [lake] url and [mount] mountpoint in --config")
         mountpoint = mountpoint.absolute()
-        from tierfs.tiers.cache_dir import check_cache_dir
+        from tierfs.tiers.cache_dir import check_cache_dir, refuse_foreign
 
-        check_cache_dir(settings.resolved_cache_dir())  # before the daemon's log is written in there
+        # Before the daemon's log is written in there: someone else's dir is refused untouched.
+        check_cache_dir(settings.resolved_cache_dir())
+        refuse_foreign(settings.resolved_cache_dir())
         if not foreground:
             from tierfs.systemd import journal_stderr
 
             # Under systemd's journal the daemon keeps logging there (journald stores and rotates it).
             log_path = None if journal_stderr() else settings.resolved_log_file()
-            argv, env, exposed_argv = mount_mod.daemon_argv(sys.argv[1:])
-            pid, notes = mount_mod.spawn_daemon(argv, log_path, env=env)
+            argv, env, exposed_argv = background.daemon_argv(sys.argv[1:])
+            pid, notes = background.spawn_daemon(argv, log_path, env=env)
             click.echo(f"mounted {settings.lake_url} at {mountpoint} (pid {pid}, log {log_path or 'to the journal'})")
             if exposed_argv:
                 notes = "; ".join(n for n in (notes, f"{exposed_argv} was given on the command line, where any user "
@@ -162,10 +168,12 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
         _setup_logging(settings, log_to_file)
         if exposed:
             log.warning("%s", exposed)
-        mount_mod.run_foreground(settings, mountpoint, mount_mod.notify_ready(ready_fd))
+        from tierfs import mount as mount_mod  # the mount's layers: only the process that serves loads them
+
+        mount_mod.run_foreground(settings, mountpoint, background.notify_ready(ready_fd))
     except UserError as exc:
         if foreground and ready_fd is not None:
-            mount_mod.report_failure(ready_fd, f"{exc}")
+            background.report_failure(ready_fd, f"{exc}")
         raise
 
 
@@ -364,10 +372,7 @@ def format_duration(seconds: float) -> str:
 @click.argument("level", type=click.Choice(["debug", "info", "warning", "error"]))
 def log_level_cmd(mountpoint: Path, level: str) -> None:
     """Set how much a running mount logs, without a remount (root only)."""
-    try:
-        os.setxattr(mountpoint, "user.tierfs.log_level", level.encode())
-    except OSError as exc:
-        if exc.errno == errno.EPERM:
-            raise UserError(f"only root may change the log level of {mountpoint}") from None
-        raise UserError(f"cannot set the log level of {mountpoint}: {exc.strerror} (is it a tierfs mount?)") from None
+    from tierfs import control
+
+    control.request(mountpoint, {"op": "log_level", "level": level}, "set the log level")
     click.echo(f"{mountpoint}: logging at {level}")

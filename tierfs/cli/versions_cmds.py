@@ -8,21 +8,23 @@ import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from tierfs.cli import cli
+from tierfs.cli import cli, open_store
 from tierfs.config import MAX_FILE_BYTES, format_size, load
 from tierfs.errors import UserError
-from tierfs.store.objects import ObjectStore
+
+if TYPE_CHECKING:
+    from tierfs.store.objects import ObjectStore
 
 _CONFIG = click.option("--config", "config_file", type=click.Path(path_type=Path),
                        help="TOML settings file (endpoint, credentials).")
 
 
 def open_lake(lake_url: str, config_file: Path | None) -> ObjectStore:
-    store = ObjectStore.open(load(config_file, {"lake_url": served_lake(lake_url)}))
+    store = open_store(load(config_file, {"lake_url": served_lake(lake_url)}))
     store.check()
     return store
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from tierfs import control
 from tierfs.cli import cli
 from tierfs.config import format_size
 from tierfs.errors import UserError
@@ -64,9 +65,7 @@ def start_warm(mountpoint: Path, rel_paths: list[str] | None, list_file: Path | 
             os.unlink(tmp.name)
             raise
     try:
-        os.setxattr(mountpoint, WARM_XATTR, json.dumps({"list": tmp.name, "jobs": jobs, "lead": lead}).encode())
-    except OSError as exc:
-        raise UserError(f"{mountpoint} did not accept the warm request: {exc.strerror}") from None
+        control.request(mountpoint, {"op": "warm", "list": tmp.name, "jobs": jobs, "lead": lead}, "start a warm job")
     finally:
         os.unlink(tmp.name)  # the daemon keeps its own copy
 

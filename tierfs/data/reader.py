@@ -87,6 +87,24 @@ class BlockReader:
             self._nursery.start_soon(self._prefetch, ref, index)
         self.window_peak = max(self.window_peak, ra.peak * self.block_size)
 
+    def read_first_block(self, ref: ObjectRef) -> None:
+        """An open for reading: fetch block 0 now, so the READ that follows joins a fetch already under way.
+
+        On a cold file this takes the OPEN reply and the READ request's round
+        trip out of the time to first byte (a small file is one block). It is a
+        demand read (the kernel reads what it opens); a failure is only
+        logged here, and the READ asks again and reports.
+        """
+        if self._nursery is None or ref.size == 0 or self.chain.in_loop_holds(ref.block_key(0, self.block_size)):
+            return
+        self._nursery.start_soon(self._first_block, ref)
+
+    async def _first_block(self, ref: ObjectRef) -> None:
+        try:
+            await self.block(ref, 0)
+        except Exception as exc:
+            log.debug("first block of %s at open failed: %s", ref.key, exc)
+
     async def _prefetch(self, ref: ObjectRef, index: int) -> None:
         try:
             await self.block(ref, index, limiter=self.prefetch_limiter)

@@ -22,6 +22,7 @@ from typing import Any, NoReturn, TypeVar, cast
 import pyfuse3
 import trio
 
+from tierfs.control import Refused
 from tierfs.data.readahead import ReadAhead
 from tierfs.data.reader import BlockReader
 from tierfs.data.warm import Warmer
@@ -227,6 +228,8 @@ class TierfsOperations(pyfuse3.Operations):
         fh = next(self._fh)
         self._files[fh] = _FileHandle(node, ref, ReadAhead(self.reader.block_size, self.read_ahead_blocks), mode=mode,
                                       ino=inode)
+        if mode is Mode.CACHED and not keep_cache:  # the kernel will ask for the first bytes at once
+            self.reader.read_first_block(ref)
         # A read-only open has nothing to flush at close: no FLUSH round trip.
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache and mode is Mode.CACHED,
                                 backing_id=backing_id, noflush=True)
@@ -550,26 +553,51 @@ class TierfsOperations(pyfuse3.Operations):
         {"list": FILE, "jobs": N, "lead": N} (see tierfs warm).
         ``user.tierfs.log_level`` sets how much the daemon logs (debug, info,
         warning, error) while it runs (tierfs log-level).
+
+        The same requests come through the control socket (``tierfs/control.py``),
+        which a --read-only mount's kernel lets through.
         """
         attr = os.fsdecode(name)
         if inode != ROOT_INODE or attr not in (XATTR_PREFIX + "warm", XATTR_PREFIX + "log_level"):
             raise pyfuse3.FUSEError(errno.EROFS)
-        if getattr(ctx, "uid", 0) != 0:
+        if getattr(ctx, "uid", 0) not in (0, os.getuid()):
             raise pyfuse3.FUSEError(errno.EPERM)
-        if attr == XATTR_PREFIX + "log_level":
-            level = value.decode(errors="replace").strip().upper()
+        try:
+            if attr == XATTR_PREFIX + "log_level":
+                await self.control({"op": "log_level", "level": value.decode(errors="replace")})
+            else:
+                try:
+                    req = json.loads(value)
+                except ValueError:
+                    raise Refused(errno.EINVAL, "not JSON") from None
+                if not isinstance(req, dict):
+                    raise pyfuse3.FUSEError(errno.EINVAL)
+                await self.control({**req, "op": "warm"})
+        except Refused as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+
+    async def control(self, req: dict[str, Any]) -> None:
+        """Carry out a control request (from the socket or a setxattr); ``Refused`` with the reason if not."""
+        op = req.get("op")
+        if op == "log_level":
+            level = str(req.get("level", "")).strip().upper()
             if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-                raise pyfuse3.FUSEError(errno.EINVAL)
+                raise Refused(errno.EINVAL, f"{level.lower()!r} is not a log level (debug, info, warning, error)")
             logging.getLogger("tierfs").setLevel(level)
             logging.getLogger("tierfs").warning("log level set to %s", level.lower())
-            return
-        if self.warmer is None:
-            raise pyfuse3.FUSEError(errno.EROFS)
-        try:
-            req = json.loads(value)
-            await self.warmer.start(str(req["list"]), int(req.get("jobs", 8)), int(req.get("lead", 0)))
-        except (ValueError, KeyError, TypeError):
-            raise pyfuse3.FUSEError(errno.EINVAL) from None
+        elif op == "warm":
+            if self.warmer is None:
+                raise Refused(errno.EROFS, "this mount has no warm job")
+            try:
+                list_file, jobs, lead = str(req["list"]), int(req.get("jobs", 8)), int(req.get("lead", 0))
+            except (ValueError, KeyError, TypeError):
+                raise Refused(errno.EINVAL, "a warm request is {\"list\": FILE, \"jobs\": N, \"lead\": N}") from None
+            try:
+                await self.warmer.start(list_file, jobs, lead)
+            except FileNotFoundError as exc:
+                raise Refused(errno.ENOENT, f"{exc}") from None
+        else:
+            raise Refused(errno.EINVAL, f"no such request: {op!r}")
 
     async def removexattr(self, *args: Any) -> None:
         raise pyfuse3.FUSEError(errno.EROFS)

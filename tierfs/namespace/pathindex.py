@@ -8,7 +8,6 @@ concerned, never a scan of the whole table.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Iterator
 
 
@@ -56,7 +55,7 @@ class PathIndex:
 
     def _count(self, path: str, delta: int) -> None:
         while path:
-            parent, name = posixpath.split(path)
+            parent, _, name = path.rpartition("/")  # (paths are normalised: no empty names; faster than posixpath)
             counts = self._names.setdefault(parent, {})
             left = counts.get(name, 0) + delta
             if left:

@@ -109,9 +109,10 @@ def blob_key(sha: str) -> str:
 # -- manifests ----------------------------------------------------------------------
 def manifest_secret(store: ObjectStore) -> bytes:
     """The secret backup manifests are authenticated with (``[backup] secret_file`` or TIERFS_BACKUP_SECRET)."""
-    from tierfs.tiers.seal import read_secret
+    from tierfs.secrecy import read_secret
 
-    return read_secret("", store.settings.backup_secret_file, "TIERFS_BACKUP_SECRET", "[backup] secret")
+    return read_secret("", store.settings.backup_secret_file, "TIERFS_BACKUP_SECRET", "[backup] secret_file",
+                       store.settings.allow_readable_secrets)
 
 
 def _mac(secret: bytes, header: dict[str, Any], body: str) -> str:
@@ -221,6 +222,7 @@ def run_backup(source: Path, store: ObjectStore, keep: int | None = None,
         raise UserError(f"{source} does not exist: nothing to back up")
     if not source.is_dir():
         raise UserError(f"{source} is not a directory")
+    manifest_secret(store)  # (a secret file that cannot be used is said before anything is uploaded)
     # From before the target is looked at until the manifest names what was reused.
     with creating(store, LEASES, "backup", "expire"):
         report = _run(source, store, on_progress)

@@ -1,104 +1,119 @@
-"""Azure Blob Storage (and Azurite): adlfs for listings, the Azure SDK where a read or a put needs more.
+"""Azure Blob Storage (and Azurite): obstore on the data path, adlfs and the Azure SDK for the rest.
 
-A ranged read goes to the blob client itself with ``If-Match`` the ETag the
-listing gave (adlfs' reads take no condition), so a blob rewritten upstream
-is a precondition failure, never other bytes; an upload's identity is the
-ETag the upload answered with. Access tiers (Hot, Cool, Cold, Archive) are
-set in place; an Archive blob must be rehydrated before it is read.
+Reads, listings, stats and uploads go through obstore (``obstore_data``:
+GIL-free, its retries off), signed with what adlfs was given (an account key
+or connection string, a SAS, or adlfs' token credential). Every read sends
+``If-Match`` the ETag the listing gave, so a blob rewritten upstream is a
+precondition failure, never other bytes; an upload's identity is the ETag
+the upload answered with. Access tiers (Hot, Cool, Cold, Archive) are set in
+place; an Archive blob must be rehydrated before it is read.
 
-The SDK runs on adlfs' own event loop (fsspec's IO thread), each call bound
-by the call's deadline; obstore's Azure client (GIL-free) against Azurite has
-not been tried yet.
+obstore's listings and HEADs carry no blob metadata, which is where folder
+blobs (ADLS Gen2, adlfs, Azure tools: an empty blob flagged
+``hdi_isfolder``) say what they are, and they never show a ``dir/`` marker
+blob: an empty blob, or a directory that lists empty, is asked about
+through adlfs or the SDK. The SDK also serves what obstore has no call for:
+conditional deletes, access tiers and listings with them. Those run on
+adlfs' event loop (fsspec's IO thread), each bound by the call's deadline.
+Copies, moves and deletes stay on adlfs.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import os
 import posixpath
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import obstore
+
 from tierfs.errors import Archived, UserError
 from tierfs.refs import ObjectRef
-from tierfs.store.backend import (
-    Backend,
-    BucketKeys,
-    Changed,
-    Entry,
-    expected_etag,
-    mtime_ns_of,
-    require_identity,
-)
+from tierfs.store.backend import Backend, Changed, Entry, mtime_ns_of, require_identity
 from tierfs.store.local import archived_message
+from tierfs.store.obstore_data import Listing, ObstoreBackend, client_options, retries_off
+
+#: Uploads above this size go up as blocks of it, 4 at a time, committed in one Put Block List at the end.
+_BLOCK = 16 << 20
 
 
-class AzureBackend(BucketKeys, Backend):
+class AzureBackend(ObstoreBackend):
     provider: ClassVar[str] = "azure"
     counts_characters: ClassVar[bool] = True  # a blob name is at most 1,024 characters
+
+    def new_client(self) -> Any:
+        return _obstore_for(self.fs, self.bucket, self.attempt_timeout)
 
     def _blob(self, key: str) -> Any:
         container, _, name = self.full(key).partition("/")
         return self.fs.service_client.get_blob_client(container, name)
 
+    # -- metadata -----------------------------------------------------------
+    def _list(self, rel: str) -> Listing | None:
+        listing = super()._list(rel)
+        if listing is None:
+            return None
+        # An empty blob beside a prefix of its name is that directory's folder blob (ADLS Gen2 keeps one
+        # for each); any other empty blob may be a folder blob too, which only its metadata says: adlfs reads it.
+        if any(not int(m["size"]) and name not in listing.dirs for name, m in listing.objects):
+            return None
+        listing.objects = [(name, m) for name, m in listing.objects if int(m["size"]) or name not in listing.dirs]
+        return listing
+
+    def _stat_object(self, rel: str, meta: Any) -> Entry:
+        if not int(meta["size"]):
+            return Backend.stat(self, rel)  # a file, or a folder blob: its metadata says (see _list)
+        return super()._stat_object(rel, meta)
+
+    def _unlisted_marker(self, rel: str, folder_blob: bool) -> bool:
+        """A ``rel/`` marker blob (obstore's listings never show one), or a folder blob ``rel``."""
+        path = rel.strip("/")
+
+        async def look() -> bool:
+            if await self._props(f"{path}/") is not None:
+                return True
+            return folder_blob and _is_folder(await self._props(path))
+
+        return bool(self.run(look))
+
+    async def _props(self, key: str) -> Any:
+        """The blob's properties (with its metadata), or None if there is no such blob."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        async with self._blob(key) as blob:
+            try:
+                return await blob.get_blob_properties()
+            except ResourceNotFoundError:
+                return None
+
     # -- data ---------------------------------------------------------------
     def read_range(self, ref: ObjectRef, start: int, end: int) -> bytes:
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        return self._get(ref.key, self._expecting(ref, start, end), ref)
 
-        async def get() -> bytes:
-            async with self._blob(ref.key) as blob:
-                kwargs: dict[str, Any] = {"offset": start, "length": end - start}
-                if expected_etag(ref):
-                    kwargs.update(etag=f'"{ref.etag}"', match_condition=MatchConditions.IfNotModified)
-                if ref.version and self.version_aware:
-                    kwargs["version_id"] = ref.version
-                stream = await blob.download_blob(**kwargs)
-                data: bytes = await stream.readall()
-                return data
-
-        try:
-            data: bytes = self.run(get)
-        except ResourceModifiedError:
-            raise Changed(f"{ref.key} changed upstream (ETag is no longer {ref.etag})") from None
-        except ResourceNotFoundError:
-            raise FileNotFoundError(ref.key) from None
-        return data
+    def read_all(self, key: str) -> bytes:
+        return self._get(key, None)
 
     def archived(self, ref: ObjectRef, exc: BaseException | None) -> Archived | None:
         seen: BaseException | None = exc
         for _ in range(8):
             if seen is None:
                 break
-            if getattr(seen, "error_code", None) == "BlobArchived":
+            # (the SDK's error_code; obstore names the service's code in its message)
+            if getattr(seen, "error_code", None) == "BlobArchived" or "BlobArchived" in str(seen):
                 return Archived(archived_message(self.url, ref.key, "Archive tier"))
             seen = seen.__cause__ or seen.__context__
         return None
 
     # -- writes ----------------------------------------------------------------
     def put_file(self, local: Path, key: str) -> Entry:
+        """One Put Blob, or (above one block) blocks committed whole at the end; the identity is the answer."""
         size = os.stat(local).st_size
-        with open(local, "rb") as fh:
-            return self._upload(key, fh, size)
-
-    def put_bytes(self, key: str, data: bytes) -> Entry:
-        return self._upload(key, data, len(data))
-
-    def _upload(self, key: str, body: Any, size: int) -> Entry:
-        """One upload_blob (block blob: committed whole at its end); the identity is its answer."""
-
-        async def put() -> dict[str, Any]:
-            async with self._blob(key) as blob:
-                out: dict[str, Any] = await blob.upload_blob(body, length=size, overwrite=True, max_concurrency=4)
-                return out
-
-        # An upload takes as long as its bytes need: 1 s per MiB on top of one attempt's time.
-        out = self.run_for(self.attempt_timeout + size / (1 << 20), put)
-        self.fs.invalidate_cache(self.full(key))
-        etag = str(out.get("etag") or "").strip('"')
-        mtime_ns = mtime_ns_of({"last_modified": out.get("last_modified")})
-        version = str(out.get("version_id") or "") if self.version_aware else ""
-        return Entry(posixpath.basename(key), False, size, mtime_ns, ObjectRef(key, size, etag, version))
+        out = obstore.put(self.obs, self._path(key), local, use_multipart=size > _BLOCK, chunk_size=_BLOCK,
+                          max_concurrency=4)
+        return self.put_entry(key, size, out)
 
     def delete_if(self, key: str, ref: ObjectRef) -> bool:
         """delete_blob If-Match the ETag evaluated: the service itself refuses (412) if the blob is another now."""
@@ -168,14 +183,10 @@ class AzureBackend(BucketKeys, Backend):
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
         async def remove(key: str, only_folders: bool) -> None:
+            props = await self._props(key)
+            if props is None or (only_folders and not _is_folder(props)):
+                return  # none, or a file of that name, not a marker
             async with self._blob(key) as blob:
-                try:
-                    props = await blob.get_blob_properties()
-                except ResourceNotFoundError:
-                    return
-                meta = {k.lower(): v for k, v in (props.metadata or {}).items()}
-                if only_folders and "true" not in (meta.get("is_directory"), meta.get("hdi_isfolder")):
-                    return  # a file of that name, not a marker
                 try:  # the blob just looked at, not one written since
                     await blob.delete_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified)
                 except (ResourceModifiedError, ResourceNotFoundError):
@@ -253,3 +264,45 @@ class AzureBackend(BucketKeys, Backend):
     def credentials_hint(self) -> str:
         return ("set connection_string, or account_name and account_key, in the config's [store] options, "
                 "or AZURE_STORAGE_CONNECTION_STRING")
+
+
+def _is_folder(props: Any) -> bool:
+    """Whether blob properties are a folder blob's: flagged in its metadata (adlfs, ADLS Gen2, Azure tools)."""
+    meta = {k.lower(): v for k, v in ((props.metadata if props is not None else None) or {}).items()}
+    return "true" in (meta.get("is_directory"), meta.get("hdi_isfolder"))
+
+
+def _obstore_for(fs: Any, container: str, timeout: float) -> Any:
+    """An obstore AzureStore at adlfs' account URL (Azurite's too), signed as adlfs signs, retries off.
+
+    Read from adlfs' own service client, which has parsed the connection
+    string or the account options: its URL (with a SAS as its query), and
+    its credential (an account key, or a token credential).
+    """
+    from obstore.store import AzureStore
+
+    client = fs.service_client
+    url, _, sas = str(client.url).partition("?")
+    endpoint = url.rstrip("/")
+    config: Any = {"account_name": client.account_name, "endpoint": endpoint}
+    provider = None
+    key = getattr(client.credential, "account_key", None)
+    if key:
+        config["account_key"] = key
+    elif sas:
+        config["sas_key"] = sas
+    elif client.credential is None:
+        config["skip_signature"] = True  # a public container
+    elif getattr(fs, "sync_credential", None) is not None:
+        provider = functools.partial(_azure_token, fs.sync_credential)  # adlfs' default or service principal
+    else:
+        raise UserError("an Azure credential object cannot be handed to obstore: set connection_string, "
+                        "account_key or sas_token in the config's [store] options")
+    return AzureStore(container, config=config, client_options=client_options(timeout, endpoint),
+                      retry_config=retries_off(timeout), credential_provider=provider)
+
+
+def _azure_token(credential: Any) -> Any:
+    """obstore's credential provider: a bearer token for Azure Storage from adlfs' (sync) token credential."""
+    token = credential.get_token("https://storage.azure.com/.default")
+    return {"token": token.token, "expires_at": dt.datetime.fromtimestamp(token.expires_on, dt.UTC)}

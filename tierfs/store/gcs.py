@@ -1,4 +1,4 @@
-"""Google Cloud Storage (and its emulators): gcsfs, every read pinned to the generation it expects.
+"""Google Cloud Storage (and its emulators): reads through obstore, pinned to the generation they expect.
 
 Every GCS object carries a generation, versioned bucket or not, and a read
 that names one gets exactly those bytes or a 404: a rewrite upstream between
@@ -6,13 +6,29 @@ two block reads of one file can never mix versions. An upload's identity is
 the object resource the upload itself answers with. Storage classes are left
 to the bucket's own lifecycle rules (`tierfs lifecycle export`).
 
-The data path is still gcsfs here, not obstore: obstore's GCS client against
-the emulators the tests run (fake-gcs-server, gcp-storage-emulator) has not
-been tried yet, so the GIL-free path covers S3 only for now.
+Ranged and whole reads go through obstore (``obstore_data``: GIL-free, its
+retries off), which speaks GCS's XML API. The rest stays on gcsfs (the JSON
+API), each for a reason:
+
+- listings: obstore's (XML) listing carries no generation, and a ref without
+  one could not pin its reads (fake-gcs-server ignores If-Match, and the XML
+  ETag is not the JSON one);
+- stats: a stat must name an object as a listing does, and obstore's HEAD
+  answers the XML API's ETag where gcsfs gives the JSON API's (on GCS itself
+  they differ: one object would get two identities);
+- uploads, copies and moves: fake-gcs-server serves no XML-API PUT
+  ("invalid uploadType"), and the JSON upload answers with the generation;
+- deletes, generations, bucket metadata: calls obstore does not have.
+
+gcp-storage-emulator serves none of obstore's requests (its GETs have no
+Last-Modified; HEAD, XML listings and DELETE answer 501): the tests use it
+for bucket lifecycle rules only, which stay on gcsfs.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import os
 import posixpath
 from collections.abc import Iterator
@@ -20,36 +36,48 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tierfs.refs import ObjectRef
-from tierfs.store.backend import Backend, BucketKeys, Changed, Entry, mtime_ns_of, require_identity, same_object
+from tierfs.store.backend import Backend, Changed, Entry, mtime_ns_of, require_identity, same_object
+from tierfs.store.obstore_data import ObstoreBackend, client_options, retries_off
 
 #: Uploads above this size go up as a resumable upload, in chunks of it (a multiple of 256 KiB).
 _CHUNK = 16 << 20
 
 
-class GcsBackend(BucketKeys, Backend):
+class GcsBackend(ObstoreBackend):
     provider: ClassVar[str] = "gcs"
 
-    # -- metadata -----------------------------------------------------------
+    def new_client(self) -> Any:
+        return _obstore_for(self.fs, self.bucket, self.attempt_timeout)
+
+    # -- metadata: listings and stats through gcsfs (the module's docstring says why) --
     def list_dir(self, rel: str) -> list[Entry]:
-        return [e for e in super().list_dir(rel) if e.name]
+        return [e for e in Backend.list_dir(self, rel) if e.name]
+
+    def stat(self, rel: str) -> Entry:
+        return Backend.stat(self, rel)
 
     # -- data ---------------------------------------------------------------
     def read_range(self, ref: ObjectRef, start: int, end: int) -> bytes:
-        fs: Any = self.fs
         generation = ref.version or None
+        options: Any = {"range": (start, end)}
+        if generation:
+            options["version"] = generation  # ?generation=: exactly those bytes, or 404
         try:
-            data: bytes = self.run(fs._cat_file_sequential, self.full(ref.key), start=start, end=end,
-                                   generation=generation)
+            return self._get(ref.key, options, fallback=lambda: self._gcsfs_read(ref.key, start, end, generation))
         except FileNotFoundError:
             if generation and not self.version_aware:
                 # Unversioned: the generation read is gone because the object was rewritten.
                 raise Changed(f"{ref.key} changed upstream (generation {generation} is gone)") from None
             raise
-        return data
 
     def read_all(self, key: str) -> bytes:
+        return self._get(key, None, fallback=lambda: self._gcsfs_read(key))
+
+    def _gcsfs_read(self, key: str, start: int | None = None, end: int | None = None,
+                    generation: str | None = None) -> bytes:
+        """A read through gcsfs, for a key obstore cannot name (control characters: GCS allows a tab)."""
         fs: Any = self.fs
-        data: bytes = self.run(fs._cat_file_sequential, self.full(key))
+        data: bytes = self.run(fs._cat_file_sequential, self.full(key), start=start, end=end, generation=generation)
         return data
 
     def open_read(self, ref: ObjectRef) -> Any:
@@ -192,3 +220,31 @@ class GcsBackend(BucketKeys, Backend):
 
     def credentials_hint(self) -> str:
         return "set token in the config's [store] options, or GOOGLE_APPLICATION_CREDENTIALS"
+
+
+def _obstore_for(fs: Any, bucket: str, timeout: float) -> Any:
+    """An obstore GCSStore at gcsfs' endpoint (or the emulator's), with gcsfs' credentials, retries off.
+
+    Whatever gcsfs authenticated with (a service account, application default
+    credentials, a token) is handed over as tokens gcsfs refreshes; no
+    credentials (token="anon") means unsigned requests.
+    """
+    from obstore.store import GCSStore
+
+    endpoint = str(fs._location).rstrip("/")  # endpoint_url, else STORAGE_EMULATOR_HOST, else GCS itself
+    config: Any = {"base_url": endpoint}
+    provider = None
+    if fs.credentials.credentials is None:
+        config["skip_signature"] = True
+    else:
+        provider = functools.partial(_gcsfs_token, fs.credentials)
+    return GCSStore(bucket, config=config, client_options=client_options(timeout, endpoint),
+                    retry_config=retries_off(timeout), credential_provider=provider)
+
+
+def _gcsfs_token(credentials: Any) -> Any:
+    """obstore's credential provider: the access token gcsfs holds, refreshed by gcsfs when it nears expiry."""
+    credentials.maybe_refresh()
+    held = credentials.credentials
+    expiry = getattr(held, "expiry", None)  # google-auth: naive UTC
+    return {"token": str(held.token), "expires_at": expiry.replace(tzinfo=dt.UTC) if isinstance(expiry, dt.datetime) else None}

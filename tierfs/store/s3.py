@@ -1,13 +1,10 @@
 """S3 and S3-compatible servers (SeaweedFS, MinIO, moto): obstore on the data path, s3fs for the rest.
 
-Reads, listings, stats and single-request puts go through obstore (Rust's
-``object_store``): its sync calls release the GIL and share one
-multi-threaded runtime, so worker threads really run in parallel, where
-s3fs funnels every request through fsspec's one asyncio thread. obstore's
-retries are off (tierfs has one retry budget) and each request is bounded by
-the attempt timeout. Every read names the bytes it expects: ``If-Match`` the
-ETag, and the version id where the bucket keeps versions. A put's identity
-is the PUT's (or CompleteMultipartUpload's) own answer.
+Reads, listings, stats and single-request puts go through obstore (the
+GIL-free client, its retries off: ``obstore_data``). Every read names the
+bytes it expects: ``If-Match`` the ETag, and the version id where the bucket
+keeps versions. A put's identity is the PUT's (or CompleteMultipartUpload's)
+own answer.
 
 s3fs (botocore) serves what obstore has no call for: resumable multipart
 uploads with their state, copies conditional on the source's ETag
@@ -18,7 +15,6 @@ lifecycle configuration.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import os
 import posixpath
@@ -33,18 +29,9 @@ import obstore
 from tierfs.config import Settings
 from tierfs.errors import Archived, NotFound, StoreError, UserError
 from tierfs.refs import ObjectRef
-from tierfs.store.backend import (
-    Backend,
-    BucketKeys,
-    Changed,
-    Entry,
-    check_key_shape,
-    expected_etag,
-    join_key,
-    require_identity,
-    same_object,
-)
+from tierfs.store.backend import Backend, Entry, join_key, require_identity, same_object
 from tierfs.store.local import archived_message
+from tierfs.store.obstore_data import ObstoreBackend, client_options, retries_off
 from tierfs.store.s3_copy import S3Copies
 
 log = logging.getLogger(__name__)
@@ -53,118 +40,37 @@ log = logging.getLogger(__name__)
 _SELF_COPY_REFUSED = "self-copy-needs-replace"
 
 
-class S3Backend(S3Copies, BucketKeys, Backend):
+class S3Backend(S3Copies, ObstoreBackend):
     provider: ClassVar[str] = "s3"
     multipart: ClassVar[bool] = True
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, settings: Settings | None = None):
         super().__init__(fs, root, url, settings)
         fs.retries = 1  # s3fs' own retry loop: one attempt; tierfs retries
-        self.bucket, _, self.prefix = self.root.partition("/")
-        self._obs: Any = None
 
-    # -- obstore ----------------------------------------------------------------
-    @property
-    def obs(self) -> Any:
-        """The obstore client, made on first use (it is not fork-safe: never before the daemon starts)."""
-        if self._obs is None:
-            self._obs = _obstore_for(self.fs, self.bucket, self.attempt_timeout)
-        return self._obs
-
-    def check(self) -> dict[str, Any]:
-        info = super().check()
-        # Made now, at mount (after the daemon forked): making it loads the TLS roots and costs
-        # 30-60 ms of held GIL, which the first lookup of a cold mount would otherwise wait for.
-        _ = self.obs
-        return info
-
-    def _path(self, rel: str) -> str:
-        """The key inside the bucket."""
-        check_key_shape(rel)
-        rel = rel.strip("/")
-        return f"{self.prefix}/{rel}" if self.prefix and rel else (self.prefix or rel)
+    def new_client(self) -> Any:
+        return _obstore_for(self.fs, self.bucket, self.attempt_timeout)
 
     # -- metadata -------------------------------------------------------------------
     def list_dir(self, rel: str) -> list[Entry]:
         if self.version_aware:
             # obstore's listings carry no version ids, and a versioned lake's refs pin them.
-            return super().list_dir(rel)
-        path = self._path(rel)
-        try:
-            out = obstore.list_with_delimiter(self.obs, path or None)
-        except Exception as exc:
-            if type(exc).__name__ != "InvalidPathError":
-                raise
-            # A key another tool wrote that obstore cannot parse ('a/../b', 'a//b'): list through s3fs,
-            # which hands such names on; ObjectStore.list_dir then leaves them out, with a log line.
-            return super().list_dir(rel)
-        base = f"{path}/" if path else ""
-        entries = []
-        marker = False
-        for p in out["common_prefixes"]:
-            name = p[len(base):].rstrip("/")
-            if name:
-                entries.append(Entry(name, True))
-        for m in out["objects"]:
-            if m["path"] == path:
-                # The directory's own ``path/`` marker (obstore drops the trailing slash):
-                # an emptied directory on a server that keeps one (SeaweedFS) exists, empty.
-                marker = True
-                continue
-            name = m["path"][len(base):]
-            if not name or name.endswith("/"):
-                continue  # a directory marker some servers keep
-            entries.append(self._meta_entry(name, join_key(rel, name), m))
-        if not entries and rel and not marker:
-            raise FileNotFoundError(rel)
-        return entries
+            return Backend.list_dir(self, rel)
+        return super().list_dir(rel)
 
-    def stat(self, rel: str) -> Entry:
-        path = self._path(rel)
-        if not path:
-            return Entry("", True)
-        try:
-            meta = obstore.head(self.obs, path)
-        except FileNotFoundError:
-            try:
-                listing = obstore.list_with_delimiter(self.obs, path)
-            except Exception as exc:
-                if type(exc).__name__ != "InvalidPathError":
-                    raise
-                return super().stat(rel)  # (a key below it obstore cannot parse: see list_dir)
-            # (a directory's own marker is listed as an object, obstore dropping its trailing slash)
-            if listing["objects"] or listing["common_prefixes"]:
-                return Entry(posixpath.basename(rel), True)
-            raise
+    def _stat_object(self, rel: str, meta: Any) -> Entry:
         if self.version_aware and not meta.get("version"):
             return self.entry(posixpath.basename(rel), rel, self.fs.info(self.full(rel)))
-        return self._meta_entry(posixpath.basename(rel), rel, meta)
-
-    def _meta_entry(self, name: str, rel: str, meta: Any) -> Entry:
-        size = int(meta["size"])
-        mtime = meta.get("last_modified")
-        mtime_ns = int(mtime.timestamp() * 1e9) if isinstance(mtime, dt.datetime) else 0
-        etag = str(meta.get("e_tag") or "").strip('"')
-        version = str(meta.get("version") or "") if self.version_aware else ""
-        return Entry(name, False, size, mtime_ns, ObjectRef(rel, size, etag, version))
+        return super()._stat_object(rel, meta)
 
     # -- data -------------------------------------------------------------------------
     def read_range(self, ref: ObjectRef, start: int, end: int) -> bytes:
-        options: Any = {"range": (start, end)}
-        if expected_etag(ref):
-            options["if_match"] = f'"{ref.etag}"'
-        if ref.version and self.version_aware:
-            options["version"] = ref.version
         try:
-            return bytes(obstore.get(self.obs, self._path(ref.key), options=options).bytes())
+            return self._get(ref.key, self._expecting(ref, start, end), ref)
         except FileNotFoundError:
             if not (ref.version and self.version_aware):
                 raise
             return self._read_same_bytes(ref, start, end)
-        except Exception as exc:
-            if type(exc).__name__ == "PreconditionError":
-                raise Changed(f"{ref.key} changed upstream (ETag is no longer {ref.etag})") from None
-            raise
 
     def _read_same_bytes(self, ref: ObjectRef, start: int, end: int) -> bytes:
         """The version ``ref`` pins is gone: read the current version if it holds the same bytes.
@@ -177,10 +83,10 @@ class S3Backend(S3Copies, BucketKeys, Backend):
             raise NotFound(f"{ref.key} version {ref.version}")
         log.info("%s: version %s is gone; reading version %s, the same bytes", ref.key, ref.version, now.ref.version)
         options: Any = {"range": (start, end), "version": now.ref.version, "if_match": f'"{ref.etag}"'}
-        return bytes(obstore.get(self.obs, self._path(ref.key), options=options).bytes())
+        return self._get(ref.key, options, ref)
 
     def read_all(self, key: str) -> bytes:
-        return bytes(obstore.get(self.obs, self._path(key)).bytes())
+        return self._get(key, None)
 
     def archived(self, ref: ObjectRef, exc: BaseException | None) -> Archived | None:
         if exc is not None and (error_code_of(exc) == "InvalidObjectState" or "InvalidObjectState" in str(exc)):
@@ -191,17 +97,7 @@ class S3Backend(S3Copies, BucketKeys, Backend):
     def put_file(self, local: Path, key: str) -> Entry:
         size = os.stat(local).st_size
         out = obstore.put(self.obs, self._path(key), local, use_multipart=False)
-        return self._put_entry(key, size, out)
-
-    def put_bytes(self, key: str, data: bytes) -> Entry:
-        out = obstore.put(self.obs, self._path(key), data, use_multipart=False)
-        return self._put_entry(key, len(data), out)
-
-    def _put_entry(self, key: str, size: int, out: Any) -> Entry:
-        """The new object as the store answered the PUT: its ETag and version are ours, never another writer's."""
-        etag = str(out.get("e_tag") or "").strip('"')
-        version = str(out.get("version") or "") if self.version_aware else ""
-        return Entry(posixpath.basename(key), False, size, time.time_ns(), ObjectRef(key, size, etag, version))
+        return self.put_entry(key, size, out)
 
     def delete(self, key: str) -> None:
         obstore.delete(self.obs, self._path(key))
@@ -497,11 +393,8 @@ def _obstore_for(fs: Any, bucket: str, timeout: float) -> Any:
     elif getattr(fs, "profile", None):
         raise UserError("an AWS profile is set but obstore reads credentials from the environment only: set "
                         "[s3] key and secret (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) instead")
-    seconds = f"{max(1, round(timeout))}s"
-    client_options: Any = {"timeout": seconds, "connect_timeout": f"{max(1, min(10, round(timeout)))}s",
-                      "allow_http": bool(endpoint and endpoint.startswith("http://"))}
-    retry: Any = {"max_retries": 0, "retry_timeout": dt.timedelta(seconds=timeout)}
-    return S3Store(bucket, config=config, client_options=client_options, retry_config=retry)
+    return S3Store(bucket, config=config, client_options=client_options(timeout, endpoint or ""),
+                   retry_config=retries_off(timeout))
 
 
 def error_code_of(exc: BaseException) -> str:

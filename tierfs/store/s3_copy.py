@@ -44,7 +44,7 @@ class S3Copies:
     version_aware: bool
     deadline: Any
     _path: Callable[[str], str]
-    _meta_entry: Callable[..., Entry]
+    meta_entry: Callable[..., Entry]
     run_for: Callable[..., Any]
     seconds_for: Callable[[int], float]
     #: The largest object one CopyObject copies (S3's limit); larger ones are copied in parts.
@@ -57,7 +57,7 @@ class S3Copies:
                  and not ref.version and _COPY_ETAG_DIFFERS not in self.quirks)
         if quick:
             obstore.copy(self.obs, self._path(ref.key), self._path(dst))
-            copied = self._meta_entry(posixpath.basename(dst), dst, obstore.head(self.obs, self._path(dst)))
+            copied = self.meta_entry(posixpath.basename(dst), dst, obstore.head(self.obs, self._path(dst)))
             if copied.ref is not None and copied.ref.etag == ref.etag and copied.size == ref.size:
                 return copied
             obstore.delete(self.obs, self._path(dst))  # not the bytes asked for: ask the server to check

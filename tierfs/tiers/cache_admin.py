@@ -22,7 +22,7 @@ import lmdb
 
 from tierfs.errors import UserError
 from tierfs.refs import BlockKey
-from tierfs.tiers.cache_dir import check_cache_dir, lock_holder, prepare_cache_dir, read_marker, sealing_of
+from tierfs.tiers.cache_dir import check_cache_dir, lock_holder, prepare_staging_dir, read_marker, sealing_of
 from tierfs.tiers.disk import DiskTier, reserve_bytes
 from tierfs.tiers.lmdb_index import Summary, read_summary, unclean
 from tierfs.tiers.seal import Sealer
@@ -181,7 +181,7 @@ def hold_staging(root: Path) -> int | None:
     (which locks only that) runs or starts meanwhile. The fd to close, or None."""
     if not (root / "staging").is_dir():
         return None
-    return prepare_cache_dir(root / "staging")
+    return prepare_staging_dir(root / "staging")
 
 
 def clear(root: Path) -> tuple[int, int]:

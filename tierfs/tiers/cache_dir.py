@@ -1,9 +1,12 @@
 """What a cache dir is before anything reads it: its marker, its lock, and the checks made before it is used.
 
-The disk tier (``disk.py``), staging (``write/staging.py``) and the `tierfs
-cache` commands share these: each refuses a directory that is a symlink,
-another user's, or someone else's (no marker, foreign files), and takes the
-flock on ``lock`` that makes one process the user of the directory.
+The disk tier (``disk.py``), staging (``write/staging.py``), the mount
+command (before the daemon's log goes in there) and the `tierfs cache`
+commands share these: each refuses a directory that is a symlink, another
+user's, or someone else's (no marker, foreign files) before anything is done
+to it, makes it 0700, and takes the flock on ``lock`` that makes one process
+the user of the directory. Every directory tierfs makes in there is 0700 and
+every file 0600.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import os
 import stat
 from pathlib import Path
 
+from tierfs.config import as_written
 from tierfs.errors import CacheDirBusy, UserError
 
+_KIND = "tierfs-disk-cache"
 #: The first line of ``LAYOUT``; the second names the sealing (``sealing: none`` or ``sealing: aes-gcm <key id>``).
-LAYOUT = "tierfs-disk-cache 1\n"
+LAYOUT = f"{_KIND} 1\n"
 
 
 def layout_text(sealing: str) -> str:
@@ -27,7 +32,7 @@ def read_marker(root: Path) -> str | None:
     """The text of ``root``'s LAYOUT marker, or None if it has none."""
     try:
         return (root / "LAYOUT").read_text(errors="replace")
-    except (FileNotFoundError, NotADirectoryError):
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
 
 
@@ -41,11 +46,67 @@ def sealing_of(marker: str) -> str | None:
     return rest[len("sealing: "):].strip()
 
 
-# What tierfs puts in a cache dir before the disk tier writes its marker (the lock, the daemon's log):
-# anything else there, without the marker, is someone else's.
-def ours(name: str) -> bool:
-    # (staging/: a writable mount without a disk tier; lost+found: a filesystem of its own, as a cache disk is)
-    return name in ("lock", "LAYOUT.tmp", "staging", "lost+found") or name.startswith(("tierfs.log", ".probe."))
+def _has_our_marker(root: Path) -> bool:
+    """A LAYOUT of a disk cache, of any version, or one a power cut emptied: the dir is ours."""
+    marker = read_marker(root)
+    return marker is not None and (marker.startswith(f"{_KIND} ") or not marker.strip("\0"))
+
+
+def staging_is_ours(staging: Path) -> bool:
+    """A staging dir is ours by what it holds, never by its name: the lock a mount left there (a regular file
+    holding that mount's pid), or nothing else than an empty lock (nothing there to lose)."""
+    try:
+        if not stat.S_ISDIR(os.lstat(staging).st_mode):
+            return False
+        names = os.listdir(staging)
+    except FileNotFoundError:
+        return True  # (none: nothing to take)
+    except OSError:
+        return False
+    if not names:
+        return True
+    try:
+        fd = os.open(staging / "lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        held = os.pread(fd, 32, 0) if stat.S_ISREG(os.fstat(fd).st_mode) else b"?"
+    finally:
+        os.close(fd)
+    return held.rstrip(b"\n").isdigit() or (held == b"" and names == ["lock"])
+
+
+# What tierfs puts in a cache dir before the disk tier writes its marker (the lock, the daemon's log, a
+# marker's temp file) or beside it (staging/, if it is ours): anything else there, without the marker, is
+# someone else's. lost+found: a filesystem of its own, as a cache disk is.
+def _ours(root: Path, name: str, staging: str) -> bool:
+    if name == staging:
+        return staging_is_ours(root / name)
+    return name in ("lock", "lost+found") or name.endswith("LAYOUT.tmp") or name.startswith(("tierfs.log", ".probe."))
+
+
+def foreign_entries(root: Path, staging: str = "staging") -> list[str]:
+    """What in ``root`` tierfs did not put there: none if it has our marker, is missing or holds only ours
+    (``staging``: the name of its staging dir)."""
+    try:
+        names = os.listdir(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    if not names or _has_our_marker(root):
+        return []
+    legacy = (root / "index" / "data.mdb").is_file()  # a cache from before the marker: ours
+    own = {"index", "blocks", "tmp"} if legacy else set()
+    return sorted(n for n in names if n not in own and not _ours(root, n, staging))
+
+
+def refuse_foreign(root: Path, staging: str = "staging") -> None:
+    """Refuse a non-empty dir that is not a tierfs cache: before anything is done to it (no chmod, probe,
+    lock or log), so that nothing in it is touched. Reads only."""
+    foreign = foreign_entries(root, staging)
+    if foreign:
+        raise UserError(f"cache dir {root} is not empty and is not a tierfs cache (it holds "
+                        f"{', '.join(map(as_written, foreign[:3]))}{' …' if len(foreign) > 3 else ''}): give an empty "
+                        "or new directory as --cache-dir; nothing in it was touched")
 
 
 def check_cache_dir(root: Path) -> None:
@@ -65,20 +126,56 @@ def check_cache_dir(root: Path) -> None:
                         f"({os.geteuid()}); give a directory of this user's as --cache-dir")
 
 
-def prepare_cache_dir(root: Path) -> int:
-    """Create the cache dir (0700), check it is ours and writable, and lock it for this process."""
-    check_cache_dir(root)
+def private_dir(path: Path) -> None:
+    """Make directory ``path`` (its parent exists), 0700 whatever the umask; an existing one is left as it is."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o700)
+
+
+def _make_private(root: Path) -> None:
+    """Create ``root`` (and its parents) if need be, make it 0700, and check that files can be made in it."""
     try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(root, 0o700)
         probe = root / f".probe.{os.getpid()}"
-        probe.write_bytes(b"")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         probe.unlink()
     except OSError as exc:
         raise UserError(
             f"cache dir {root} is not usable ({exc.strerror or exc}); give a writable --cache-dir"
         ) from None
-    fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+
+def prepare_cache_dir(root: Path) -> int:
+    """Check that ``root`` is ours (a foreign one is refused before anything is done to it), then create it
+    0700, check it is writable and lock it for this process: the fd holding the lock."""
+    check_cache_dir(root)
+    refuse_foreign(root)
+    _make_private(root)
+    return _lock(root)
+
+
+def prepare_staging_dir(staging: Path) -> int:
+    """The staging dir of a cache dir, with or without a disk tier: the cache dir is checked and made private as
+    the disk tier's is (without its lock, which a disk tier may hold), then staging/ is made 0700 and locked."""
+    for d in (staging.parent, staging):
+        check_cache_dir(d)
+    refuse_foreign(staging.parent, staging.name)  # (staging/ among what is judged: ours only by what it holds)
+    _make_private(staging.parent)
+    _make_private(staging)
+    return _lock(staging)
+
+
+def _lock(root: Path) -> int:
+    """Take the flock on ``root``'s lock file and write this process' pid in it; the fd holding it."""
+    try:
+        fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise UserError(f"cache dir {root} is not usable: its lock cannot be opened ({exc.strerror or exc})") from None
+    os.fchmod(fd, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -14,6 +14,7 @@ the background fill queue (``fills.py``), behind the read's reply.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -37,6 +38,14 @@ class TierChain:
         # Without a mount to run it (reader.start), the queue runs fills inline.
         self.fills = fills if fills is not None else FillQueue(64 << 20)
         self._last_error_log: dict[str, float] = {}
+        # Blocks queued for the slower tiers and not in them yet, by digest: a read meanwhile (the
+        # kernel's next READ after a read-ahead, with no RAM tier) is served from here, not fetched again.
+        self._filling: dict[bytes, tuple[bytes, str]] = {}
+
+    def in_loop_holds(self, key: BlockKey) -> bool:
+        """Whether a leading in-loop tier (RAM), or the fill queue, holds ``key``; no read, no hit counted."""
+        return key.digest in self._filling or \
+            any(t.may_hold(key) for t in itertools.takewhile(lambda t: t.in_loop, self.tiers))
 
     def get_fast(self, key: BlockKey) -> tuple[bytes, str] | None:
         """Ask only the leading in-loop tiers (RAM): no thread, no await."""
@@ -52,7 +61,7 @@ class TierChain:
                 data = None
             if data is not None:
                 return data, tier.name
-        return None
+        return self._filling.get(key.digest)
 
     async def get(self, key: BlockKey, after_fast: bool = False, wait: bool = False,
                   promote: bool = True) -> tuple[bytes, str] | None:
@@ -117,15 +126,20 @@ class TierChain:
                 slow.append(tier)
         if not slow:
             return
-        fill = functools.partial(self._put_each, slow, key, data)
         if wait:
-            await fill()
-        else:
-            await self.fills.submit(len(data), fill)
+            await self._put_each(slow, key, data)
+            return
+        self._filling[key.digest] = (data, slow[0].name)
+        if not await self.fills.submit(len(data), functools.partial(self._put_each, slow, key, data, True)):
+            self._filling.pop(key.digest, None)  # dropped: the queue is full
 
-    async def _put_each(self, tiers: Sequence[Tier], key: BlockKey, data: bytes) -> None:
-        for tier in tiers:
-            await self._call(tier, tier.put, key, data)
+    async def _put_each(self, tiers: Sequence[Tier], key: BlockKey, data: bytes, queued: bool = False) -> None:
+        try:
+            for tier in tiers:
+                await self._call(tier, tier.put, key, data)
+        finally:
+            if queued:
+                self._filling.pop(key.digest, None)
 
     async def _call(self, tier: Tier, fn: Callable[..., Any], *args: Any) -> Any:
         try:

@@ -34,6 +34,7 @@ import errno
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,12 +43,12 @@ from typing import BinaryIO
 
 import lmdb
 
+from tierfs import statefile
 from tierfs.config import format_size
-from tierfs.errors import UserError
 from tierfs.refs import BlockKey
 from tierfs.tiers.backing import BackingFiles, checksum
 from tierfs.tiers.base import Tier
-from tierfs.tiers.cache_dir import layout_text, ours, prepare_cache_dir, read_marker, sealing_of
+from tierfs.tiers.cache_dir import layout_text, prepare_cache_dir, private_dir, read_marker, sealing_of
 from tierfs.tiers.lmdb_index import EVICTING, BlockIndex
 from tierfs.tiers.presence import slots_for
 from tierfs.tiers.seal import Sealer
@@ -116,8 +117,8 @@ class DiskTier(BackingFiles, Tier):
         except BaseException:
             os.close(self._lock_fd)
             raise
-        self.blocks_dir.mkdir(mode=0o700, exist_ok=True)
-        self.tmp_dir.mkdir(mode=0o700, exist_ok=True)
+        private_dir(self.blocks_dir)
+        private_dir(self.tmp_dir)
         self.index = BlockIndex(root / "index")
         self._touched: dict[bytes, None] = {}
         self._touch_lock = threading.Lock()
@@ -216,16 +217,20 @@ class DiskTier(BackingFiles, Tier):
     def _land(self, key: BlockKey, n: int, write: Callable[[BinaryIO], int]) -> None:
         """Temp file (``write`` fills it and returns its checksum) -> rename -> index entry."""
         final = self._path(key.hex)
-        tmp = self.tmp_dir / f"{key.hex}.{threading.get_ident():x}"
+        tmp: Path | None = None
         try:
             self._ensure_dir(final.parent)
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+            # (O_EXCL under a name of its own, 0600: never through a link planted at a name known in advance)
+            fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"{key.hex}.")
+            tmp = Path(name)
+            with open(fd, "wb") as fh:
                 digest = write(fh)
             self.index.mark([key.digest], b"L")
             os.replace(tmp, final)
             self.index.add(key.digest, n, digest, probation=self.policy == "stable")
         except (OSError, lmdb.MapFullError) as exc:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             self._drop([key.digest])  # whatever half of the landing happened
             if isinstance(exc, lmdb.MapFullError):
                 self._full_until = time.monotonic() + 10
@@ -247,7 +252,8 @@ class DiskTier(BackingFiles, Tier):
                 return
             raise
         except Exception:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             raise
         if self.index.totals()[0] > self.high_bytes:
             self._evict_to(self.low_bytes)
@@ -293,7 +299,8 @@ class DiskTier(BackingFiles, Tier):
     def _ensure_dir(self, d: Path) -> None:
         s = str(d)
         if s not in self._made_dirs:
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dir(d.parent)  # (blocks/ab, then blocks/ab/cd: each 0700, as mkdir(parents=True) made none)
+            private_dir(d)
             if len(self._made_dirs) < 70000:
                 self._made_dirs.add(s)
 
@@ -393,8 +400,8 @@ class DiskTier(BackingFiles, Tier):
     def _check_layout(self) -> None:
         """Make sure the dir is a tierfs cache of this layout and sealing; start it afresh if it is ours but not.
 
-        A directory without the marker that holds anything tierfs did not put
-        there is not a cache: it is refused, and nothing in it is removed.
+        (A directory without the marker that holds anything tierfs did not put
+        there is not a cache: ``prepare_cache_dir`` refused it, untouched.)
         """
         want = self.sealer.key_id if self.sealer is not None else "none"
         current = read_marker(self.root)
@@ -404,13 +411,7 @@ class DiskTier(BackingFiles, Tier):
                 self._write_layout(layout_text(want))
             return
         if current is None:
-            legacy = (self.root / "index" / "data.mdb").is_file()  # a cache from before the marker: ours
-            own = {"index", "blocks", "tmp"} if legacy else set()
-            foreign = sorted(n for n in os.listdir(self.root) if not ours(n) and n not in own)
-            if foreign:
-                raise UserError(f"cache dir {self.root} is not empty and is not a tierfs cache (it holds "
-                                f"{', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''}): give an empty "
-                                "or new directory as --cache-dir; nothing in it was touched")
+            pass  # new, or a cache from before the marker (its blocks are not trusted without it)
         elif sealing is not None:
             log.warning("disk cache %s was written under another [cache] encryption key (or with none, or "
                         "encrypted while this mount has no key); starting it afresh", self.root)
@@ -421,9 +422,7 @@ class DiskTier(BackingFiles, Tier):
         self._write_layout(layout_text(want))
 
     def _write_layout(self, text: str) -> None:
-        tmp = self.root / "LAYOUT.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, self.root / "LAYOUT")
+        statefile.replace_bytes(self.root / "LAYOUT", text.encode())
 
     def _recover(self) -> int:
         """Repair what a crash may have left; returns the number of blocks repaired."""

@@ -39,18 +39,20 @@ class FillQueue:
         self._running = False
         self.stats = Counters(FILL_COUNTERS, gauges={"pending_bytes": lambda: self._pending})
 
-    async def submit(self, nbytes: int, fill: Fill) -> None:
-        """Queue ``fill`` (of a block of ``nbytes``), drop it if the queue is full, or run it now if no worker runs."""
+    async def submit(self, nbytes: int, fill: Fill) -> bool:
+        """Queue ``fill`` (of a block of ``nbytes``), or run it now if no worker runs; False if it was dropped
+        because the queue is full."""
         if not self._running or self.max_bytes == 0:
             await self._run(fill)
-            return
+            return True
         # A block larger than the whole bound still goes in alone, else it would never be filled.
         if self._pending and self._pending + nbytes > self.max_bytes:
             self.stats.add("dropped")
-            return
+            return False
         self._pending += nbytes
         self._send.send_nowait((nbytes, fill))
         self.stats.add("queued")
+        return True
 
     async def run(self) -> None:
         """Run queued fills until cancelled: a task of the mount's nursery."""

@@ -34,6 +34,9 @@ class RamTier(Tier):
         """Whether the block is here (not a read: no hit counted, no LRU move)."""
         return key.digest in self._blocks
 
+    def may_hold(self, key: BlockKey) -> bool:
+        return self.holds(key)
+
     def put(self, key: BlockKey, data: bytes) -> None:
         if len(data) > self.capacity // 2:
             return  # one block must not flush the whole tier

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tierfs.config import Settings
 from tierfs.errors import ConfigError
+from tierfs.secrecy import read_secret
 
 _MAC, _AEAD = b"M", b"A"  # the first byte of a sealed value says how it was sealed
 _MAC_SIZE, _NONCE_SIZE = 32, 12
@@ -82,22 +83,6 @@ class Sealer:
         return None  # sealed another way (or not at all): never trusted
 
 
-def read_secret(value: str, file: str, env: str, what: str) -> bytes:
-    """A secret from the config, a file (mode 0600 advised) or an environment variable, in that order."""
-    if value:
-        return value.encode()
-    if file:
-        try:
-            data = Path(file).read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the {what} file {file}: {exc.strerror or exc}") from None
-        if not data:
-            raise ConfigError(f"the {what} file {file} is empty: put at least 16 random bytes in it "
-                              f"(head -c 32 /dev/urandom | base64 > {file})")
-        return data
-    return os.environ.get(env, "").encode()
-
-
 def cache_key(settings: Settings, cache_dir: Path) -> bytes:
     """The key that encrypts disk blocks and Redis values (b'': none), from its file or TIERFS_CACHE_KEY.
 
@@ -110,4 +95,5 @@ def cache_key(settings: Settings, cache_dir: Path) -> bytes:
             raise ConfigError(f"[cache] encryption_key_file {settings.cache_key_file} is inside the cache dir "
                               f"{inside}: whoever takes the disk would have the key too; keep it elsewhere "
                               "(/etc/tierfs/cache.key, mode 0600)")
-    return read_secret("", settings.cache_key_file, "TIERFS_CACHE_KEY", "cache encryption key")
+    return read_secret("", settings.cache_key_file, "TIERFS_CACHE_KEY", "[cache] encryption_key_file",
+                       settings.allow_readable_secrets)

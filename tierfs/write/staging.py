@@ -46,7 +46,7 @@ import xxhash
 from tierfs import statefile
 from tierfs.errors import NameTooLong
 from tierfs.refs import ObjectRef
-from tierfs.tiers.cache_dir import prepare_cache_dir
+from tierfs.tiers.cache_dir import prepare_staging_dir, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ class Staging:
         self.unclosed_dir = root / "unclosed"
         #: Raises NameTooLong for a key the lake can never hold (ObjectStore.check_key); None: every key is taken.
         self.key_check = key_check
-        self._lock_fd = prepare_cache_dir(root)  # one mount per staging dir
+        # One mount per staging dir; the cache dir it is in is checked as the disk tier's is (there may be none).
+        self._lock_fd = prepare_staging_dir(root)
 
     def close(self) -> None:
         os.close(self._lock_fd)
@@ -227,7 +228,7 @@ class Staging:
                 left.unclosed.append(key)
             else:
                 left.unclosed.append(key)
-            self.unclosed_dir.mkdir(exist_ok=True)
+            private_dir(self.unclosed_dir)
             os.replace(data, self.unclosed_dir / self._aside_name(sid, key))
             record.unlink(missing_ok=True)
             (self.root / f"{sid}.upload.json").unlink(missing_ok=True)
@@ -235,7 +236,7 @@ class Staging:
             if not data.with_suffix(".json").exists() and data.stat().st_size:
                 # Its record never reached the disk (a power cut right after its
                 # creation, or a kill -9 between the two): nobody closed it.
-                self.unclosed_dir.mkdir(exist_ok=True)
+                private_dir(self.unclosed_dir)
                 os.replace(data, self.unclosed_dir / self._aside_name(data.stem, "(no record)"))
                 left.unclosed.append(f"(a staged file without a record, {data.stem})")
             elif not data.with_suffix(".json").exists():
