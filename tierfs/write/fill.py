@@ -9,8 +9,11 @@ and would fill the Redis the nodes share with bytes the others rarely read
 what it reads, as any read does.
 
 A checkpoint is often written under a temporary name and renamed into place
-at once. So a fill starts a moment after the close (``FILL_AFTER``; reads
-meanwhile are served from the staged bytes), and a rename stops the fill of
+at once. A fill starts right after the close (reads are served from the
+staged bytes until it is done, so ``FILL_AFTER`` stays 0: a delay there
+kept a node serving its own bytes after another node's write to the same
+key was past the metadata TTL; ``tests/servers/test_consistency.py``), and
+a rename stops the fill of
 the file, waiting or under way (taking back the blocks it had put under the
 old name): the file is filled once the rename is done, under its final name,
 the name it will be read by. A rename that comes after the fill is done
@@ -36,8 +39,8 @@ from tierfs.write.staging import StagedFile
 
 log = logging.getLogger(__name__)
 
-#: Seconds between an upload and its fill: room for the rename into place that follows a close at once.
-FILL_AFTER = 1.0
+#: Seconds between an upload and its fill (see above: 0, so the staged bytes are not served past the TTL).
+FILL_AFTER = 0.0
 
 
 class Fills:
