@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
+import pytest
 from helpers import mounted, random_bytes
 
 
@@ -112,3 +114,34 @@ def test_a_lake_file_unlinked_or_replaced_while_open_stays_readable(lake: Path, 
         assert not (lake / "a.bin").exists() and not (lake / "b2.bin").exists()
         assert (lake / "c.bin").read_bytes() == b"n" * 1000
         assert sorted(os.listdir(mnt)) == [".snapshots", "c.bin", "datasets"]
+
+
+@pytest.mark.parametrize("then", ["renamed", "ttl passed"])
+def test_a_new_file_under_the_name_of_an_unlinked_open_one_leaves_it_alone(then: str, lake: Path,
+                                                                          tmp_path: Path) -> None:
+    """A file open, unlinked, a new file under its name; then the new one renamed (its unlinked namesake
+    moved with it and took its attributes), or the metadata TTL passing (the unlinked one's stat asked the
+    lake for its old name): either way the open file took the new one's size, and its reads were cut
+    short there (tests/campaign, concurrency: "mount 17303 bytes, model 30288")."""
+    mnt = tmp_path / "mnt"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[metadata]\nttl = 0.2\n")
+    old, new = random_bytes(30_000, 8), random_bytes(17_000, 9)
+    with mounted(f"file://{lake}", mnt, tmp_path / "cache", config=cfg):
+        (mnt / "f.bin").write_bytes(old)
+        with open(mnt / "f.bin", "r+b") as held:
+            os.unlink(mnt / "f.bin")
+            (mnt / "f.bin").write_bytes(new)
+            if then == "renamed":
+                os.rename(mnt / "f.bin", mnt / "g.bin")
+            else:
+                time.sleep(0.5)  # past the TTL: not a timing check, a wait for the attributes to go stale
+            assert os.fstat(held.fileno()).st_size == len(old)
+            held.seek(0)
+            assert held.read() == old
+            held.write(b"tail")
+            held.flush()
+            assert os.fstat(held.fileno()).st_size == len(old) + 4
+        name = "g.bin" if then == "renamed" else "f.bin"
+        assert (mnt / name).read_bytes() == new and (lake / name).read_bytes() == new
+        assert os.stat(mnt / name).st_size == len(new)

@@ -165,7 +165,9 @@ class InodeTable:
             target.named = False
         old_parent, _, old_name = old.rpartition("/")
         d = self._dirs.get(old_parent)
-        top = _nodes(d.names.get(old_name) if d is not None else None)
+        # At ``old`` itself only the node the name means moves: an unlinked one there is another file that
+        # had the name (open still), and it stays what it is.
+        top = [n for n in _nodes(d.names.get(old_name) if d is not None else None) if n.named]
         below = [n for p in list(self._tree.below(old)) for slot in self._dirs[p].names.values()
                  for n in _nodes(slot)]
         new_parent, _, new_name = new.rpartition("/")

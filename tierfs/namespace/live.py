@@ -110,7 +110,10 @@ class Namespace:
 
     async def getattr(self, inode: int) -> Node:
         node = self.inodes.get(inode)
-        if inode != ROOT_INODE and not node.immutable and self._stale(node):
+        # An open file its path no longer names (unlinked, renamed over) keeps what it has: the lake's
+        # object by that name is another file.
+        kept = node.opens and not node.named
+        if inode != ROOT_INODE and not node.immutable and self._stale(node) and not kept:
             parent, name = posixpath.split(node.path)
             try:
                 node = self._node_for(parent, await self._any_entry(node.path, parent, name))
