@@ -295,6 +295,7 @@ async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Call
                  comps.operations.passthrough.start(comps.settings.resolved_cache_dir() / "LAYOUT", nursery))
         if on_ready is not None:
             on_ready(notes)
+        comps.store.ready()
     # Unmounted: blocks still queued for the disk (and Redis) go in now, so a
     # remount finds them there.
     await comps.reader.finish()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -155,7 +157,12 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
             # Under systemd's journal the daemon keeps logging there (journald stores and rotates it).
             log_path = None if journal_stderr() else settings.resolved_log_file()
             argv, env, exposed_argv = background.daemon_argv(sys.argv[1:])
-            pid, notes = background.spawn_daemon(argv, log_path, env=env)
+            if exposed_argv or os.environ.get("TIERFS_EXEC_DAEMON"):
+                # A secret in argv stays out of the daemon's cmdline: a fresh interpreter, told it by env.
+                pid, notes = background.spawn_daemon(argv, log_path, env=env)
+            else:
+                pid, notes = background.fork_daemon(functools.partial(_serve, settings, mountpoint, exposed,
+                                                                      log_path is not None), log_path)
             click.echo(f"mounted {settings.lake_url} at {mountpoint} (pid {pid}, log {log_path or 'to the journal'})")
             if exposed_argv:
                 notes = "; ".join(n for n in (notes, f"{exposed_argv} was given on the command line, where any user "
@@ -165,16 +172,22 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
             if notes:
                 click.echo(f"note: {notes}")
             return
-        _setup_logging(settings, log_to_file)
-        if exposed:
-            log.warning("%s", exposed)
-        from tierfs import mount as mount_mod  # the mount's layers: only the process that serves loads them
-
-        mount_mod.run_foreground(settings, mountpoint, background.notify_ready(ready_fd))
+        _serve(settings, mountpoint, exposed, log_to_file, background.notify_ready(ready_fd))
     except UserError as exc:
         if foreground and ready_fd is not None:
             background.report_failure(ready_fd, f"{exc}")
         raise
+
+
+def _serve(settings: Settings, mountpoint: Path, exposed: str, log_to_file: bool,
+           ready: Callable[[str], None]) -> None:
+    """The daemon's part: log, load the mount's layers (only the process that serves loads them), serve."""
+    _setup_logging(settings, log_to_file)
+    if exposed:
+        log.warning("%s", exposed)
+    from tierfs import mount as mount_mod
+
+    mount_mod.run_foreground(settings, mountpoint, ready)
 
 
 @cli.command()

@@ -23,14 +23,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
-
-import fsspec
-from fsspec.asyn import sync
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tierfs.config import Settings
 from tierfs.errors import Archived, BadKey, StoreError, UserError
 from tierfs.refs import ObjectRef
+
+if TYPE_CHECKING:
+    import fsspec
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +108,14 @@ class Backend:
     def run(self, coro_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run an fsspec coroutine on its loop, cancelled when this call's deadline passes."""
         timeout = max(0.05, min(self.attempt_timeout, self.deadline.left()))
+        from fsspec.asyn import sync
+
         return sync(self.fs.loop, coro_fn, *args, timeout=timeout, **kwargs)
 
     def run_for(self, seconds: float, coro_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Like :meth:`run`, for a request whose time grows with its bytes: ``seconds`` instead of one attempt's."""
+        from fsspec.asyn import sync
+
         return sync(self.fs.loop, coro_fn, *args, timeout=max(0.05, min(seconds, self.deadline.left())), **kwargs)
 
     def seconds_for(self, nbytes: int) -> float:

@@ -17,10 +17,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
-
-import fsspec
-from fsspec.core import url_to_fs
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tierfs.config import Settings
 from tierfs.errors import Archived, NameTooLong, NotFound, StoreError, UserError
@@ -37,6 +34,9 @@ from tierfs.store.backend import (
 )
 from tierfs.store.local import LOCAL_CLASS_XATTR
 from tierfs.store.retry import is_credentials_error, is_temp_failure, retry_call
+
+if TYPE_CHECKING:
+    import fsspec
 
 __all__ = ["ARCHIVE_CLASSES", "LOCAL_CLASS_XATTR", "Changed", "Entry", "ObjectStore", "error_code", "mtime_ns_of"]
 
@@ -77,8 +77,14 @@ class ObjectStore:
         if url.startswith(("gs://", "gcs://")):
             # gcsfs probes for hierarchical namespaces unless told not to; emulators do not answer it.
             os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        backend_class = _backend_class(url)
         try:
-            fs, root = url_to_fs(url, **options)
+            if getattr(backend_class, "lazy_fs", False):  # the backend makes its fsspec filesystem when needed
+                fs, root = None, backend_class.root_of(url)  # type: ignore[attr-defined]
+            else:
+                from fsspec.core import url_to_fs
+
+                fs, root = url_to_fs(url, **options)
         except ImportError as exc:
             raise UserError(f"cannot open {url}: {exc} (pip install it into tierfs' environment)") from None
         except ValueError as exc:
@@ -94,11 +100,21 @@ class ObjectStore:
         except Exception as exc:
             raise UserError(f"cannot open {url}: {_one_line(exc)}") from None
         if settings.store_versions != "off":
-            try:
-                store.backend.version_aware = store.backend.wants_versions(settings.store_versions)
-            except Exception:  # no such bucket, no permission: check() will say so
-                store.backend.version_aware = False
+            defer = getattr(store.backend, "defer_versions", None)
+            if defer is not None:
+                defer(settings.store_versions)  # asked when first needed, or once the mount is ready
+            else:
+                try:
+                    store.backend.version_aware = store.backend.wants_versions(settings.store_versions)
+                except Exception:  # no such bucket, no permission: check() will say so
+                    store.backend.version_aware = False
         return store
+
+    def ready(self) -> None:
+        """The mount serves now: start what the backend deferred past start-up (S3's versioning query)."""
+        ask = getattr(self.backend, "ask_versions_now", None)
+        if ask is not None:
+            ask()
 
     def check(self) -> None:
         """Make sure the lake's root exists and can be listed; one clear line if not."""

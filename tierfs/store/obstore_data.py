@@ -21,14 +21,16 @@ import posixpath
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import fsspec
 import obstore
 
 from tierfs.config import Settings
 from tierfs.refs import ObjectRef
 from tierfs.store.backend import Backend, BucketKeys, Changed, Entry, check_key_shape, expected_etag, join_key
+
+if TYPE_CHECKING:
+    import fsspec
 
 
 def client_options(timeout: float, endpoint: str = "") -> Any:

@@ -18,12 +18,14 @@ import asyncio
 import logging
 import os
 import posixpath
+import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import fsspec
 import obstore
 
 from tierfs.config import Settings
@@ -34,22 +36,138 @@ from tierfs.store.local import archived_message
 from tierfs.store.obstore_data import ObstoreBackend, client_options, retries_off
 from tierfs.store.s3_copy import S3Copies
 
+if TYPE_CHECKING:
+    import fsspec
+
 log = logging.getLogger(__name__)
 
 #: S3 servers that refuse a self-copy under MetadataDirective=COPY even when the class changes (SeaweedFS).
 _SELF_COPY_REFUSED = "self-copy-needs-replace"
+#: One versioning query at a time (the mount's thread and a first lookup may both ask).
+_VERSIONS_LOCK = threading.Lock()
 
 
 class S3Backend(S3Copies, ObstoreBackend):
     provider: ClassVar[str] = "s3"
     multipart: ClassVar[bool] = True
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, settings: Settings | None = None):
+    #: ObjectStore.open makes no fsspec filesystem for this backend: s3fs (botocore, aiohttp) costs
+    #: 0.3 s of import, and the data path, listings and stats never use it.
+    lazy_fs: ClassVar[bool] = True
+
+    def __init__(self, fs: fsspec.AbstractFileSystem | None, root: str, url: str, settings: Settings | None = None):
+        self._fs_lock = threading.Lock()
+        self._fs: Any = None
+        self._versions_setting = ""  # "auto" or "on" while the bucket's versioning is yet to be asked
+        self._versions_asked: threading.Thread | None = None
+        self._version_aware = False
         super().__init__(fs, root, url, settings)
-        fs.retries = 1  # s3fs' own retry loop: one attempt; tierfs retries
+        from tierfs.store.objects import storage_options
+
+        # Given a filesystem (tests, tools), its own options; else the lake's, as s3fs would get them.
+        self.options: dict[str, Any] = dict(fs.storage_options) if fs is not None else storage_options(self.settings)
+
+    @staticmethod
+    def root_of(url: str) -> str:
+        """``bucket/prefix`` of an s3:// URL, as s3fs strips it."""
+        return url.split("://", 1)[1].split("?", 1)[0].strip("/")
+
+    @property
+    def fs(self) -> Any:
+        """The s3fs filesystem, made (and s3fs imported) on first use: multipart, copies, classes, versions."""
+        if self._fs is None:
+            with self._fs_lock:
+                if self._fs is None:
+                    import s3fs
+
+                    fs = s3fs.S3FileSystem(**self.options, version_aware=self._version_aware)
+                    fs.retries = 1  # s3fs' own retry loop: one attempt; tierfs retries
+                    self._fs = fs
+        return self._fs
+
+    @fs.setter
+    def fs(self, value: Any) -> None:
+        if value is not None:
+            value.retries = 1
+        self._fs = value
 
     def new_client(self) -> Any:
-        return _obstore_for(self.fs, self.bucket, self.attempt_timeout)
+        return _obstore_for(self.options, self.bucket, self.attempt_timeout)
+
+    def check(self) -> dict[str, Any]:
+        """The lake's root can be listed: one obstore listing where the credentials are explicit.
+
+        Without explicit keys botocore's whole credential chain (profiles, web identity, the
+        instance's metadata) decides, as s3fs does it.
+        """
+        if not _explicit_credentials(self.options):
+            return super().check()
+        import obstore.exceptions as obx
+
+        try:
+            found = obstore.list_with_delimiter(self.obs, f"{self.prefix}/" if self.prefix else None)
+        except obx.NotFoundError as exc:
+            raise FileNotFoundError(self.root) from exc
+        except (obx.PermissionDeniedError, obx.UnauthenticatedError) as exc:
+            raise PermissionError(_refusal(str(exc))) from exc
+        except obx.GenericError as exc:  # (obstore names few of S3's statuses)
+            if "403 Forbidden" in str(exc) or "401 Unauthorized" in str(exc):
+                raise PermissionError(_refusal(str(exc))) from exc
+            if "404 Not Found" in str(exc):
+                raise FileNotFoundError(self.root) from exc
+            raise
+        if self.prefix and not (found["common_prefixes"] or found["objects"]):
+            if self._path_is_object(self.prefix):
+                return {"type": "file"}
+            raise FileNotFoundError(self.root)
+        return {"type": "directory"}
+
+    def _path_is_object(self, key: str) -> bool:
+        try:
+            obstore.head(self.obs, key)
+        except FileNotFoundError:
+            return False
+        return True
+
+    # -- versions: asked once, off the start-up path --------------------------------
+    @property
+    def version_aware(self) -> bool:
+        if self._versions_setting:
+            # Within this call's deadline: a versioning query that stalls leaves the bucket unversioned here.
+            self._learn_versions(wait=max(0.05, min(self.settings.store_metadata_deadline, self.deadline.left())))
+        return self._version_aware
+
+    @version_aware.setter
+    def version_aware(self, value: bool) -> None:
+        self._versions_setting = ""
+        self._version_aware = value
+
+    def defer_versions(self, setting: str) -> None:
+        """Ask whether the bucket keeps versions when first needed (or ``ask_versions_now``), not at open."""
+        self._versions_setting = setting
+        if setting == "on":
+            self.version_aware = True
+
+    def ask_versions_now(self) -> None:
+        """Start the versioning query in a thread (a mount does this once it is ready)."""
+        if self._versions_setting and self._versions_asked is None:
+            self._versions_asked = threading.Thread(target=self._learn_versions, name="tierfs-versions", daemon=True)
+            self._versions_asked.start()
+
+    def _learn_versions(self, wait: float = -1) -> None:
+        if not _VERSIONS_LOCK.acquire(timeout=wait):
+            return  # another thread is still asking
+        try:
+            setting = self._versions_setting
+            if not setting:
+                return
+            try:
+                wanted = self.wants_versions(setting)
+            except Exception:  # no such bucket, no permission: check() says so
+                wanted = False
+            self.version_aware = wanted
+        finally:
+            _VERSIONS_LOCK.release()
 
     # -- metadata -------------------------------------------------------------------
     def list_dir(self, rel: str) -> list[Entry]:
@@ -159,6 +277,7 @@ class S3Backend(S3Copies, ObstoreBackend):
         timeout = max(0.05, self.deadline.left()) if coro_fn == self._multipart_async else None
         if timeout is None:
             return super().run(coro_fn, *args, **kwargs)
+
         return sync(self.fs.loop, coro_fn, *args, timeout=timeout, **kwargs)
 
     async def _multipart_async(self, local: Path, key: str, state: Any, save: Callable[[], None],
@@ -247,7 +366,6 @@ class S3Backend(S3Copies, ObstoreBackend):
         if wanted and not fs.version_aware:
             # s3fs reads a version id only when made version-aware (open_read of a pinned ref).
             self.fs = type(fs)(**{**fs.storage_options, "version_aware": True})
-            self.fs.retries = 1
         return wanted
 
     def delete_version(self, key: str, version: str) -> None:
@@ -371,10 +489,25 @@ class S3Backend(S3Copies, ObstoreBackend):
                 "or an AWS profile")
 
 
-def _obstore_for(fs: Any, bucket: str, timeout: float) -> Any:
-    """An obstore S3Store with the s3fs filesystem's endpoint, region and credentials, retries off."""
+def _refusal(message: str) -> str:
+    """S3's error code out of obstore's long message (``SignatureDoesNotMatch``), or its HTTP status."""
+    code = re.search(r"<Code>([^<]+)</Code>", message)
+    if code:
+        return code.group(1)
+    status = re.search(r"\b(40[13] \w+)", message)
+    return status.group(1) if status else "refused"
+
+
+def _explicit_credentials(options: dict[str, Any]) -> bool:
+    return bool(options.get("anon") or (options.get("key") and options.get("secret"))
+                or (os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")))
+
+
+def _obstore_for(options: dict[str, Any], bucket: str, timeout: float) -> Any:
+    """An obstore S3Store with the lake's endpoint, region and credentials (s3fs' options), retries off."""
     from obstore.store import S3Store
 
+    fs = SimpleNamespace(**options)
     client = dict(getattr(fs, "client_kwargs", None) or {})
     endpoint = client.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     config: Any = {}
