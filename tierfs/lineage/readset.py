@@ -144,7 +144,7 @@ def pin(store: ObjectStore, name: str, dataset: str, version: str, prefix: str |
             store.copy_ref(ref, key)  # (conditional on the identity read: never a newer version)
         except (Changed, NotFound):
             with lock:
-                changed.append(f"{parent}/{e.name}" if parent else e.name)
+                changed.append("/".join(p for p in (root, parent, e.name) if p))  # (as the lake names it)
             return None
         return ManifestEntry(parent, e.name, False, ref.size, 0o644, e.mtime_ns, key, "", "", "", ref.identity())
 
