@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import SeaweedS3, assert_one_line_error, mounted, random_bytes, run_tierfs, stop_process, wait_for, write_tree
+from helpers import (
+    SeaweedS3,
+    assert_one_line_error,
+    mounted,
+    random_bytes,
+    run_tierfs,
+    stop_process,
+    wait_for,
+    write_tree,
+)
 
 pytestmark = pytest.mark.mount
 
