@@ -11,7 +11,8 @@ checked by the peer's credentials (SO_PEERCRED), as the xattrs check the
 caller's uid.
 
 One request per connection: a JSON object on one line, answered by one line,
-``{"ok": true}`` or ``{"error": "...", "errno": N}``.
+``{"ok": true}`` (with what the request returns, if anything: a stopped
+lineage job's count) or ``{"error": "...", "errno": N}``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 MAX_REQUEST = 64 << 10  # bytes: a request names a list file, never holds one
 PID_XATTR = "user.tierfs.pid"
 
-Handler = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
 class Refused(Exception):
@@ -105,16 +106,16 @@ async def _answer(conn: Any, handle: Handler) -> dict[str, Any]:
     except ValueError:
         return {"error": "a control request is one JSON object on one line", "errno": errno.EINVAL}
     try:
-        await handle(request)
+        result = await handle(request)
     except Refused as exc:
         return {"error": f"{exc}", "errno": exc.errno}
     except Exception as exc:  # (a task of the mount's nursery: a bad request must not stop the mount)
         log.warning("control request %s failed: %s: %s", request.get("op"), type(exc).__name__, exc)
         return {"error": f"{type(exc).__name__}: {exc}", "errno": errno.EIO}
-    return {"ok": True}
+    return {**(result or {}), "ok": True}
 
 
-def request(mountpoint: Path, req: dict[str, Any], what: str, timeout: float = 30.0) -> None:
+def request(mountpoint: Path, req: dict[str, Any], what: str, timeout: float = 30.0) -> dict[str, Any]:
     """Send ``req`` to the daemon serving ``mountpoint``; one line (UserError) if it is refused or cannot be sent.
 
     ``what`` names the request in those lines ("start a warm job", "set the log level").
@@ -144,3 +145,4 @@ def request(mountpoint: Path, req: dict[str, Any], what: str, timeout: float = 3
         raise UserError(f"cannot {what} on {mountpoint}: the daemon (pid {pid}) gave no answer") from None
     if not reply.get("ok"):
         raise UserError(f"cannot {what} on {mountpoint}: {reply.get('error', 'refused')}")
+    return dict(reply)

@@ -28,6 +28,7 @@ from tierfs.fuse.mountpoint import check_fuse, check_mountpoint, is_mounted, une
 from tierfs.fuse.operations import TierfsOperations
 from tierfs.fuse.passthrough import Passthrough
 from tierfs.limits import StoreLimiters
+from tierfs.lineage.recorder import LineageRecorder
 from tierfs.metrics import BACKEND_SECONDS, FUSE_SECONDS, TIER_SECONDS, export_stats, latency_summary
 from tierfs.metrics import serve as serve_metrics
 from tierfs.namespace.live import Namespace
@@ -153,6 +154,7 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
     # What never changes is not changed through the mount either: immutable prefixes refuse writes too.
     ops.read_only_prefixes = settings.read_only_prefixes + settings.immutable_prefixes
     ops.allow_delete = settings.allow_delete
+    ops.lineage = LineageRecorder(store, limiters.write)
     comps = Components(settings, store, chain, namespace, reader, ops, time.monotonic(), writer)
     holder.append(comps)
     return comps
@@ -279,6 +281,8 @@ async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Call
             nursery.start_soon(_refresh_gauges, redis_tier)
         if comps.writer is not None:
             comps.writer.start(nursery)
+        if comps.operations.lineage is not None:
+            nursery.start_soon(comps.operations.lineage.run)
         await nursery.start(control.serve, comps.operations.control)
 
         async def fuse_main() -> None:
@@ -296,8 +300,10 @@ async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Call
         if on_ready is not None:
             on_ready(notes)
         comps.store.ready()
-    # Unmounted: blocks still queued for the disk (and Redis) go in now, so a
-    # remount finds them there.
+    # Unmounted: lineage jobs still running are flushed and stopped; blocks still
+    # queued for the disk (and Redis) go in now, so a remount finds them there.
+    if comps.operations.lineage is not None:
+        await comps.operations.lineage.close()
     await comps.reader.finish()
 
 

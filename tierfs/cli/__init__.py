@@ -107,10 +107,11 @@ from tierfs.cli import (  # noqa: E402
     cache_cmds,
     cp_cmd,
     lifecycle_cmds,
+    lineage_cmds,
     mount_cmds,
     versions_cmds,
     warm_cmd,
 )
 
-__all__ = ["backup_cmds", "cache_cmds", "cli", "cp_cmd", "lifecycle_cmds", "main", "mount_cmds", "versions_cmds",
+__all__ = ["backup_cmds", "cache_cmds", "cli", "cp_cmd", "lifecycle_cmds", "lineage_cmds", "main", "mount_cmds", "versions_cmds",
            "warm_cmd"]

@@ -29,6 +29,7 @@ from tierfs.data.warm import Warmer
 from tierfs.errors import Exists, NotEmpty, NotFound, NotPermitted, ReadOnly, leaf, to_errno
 from tierfs.fuse.attrs import AttrMaker
 from tierfs.fuse.passthrough import Mode, Passthrough
+from tierfs.lineage.recorder import LineageRecorder
 from tierfs.metrics import FUSE_SECONDS, Counters, observe
 from tierfs.namespace.inodes import ROOT_INODE, Node
 from tierfs.namespace.live import RESERVED, Namespace
@@ -112,6 +113,7 @@ class TierfsOperations(pyfuse3.Operations):
         self.read_only_prefixes: tuple[str, ...] = ()
         self.allow_delete = True
         self.warmer = warmer
+        self.lineage: LineageRecorder | None = None  # read-sets (tierfs/lineage/recorder.py)
         self.read_ahead_blocks = read_ahead_blocks
         self.ns = namespace
         self.reader = reader
@@ -215,6 +217,8 @@ class TierfsOperations(pyfuse3.Operations):
         node, ref, keep_cache = await self.ns.open(inode)
         if self.warmer is not None:
             self.warmer.opened(node.path)
+        if self.lineage is not None:
+            self.lineage.opened(node.path, ref, node.mtime_ns, getattr(ctx, "pid", 0))
         try:
             mode, backing_id = await self.passthrough.open_read(inode, ref)
         except BaseException:
@@ -576,9 +580,13 @@ class TierfsOperations(pyfuse3.Operations):
         except Refused as exc:
             raise pyfuse3.FUSEError(exc.errno) from None
 
-    async def control(self, req: dict[str, Any]) -> None:
+    async def control(self, req: dict[str, Any]) -> dict[str, Any] | None:
         """Carry out a control request (from the socket or a setxattr); ``Refused`` with the reason if not."""
         op = req.get("op")
+        if isinstance(op, str) and op.startswith("lineage_"):
+            if self.lineage is None:
+                raise Refused(errno.EROFS, "this mount records no lineage")
+            return await self.lineage.control(req)
         if op == "log_level":
             level = str(req.get("level", "")).strip().upper()
             if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -598,6 +606,7 @@ class TierfsOperations(pyfuse3.Operations):
                 raise Refused(errno.ENOENT, f"{exc}") from None
         else:
             raise Refused(errno.EINVAL, f"no such request: {op!r}")
+        return None
 
     async def removexattr(self, *args: Any) -> None:
         raise pyfuse3.FUSEError(errno.EROFS)

@@ -167,15 +167,70 @@ def create_snapshot(
         creator=f"{getpass.getuser()}@{socket.gethostname()}", metadata=dict(metadata or {}),
     )
     if mode != "copy":
-        return _create(store, prefix, base, meta, None, jobs, on_progress, part_entries)
+        return _create(store, walk_sorted(store, prefix), base, meta, _freezer(store, meta.mode, None), jobs,
+                       on_progress, part_entries)
     # Copy mode reuses copies already in the lake: none may be collected by a gc until this is committed.
     with creating(store, LAKE_LEASES, "snapshot", "gc"):
         meta.created_at = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")  # after any wait for a gc
-        return _create(store, prefix, base, meta, _Previous.of(store, dataset), jobs, on_progress, part_entries)
+        return _create(store, walk_sorted(store, prefix), base, meta,
+                       _freezer(store, meta.mode, _Previous.of(store, dataset)), jobs, on_progress, part_entries)
 
 
-def _create(store: ObjectStore, prefix: str, base: str, meta: SnapshotMeta, previous: _Previous | None, jobs: int,
-            on_progress: Callable[[Progress], None] | None, part_entries: int | None) -> SnapshotMeta:
+#: How one file becomes its manifest entry: (directory in the snapshot, its listing entry, the creation's run id,
+#: the progress to count it in) -> the entry, or None to leave it out.
+Freeze = Callable[[str, Entry, str, Progress], "ManifestEntry | None"]
+
+
+def _freezer(store: ObjectStore, mode: str, previous: _Previous | None) -> Freeze:
+    return lambda rel, e, run, progress: _freeze(store, rel, e, mode, previous, progress, run)
+
+
+def create_from_files(store: ObjectStore, dataset: str, name: str, prefix: str, files: dict[str, Entry],
+                      freeze: Freeze, message: str = "", metadata: dict[str, Any] | None = None, jobs: int = 32,
+                      before_commit: Callable[[], None] | None = None) -> SnapshotMeta:
+    """A snapshot of exactly ``files`` (path under ``prefix`` -> its listing entry, ref included), not of a walk.
+
+    ``freeze`` makes each file's entry (a read-set's pin passes its own, which never takes a newer version);
+    ``before_commit`` may refuse the snapshot (raise) once every entry is made and before it becomes visible.
+    """
+    dataset, prefix = validate_name("dataset", dataset), prefix.strip("/")
+    validate_name("snapshot", name)
+    base = snapshot_dir(dataset, name)
+    if store.exists(f"{base}/meta.json"):
+        raise UserError(f"snapshot {dataset}@{name} already exists; snapshots are immutable, choose another name")
+    meta = SnapshotMeta(
+        dataset=dataset, name=name, prefix=prefix, mode="pinned" if store.version_aware else "copy",
+        message=message, created_at="", creator=f"{getpass.getuser()}@{socket.gethostname()}",
+        metadata=dict(metadata or {}),
+    )
+    with creating(store, LAKE_LEASES, "snapshot", "gc"):  # (the copies it names must outlive any gc meanwhile)
+        meta.created_at = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+        return _create(store, tree_of(files), base, meta, freeze, jobs, None, None, before_commit)
+
+
+def tree_of(files: dict[str, Entry]) -> Iterator[tuple[str, list[Entry]]]:
+    """``files`` (path -> entry named by its last component) as walk_sorted yields a lake's: directory order."""
+    children: dict[str, dict[str, Entry]] = {"": {}}
+    for path, entry in files.items():
+        parts = path.split("/")
+        for i in range(len(parts) - 1):
+            parent, sub = "/".join(parts[:i]), parts[i]
+            children.setdefault(parent, {}).setdefault(sub, Entry(sub, True))
+            children.setdefault(_join(parent, sub), {})
+        children.setdefault("/".join(parts[:-1]), {})[parts[-1]] = entry
+    heap = [""]
+    while heap:
+        rel = heapq.heappop(heap)
+        entries = sorted(children.get(rel, {}).values(), key=lambda e: e.name)
+        for e in entries:
+            if e.is_dir:
+                heapq.heappush(heap, _join(rel, e.name))
+        yield rel, entries
+
+
+def _create(store: ObjectStore, tree: Iterator[tuple[str, list[Entry]]], base: str, meta: SnapshotMeta,
+            freeze: Freeze, jobs: int, on_progress: Callable[[Progress], None] | None, part_entries: int | None,
+            before_commit: Callable[[], None] | None = None) -> SnapshotMeta:
     progress = Progress()
     writer = ManifestWriter(store.put_bytes, base, part_entries or 20_000)
     run = uuid.uuid4().hex[:12]
@@ -191,13 +246,13 @@ def _create(store: ObjectStore, prefix: str, base: str, meta: SnapshotMeta, prev
     pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="snapshot")
     written = 0
     try:
-        for rel, entries in walk_sorted(store, prefix):
+        for rel, entries in tree:
             for e in entries:  # files and directories share the (parent, name) order
                 if e.is_dir:
                     window.append(ManifestEntry(rel, e.name, True))
                     meta.dir_count += 1
                 else:
-                    window.append(pool.submit(_freeze, store, rel, e, meta.mode, previous, progress, run))
+                    window.append(pool.submit(freeze, rel, e, run, progress))
                 while len(window) > limit:
                     write_oldest()
                     written += 1
@@ -219,6 +274,8 @@ def _create(store: ObjectStore, prefix: str, base: str, meta: SnapshotMeta, prev
     meta.file_count = progress.files
     meta.total_size = progress.bytes
     meta.parts = writer.finish()
+    if before_commit is not None:
+        before_commit()
     store.put_bytes(f"{base}/meta.json", meta.to_json())  # the commit point
     log.info("snapshot %s@%s: %d files, %d bytes, mode %s", meta.dataset, meta.name, meta.file_count,
              meta.total_size, meta.mode)
