@@ -10,7 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from helpers import SeaweedS3, mounted, random_bytes, run_tierfs, wait_for, write_tree
+from helpers import SeaweedS3, drop_page_cache, mounted, random_bytes, run_tierfs, wait_for, write_tree
 
 pytestmark = pytest.mark.mount
 
@@ -125,9 +125,19 @@ def test_a_shard_rewritten_upstream_shows_its_new_members(tmp_path: Path) -> Non
         shard = m.mountpoint / "wds/s.tar"
         assert sorted(os.listdir(shard)) == ["x.txt", "y.txt"]
         assert (shard / "x.txt").read_bytes() == b"old x"
-        tmp = root / "wds/.s.tar.new"
-        tmp.write_bytes(new)
-        os.replace(tmp, root / "wds/s.tar")
+        fd = os.open(shard / "y.txt", os.O_RDONLY)
+        try:
+            tmp = root / "wds/.s.tar.new"
+            tmp.write_bytes(new)
+            os.replace(tmp, root / "wds/s.tar")
+            drop_page_cache()
+            # Opened before the rewrite: the old shard's bytes (from the cache) or EIO, never the new ones.
+            try:
+                assert os.pread(fd, 100, 0) == b"old y"
+            except OSError as exc:
+                assert exc.errno == errno.EIO
+        finally:
+            os.close(fd)
         wait_for(lambda: sorted(os.listdir(shard)) == ["x.txt", "z.txt"], 30, "the new members")
         wait_for(lambda: (shard / "x.txt").read_bytes() == b"new x!", 30, "the new bytes")
         assert (shard / "z.txt").read_bytes() == b"z"
