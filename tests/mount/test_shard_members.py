@@ -181,3 +181,27 @@ def test_members_of_a_shard_on_s3(s3_server: SeaweedS3, tmp_path: Path) -> None:
                  "--shard-members", "datasets/wds", config=cfg) as m:
         check_shard(m.mountpoint / "datasets/wds/shard-000.tar", raw)
         assert m.backend_bytes() <= len(raw)
+
+
+def test_the_next_mount_reads_the_kept_index_and_cache_clear_removes_it(tmp_path: Path) -> None:
+    raw = make_tar(wds_members(8, seed=60))
+    root = tmp_path / "lake"
+    write_tree(root, {"wds/s.tar": raw})
+    args = (f"file://{root}", tmp_path / "mnt", tmp_path / "cache", "--shard-members", "wds", "--cache-size", "0")
+    with mounted(*args) as m:  # (no disk tier: no index kept either, and no blocks to find next time)
+        assert sorted(os.listdir(m.mountpoint / "wds/s.tar"))
+        assert m.stats()["shards"]["index_builds"] == 1
+    cache = tmp_path / "cache2"
+    args = (f"file://{root}", tmp_path / "mnt", cache, "--shard-members", "wds")
+    with mounted(*args) as m:
+        tree_bytes(m.mountpoint / "wds/s.tar")
+        assert m.stats()["shards"]["index_builds"] == 1
+        m.fills_settled()
+    with mounted(*args) as m:
+        assert tree_bytes(m.mountpoint / "wds/s.tar") == extracted(raw)
+        shards = m.stats()["shards"]
+        assert (shards["index_builds"], shards["index_loads"]) == (0, 1)
+        assert m.backend_bytes() == 0  # every member from the disk tier
+    assert (cache / "shards").exists()
+    run_tierfs("cache", "clear", "--cache-dir", str(cache), "--yes", check=True)
+    assert not (cache / "shards").exists()

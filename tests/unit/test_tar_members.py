@@ -143,3 +143,11 @@ async def test_the_index_is_built_once_per_identity_and_kept_on_disk(tmp_path: P
     changed = ObjectRef("wds/s.tar", len(raw), etag="e2")  # rewritten upstream: a new index
     await again.tree(changed, reader_of(raw))
     assert again.stats.get("index_builds") == 1
+
+
+async def test_the_index_directory_keeps_at_most_max_files(tmp_path: Path) -> None:
+    raw = make_tar({"a": b"a"})
+    idx = ShardIndexes(tmp_path / "shards", trio.CapacityLimiter(2), keep=1, max_files=3)
+    for i in range(5):
+        await idx.tree(ObjectRef(f"s{i}.tar", len(raw), etag="e"), reader_of(raw))
+    assert len(list((tmp_path / "shards").glob("*.json"))) == 3

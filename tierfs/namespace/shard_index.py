@@ -7,6 +7,8 @@ file, ``<cache>/shards/<digest>.json`` (directory 0700, files 0600, written to
 a temp name, fsync'd and renamed). A listing or a lookup is one read of that
 index: from memory while a few recent ones are kept there, else one file
 read. Concurrent lookups of one shard share one build (single-flight).
+The directory keeps at most ``max_files`` indexes: past that, the least
+recently used go (a load marks its file used).
 
 A disk that refuses the file only costs the index's persistence: it is
 built again at the next mount.
@@ -37,9 +39,10 @@ SHARD_COUNTERS = ("index_reads", "index_loads", "index_builds", "index_errors", 
 
 
 class ShardIndexes:
-    def __init__(self, root: Path | None, limiter: trio.CapacityLimiter, keep: int = 16):
+    def __init__(self, root: Path | None, limiter: trio.CapacityLimiter, keep: int = 16, max_files: int = 10_000):
         """``root``: where index files go (None: memory only). ``keep``: indexes kept in memory."""
         self.root = root
+        self.max_files = max_files
         self.limiter = limiter  # (the manifest limiter: index files are read and written in its threads)
         self.stats = Counters(SHARD_COUNTERS)
         self._kept: OrderedDict[str, MemberTree] = OrderedDict()
@@ -84,7 +87,9 @@ class ShardIndexes:
 
     def _load(self, ident: str, ref: ObjectRef) -> dict[str, tuple[int, int]] | None:
         try:
-            raw = json.loads(self._path(ident).read_bytes())
+            path = self._path(ident)
+            raw = json.loads(path.read_bytes())
+            os.utime(path)  # (used: the last to go when the directory is trimmed)
             if raw.get("format") != FORMAT or raw.get("identity") != _identity(ref):
                 return None
             return {str(name): (int(off), int(size)) for name, off, size in raw["members"]}
@@ -111,9 +116,20 @@ class ShardIndexes:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+            self._trim()
         except OSError as exc:
             log.warning("member index of shard %s not kept on disk (%s): built again at the next mount",
                         ref.key, exc)
+
+
+    def _trim(self) -> None:
+        assert self.root is not None
+        files = list(self.root.glob("*.json"))
+        if len(files) <= self.max_files:
+            return
+        aged = sorted(files, key=lambda p: p.stat().st_mtime if p.exists() else 0.0)
+        for old in aged[: len(files) - self.max_files]:
+            old.unlink(missing_ok=True)
 
 
 def _identity(ref: ObjectRef) -> str:
