@@ -205,3 +205,21 @@ def test_the_next_mount_reads_the_kept_index_and_cache_clear_removes_it(tmp_path
     assert (cache / "shards").exists()
     run_tierfs("cache", "clear", "--cache-dir", str(cache), "--yes", check=True)
     assert not (cache / "shards").exists()
+
+
+def test_reading_a_large_member_sequentially_reads_ahead(tmp_path: Path) -> None:
+    big = {"a.bin": random_bytes(3 << 20, seed=70), "b.bin": random_bytes(2 << 20, seed=71)}
+    raw = make_tar(big)
+    root = tmp_path / "lake"
+    write_tree(root, {"wds/s.tar": raw})
+    with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache", "--block-size", "64KiB",
+                 "--shard-members", "wds", "--no-passthrough") as m:
+        shard = m.mountpoint / "wds/s.tar"
+        assert sorted(os.listdir(shard)) == ["a.bin", "b.bin"]  # (the index: header blocks only)
+        before = m.stats()["prefetched_blocks"]
+        with open(shard / "a.bin", "rb", buffering=0) as fh:
+            got = b"".join(iter(lambda: fh.read(128 << 10), b""))
+        assert got == big["a.bin"]
+        assert m.stats()["prefetched_blocks"] > before
+        assert (shard / "b.bin").read_bytes() == big["b.bin"]
+        assert m.backend_bytes() <= len(raw)
