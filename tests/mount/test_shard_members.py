@@ -107,6 +107,12 @@ def test_a_config_prefix_and_a_malformed_shard(tmp_path: Path) -> None:
     with mounted(f"file://{root}", tmp_path / "mnt", tmp_path / "cache", config=cfg) as m:
         wds = m.mountpoint / "wds"
         assert os.listdir(wds / "junk.tar") == []
+        for attempt in (lambda: os.rmdir(wds / "junk.tar"), lambda: os.rename(wds / "junk.tar", wds / "moved"),
+                        lambda: os.rename(wds / "ok.tar/a.txt", wds / "a.txt")):
+            with pytest.raises(OSError) as e:
+                attempt()
+            assert e.value.errno == errno.EROFS
+        assert (root / "wds/junk.tar").read_bytes() == random_bytes(4096, seed=3)  # the object is untouched
         assert os.listdir(wds / "cut.tar") == ["a.txt"]  # what parsed before the damage
         assert (wds / "cut.tar/a.txt").read_bytes() == b"A" * 5000
         assert tree_bytes(wds / "ok.tar") == extracted(good)

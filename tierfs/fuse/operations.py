@@ -444,6 +444,8 @@ class TierfsOperations(pyfuse3.Operations):
         parent, path = self._new_name(parent_inode, name)
         writer = self._writer_for(parent)
         node = await self.ns.lookup(parent_inode, os.fsdecode(name))
+        if node.read_only:
+            raise ReadOnly(path)  # (a tar shard shown as a directory: the object is no directory to remove)
         if not node.is_dir:
             raise NotADirectoryError(path)
         if await self.ns.list_dir(node.inode):
@@ -476,8 +478,8 @@ class TierfsOperations(pyfuse3.Operations):
             dst: Node | None = await self.ns.lookup(parent_new, os.fsdecode(name_new))
         except NotFound:
             dst = None
-        if holds(old, self.read_only_prefixes):
-            raise ReadOnly(old)  # it would take a read-only part of the lake along
+        if holds(old, self.read_only_prefixes) or src.read_only or (dst is not None and dst.read_only):
+            raise ReadOnly(old)  # it would take a read-only part of the lake along (or move a tar shard's view)
         if dst is not None:
             if flags & RENAME_NOREPLACE:
                 raise Exists(new)
