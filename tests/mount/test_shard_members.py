@@ -184,9 +184,14 @@ def test_members_of_a_shard_on_s3(s3_server: SeaweedS3, tmp_path: Path) -> None:
     s3_server.upload("shards", {"datasets/wds/shard-000.tar": raw})
     cfg = s3_server.s3_config(tmp_path / "s3.toml")
     with mounted("s3://shards", tmp_path / "mnt", tmp_path / "cache", "--block-size", "16KiB",
-                 "--shard-members", "datasets/wds", config=cfg) as m:
-        check_shard(m.mountpoint / "datasets/wds/shard-000.tar", raw)
+                 "--metadata-ttl", "1", "--shard-members", "datasets/wds", config=cfg) as m:
+        shard = m.mountpoint / "datasets/wds/shard-000.tar"
+        check_shard(shard, raw)
         assert m.backend_bytes() <= len(raw)
+        # Rewritten in the bucket (a new ETag): its new members once the TTL has passed.
+        s3_server.upload("shards", {"datasets/wds/shard-000.tar": make_tar({"only.txt": b"rewritten"})})
+        wait_for(lambda: os.listdir(shard) == ["only.txt"], 30, "the rewritten shard's members")
+        assert (shard / "only.txt").read_bytes() == b"rewritten"
 
 
 def test_the_next_mount_reads_the_kept_index_and_cache_clear_removes_it(tmp_path: Path) -> None:
