@@ -363,9 +363,11 @@ WORKLOADS: list[tuple[str, Workload, StoreWorkload]] = [
 
 # -- systems -------------------------------------------------------------------------------
 class System:
-    def __init__(self, name: str, work: Path, server: SeaweedS3, local: Path, writable: bool = False):
+    def __init__(self, name: str, work: Path, server: SeaweedS3, local: Path, writable: bool = False,
+                 extra: tuple[str, ...] = ()):
         self.name, self.work, self.server, self.local = name, work, server, local
         self.writable = writable
+        self.extra = extra  # more `tierfs mount` flags (benchmarks/shard_members.py: --shard-members)
         self.mnt = work / f"mnt-{name}"
         self.cache = work / f"cache-{name}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -392,7 +394,7 @@ class System:
                 cfg.write_text(cfg.read_text() + "\n[fuse]\npassthrough = false\n")
             subprocess.run([sys.executable, "-m", "tierfs", "mount", f"s3://{BUCKET}", str(self.mnt),
                             "--config", str(cfg), "--cache-dir", str(self.cache), "--cache-size", "20GiB",
-                            "--ram-size", "2GiB", *([] if self.writable else ["--read-only"])],
+                            "--ram-size", "2GiB", *([] if self.writable else ["--read-only"]), *self.extra],
                            check=True, stdout=subprocess.DEVNULL)
             self.pid = int(os.getxattr(self.mnt, "user.tierfs.pid"))
             return

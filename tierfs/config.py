@@ -279,7 +279,7 @@ class _Key:
 #   [mount] mountpoint read_only   [write] part_size upload_concurrency rename_concurrency
 #   [metrics] listen   [metadata] ttl listing_memory listing_entries negative_ttl immutable_prefixes
 #   [fuse] workers allow_other allow_root nonempty uid gid umask file_mode dir_mode read_ahead_kb passthrough
-#   [log] level file max_size backups
+#   [log] level file max_size backups   [shards] prefixes
 #   [backup] secret_file
 _KEYS = [
     _Key("lake", "url", _lake_url, "lake_url"),
@@ -345,6 +345,7 @@ _KEYS = [
     _Key("metadata", "listing_entries", _count, "listing_entries"),
     _Key("metadata", "negative_ttl", _positive_float, "negative_ttl"),
     _Key("metadata", "immutable_prefixes", _prefixes, "immutable_prefixes"),
+    _Key("shards", "prefixes", _prefixes, "shard_prefixes"),
     _Key("fuse", "workers", _count, "fuse_workers"),
     _Key("fuse", "allow_other", _bool, "allow_other"),
     _Key("fuse", "nonempty", _bool, "allow_nonempty"),
@@ -442,6 +443,8 @@ class Settings:
     # Parts of the live view that never change (datasets): their metadata is cached until remount, and they
     # refuse writes as read_only_prefixes do.
     immutable_prefixes: tuple[str, ...] = ()
+    # Where a .tar object (a tar or WebDataset shard) is shown as a read-only directory of its members.
+    shard_prefixes: tuple[str, ...] = ()
     fuse_workers: int = 64
     allow_other: bool = False
     allow_root: bool = False  # the mounting user and root only (libfuse refuses the others)

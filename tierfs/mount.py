@@ -32,6 +32,8 @@ from tierfs.lineage.recorder import LineageRecorder
 from tierfs.metrics import BACKEND_SECONDS, FUSE_SECONDS, TIER_SECONDS, export_stats, latency_summary
 from tierfs.metrics import serve as serve_metrics
 from tierfs.namespace.live import Namespace
+from tierfs.namespace.shard_index import ShardIndexes
+from tierfs.namespace.shards import ShardView
 from tierfs.secrecy import read_secret
 from tierfs.store.objects import ObjectStore
 from tierfs.store.upload import Uploader
@@ -85,6 +87,7 @@ class Components:
             "listing_entries_cached": len(self.namespace.listings),
             "listing_bytes_cached": self.namespace.listings.bytes_held,
             "manifests": self.namespace.snapshots.stats(),
+            "shards": self.namespace.shards.indexes.stats.snapshot() if self.namespace.shards is not None else {},
             "stale_to_refresh": self.namespace.outage.pending(),
             "fills": self.chain.fills.stats.snapshot(),
             "writes": self.writer.stats.snapshot() if self.writer is not None else {},
@@ -129,11 +132,14 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
     reader = BlockReader(store, chain, settings.block_size, limiters.read, limiters.prefetch,
                          settings.prefetch_memory)
     disk = next((t for t in tiers if isinstance(t, DiskTier)), None)
+    shards = ShardView(settings.shard_prefixes, shard_indexes(disk, limiters.manifest), reader) \
+        if settings.shard_prefixes else None
     namespace = Namespace(store, settings.metadata_ttl, settings.listing_entries, limiters.metadata,
                           fetch=lambda key: fetch_through_tiers(store, reader, limiters.manifest, key),
                           manifest_limiter=limiters.manifest, negative_ttl=settings.negative_ttl,
                           immutable_prefixes=settings.immutable_prefixes,
-                          manifest_indexes=manifest_indexes(settings, disk), listing_memory=settings.listing_memory)
+                          manifest_indexes=manifest_indexes(settings, disk), listing_memory=settings.listing_memory,
+                          shards=shards)
     file_mode, dir_mode = settings.modes()
     attrs = AttrMaker(settings.metadata_ttl, settings.block_size, uid=settings.uid, gid=settings.gid,
                       file_mode=file_mode, dir_mode=dir_mode)
@@ -166,6 +172,13 @@ def manifest_indexes(settings: Settings, disk: DiskTier | None) -> ManifestIndex
     if disk is None or disk.sealer is not None:
         return ManifestIndexes(None)
     return ManifestIndexes(disk.root / "manifests", max_bytes=max(1 << 30, settings.cache_size // 8))
+
+
+def shard_indexes(disk: DiskTier | None, limiter: trio.CapacityLimiter) -> ShardIndexes:
+    """Shards' member indexes beside the disk tier, kept across mounts; without one (or with a cache key: an
+    index holds member names in plaintext), in memory only."""
+    root = disk.root / "shards" if disk is not None and disk.sealer is None else None
+    return ShardIndexes(root, limiter)
 
 
 def redis_settings(settings: Settings) -> RedisSettings:

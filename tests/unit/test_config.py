@@ -209,3 +209,18 @@ def test_credentials_in_a_lake_url_are_refused(url: str) -> None:
                                  "s3://bucket/key@2x", "memory://x"])
 def test_an_at_sign_that_is_no_credential_is_taken(url: str) -> None:
     assert load(None, {"lake_url": url}).lake_url == url
+
+
+def test_shard_prefixes_from_the_config_and_mount_options(tmp_path: Path) -> None:
+    from tierfs.cli import mount_options
+
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[shards]\nprefixes = ["datasets/wds/", "/laion"]\n')
+    assert load(cfg).shard_prefixes == ("datasets/wds", "laion")
+    cfg.write_text('[shards]\nprefixes = "datasets/wds"\n')  # (one string: one prefix, as a flag gives it)
+    assert load(cfg).shard_prefixes == ("datasets/wds",)
+    cfg.write_text("[shards]\nprefixes = [1]\n")
+    with pytest.raises(ConfigError, match=r"\[shards\] prefixes = \[1\] is not allowed; expected a list of lake prefixes"):
+        load(cfg)
+    opts = mount_options.parse(("shard_members=datasets/a:datasets/b/",))
+    assert load(None, opts.overrides).shard_prefixes == ("datasets/a", "datasets/b")

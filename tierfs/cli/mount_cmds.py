@@ -88,6 +88,9 @@ PID_XATTR = "user.tierfs.pid"
               help="A part of the live view that never changes (repeat for more), e.g. datasets/imagenet/: its "
                    "listings and attributes are cached until remount, and it refuses writes.  "
                    "[config: [metadata] immutable_prefixes]")
+@click.option("--shard-members", "shard_prefixes", multiple=True, metavar="PREFIX",
+              help="Show each .tar object under PREFIX (a tar or WebDataset shard; repeat for more) as a read-only "
+                   "directory of its members, e.g. datasets/wds/.  [config: [shards] prefixes]")
 @click.option("--no-delete", "no_delete", is_flag=True, default=None,
               help="Refuse unlink, rmdir and rename over a file (EPERM), so rm -rf on one node cannot wipe the lake.  "
                    "[config: [mount] allow_delete = false]")
@@ -106,7 +109,8 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
           log_file: str | None, log_level: str | None, read_only: bool | None, allow_other: bool | None,
           allow_root: bool | None, uid: str | None, gid: str | None, umask: str | None, file_mode: str | None,
           dir_mode: str | None, allow_nonempty: bool | None, no_passthrough: bool | None,
-          read_only_prefixes: tuple[str, ...], immutable_prefixes: tuple[str, ...], no_delete: bool | None,
+          read_only_prefixes: tuple[str, ...], immutable_prefixes: tuple[str, ...],
+          shard_prefixes: tuple[str, ...], no_delete: bool | None,
           allow_readable_secrets: bool, options: tuple[str, ...], foreground: bool, ready_fd: int | None,
           log_to_file: bool) -> None:
     """Mount LAKE_URL at MOUNTPOINT.
@@ -136,6 +140,7 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
             "metrics_listen": metrics_listen, "read_only": read_only or None,
             "read_only_prefixes": list(read_only_prefixes) or None, "allow_delete": False if no_delete else None,
             "immutable_prefixes": list(immutable_prefixes) or None,
+            "shard_prefixes": list(shard_prefixes) or None,
         }.items() if v is not None}})
         settings = replace(settings, allow_readable_secrets=allow_readable_secrets)
         exposed = "; ".join(n for n in (

@@ -23,12 +23,13 @@ _VALUED = {
     "metadata_ttl": "metadata_ttl", "log_file": "log_file", "log_level": "log_level", "metrics": "metrics_listen",
     "read_only_prefixes": "read_only_prefixes",  # read_only_prefixes=datasets:raw (':' between prefixes)
     "immutable_prefixes": "immutable_prefixes",  # immutable_prefixes=datasets/imagenet:datasets/coco
+    "shard_members": "shard_prefixes",  # shard_members=datasets/wds:datasets/laion
     "endpoint": "s3_endpoint_url", "region": "s3_region", "profile": "s3_profile",
     "uid": "uid", "gid": "gid", "umask": "umask", "file_mode": "file_mode", "dir_mode": "dir_mode",
 }
 #: Options that carry a list: ':' between its items (fstab's ',' already separates options). Given twice, the
 #: last one wins, as for every option: one option names the whole list.
-_LISTS = frozenset({"read_only_prefixes", "immutable_prefixes"})
+_LISTS = frozenset({"read_only_prefixes", "immutable_prefixes", "shard_members"})
 #: flags -> (Settings attribute, value)
 _FLAGS: dict[str, tuple[str, Any]] = {
     "ro": ("read_only", True), "rw": ("read_only", False), "read_only": ("read_only", True),

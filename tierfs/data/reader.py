@@ -107,7 +107,7 @@ class BlockReader:
             self._nursery.start_soon(self._prefetch, ref, index)
         self.window_peak = max(self.window_peak, ra.peak * self.block_size)
 
-    def read_first_block(self, ref: ObjectRef) -> None:
+    def read_first_block(self, ref: ObjectRef, index: int = 0) -> None:
         """An open for reading: fetch block 0 now, so the READ that follows joins a fetch already under way.
 
         On a cold file this takes the OPEN reply and the READ request's round
@@ -115,13 +115,13 @@ class BlockReader:
         demand read (the kernel reads what it opens); a failure is only
         logged here, and the READ asks again and reports.
         """
-        if self._nursery is None or ref.size == 0 or self.chain.in_loop_holds(ref.block_key(0, self.block_size)):
+        if self._nursery is None or ref.size == 0 or self.chain.in_loop_holds(ref.block_key(index, self.block_size)):
             return
-        self._nursery.start_soon(self._first_block, ref)
+        self._nursery.start_soon(self._first_block, ref, index)
 
-    async def _first_block(self, ref: ObjectRef) -> None:
+    async def _first_block(self, ref: ObjectRef, index: int) -> None:
         try:
-            await self.block(ref, 0)
+            await self.block(ref, index)
         except Exception as exc:
             log.debug("first block of %s at open failed: %s", ref.key, exc)
 
@@ -175,6 +175,17 @@ class BlockReader:
         data = parts[0][skip : skip + length] if len(parts) == 1 else b"".join(parts)[skip : skip + length]
         self.chain.served(source, len(data))
         return data, source
+
+    async def read_part(self, ref: ObjectRef, base: int, size: int, offset: int, length: int,
+                        ra: ReadAhead | None = None) -> tuple[bytes, str]:
+        """Bytes [offset, offset+length) of the ``size`` bytes of ``ref`` that start at ``base`` (a member of a
+        tar shard), short at their end; ``ra``: the handle's read-ahead, advised in the shard's offsets."""
+        end = min(offset + length, size)
+        if offset >= end:
+            return b"", ""
+        if ra is not None:
+            self.read_ahead(ra, ref, base + offset, end - offset)
+        return await self.read(ref, base + offset, end - offset)
 
     async def block(self, ref: ObjectRef, index: int, limiter: trio.CapacityLimiter | None = None,
                     wait_for_fill: bool = False, fill: bool = True) -> tuple[bytes, str]:

@@ -90,6 +90,8 @@ class _FileHandle:
     writable: bool = False
     mode: Mode = Mode.CACHED  # how the kernel serves it (passthrough.py)
     ino: int = 0  # the inode the kernel opened (the node's may differ once its name means another)
+    base: int = -1  # a member of a tar shard: its bytes are ``size`` bytes of ``ref``'s from here
+    size: int = 0
 
 
 @dataclass
@@ -215,6 +217,8 @@ class TierfsOperations(pyfuse3.Operations):
                 staged.handles += 1
                 return self._new_handle(node, staged, writable=False)
         node, ref, keep_cache = await self.ns.open(inode)
+        if node.base >= 0:
+            return self._open_member(node, ref, keep_cache, inode)
         if self.warmer is not None:
             self.warmer.opened(node.path)
         if self.lineage is not None:
@@ -237,6 +241,22 @@ class TierfsOperations(pyfuse3.Operations):
         # A read-only open has nothing to flush at close: no FLUSH round trip.
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache and mode is Mode.CACHED,
                                 backing_id=backing_id, noflush=True)
+
+    def _open_member(self, node: Node, ref: ObjectRef, keep_cache: bool, inode: int) -> pyfuse3.FileInfo:
+        """A member of a tar shard: read through the page cache (never passed through: the disk tier's file
+        is the whole shard's), from its first byte in the shard on."""
+        try:
+            self._page_cache_open(node)
+        except BaseException:
+            self.ns.release(node)
+            raise
+        ra = ReadAhead(self.reader.block_size, self.read_ahead_blocks)
+        ra.next_offset = node.base  # (sequential from the member's start)
+        fh = next(self._fh)
+        self._files[fh] = _FileHandle(node, ref, ra, ino=inode, base=node.base, size=node.size)
+        if not keep_cache and node.size:
+            self.reader.read_first_block(ref, node.base // self.reader.block_size)
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache, noflush=True)
 
     def _page_cache_open(self, node: Node) -> None:
         """Count an open the kernel serves through its page cache; never one of an inode passed through."""
@@ -277,10 +297,13 @@ class TierfsOperations(pyfuse3.Operations):
         if handle.staged is not None and self.writer is not None:
             handle.node.last_tier = "staged"
             return await self.writer.read(handle.staged, off, size)
-        # Advice as the read arrives, not as it completes: the kernel sends several at once.
-        self.reader.read_ahead(handle.ra, handle.ref, off, size)
         try:
-            data, source = await self.reader.read(handle.ref, off, size)
+            if handle.base >= 0:
+                data, source = await self.reader.read_part(handle.ref, handle.base, handle.size, off, size, handle.ra)
+            else:
+                # Advice as the read arrives, not as it completes: the kernel sends several at once.
+                self.reader.read_ahead(handle.ra, handle.ref, off, size)
+                data, source = await self.reader.read(handle.ref, off, size)
         except Exception as exc:
             # The object was rewritten upstream since this file was opened: this
             # read is EIO (never the new bytes under the old identity), and the
@@ -325,7 +348,7 @@ class TierfsOperations(pyfuse3.Operations):
         if handle is None:
             return
         self.passthrough.release(handle.ino, handle.mode)
-        if handle.mode is Mode.CACHED and handle.staged is None:
+        if handle.mode is Mode.CACHED and handle.staged is None and handle.base < 0:
             self.passthrough.assemble_soon(handle.ref)  # read through: passed through from its next open, if whole
         if handle.staged is not None and self.writer is not None and self.writer.release(handle.staged):
             # What this mount knew of the file came from writes that were thrown
@@ -425,6 +448,8 @@ class TierfsOperations(pyfuse3.Operations):
         parent, path = self._new_name(parent_inode, name)
         writer = self._writer_for(parent)
         node = await self.ns.lookup(parent_inode, os.fsdecode(name))
+        if node.read_only:
+            raise ReadOnly(path)  # (a tar shard shown as a directory: the object is no directory to remove)
         if not node.is_dir:
             raise NotADirectoryError(path)
         if await self.ns.list_dir(node.inode):
@@ -457,8 +482,8 @@ class TierfsOperations(pyfuse3.Operations):
             dst: Node | None = await self.ns.lookup(parent_new, os.fsdecode(name_new))
         except NotFound:
             dst = None
-        if holds(old, self.read_only_prefixes):
-            raise ReadOnly(old)  # it would take a read-only part of the lake along
+        if holds(old, self.read_only_prefixes) or src.read_only or (dst is not None and dst.read_only):
+            raise ReadOnly(old)  # it would take a read-only part of the lake along (or move a tar shard's view)
         if dst is not None:
             if flags & RENAME_NOREPLACE:
                 raise Exists(new)

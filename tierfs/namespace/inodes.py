@@ -35,6 +35,7 @@ class Node:
     __slots__ = (
         "inode", "parent", "name", "is_dir", "size", "mtime_ns", "_ref", "named",
         "lookups", "opens", "checked_at", "cached_ref", "last_tier", "read_only", "immutable", "listed",
+        "base",
     )
 
     def __init__(self, inode: int, parent: str, name: str, is_dir: bool, read_only: bool = False,
@@ -55,6 +56,7 @@ class Node:
         self.read_only = read_only
         self.immutable = immutable  # in a snapshot or an immutable prefix: metadata and bytes never change
         self.listed = 0  # a directory: digest of the names the kernel may hold in its directory cache
+        self.base = -1  # a member of a tar shard: where its bytes start in its ref's (the shard's); -1: all of them
 
     @property
     def path(self) -> str:
@@ -137,7 +139,7 @@ class InodeTable:
 
     def upsert_child(self, parent: str, name: str, is_dir: bool, size: int, mtime_ns: int,
                      ref: ObjectRef | PackedRef | None, checked_at: float, read_only: bool = False,
-                     immutable: bool = False) -> Node:
+                     immutable: bool = False, base: int = -1) -> Node:
         """The node for ``name`` in directory ``parent``, created or updated with fresh metadata.
 
         A path that turned from file to directory (or back) gets a new inode.
@@ -155,7 +157,7 @@ class InodeTable:
             node = Node(next(self._next), parent, name, is_dir, read_only, immutable)
             self._by_inode[node.inode] = node
             self._track(node, parent)
-        node.size, node.mtime_ns, node._ref, node.checked_at = size, mtime_ns, ref, checked_at
+        node.size, node.mtime_ns, node._ref, node.checked_at, node.base = size, mtime_ns, ref, checked_at, base
         return node
 
     def rename(self, old: str, new: str) -> None:

@@ -32,6 +32,7 @@ from tierfs.namespace.inodes import ROOT_INODE, InodeTable, Node, PackedRef
 from tierfs.namespace.listings import Listing, ListingCache
 from tierfs.namespace.overlay import Overlay
 from tierfs.namespace.prefixes import under
+from tierfs.namespace.shards import ShardEntry, ShardView
 from tierfs.namespace.snapshots import SNAPSHOTS_DIR, Fetch, SnapshotTree, in_tree, is_immutable
 from tierfs.namespace.stale import LISTING, STAT, Outage
 from tierfs.refs import ObjectRef
@@ -52,13 +53,16 @@ class Namespace:
     def __init__(self, store: ObjectStore, ttl: float, listing_entries: int, limiter: trio.CapacityLimiter,
                  fetch: Fetch | None = None, manifest_limiter: trio.CapacityLimiter | None = None,
                  negative_ttl: float = 0.0, immutable_prefixes: tuple[str, ...] = (),
-                 manifest_indexes: ManifestIndexes | None = None, listing_memory: int | None = None):
+                 manifest_indexes: ManifestIndexes | None = None, listing_memory: int | None = None,
+                 shards: ShardView | None = None):
         """``limiter``: the metadata limiter (listings, stats). ``fetch``: whole lake objects (manifests).
         ``manifest_indexes``: where snapshots' manifests are indexed locally (None: their parts are kept in memory).
-        ``listing_memory``: the listing cache's bound in bytes (None: 400 bytes an entry)."""
+        ``listing_memory``: the listing cache's bound in bytes (None: 400 bytes an entry).
+        ``shards``: which tar shards are shown as directories of their members (None: none)."""
         self.store = store
         self.ttl = ttl
         self.immutable_prefixes = immutable_prefixes
+        self.shards = shards
         self.inodes = InodeTable()
         self.listings = ListingCache(ttl, listing_entries, listing_memory)
         self.overlay = Overlay()  # what this mount wrote that the lake does not have yet
@@ -128,8 +132,12 @@ class Namespace:
         node = self.inodes.get(inode)
         if not node.is_dir:
             raise NotADirectory(node.path)
+        if self.shards is not None and self.shards.may_hold(node.path):
+            inside = await self._shard_of(node.path)
+            if inside is not None:
+                return await self.shards.list_dir(*inside)
         if in_tree(node.path):
-            return await self.snapshots.list_dir(node.path)
+            return self._shaped(node.path, await self.snapshots.list_dir(node.path))
         added = self.overlay.entries(node.path)
         try:
             entries = (await self._listing(node.path)).entries
@@ -143,7 +151,7 @@ class Namespace:
         if node.path == "":
             entries = [e for e in entries if e.name not in RESERVED]
             return sorted([*entries, Entry(SNAPSHOTS_DIR, True)], key=lambda e: e.name)
-        return entries
+        return self._shaped(node.path, entries)
 
     async def resolve(self, path: str) -> Entry:
         """What ``path`` (relative to the mount) names, without creating an inode for it."""
@@ -244,8 +252,50 @@ class Namespace:
         """Whether ``path`` lies in a part of the live view that never changes: what was seen of it holds."""
         return under(path, self.immutable_prefixes)
 
+    # -- tar shards ---------------------------------------------------------
+    def _lake_path(self, path: str) -> str | None:
+        return self.snapshots.lake_path(path) if in_tree(path) else path
+
+    def _shaped(self, parent: str, entries: list[Entry]) -> list[Entry]:
+        """A listing as the mount shows it: the shards in it are directories."""
+        shards = self.shards
+        if shards is None or not any(e.name.endswith(".tar") for e in entries):
+            return entries
+        return [shards.as_dir(e) if shards.is_shard(self._lake_path(_join(parent, e.name)), e) else e
+                for e in entries]
+
+    async def _shard_of(self, path: str) -> tuple[Entry, str] | None:
+        """The shard ``path`` is or lies in (its lake entry, and the path inside it: '' for itself), if any."""
+        assert self.shards is not None
+        parts = path.split("/")
+        for i, part in enumerate(parts):
+            if not part.endswith(".tar"):
+                continue
+            at = "/".join(parts[: i + 1])
+            parent, name = posixpath.split(at)
+            try:
+                entry = await self._plain_entry(at, parent, name)
+            except NotFound:
+                raise NotFound(path) from None
+            if self.shards.is_shard(self._lake_path(at), entry):
+                return entry, "/".join(parts[i + 1:])
+        return None
+
     # -- internals --------------------------------------------------------
     async def _any_entry(self, path: str, parent: str, name: str) -> Entry:
+        if self.shards is not None and self.shards.may_hold(path):
+            inside = await self._shard_of(path)
+            if inside is not None:
+                shard, inner = inside
+                if not inner:
+                    return self.shards.as_dir(shard)
+                try:
+                    return await self.shards.entry(shard, inner)
+                except FileNotFoundError:
+                    raise NotFound(path) from None
+        return await self._plain_entry(path, parent, name)
+
+    async def _plain_entry(self, path: str, parent: str, name: str) -> Entry:
         if in_tree(path):
             return await self.snapshots.entry(path)
         added = self.overlay.entry(path)
@@ -399,6 +449,7 @@ class Namespace:
 
     def _node_for(self, parent_path: str, entry: Entry) -> Node:
         path = _join(parent_path, entry.name)
+        member = isinstance(entry, ShardEntry)
         immutable = is_immutable(path) or self.under_immutable_prefix(path)
         if immutable:
             checked = 0.0  # (never checked again: one float for all of them)
@@ -406,10 +457,11 @@ class Namespace:
             listing = self.listings.get(parent_path)
             checked = listing.fetched_at if listing is not None else time.monotonic()
         ref: ObjectRef | PackedRef | None = entry.ref
-        if entry.ref is not None and immutable and in_tree(path):
+        if entry.ref is not None and immutable and in_tree(path) and not member:
             ref = self.snapshots.pack(parent_path, entry.name, entry.ref)  # (a third of the memory, for millions)
         return self.inodes.upsert_child(parent_path, entry.name, entry.is_dir, entry.size, entry.mtime_ns,
-                                        ref, checked, read_only=in_tree(path), immutable=immutable)
+                                        ref, checked, read_only=in_tree(path) or member, immutable=immutable,
+                                        base=entry.base if isinstance(entry, ShardEntry) else -1)
 
 
 def _join(parent: str, name: str) -> str:

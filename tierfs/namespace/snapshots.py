@@ -143,6 +143,14 @@ class SnapshotTree:
             return ref
         return PackedRef.of(ref, snap.root, snap.reader.meta.prefix, "/".join(parts[2:]), name)
 
+    def lake_path(self, path: str) -> str | None:
+        """Where the lake kept the file a path inside an open snapshot froze (None: not known here)."""
+        parts = self._split(path)
+        snap = self._readers.get((parts[0], parts[1])) if len(parts) >= 3 else None
+        if snap is None:
+            return None
+        return "/".join([p for p in snap.reader.meta.prefix.split("/") if p] + parts[2:])
+
     # -- internals --------------------------------------------------------
     @staticmethod
     def _split(path: str) -> list[str]:

@@ -31,7 +31,7 @@ from tierfs.tiers.seal import Sealer
 NOT_RECORDED = ("not recorded: the index keeps each block's digest (a one-way hash of its object's identity "
                 "and block number), size, checksum and age, not the object or prefix it belongs to")
 #: What a cache holds that `clear` removes, the index first (see ``clear``).
-_CACHE_PARTS = ("index", "index.rebuilt", "index.torn", "tmp", "blocks", "manifests")
+_CACHE_PARTS = ("index", "index.rebuilt", "index.torn", "tmp", "blocks", "manifests", "shards")
 MISSING = "in the index, no block file"
 
 
@@ -185,7 +185,7 @@ def hold_staging(root: Path) -> int | None:
 
 
 def clear(root: Path) -> tuple[int, int]:
-    """Remove the index, tmp/, the block files and manifests/; the caller holds the lock. Returns (block files,
+    """Remove the index, tmp/, the block files, manifests/ and shards/; the caller holds the lock. Returns (block files,
     bytes) freed.
 
     The index goes first: interrupted after it, the next start finds a new

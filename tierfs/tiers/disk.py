@@ -9,6 +9,7 @@ Layout of the cache dir (mode 0700)::
     blocks/ab/cd/…   one file per block, named by its key
     tmp/             blocks being written; emptied at start
     manifests/       snapshots' manifests, indexed (``versions/index_dir.py``)
+    shards/          tar shards' member indexes (``namespace/shard_index.py``)
 
 A block lands as temp file -> rename -> index entry, and leaves as index entry
 (marked pending) -> unlink -> pending cleared, so at any crash point the
@@ -418,7 +419,7 @@ class DiskTier(BackingFiles, Tier):
                         "encrypted while this mount has no key); starting it afresh", self.root)
         else:
             log.warning("disk cache %s has another layout; starting it afresh", self.root)
-        for sub in ("blocks", "index", "tmp", "manifests"):  # (manifests/: snapshots' manifest indexes)
+        for sub in ("blocks", "index", "tmp", "manifests", "shards"):  # (and the manifest and shard indexes)
             shutil.rmtree(self.root / sub, ignore_errors=True)
         self._write_layout(layout_text(want))
 
