@@ -16,11 +16,13 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from helpers import free_port, stop_process, wait_for
+from helpers import SeaweedS3, free_port, stop_process, wait_for
 
 
 class RedisCluster:
@@ -207,3 +209,51 @@ def netns(nodes: list[str], prefix: str = "10.77.0") -> Iterator[Netns]:
 def ns_pid(pid: int) -> Any:
     """The network namespace a process runs in (the inode of /proc/PID/ns/net)."""
     return os.stat(f"/proc/{pid}/ns/net").st_ino
+
+
+class HubSeaweed(SeaweedS3):
+    """SeaweedFS started inside the hub namespace (call ``start`` within ``in_netns(hub)``), on all its addresses.
+
+    The hub is a network of this test's own: listening on every address there
+    means its loopback (for the checks) and the bridge's address (for the nodes).
+    """
+
+    def __init__(self, data_dir: Path, hub: str, hub_ip: str):
+        super().__init__(data_dir)
+        self.hub = hub
+        self.hub_ip = hub_ip
+
+    @property
+    def node_endpoint(self) -> str:
+        return f"http://{self.hub_ip}:{self.s3_port}"
+
+    def start(self, s3_port: int | None = None, ip: str = "", bind: str = "0.0.0.0") -> HubSeaweed:
+        super().start(s3_port, ip=ip or self.hub_ip, bind=bind)
+        return self
+
+    def _wait_ready(self) -> None:
+        # From this thread (in the hub), not through fsspec's IO thread (which lives in the host's network).
+        def answers() -> bool:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.s3_port}/", timeout=2)
+            except urllib.error.HTTPError:
+                return True  # 403 to an anonymous caller: it is up
+            except OSError:
+                return False
+            return True
+
+        wait_for(answers, 60, "SeaweedFS S3 in the hub namespace")
+
+    def upload_dir(self, bucket: str, local: Path) -> None:
+        """Put every file under ``local`` into ``bucket`` (made here), from a process inside the hub."""
+        script = (
+            "import sys, s3fs\n"
+            "fs = s3fs.S3FileSystem(key=sys.argv[1], secret=sys.argv[2], skip_instance_cache=True,"
+            " client_kwargs={'endpoint_url': sys.argv[3]})\n"
+            "fs.mkdir(sys.argv[4])\n"
+            "fs.put(sys.argv[5].rstrip('/') + '/', sys.argv[4] + '/', recursive=True)\n"
+        )
+        res = subprocess.run(["ip", "netns", "exec", self.hub, sys.executable, "-c", script, self.ACCESS_KEY,
+                              self.SECRET_KEY, f"http://127.0.0.1:{self.s3_port}", bucket, str(local)],
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]

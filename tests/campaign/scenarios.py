@@ -756,3 +756,9 @@ def _run_ops_process() -> None:
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "ops":
     _run_ops_process()
+
+
+# The multi-node scenario lives in its own module (it needs the namespaces' helpers); it imports Result from here.
+from cluster_nodes import cluster_nodes  # noqa: E402
+
+SCENARIOS["cluster"] = cluster_nodes
