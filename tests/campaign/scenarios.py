@@ -758,7 +758,11 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "ops":
     _run_ops_process()
 
 
-# The multi-node scenario lives in its own module (it needs the namespaces' helpers); it imports Result from here.
-from cluster_nodes import cluster_nodes  # noqa: E402
+def _cluster_nodes(work: Path, size: str) -> Result:
+    """Three nodes in their own network namespaces, one Redis Cluster: tests/campaign/cluster_nodes.py."""
+    from cluster_nodes import cluster_nodes  # its own module (and it imports Result from this one)
 
-SCENARIOS["cluster"] = cluster_nodes
+    return cluster_nodes(work, size)
+
+
+SCENARIOS["cluster"] = _cluster_nodes
