@@ -28,8 +28,9 @@ from helpers import SeaweedS3, free_port, stop_process, wait_for
 class RedisCluster:
     """A Redis Cluster of ``shards`` primaries and no replicas, on ``host`` (inside ``netns`` if given)."""
 
-    def __init__(self, work: Path, shards: int = 3, host: str = "127.0.0.1", netns: str = ""):
+    def __init__(self, work: Path, shards: int = 3, host: str = "127.0.0.1", netns: str = "", password: str = ""):
         self.work = work
+        self.password = password
         self.host = host
         self.netns = netns
         self.ports = [free_port(10000) for _ in range(shards)]  # each with its cluster bus port, +10000
@@ -41,7 +42,11 @@ class RedisCluster:
     @property
     def url(self) -> str:
         """The seed node's URL (tierfs finds the other shards from it)."""
-        return f"redis://{self.host}:{self.ports[0]}"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.ports[0]}"
+
+    def _auth(self) -> list[str]:
+        return ["-a", self.password, "--no-auth-warning"] if self.password else []
 
     def start(self) -> RedisCluster:
         self.work.mkdir(parents=True, exist_ok=True)
@@ -54,12 +59,13 @@ class RedisCluster:
                     "redis-server", "--port", str(port), "--bind", self.host, "--save", "", "--appendonly", "no",
                     "--dir", str(d), "--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
                     "--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no",
-                    "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru", "--protected-mode", "no"),
+                    "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru", "--protected-mode", "no",
+                    *(["--requirepass", self.password, "--masterauth", self.password] if self.password else [])),
                     stdout=log, stderr=log)
                 log.close()
             for port in self.ports:
                 wait_for(lambda port=port: self.cli(port, "ping").stdout.strip() == "PONG", 20, f"redis on {port}")
-            res = subprocess.run(self._argv("redis-cli", "--cluster", "create",
+            res = subprocess.run(self._argv("redis-cli", *self._auth(), "--cluster", "create",
                                             *(f"{self.host}:{p}" for p in self.ports),
                                             "--cluster-replicas", "0", "--cluster-yes"),
                                  capture_output=True, text=True, timeout=60)
@@ -73,7 +79,7 @@ class RedisCluster:
         return self
 
     def cli(self, port: int, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self._argv("redis-cli", "-h", self.host, "-p", str(port), *args),
+        return subprocess.run(self._argv("redis-cli", *self._auth(), "-h", self.host, "-p", str(port), *args),
                               capture_output=True, text=True, timeout=20)
 
     def keys_per_shard(self) -> dict[int, int]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from cluster_helpers import RedisCluster
-from helpers import SeaweedS3, assert_one_line_error, is_mounted, mounted, random_bytes, run_tierfs
+from helpers import SeaweedS3, assert_one_line_error, is_mounted, mounted, random_bytes, run_tierfs, wait_for
 
 pytestmark = pytest.mark.mount
 KiB = 1024
@@ -147,3 +147,53 @@ def test_a_stalled_shard_costs_misses_never_errors(
         stats = b.stats()
         assert stats["tiers"]["redis"]["hits"] > 0 and stats["backend"]["bytes"] > 0
         assert stats["tiers"]["redis"]["errors"] >= 1
+
+
+@pytest.mark.parametrize(("auth", "said"), [("wrong-password", "refused the password"), ("", "wants a password")])
+def test_a_cluster_with_auth_and_a_wrong_or_no_password_stops_the_mount_in_one_line(
+        tmp_path: Path, auth: str, said: str) -> None:
+    cluster = RedisCluster(tmp_path / "cluster", password="right-password").start()
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "lake").mkdir()
+    try:
+        url = cluster.url.replace(":right-password@", f":{auth}@" if auth else "")
+        res = run_tierfs("mount", f"file://{tmp_path / 'lake'}", str(tmp_path / "mnt"), "--cache-dir",
+                         str(tmp_path / "c"), "--redis", url, "--redis-cluster")
+        assert_one_line_error(res, said)
+        assert "right-password" not in res.stderr and (not auth or auth not in res.stderr)
+    finally:
+        if is_mounted(tmp_path / "mnt"):
+            run_tierfs("umount", str(tmp_path / "mnt"))
+        cluster.stop()
+
+
+def test_a_cluster_absent_at_mount_time_is_used_once_it_answers(
+        s3_server: SeaweedS3, bucket: tuple[str, dict[str, bytes]], tmp_path: Path) -> None:
+    name, files = bucket
+    cfg = s3_server.s3_config(tmp_path / "s3.toml")
+    cluster = RedisCluster(tmp_path / "cluster")  # its ports are chosen; nothing listens there yet
+    try:
+        with mounted(f"s3://{name}", tmp_path / "a", tmp_path / "cache-a", "--block-size", "64KiB",
+                     "--redis", cluster.url, "--redis-cluster", config=cfg) as a:
+            assert "redis tier off" in a.output
+            unread = sorted(files)
+            for rel in unread[:8]:
+                assert (a.mountpoint / rel).read_bytes() == files[rel], rel
+            del unread[:8]
+            cluster.start()
+
+            def filled() -> bool:
+                """Read one more file (blocks no tier of A's holds): once the tier is back, they fill it."""
+                if unread:
+                    rel = unread.pop(0)
+                    assert (a.mountpoint / rel).read_bytes() == files[rel], rel
+                    a.fills_settled()
+                return sum(cluster.keys_per_shard().values()) > 0
+
+            wait_for(filled, 60, "the cluster to be used once it answers")
+            assert unread, "every file was read before the tier came back"
+            for rel in unread:
+                assert (a.mountpoint / rel).read_bytes() == files[rel], rel
+        assert "up again" in (tmp_path / "cache-a" / "tierfs.log").read_text()
+    finally:
+        cluster.stop()

@@ -144,9 +144,16 @@ class RedisTier(Tier):
             raise UserError(f"redis {where}: {exc}") from None
         except (redis.ConnectionError, redis.TimeoutError, redis.RedisClusterException, OSError) as exc:
             text = str(exc)
-            if "cluster mode is not enabled" in text.lower():
+            low = text.lower()
+            if "cluster mode is not enabled" in low:
                 raise UserError(f"redis {where} is not a Redis Cluster (cluster mode is not enabled on it): "
                                 "drop [redis] cluster, or start it with cluster-enabled yes") from None
+            # redis-py's cluster client wraps AUTH failures in "cannot be connected": tell them apart by text.
+            if "invalid username-password" in low or "wrongpass" in low:
+                raise UserError(f"redis {where} refused the password: check [redis] password or the URL") from None
+            if "noauth" in low or "already authenticated" in low or "authentication required" in low:
+                raise UserError(f"redis {where} wants a password: set [redis] password or put it in the URL "
+                                "(redis://:PASSWORD@host:port)") from None
             refused = "refused" in text.lower() or isinstance(exc, ConnectionRefusedError)
             if self.settings.url.startswith("rediss://") and not refused and not self.settings.cluster:
                 # A TLS client facing a plain server waits for a handshake that never comes.
