@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,6 +95,8 @@ def test_a_shard_killed_mid_read_costs_misses_never_errors(
         assert redis_stats["hits"] > 0 and stats["backend"]["bytes"] > 0
         assert redis_stats["hits"] + redis_stats["misses"] >= blocks_of(files)
         assert "shard" in b.log_tail() and "down" in b.log_tail()
+        shown = run_tierfs("stats", str(b.mountpoint), check=True).stdout
+        assert re.search(r"redis\s+2/3 up\s", shown), shown  # the live shards serve; the dead one is named
         # Every file again, from B's own tiers now: the mount is healthy.
         for rel, data in files.items():
             assert (b.mountpoint / rel).read_bytes() == data

@@ -33,6 +33,10 @@ def test_each_server_is_down_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None
     assert h.claim_probe("10.0.0.1:7000")
     assert h.mark_up("10.0.0.1:7000") and not h.mark_up("10.0.0.1:7000")
     assert h.all_up() and h.down_nodes() == []
+    h.mark_down("10.0.0.3:7000")
+    h.mark_down("10.0.0.4:7000")
+    h.keep_only({"10.0.0.4:7000"})  # 10.0.0.3 left the slot map
+    assert h.down_nodes() == ["10.0.0.4:7000"]
 
 
 def test_the_slot_map_is_re_read_off_the_read_path_only() -> None:

@@ -258,7 +258,7 @@ def render_stats(data: dict[str, Any]) -> str:
         total = t["hits"] + t["misses"]
         ratio = f"{t['hits'] / total:.0%}" if total else "-"
         mean = lat.get("tiers", {}).get(name, {}).get("mean_ms")
-        table.add_row(name, "up" if t.get("up", 1) else "DOWN", str(t["hits"]), str(t["misses"]), ratio,
+        table.add_row(name, _state(t), str(t["hits"]), str(t["misses"]), ratio,
                       format_size(t["bytes_served"]), format_size(t["bytes_held"]),
                       str(t["evictions"]), str(t["errors"]), "-" if mean is None else f"{mean:.2f}")
     b = data["backend"]
@@ -380,3 +380,11 @@ def log_level_cmd(mountpoint: Path, level: str) -> None:
 
     control.request(mountpoint, {"op": "log_level", "level": level}, "set the log level")
     click.echo(f"{mountpoint}: logging at {level}")
+
+
+def _state(t: dict[str, Any]) -> str:
+    """A tier's state for `tierfs stats`: up, DOWN, or for a Redis Cluster with dead shards "2/3 up"."""
+    if not t.get("up", 1):
+        return "DOWN"
+    shards, down = t.get("shards", 0), t.get("shards_down", 0)
+    return f"{shards - down}/{shards} up" if shards and down else "up"

@@ -114,6 +114,9 @@ class RedisTier(Tier):
         self._entries = 0
         self._last_bad_log = 0.0
         super().__init__()
+        if settings.cluster:  # `tierfs stats` shows a cluster with a dead shard as "2/3 up"
+            self.stats.add_gauge("shards", lambda: len(self._shards()))
+            self.stats.add_gauge("shards_down", lambda: len(self.health.down_nodes()))
 
     # -- start-up -----------------------------------------------------------
     def connect(self) -> bool:
@@ -246,7 +249,10 @@ class RedisTier(Tier):
         return self._entries
 
     def is_up(self) -> bool:
-        return self.health.all_up()
+        """Serving: the Redis answers, or, for a cluster, at least one of its shards (the rest are misses)."""
+        if not self.settings.cluster:
+            return self.health.all_up()
+        return self.client is not None and len(self.health.down_nodes()) < len(self._shards())
 
     def close(self) -> None:
         if self.client is None:
@@ -273,6 +279,8 @@ class RedisTier(Tier):
                     self._topology.refresh()
                 except (redis.RedisError, OSError) as exc:
                     log.debug("redis cluster: slot map not re-read: %s", exc)
+                else:
+                    self.health.keep_only({name for name, _ in self._shards()})
         held = entries = 0
         for node, target in self._shards():
             if self._probe(node) is False:

@@ -69,6 +69,12 @@ class Health:
             backoff = min((entry[1] if entry else 1.0) * 2, 30.0)
             self._down[node] = (time.monotonic() + backoff, backoff)
 
+    def keep_only(self, nodes: set[str]) -> None:
+        """Forget the down servers not in ``nodes`` (they left the cluster's slot map)."""
+        with self._lock:
+            for node in [n for n in self._down if n not in nodes]:
+                del self._down[node]
+
     def mark_up(self, node: str) -> bool:
         """``node`` answered; returns whether it had been down."""
         with self._lock:
