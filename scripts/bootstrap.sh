@@ -11,7 +11,7 @@ case "$MODE" in test|runtime) ;; *) echo "usage: bootstrap.sh [test|runtime]" >&
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr)
 if [ "$MODE" = test ]; then
-  APT_PACKAGES+=(redis-server)
+  APT_PACKAGES+=(redis-server iproute2)  # iproute2: the multi-node test puts nodes in network namespaces (ip netns)
   # The Azure tests run Azurite, an npm package; take Debian's Node.js where none is installed.
   command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 fi

@@ -295,7 +295,7 @@ class SeaweedS3:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
 
-    def start(self, s3_port: int | None = None) -> SeaweedS3:
+    def start(self, s3_port: int | None = None, ip: str = "127.0.0.1", bind: str = "127.0.0.1") -> SeaweedS3:
         weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ports = {name: free_port(10000) for name in ("master", "volume", "filer", "admin")}
@@ -303,7 +303,7 @@ class SeaweedS3:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": self.SECRET_KEY}
         log = open(self.data_dir / "weed.log", "ab")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(
-            [weed, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            [weed, "mini", f"-dir={self.data_dir}", f"-ip={ip}", f"-ip.bind={bind}",
              f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
              f"-filer.port={ports['filer']}", f"-s3.port={self.s3_port}", f"-admin.port={ports['admin']}",
              "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"],

@@ -275,7 +275,7 @@ class _Key:
 #   [lake] url   [store] retries timeout options *_concurrency   [s3] endpoint_url region ...
 #   [cache] dir size ram_size block_size high_watermark low_watermark fill_memory
 #   [redis] url password db key_prefix ttl max_block_size pool_size timeout secret secret_file username
-#           ca_file cert_file key_file allow_no_auth
+#           ca_file cert_file key_file allow_no_auth cluster
 #   [mount] mountpoint read_only   [write] part_size upload_concurrency rename_concurrency
 #   [metrics] listen   [metadata] ttl listing_memory listing_entries negative_ttl immutable_prefixes
 #   [fuse] workers allow_other allow_root nonempty uid gid umask file_mode dir_mode read_ahead_kb passthrough
@@ -323,6 +323,7 @@ _KEYS = [
     _Key("redis", "cert_file", _path, "redis_cert_file"),
     _Key("redis", "key_file", _path, "redis_key_file"),
     _Key("redis", "allow_no_auth", _bool, "redis_allow_no_auth"),
+    _Key("redis", "cluster", _bool, "redis_cluster"),
     _Key("metrics", "listen", _host_port, "metrics_listen"),
     _Key("prices", "s3", _prices, "prices_s3"),
     _Key("prices", "gcs", _prices, "prices_gcs"),
@@ -407,6 +408,7 @@ class Settings:
     redis_cert_file: str = ""  # rediss://: this node's client certificate, where the server checks them
     redis_key_file: str = ""
     redis_allow_no_auth: bool = False  # a Redis off this host without a password is refused unless set
+    redis_cluster: bool = False  # redis_url names one node of a Redis Cluster: blocks spread over its shards
     # AES-GCM for disk blocks and Redis values: a file holding the key (or TIERFS_CACHE_KEY), never in the cache dir.
     cache_key_file: str = ""
     redis_db: int | None = None

@@ -28,6 +28,9 @@ class Counters:
         self._values = {n: 0 for n in names}
         self._gauges = dict(gauges or {})
 
+    def add_gauge(self, name: str, read: Callable[[], int]) -> None:
+        self._gauges[name] = read
+
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._values[name] += n

@@ -194,6 +194,7 @@ def redis_settings(settings: Settings) -> RedisSettings:
         data_key=cache_key(settings, settings.resolved_cache_dir()),
         username=settings.redis_username, ca_file=settings.redis_ca_file, cert_file=settings.redis_cert_file,
         key_file=settings.redis_key_file, allow_no_auth=settings.redis_allow_no_auth,
+        cluster=settings.redis_cluster,
     )
 
 

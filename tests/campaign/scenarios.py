@@ -756,3 +756,13 @@ def _run_ops_process() -> None:
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "ops":
     _run_ops_process()
+
+
+def _cluster_nodes(work: Path, size: str) -> Result:
+    """Three nodes in their own network namespaces, one Redis Cluster: tests/campaign/cluster_nodes.py."""
+    from cluster_nodes import cluster_nodes  # its own module (and it imports Result from this one)
+
+    return cluster_nodes(work, size)
+
+
+SCENARIOS["cluster"] = _cluster_nodes

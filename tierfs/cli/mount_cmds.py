@@ -49,6 +49,9 @@ PID_XATTR = "user.tierfs.pid"
 @click.option("--redis", "redis_url", metavar="URL",
               help="Share blocks between nodes through Redis: redis://HOST:PORT/DB or rediss:// (TLS); the password "
                    "belongs in the config.  [config: [redis] url]")
+@click.option("--redis-cluster", is_flag=True, default=None,
+              help="The --redis URL names one node of a Redis Cluster: blocks spread over its shards, and a dead "
+                   "shard costs misses, never errors.  [config: [redis] cluster]")
 @click.option("--metrics", "metrics_listen", metavar="HOST:PORT", help="Serve Prometheus metrics there (off by default).  "
               "[config: [metrics] listen]")
 @click.option("--log-file", metavar="FILE", help="Where the background daemon logs, rotated at [log] max_size "
@@ -105,7 +108,7 @@ PID_XATTR = "user.tierfs.pid"
 def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | None, s3_endpoint_url: str | None,
           s3_region: str | None, s3_profile: str | None, cache_dir: str | None,
           cache_size: str | None, ram_size: str | None, block_size: str | None,
-          metadata_ttl: str | None, redis_url: str | None, metrics_listen: str | None,
+          metadata_ttl: str | None, redis_url: str | None, redis_cluster: bool | None, metrics_listen: str | None,
           log_file: str | None, log_level: str | None, read_only: bool | None, allow_other: bool | None,
           allow_root: bool | None, uid: str | None, gid: str | None, umask: str | None, file_mode: str | None,
           dir_mode: str | None, allow_nonempty: bool | None, no_passthrough: bool | None,
@@ -137,6 +140,7 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
             "cache_dir": cache_dir, "cache_size": cache_size,
             "ram_size": ram_size, "block_size": block_size, "metadata_ttl": metadata_ttl,
             "log_file": log_file, "log_level": log_level, "redis_url": redis_url,
+            "redis_cluster": redis_cluster or None,
             "metrics_listen": metrics_listen, "read_only": read_only or None,
             "read_only_prefixes": list(read_only_prefixes) or None, "allow_delete": False if no_delete else None,
             "immutable_prefixes": list(immutable_prefixes) or None,
@@ -272,7 +276,7 @@ def render_stats(data: dict[str, Any]) -> str:
         total = t["hits"] + t["misses"]
         ratio = f"{t['hits'] / total:.0%}" if total else "-"
         mean = lat.get("tiers", {}).get(name, {}).get("mean_ms")
-        table.add_row(name, "up" if t.get("up", 1) else "DOWN", str(t["hits"]), str(t["misses"]), ratio,
+        table.add_row(name, _state(t), str(t["hits"]), str(t["misses"]), ratio,
                       format_size(t["bytes_served"]), format_size(t["bytes_held"]),
                       str(t["evictions"]), str(t["errors"]), "-" if mean is None else f"{mean:.2f}")
     b = data["backend"]
@@ -394,3 +398,11 @@ def log_level_cmd(mountpoint: Path, level: str) -> None:
 
     control.request(mountpoint, {"op": "log_level", "level": level}, "set the log level")
     click.echo(f"{mountpoint}: logging at {level}")
+
+
+def _state(t: dict[str, Any]) -> str:
+    """A tier's state for `tierfs stats`: up, DOWN, or for a Redis Cluster with dead shards "2/3 up"."""
+    if not t.get("up", 1):
+        return "DOWN"
+    shards, down = t.get("shards", 0), t.get("shards_down", 0)
+    return f"{shards - down}/{shards} up" if shards and down else "up"

@@ -11,18 +11,22 @@ is refused unless the config says so. Redis bounds itself (``maxmemory``
 with ``allkeys-lru``); each value also carries a TTL.
 
 Never a liability (docs/design.md, invariant 3): every call has a short timeout; on
-a connection error or timeout the tier is marked down and skipped — reads go
+a connection error or timeout the server is marked down and skipped — reads go
 on through the tiers below — and is tried again after a backoff (1 s, doubling
 to 30 s) by a PING, and used again once Redis answers.
+
+With ``[redis] cluster = true`` the URL names one node of a Redis Cluster
+(``redis_nodes.py``): blocks spread over its shards, and each shard is marked
+down on its own, so a dead shard costs its blocks' misses and nothing else.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -30,6 +34,7 @@ import redis
 from tierfs.errors import UserError
 from tierfs.refs import BlockKey
 from tierfs.tiers.base import Tier
+from tierfs.tiers.redis_nodes import ANY, DeferredTopology, Health, check_cluster_url, cluster_client
 from tierfs.tiers.seal import Sealer
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,7 @@ class RedisSettings:
     cert_file: str = ""
     key_file: str = ""
     allow_no_auth: bool = False
+    cluster: bool = False  # the URL names one node of a Redis Cluster; the other shards are found from it
 
 
 class RedisTier(Tier):
@@ -89,21 +95,28 @@ class RedisTier(Tier):
             raise UserError(f"[redis] ca_file and cert_file are for TLS: use a rediss:// URL, not {_safe(settings.url)}")
         try:
             parts = urlsplit(settings.url)
-            pool = redis.BlockingConnectionPool.from_url(settings.url, timeout=settings.timeout, **kwargs)
+            if settings.cluster:
+                check_cluster_url(_safe(settings.url), settings.db, parts.path)
+                parts.port  # noqa: B018 - raises ValueError for a port that is not one
+            else:
+                pool = redis.BlockingConnectionPool.from_url(settings.url, timeout=settings.timeout, **kwargs)
         except ValueError as exc:
             raise UserError(f"redis URL {_safe(settings.url)} is not valid: {_first(str(exc))}") from None
         if not (settings.password or parts.password) and not settings.allow_no_auth and not _loopback(parts.hostname):
             raise UserError(f"redis {_safe(settings.url)} is reached over the network without a password: set "
                             "[redis] password (Redis AUTH), or allow_no_auth = true if the network is yours alone")
-        self.client = redis.Redis(connection_pool=pool)
-        self._lock = threading.Lock()
-        self._up = True
-        self._retry_at = 0.0
-        self._backoff = 1.0
+        self._kwargs = kwargs
+        self._topology: DeferredTopology | None = None
+        # A cluster's client is built by connect() (building it asks the cluster for its slot map).
+        self.client: Any = None if settings.cluster else redis.Redis(connection_pool=pool)
+        self.health = Health()
         self._held = 0
         self._entries = 0
         self._last_bad_log = 0.0
         super().__init__()
+        if settings.cluster:  # `tierfs stats` shows a cluster with a dead shard as "2/3 up"
+            self.stats.add_gauge("shards", lambda: len(self._shards()))
+            self.stats.add_gauge("shards_down", lambda: len(self.health.down_nodes()))
 
     # -- start-up -----------------------------------------------------------
     def connect(self) -> bool:
@@ -114,9 +127,12 @@ class RedisTier(Tier):
         or TLS on one side only.
         """
         where = _safe(self.settings.url)
-        has_password = bool(self.settings.password or self.client.connection_pool.connection_kwargs.get("password"))
+        has_password = bool(self.settings.password or urlsplit(self.settings.url).password)
         try:
-            self.client.ping()
+            if self.settings.cluster:
+                self._build_cluster()
+            else:
+                self.client.ping()
         except redis.AuthenticationError as exc:
             if not has_password:
                 raise UserError(f"redis {where} wants a password: set [redis] password or put it in the URL "
@@ -125,39 +141,67 @@ class RedisTier(Tier):
         except redis.ResponseError as exc:
             if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
                 raise UserError(f"redis {where} wants a password ({exc}): set [redis] password or put it in the URL") from None
+            if "cluster support disabled" in str(exc).lower():
+                raise UserError(f"redis {where} is not a Redis Cluster (cluster support disabled): "
+                                "drop [redis] cluster, or start it with cluster-enabled yes") from None
             raise UserError(f"redis {where}: {exc}") from None
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, redis.RedisClusterException, OSError) as exc:
             text = str(exc)
+            low = text.lower()
+            if "cluster mode is not enabled" in low:
+                raise UserError(f"redis {where} is not a Redis Cluster (cluster mode is not enabled on it): "
+                                "drop [redis] cluster, or start it with cluster-enabled yes") from None
+            # redis-py's cluster client wraps AUTH failures in "cannot be connected": tell them apart by text.
+            if "invalid username-password" in low or "wrongpass" in low:
+                raise UserError(f"redis {where} refused the password: check [redis] password or the URL") from None
+            if "noauth" in low or "already authenticated" in low or "authentication required" in low:
+                raise UserError(f"redis {where} wants a password: set [redis] password or put it in the URL "
+                                "(redis://:PASSWORD@host:port)") from None
             refused = "refused" in text.lower() or isinstance(exc, ConnectionRefusedError)
-            if self.settings.url.startswith("rediss://") and not refused:
+            if self.settings.url.startswith("rediss://") and not refused and not self.settings.cluster:
                 # A TLS client facing a plain server waits for a handshake that never comes.
                 raise UserError(f"redis {where}: TLS mismatch, no TLS handshake ({_first(text)}); "
                                 "if the server does not use TLS, use redis://") from None
-            if not refused and not isinstance(exc, redis.TimeoutError) and (
+            if not refused and not isinstance(exc, redis.TimeoutError) and not self.settings.cluster and (
                     "closed" in text.lower() or "reset" in text.lower()):
                 raise UserError(f"redis {where} closed the connection ({_first(text)}); "
                                 "if it expects TLS, use rediss://") from None
-            self._mark_down(exc, at_start=True)
+            self._mark_down(ANY if self.settings.cluster else "", exc, at_start=True)
             return False
         self.refresh_gauges()
-        log.info("redis tier up: %s", where)
+        log.info("redis tier up: %s%s", where, f" (a cluster of {len(self._shards())} shards)"
+                 if self.settings.cluster else "")
         return True
+
+    def _build_cluster(self) -> None:
+        if self.client is not None:
+            return
+        kwargs = {**self._kwargs, "connection_pool_class": redis.BlockingConnectionPool,
+                  "timeout": self.settings.timeout}
+        client, topology = cluster_client(self.settings.url, kwargs)
+        self.client, self._topology = client, topology
 
     # -- Tier ---------------------------------------------------------------
     def get(self, key: BlockKey) -> bytes | None:
-        if not self._usable():
+        k = self._key(key)
+        node = self._node(k)
+        if node is None:
             self._miss()
             return None
         try:
-            raw = self.client.get(self._key(key))
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            self._mark_down(exc)
+            raw = self.client.get(k)
+        except _DOWN as exc:
+            self._mark_down(node, exc)
+            self._miss()
+            return None
+        except redis.RedisError as exc:  # a cluster answering CLUSTERDOWN, a slot no shard serves
+            self._refused("GET", exc)
             self._miss()
             return None
         if raw is None:
             self._miss()
             return None
-        data = self.sealer.open(key.digest, bytes(raw))  # type: ignore[arg-type]
+        data = self.sealer.open(key.digest, bytes(raw))
         if data is None:
             self.stats.add("errors")
             now = time.monotonic()
@@ -171,25 +215,32 @@ class RedisTier(Tier):
         return self._hit(data)
 
     def put(self, key: BlockKey, data: bytes) -> None:
-        if len(data) > self.settings.max_block_size or not self._usable():
+        if len(data) > self.settings.max_block_size:
+            return
+        k = self._key(key)
+        node = self._node(k)
+        if node is None:
             return
         value = self.sealer.seal(key.digest, data)
         ttl = int(self.settings.ttl) if self.settings.ttl >= 1 else None
         try:
-            self.client.set(self._key(key), value, ex=ttl)
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            self._mark_down(exc)
-        except redis.ResponseError as exc:  # OOM without an eviction policy, say
-            self.stats.add("errors")
-            log.warning("redis tier: SET refused: %s", exc)
+            self.client.set(k, value, ex=ttl)
+        except _DOWN as exc:
+            self._mark_down(node, exc)
+        except redis.RedisError as exc:  # OOM without an eviction policy, say
+            self._refused("SET", exc)
 
     def evict(self, key: BlockKey) -> None:
-        if not self._usable():
+        k = self._key(key)
+        node = self._node(k)
+        if node is None:
             return
         try:
-            self.client.delete(self._key(key))
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            self._mark_down(exc)
+            self.client.delete(k)
+        except _DOWN as exc:
+            self._mark_down(node, exc)
+        except redis.RedisError as exc:
+            self._refused("DEL", exc)
 
     def bytes_held(self) -> int:
         return self._held
@@ -198,66 +249,125 @@ class RedisTier(Tier):
         return self._entries
 
     def is_up(self) -> bool:
-        return self._up
+        """Serving: the Redis answers, or, for a cluster, at least one of its shards (the rest are misses)."""
+        if not self.settings.cluster:
+            return self.health.all_up()
+        return self.client is not None and len(self.health.down_nodes()) < len(self._shards())
 
     def close(self) -> None:
+        if self.client is None:
+            return
         try:
             self.client.close()
-            self.client.connection_pool.disconnect()
+            if not self.settings.cluster:
+                self.client.connection_pool.disconnect()
         except Exception:
             pass
 
     # -- health ---------------------------------------------------------------
     def refresh_gauges(self) -> None:
-        """Size of what Redis holds (its db, shared with the other nodes); called off the loop."""
-        if not self._usable():
-            return
-        try:
-            info = self.client.info("memory")
-            self._held = int(info.get("used_memory", 0))
-            self._entries = int(self.client.dbsize())
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            self._mark_down(exc)
-        except redis.RedisError:
-            pass
+        """Size of what Redis holds (its db, shared with the other nodes); called off the loop.
 
-    def _usable(self) -> bool:
-        if self._up:
+        For a cluster, the sum over the shards that answer; a slot map a
+        failure left stale is re-read here, off the read path.
+        """
+        if self.settings.cluster:
+            if self.client is None and not self._probe(ANY):
+                return
+            if self._topology is not None and self._topology.stale:
+                try:
+                    self._topology.refresh()
+                except (redis.RedisError, OSError) as exc:
+                    log.debug("redis cluster: slot map not re-read: %s", exc)
+                else:
+                    self.health.keep_only({name for name, _ in self._shards()})
+        held = entries = 0
+        for node, target in self._shards():
+            if self._probe(node) is False:
+                continue
+            try:
+                info = self.client.info("memory", **target)
+                held += int(info.get("used_memory", 0))
+                entries += int(self.client.dbsize(**target))
+            except _DOWN as exc:
+                self._mark_down(node, exc)
+            except redis.RedisError:
+                pass
+        self._held, self._entries = held, entries
+
+    def _shards(self) -> list[tuple[str, dict[str, Any]]]:
+        """(health name, command kwargs) of each server: the one Redis, or each primary of the cluster."""
+        if not self.settings.cluster:
+            return [("", {})]
+        if self.client is None:
+            return []
+        return [(n.name, {"target_nodes": n}) for n in self.client.get_primaries()]
+
+    def _node(self, k: bytes) -> str | None:
+        """The health name of the server holding key ``k``, or None if it is down (a miss, no call)."""
+        if not self.settings.cluster:
+            node = ""
+        else:
+            if self.client is None and (not self._probe(ANY) or self.client is None):
+                return None
+            try:
+                node = self.client.get_node_from_key(k).name
+            except (redis.RedisClusterException, redis.RedisError, AttributeError):
+                return None  # no shard serves its slot (yet)
+        return node if self._probe(node) else None
+
+    def _probe(self, node: str) -> bool:
+        """Whether ``node`` may be used: up, or down with its backoff run out and answering a PING now."""
+        if not self.health.is_down(node):
             return True
-        now = time.monotonic()
-        with self._lock:
-            if now < self._retry_at:
-                return False
-            self._retry_at = now + self._backoff  # one prober at a time
-        try:
-            self.client.ping()
-        except (redis.RedisError, OSError) as exc:
-            with self._lock:
-                self._backoff = min(self._backoff * 2, 30.0)
-                self._retry_at = time.monotonic() + self._backoff
-            log.debug("redis tier still down: %s", exc)
+        if not self.health.claim_probe(node):
             return False
-        with self._lock:
-            self._up = True
-            self._backoff = 1.0
-        log.info("redis tier up again: %s", _safe(self.settings.url))
+        try:
+            if node == ANY:
+                self._build_cluster()
+            elif self.settings.cluster:
+                target = self.client.get_node(node_name=node)
+                if target is None:
+                    raise redis.ConnectionError(f"{node} left the cluster")
+                self.client.ping(target_nodes=target)
+            else:
+                self.client.ping()
+        except (redis.RedisError, redis.RedisClusterException, OSError) as exc:
+            self.health.probe_failed(node)
+            log.debug("redis tier: %s still down: %s", node or _safe(self.settings.url), exc)
+            return False
+        if self._topology is not None:
+            self._topology.stale = True  # it came back: where its slots are now is read off the read path
+        if self.health.mark_up(node):
+            log.info("redis tier up again: %s", node if self.settings.cluster and node != ANY
+                     else _safe(self.settings.url))
         return True
 
-    def _mark_down(self, exc: BaseException, at_start: bool = False) -> None:
-        with self._lock:
-            was_up = self._up
-            self._up = False
-            self._retry_at = time.monotonic() + self._backoff
+    def _refused(self, command: str, exc: BaseException) -> None:
         self.stats.add("errors")
+        now = time.monotonic()
+        if now - self._last_bad_log > 60:
+            self._last_bad_log = now
+            log.warning("redis tier: %s refused: %s", command, _first(str(exc)))
+
+    def _mark_down(self, node: str, exc: BaseException, at_start: bool = False) -> None:
+        was_up, backoff = self.health.mark_down(node)
+        self.stats.add("errors")
+        what = f"shard {node} of {_safe(self.settings.url)}" if self.settings.cluster and node != ANY \
+            else _safe(self.settings.url)
         if at_start:
             log.warning("redis tier off: cannot reach %s (%s); reads go on without it, retrying in the background",
-                        _safe(self.settings.url), _first(str(exc)))
+                        what, _first(str(exc)))
         elif was_up:
             log.warning("redis tier down: %s (%s); reads go on without it, retrying in %.0f s",
-                        _safe(self.settings.url), _first(str(exc)), self._backoff)
+                        what, _first(str(exc)), backoff)
 
     def _key(self, key: BlockKey) -> bytes:
         return self.settings.key_prefix.encode() + key.digest
+
+
+# Errors that say a server is unreachable: it is marked down (a miss), not just one refused command.
+_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 def _loopback(host: str | None) -> bool:
