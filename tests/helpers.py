@@ -133,7 +133,18 @@ class Mount:
         deadline = time.monotonic() + timeout
         while self.stats()["fills"]["pending_bytes"] and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert self.stats()["fills"]["pending_bytes"] == 0, "tier fills still pending"
+        stats = self.stats()
+        if stats["fills"]["pending_bytes"]:
+            raise AssertionError(f"tier fills still pending after {timeout:.0f} s: fills {stats['fills']}, "
+                                 f"tiers {stats.get('tiers')}\n{self.stacks()}")
+
+    def stacks(self) -> str:
+        """The daemon's threads' stacks (py-spy), to see where a wait that never ended is stuck."""
+        spy = Path(sys.executable).parent / "py-spy"
+        if self.pid is None or not spy.exists():
+            return "(no py-spy to show the daemon's stacks)"
+        res = subprocess.run([str(spy), "dump", "--pid", str(self.pid)], capture_output=True, text=True, timeout=30)
+        return res.stdout + res.stderr
 
     def umount(self) -> None:
         if self.pid is None:

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import Mount, drop_page_cache, mounted, random_bytes, write_tree
+from helpers import Mount, drop_page_cache, mounted, random_bytes, wait_for, write_tree
 
 pytestmark = pytest.mark.mount
 MiB = 1 << 20
@@ -333,11 +333,16 @@ def test_a_warm_small_file_costs_two_fuse_requests(tmp_path: Path, read_only: bo
         f = m.mountpoint / "d/small.jpg"
         for _ in range(2):  # the first pass fills the caches (and teaches the kernel flush is ENOSYS)
             f.read_bytes()
-        time.sleep(0.2)  # release is asynchronous
+
+        def released() -> bool:
+            fuse = m.stats()["fuse"]
+            return bool(fuse["release"] == fuse["open"])
+
+        wait_for(released, 30, "the kernel's asynchronous releases")
         before = m.stats()["fuse"]
         for _ in range(10):
             assert f.read_bytes() == (root / "d/small.jpg").read_bytes()
-        time.sleep(0.2)
+        wait_for(released, 30, "the kernel's asynchronous releases")
         after = m.stats()["fuse"]
         delta = {op: after[op] - before[op] for op in after}
         assert delta["open"] == 10 and delta["release"] == 10

@@ -70,10 +70,12 @@ def test_values_planted_in_redis_are_never_served(lake: tuple[Path, dict[str, by
         for rel, data in files.items():
             assert (c.mountpoint / rel).read_bytes() == data
         stats = c.stats()
-        # Each planted value refused once; a hit may follow, of a value this node put back after its refetch
-        # (the kernel's second READ of a block, as timing has it): the lake served every byte once.
-        assert stats["tiers"]["redis"]["errors"] == len(keys)
-        assert stats["backend"]["bytes"] == sum(len(d) for d in files.values())
+        # Every planted value refused (the bytes above are the lake's); the kernel's second READ of a block may
+        # come before this node's refetched value is back in Redis, as timing has it, and be refused and
+        # refetched once more, so the counts are bounds, not exact.
+        total = sum(len(d) for d in files.values())
+        assert len(keys) <= stats["tiers"]["redis"]["errors"] <= 2 * len(keys)
+        assert total <= stats["backend"]["bytes"] <= 2 * total
 
 
 def _make_tls(work: Path) -> dict[str, Path]:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, mounted, random_bytes, run_tierfs, write_tree
+from helpers import assert_one_line_error, mounted, random_bytes, run_tierfs, wait_for, write_tree
 
 pytestmark = pytest.mark.mount
 
@@ -47,19 +47,18 @@ def test_warm_list_keeps_a_bounded_lead(lake: tuple[Path, dict[str, bytes]], tmp
         lst = tmp_path / "order.txt"
         lst.write_text("".join(str(m.mountpoint / p) + "\n" for p in order))
         run_tierfs("warm", "--list", str(lst), "--lead", "5", "--jobs", "2", "--no-wait", check=True)
-        time.sleep(1.0)
+        wait_for(lambda: int(str(progress(m.mountpoint)["done"])) >= 5, 30, "the job's first five files")
+        time.sleep(0.5)  # time to run further, which it must not
         p = progress(m.mountpoint)
         assert p["total"] == 40 and p["done"] == 5  # ran ahead, but no further than the lead
         for i, rel in enumerate(order):
             assert (m.mountpoint / rel).read_bytes() == files[rel]
             if i == 19:
-                time.sleep(0.5)
-                p = progress(m.mountpoint)
-                assert 20 <= int(str(p["done"])) <= 25  # follows the readers
-        deadline = time.monotonic() + 10
-        while progress(m.mountpoint)["state"] == "running" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert progress(m.mountpoint)["state"] == "done"
+                wait_for(lambda: int(str(progress(m.mountpoint)["done"])) >= 20, 30, "the job following the readers")
+                time.sleep(0.3)
+                assert int(str(progress(m.mountpoint)["done"])) <= 25  # follows the readers, within the lead
+        wait_for(lambda: progress(m.mountpoint)["state"] != "running", 60, "the warm job's end")
+        assert progress(m.mountpoint)["state"] == "done", progress(m.mountpoint)
 
 
 def test_bad_warm_requests(lake: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
@@ -146,10 +145,8 @@ def test_a_warm_job_whose_list_copy_is_removed_leaves_the_mount_serving(lake: tu
         copies[0].unlink()
         for rel in order:  # the readers move on; the job follows, to its end
             assert (m.mountpoint / rel).read_bytes() == files[rel]
-        deadline = time.monotonic() + 10
-        while progress(m.mountpoint)["state"] == "running" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert progress(m.mountpoint)["state"] == "done"
+        wait_for(lambda: progress(m.mountpoint)["state"] != "running", 60, "the warm job's end")
+        assert progress(m.mountpoint)["state"] == "done", progress(m.mountpoint)
         assert (m.mountpoint / order[0]).read_bytes() == files[order[0]]
         assert os.getxattr(m.mountpoint, "user.tierfs.pid")
 
