@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 import fsspec
@@ -143,3 +144,57 @@ def test_a_transition_leaves_no_second_copy_and_spares_pinned_versions(s3_server
     again = run_tierfs("lifecycle", "apply", "s3://tr-lake", "--rules", str(rules), "--config", str(cfg), check=True)
     assert "0 transitioned" in again.stdout
 
+
+
+def _loaded_s3fs(pid: int) -> bool:
+    """Whether the daemon has loaded aiohttp's compiled parts (s3fs' HTTP client: s3fs was made)."""
+    return "aiohttp/_http_parser" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_a_mount_learns_the_buckets_versioning_without_making_s3fs(s3_server: SeaweedS3, tmp_path: Path) -> None:
+    """The versioning question is one signed GET: making s3fs for it (botocore's models, aiohttp) took a second of
+    the daemon's CPU right after the mount came up, and the first listing of an unversioned lake waited for it."""
+    fs = s3_server.fs()
+    cfg = s3_server.s3_config(tmp_path / "s3.toml")
+    tag = uuid.uuid4().hex[:8]  # (the server outlives the test)
+    for bucket, versioned in ((f"plain-{tag}", False), (f"kept-{tag}", True)):
+        fs.mkdir(bucket)
+        if versioned:
+            fs.make_bucket_versioned(bucket, True)
+        fs.pipe(f"{bucket}/d/a.bin", b"first")
+        fs.pipe(f"{bucket}/d/a.bin", b"second")
+        with mounted(f"s3://{bucket}", tmp_path / f"mnt-{bucket}", tmp_path / f"cache-{bucket}", "--read-only",
+                     config=cfg) as m:
+            assert os.listdir(m.mountpoint / "d") == ["a.bin"]
+            assert (m.mountpoint / "d/a.bin").read_bytes() == b"second"
+            names = os.listxattr(m.mountpoint / "d/a.bin")
+            # A versioned lake's refs pin the version read; an unversioned one's have none.
+            assert ("user.tierfs.version" in names) == versioned, names
+            if versioned:
+                assert os.getxattr(m.mountpoint / "d/a.bin", "user.tierfs.version")
+            # (a versioned lake lists through s3fs: obstore's listings carry no version ids)
+            assert m.pid is not None and _loaded_s3fs(m.pid) == versioned
+
+
+def test_the_signed_versioning_query_answers_as_the_server_does(s3_server: SeaweedS3,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from tierfs.store.s3_versioning import bucket_versioned
+
+    fs = s3_server.fs()
+    tag = uuid.uuid4().hex[:8]
+    opts = {"key": s3_server.ACCESS_KEY, "secret": s3_server.SECRET_KEY,
+            "client_kwargs": {"endpoint_url": s3_server.endpoint}}
+    for state in ("never", "enabled", "suspended"):
+        fs.mkdir(f"{state}-{tag}")
+        if state != "never":
+            fs.make_bucket_versioned(f"{state}-{tag}", True)
+        if state == "suspended":
+            fs.make_bucket_versioned(f"{state}-{tag}", False)
+        assert bucket_versioned(opts, f"{state}-{tag}", 5) is (state == "enabled")
+    assert bucket_versioned(opts, f"missing-{tag}", 5) is False  # as the s3fs query: no versions known
+    # A refused signature is not an answer: the caller asks through s3fs, which says what is wrong.
+    assert bucket_versioned({**opts, "secret": "wrong"}, f"enabled-{tag}", 5) is None
+    # Credentials only botocore's chain would find (a profile, the instance's role): not this way's to ask.
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    assert bucket_versioned({"client_kwargs": opts["client_kwargs"]}, f"enabled-{tag}", 5) is None

@@ -35,6 +35,7 @@ from tierfs.store.backend import Backend, Entry, join_key, require_identity, sam
 from tierfs.store.local import archived_message
 from tierfs.store.obstore_data import ObstoreBackend, client_options, retries_off
 from tierfs.store.s3_copy import S3Copies
+from tierfs.store.s3_versioning import bucket_versioned, endpoint_and_region
 
 if TYPE_CHECKING:
     import fsspec
@@ -361,8 +362,17 @@ class S3Backend(S3Copies, ObstoreBackend):
 
     # -- versions --------------------------------------------------------------------
     def wants_versions(self, setting: str) -> bool:
+        if setting == "on":
+            return True
+        # One signed GET where the credentials are at hand; s3fs (made for it, a second of CPU) only if not.
+        timeout = max(0.05, min(self.settings.store_metadata_deadline, self.attempt_timeout))
+        answer = bucket_versioned(self.options, self.bucket, timeout)
+        if answer is not None:
+            if answer and self._fs is not None and not self._fs.version_aware:
+                self.fs = type(self._fs)(**{**self._fs.storage_options, "version_aware": True})
+            return answer
         fs: Any = self.fs
-        wanted = setting == "on" or bool(self.run(fs._is_bucket_versioned, self.bucket))
+        wanted = bool(self.run(fs._is_bucket_versioned, self.bucket))
         if wanted and not fs.version_aware:
             # s3fs reads a version id only when made version-aware (open_read of a pinned ref).
             self.fs = type(fs)(**{**fs.storage_options, "version_aware": True})
@@ -508,14 +518,12 @@ def _obstore_for(options: dict[str, Any], bucket: str, timeout: float) -> Any:
     from obstore.store import S3Store
 
     fs = SimpleNamespace(**options)
-    client = dict(getattr(fs, "client_kwargs", None) or {})
-    endpoint = client.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint, region = endpoint_and_region(options)
     config: Any = {}
     if endpoint:
         config["endpoint"] = endpoint
         config["virtual_hosted_style_request"] = False  # path style, as every S3-compatible server takes
-    region = client.get("region_name") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    config["region"] = region or "us-east-1"
+    config["region"] = region
     if getattr(fs, "anon", False):
         config["skip_signature"] = True
     elif getattr(fs, "key", None) and getattr(fs, "secret", None):
