@@ -142,9 +142,12 @@ class Mount:
         """The daemon's threads' stacks (py-spy), to see where a wait that never ended is stuck."""
         spy = Path(sys.executable).parent / "py-spy"
         if self.pid is None or not spy.exists():
-            return "(no py-spy to show the daemon's stacks)"
+            return "(no py-spy to show the daemon's stacks)"  # (py-spy is in the test extras)
         res = subprocess.run([str(spy), "dump", "--pid", str(self.pid)], capture_output=True, text=True, timeout=30)
-        return res.stdout + res.stderr
+        os.kill(self.pid, signal.SIGUSR1)  # and the trio tasks' awaits, into the log (tierfs/tasks.py)
+        time.sleep(1)
+        log = (self.cache_dir / "tierfs.log").read_text(errors="replace")
+        return res.stdout + res.stderr + "\n" + log[log.rfind("tasks (SIGUSR1)"):][:20000]
 
     def umount(self) -> None:
         if self.pid is None:

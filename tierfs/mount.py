@@ -38,6 +38,7 @@ from tierfs.secrecy import read_secret
 from tierfs.store.objects import ObjectStore
 from tierfs.store.upload import Uploader
 from tierfs.systemd import sd_notify
+from tierfs.tasks import log_tasks_on_signal
 from tierfs.tiers.base import Tier
 from tierfs.tiers.chain import TierChain
 from tierfs.tiers.disk import DiskTier
@@ -286,6 +287,7 @@ def owner_note(settings: Settings) -> str:
 async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Callable[[str], None] | None) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        nursery.start_soon(log_tasks_on_signal)
         comps.reader.start(nursery)
         comps.namespace.start(nursery)
         if comps.operations.warmer is not None:
