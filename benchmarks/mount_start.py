@@ -5,10 +5,12 @@
 Starts SeaweedFS's S3 gateway on loopback with a small bucket, then mounts it
 ``--repeat`` times with each system, each time with an empty cache dir, and
 times from the mount command's start to the mount's root answering a stat
-(what a systemd unit or a training script waits for). tierfs also mounts a
-local directory holding the same files. The store column is the bucket's
-first listing with obstore from a fresh client (no mount at all). Prints the
-median and the spread in ms. Unmounts and stops everything it started, by
+(what a systemd unit or a training script waits for), then the first
+listing of a folder of ``--big`` entries right after (what a training
+script does next; background work a mount starts when it is ready shows
+here). tierfs also mounts a local directory holding the same files. The
+store rows are the bucket's first listings with obstore from a fresh client
+(no mount at all). Prints the median and the spread in ms. Unmounts and stops everything it started, by
 PID, even on failure. Needs fuse3, rclone and s3fs (`apt-get install rclone
 s3fs`); a system that is missing is left out with a line saying so.
 """
@@ -34,12 +36,14 @@ from helpers import SeaweedS3
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=7, help="mounts of each system; the median is shown")
+    ap.add_argument("--big", type=int, default=5000, help="entries of the folder listed right after the mount")
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tierfs-mount-start-", dir=args.work))
     server = SeaweedS3(work / "weed")
     runners: list[System] = []
     results: dict[str, list[float]] = {}
+    listed: dict[str, list[float]] = {}
     try:
         local = work / "local"
         for i in range(20):
@@ -50,6 +54,13 @@ def main() -> None:
         fs = server.fs()
         fs.mkdir(BUCKET)
         fs.put(str(local) + "/", f"{BUCKET}/", recursive=True)
+        from concurrent.futures import ThreadPoolExecutor
+
+        import obstore
+
+        uploader = make_store(endpoint=server.endpoint, key=server.ACCESS_KEY, secret=server.SECRET_KEY)
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda i: obstore.put(uploader, f"big/{i:06d}.bin", b"x" * 100), range(args.big)))
         names = ["tierfs"] + [n for n in ("rclone", "s3fs") if shutil.which(n)]
         for missing in {"rclone", "s3fs"} - set(names):
             print(f"{missing}: not installed, left out (apt-get install {missing})", file=sys.stderr)
@@ -61,13 +72,19 @@ def main() -> None:
                 sysm.mount()
                 os.stat(sysm.root)
                 results.setdefault(sysm.name, []).append(1000 * (time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                if len(os.listdir(sysm.root / "big")) != args.big:
+                    raise AssertionError(f"{sysm.name}: the listing is short")
+                listed.setdefault(sysm.name, []).append(1000 * (time.perf_counter() - t0))
                 sysm.umount(clear=True)
             t0 = time.perf_counter()
             store = make_store(endpoint=server.endpoint, key=server.ACCESS_KEY, secret=server.SECRET_KEY)
-            import obstore
-
             obstore.list_with_delimiter(store, None)
             results.setdefault("store (first listing)", []).append(1000 * (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            if len(obstore.list_with_delimiter(store, "big/")["objects"]) != args.big:
+                raise AssertionError("store: the listing is short")
+            listed.setdefault("store", []).append(1000 * (time.perf_counter() - t0))
         results["tierfs, local lake"] = _local_mounts(work, local, args.repeat)
     finally:
         for sysm in runners:
@@ -80,6 +97,10 @@ def main() -> None:
     print(f"mount -> ready, empty caches, {args.repeat} mounts each; SeaweedFS S3 on loopback; 2 cores, shared VM")
     print(f"{'system':28} {'median ms':>10} {'min':>7} {'max':>7}")
     for name, ms in results.items():
+        print(f"{name:28} {statistics.median(ms):10.0f} {min(ms):7.0f} {max(ms):7.0f}")
+    print(f"\nthen the first listing of a {args.big}-entry folder (ls right after ready)")
+    print(f"{'system':28} {'median ms':>10} {'min':>7} {'max':>7}")
+    for name, ms in listed.items():
         print(f"{name:28} {statistics.median(ms):10.0f} {min(ms):7.0f} {max(ms):7.0f}")
 
 
