@@ -13,6 +13,8 @@ other read resets it. The block reader fetches the window's blocks in the
 background, under a bound on how many prefetches are in flight, so a
 sequential reader finds its next blocks in the tiers instead of waiting for
 a GET. ``peak`` is the largest window reached, in blocks (``tierfs stats``).
+``sequential`` says whether the last read was; the block reader reads a
+random one by range, without its whole block (``ranged.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ MiB = 1 << 20
 
 
 class ReadAhead:
-    __slots__ = ("block_size", "max_blocks", "forward", "backward", "next_offset", "window", "fetched_to", "peak")
+    __slots__ = ("block_size", "max_blocks", "forward", "backward", "next_offset", "window", "fetched_to", "peak",
+                 "sequential")
 
     def __init__(self, block_size: int, max_blocks: int, forward: int = 16 * MiB, backward: int = 8 * MiB):
         self.block_size = block_size
@@ -31,6 +34,7 @@ class ReadAhead:
         self.window = 0
         self.fetched_to = 0  # blocks below this index were already asked for
         self.peak = 0
+        self.sequential = True
 
     def advise(self, offset: int, length: int, object_size: int) -> range:
         """Record a read as it arrives; return the block indexes to prefetch now (maybe none)."""
@@ -39,7 +43,9 @@ class ReadAhead:
             self.window = 0
             self.fetched_to = 0
             self.next_offset = end
+            self.sequential = False
             return range(0)
+        self.sequential = True
         self.next_offset = max(self.next_offset, end)
         self.window = min(max(1, self.window * 2), self.max_blocks)
         self.peak = max(self.peak, self.window)
