@@ -6,7 +6,7 @@ the kernel has several reads of one file in flight at once and they finish
 out of order, and pyfuse3's tasks may take them up in a slightly different
 order. A read counts as sequential when it starts near where the furthest
 read so far ended: up to 16 MiB forward (a reader skipping a header, as
-Mountpoint allows) or 8 MiB back (reads of up to 1 MiB that others
+Mountpoint allows; a handle's first read, within its first block only) or 8 MiB back (reads of up to 1 MiB that others
 overtook; a read back there is served from RAM anyway).
 Each sequential read doubles the window (in blocks, up to a maximum); any
 other read resets it. The block reader fetches the window's blocks in the
@@ -24,7 +24,7 @@ MiB = 1 << 20
 
 class ReadAhead:
     __slots__ = ("block_size", "max_blocks", "forward", "backward", "next_offset", "window", "fetched_to", "peak",
-                 "sequential")
+                 "sequential", "started")
 
     def __init__(self, block_size: int, max_blocks: int, forward: int = 16 * MiB, backward: int = 8 * MiB):
         self.block_size = block_size
@@ -35,11 +35,17 @@ class ReadAhead:
         self.fetched_to = 0  # blocks below this index were already asked for
         self.peak = 0
         self.sequential = True
+        self.started = False  # a read arrived
 
     def advise(self, offset: int, length: int, object_size: int) -> range:
         """Record a read as it arrives; return the block indexes to prefetch now (maybe none)."""
         end = offset + length
-        if not self.next_offset - self.backward <= offset <= self.next_offset + self.forward:
+        # A handle's first read is sequential only in its first block (the one the open fetched): a first
+        # read further on is a seek (a parquet footer, an index), and a reader that goes on from there is
+        # sequential from its second read.
+        forward = self.forward if self.started else self.block_size - 1
+        self.started = True
+        if not self.next_offset - self.backward <= offset <= self.next_offset + forward:
             self.window = 0
             self.fetched_to = 0
             self.next_offset = end

@@ -200,7 +200,8 @@ class BlockReader:
 
     async def _piece(self, ref: ObjectRef, index: int, start: int, stop: int, lo: int, hi: int) -> tuple[bytes, str]:
         """Bytes [lo, hi) of block ``index`` ([start, stop) of ``ref``): of the whole block where it is at
-        hand (a tier, a fetch under way, one just fetched), else of the units of a ranged read."""
+        hand (a tier, a fetch under way, one just fetched) or random reads keep coming to it, else of the
+        units of a ranged read."""
         key = ref.block_key(index, self.block_size)
         hit = self.chain.get_fast(key)
         if hit is None and self._flights.running(key):
@@ -210,9 +211,11 @@ class BlockReader:
         if hit is None:
             held = self._held_block(key)
             hit = None if held is None else (held, BACKEND)
+        if hit is None and self.ranged.dense(key):
+            hit = await self.block(ref, index)
         if hit is not None:
             return hit[0][lo - start: hi - start], hit[1]
-        data, fetched = await self.ranged.read(ref, start, stop, lo, hi)
+        data, fetched = await self.ranged.read(ref, key, start, stop, lo, hi)
         return data, BACKEND if fetched else RANGED
 
     async def read_part(self, ref: ObjectRef, base: int, size: int, offset: int, length: int,
