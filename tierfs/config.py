@@ -273,7 +273,7 @@ class _Key:
 
 # (section, key in TOML) -> attribute of Settings. The TOML layout:
 #   [lake] url   [store] retries timeout options *_concurrency   [s3] endpoint_url region ...
-#   [cache] dir size ram_size block_size high_watermark low_watermark fill_memory
+#   [cache] dir size ram_size block_size random_read_unit high_watermark low_watermark fill_memory
 #   [redis] url password db key_prefix ttl max_block_size pool_size timeout secret secret_file username
 #           ca_file cert_file key_file allow_no_auth cluster
 #   [mount] mountpoint read_only   [write] part_size upload_concurrency rename_concurrency
@@ -337,6 +337,7 @@ _KEYS = [
     _Key("cache", "policy", _policy, "cache_policy"),
     _Key("cache", "min_free", _min_free, "cache_min_free"),
     _Key("cache", "read_ahead", parse_size, "read_ahead"),
+    _Key("cache", "random_read_unit", parse_size, "random_read_unit"),
     _Key("cache", "prefetch_memory", parse_size, "prefetch_memory"),
     _Key("cache", "encryption_key_file", _path, "cache_key_file"),
     _Key("cache", "fill_memory", parse_size, "fill_memory"),
@@ -433,6 +434,9 @@ class Settings:
     # fraction of it; None: 5 %, but at least 1 GiB or half the filesystem if smaller (tiers/disk.py).
     cache_min_free: int | float | None = None
     read_ahead: int = 32 * 1024**2  # largest read-ahead window of one open file
+    # A random read into a file of more than one block fetches what it asks rounded out to this (up to a
+    # block), kept in RAM apart from the tiers, not its whole block; 0: whole blocks always.
+    random_read_unit: int = 64 * 1024
     prefetch_memory: int = 128 * 1024**2  # bound on blocks being prefetched at once
     fill_memory: int = 256 * 1024**2  # bound on blocks waiting to go into the disk and Redis tiers
     kernel_read_ahead_kb: int = 4096  # the mount's bdi read_ahead_kb: larger FUSE read requests
@@ -503,6 +507,9 @@ class Settings:
             raise ConfigError(
                 f"[cache] block_size = {self.block_size}: must be between 4KiB and 256MiB"
             )
+        if 0 < self.random_read_unit < 4096:
+            raise ConfigError(f"[cache] random_read_unit = {self.random_read_unit}: give 0 (whole blocks always) "
+                              "or at least 4KiB")
         if not 5 * 1024**2 <= self.part_size <= 5 * 1024**3:
             raise ConfigError(f"[write] part_size = {self.part_size}: must be between 5MiB and 5GiB (S3's limits)")
         if self.low_watermark >= self.high_watermark:

@@ -85,6 +85,7 @@ class Components:
             "in_flight_fetches": self.reader.in_flight(),
             "prefetched_blocks": self.reader.prefetched,
             "read_ahead_peak_bytes": self.reader.window_peak,
+            "ranged_reads": self.reader.ranged.stats.snapshot(),
             "listing_entries_cached": len(self.namespace.listings),
             "listing_bytes_cached": self.namespace.listings.bytes_held,
             "manifests": self.namespace.snapshots.stats(),
@@ -131,7 +132,7 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
     chain = TierChain(tiers, trio.CapacityLimiter(16), FillQueue(settings.fill_memory))
     limiters = StoreLimiters.from_settings(settings)
     reader = BlockReader(store, chain, settings.block_size, limiters.read, limiters.prefetch,
-                         settings.prefetch_memory)
+                         settings.prefetch_memory, settings.random_read_unit)
     disk = next((t for t in tiers if isinstance(t, DiskTier)), None)
     shards = ShardView(settings.shard_prefixes, shard_indexes(disk, limiters.manifest), reader) \
         if settings.shard_prefixes else None

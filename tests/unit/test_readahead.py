@@ -37,3 +37,13 @@ def test_reads_that_arrive_out_of_order_or_skip_a_little_keep_the_window() -> No
     assert ra.window == 8
     assert list(ra.advise(50_000, 100, size)) == [] and ra.window == 0  # a real seek
     assert ra.peak == 8  # the largest window reached is kept for the stats
+
+
+def test_says_whether_the_last_read_was_sequential() -> None:
+    ra = ReadAhead(BS, max_blocks=4, forward=200, backward=100)
+    ra.advise(0, 50, 10_000)
+    assert ra.sequential
+    ra.advise(5000, 10, 10_000)
+    assert not ra.sequential  # a seek: the block reader reads it by range
+    ra.advise(5010, 10, 10_000)
+    assert ra.sequential

@@ -44,6 +44,9 @@ PID_XATTR = "user.tierfs.pid"
               "[default: 512MiB; config: [cache] ram_size]")
 @click.option("--block-size", metavar="SIZE", help="Block size for reads and cache entries.  "
               "[default: 4MiB; config: [cache] block_size]")
+@click.option("--random-read-unit", metavar="SIZE", help="A random read into a file of more than one block fetches "
+              "what it asks rounded out to this, not the whole block; 0: whole blocks always.  "
+              "[default: 64KiB; config: [cache] random_read_unit]")
 @click.option("--metadata-ttl", metavar="SECONDS", help="Seconds listings and attributes are trusted before they are "
               "fetched again.  [default: 60; config: [metadata] ttl]")
 @click.option("--redis", "redis_url", metavar="URL",
@@ -107,7 +110,7 @@ PID_XATTR = "user.tierfs.pid"
 @click.option("--log-to-file", is_flag=True, hidden=True)  # (the background daemon: its log file, rotated)
 def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | None, s3_endpoint_url: str | None,
           s3_region: str | None, s3_profile: str | None, cache_dir: str | None,
-          cache_size: str | None, ram_size: str | None, block_size: str | None,
+          cache_size: str | None, ram_size: str | None, block_size: str | None, random_read_unit: str | None,
           metadata_ttl: str | None, redis_url: str | None, redis_cluster: bool | None, metrics_listen: str | None,
           log_file: str | None, log_level: str | None, read_only: bool | None, allow_other: bool | None,
           allow_root: bool | None, uid: str | None, gid: str | None, umask: str | None, file_mode: str | None,
@@ -138,7 +141,8 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
             "allow_root": allow_root, "uid": uid, "gid": gid, "umask": umask, "file_mode": file_mode,
             "dir_mode": dir_mode, "passthrough": False if no_passthrough else None,
             "cache_dir": cache_dir, "cache_size": cache_size,
-            "ram_size": ram_size, "block_size": block_size, "metadata_ttl": metadata_ttl,
+            "ram_size": ram_size, "block_size": block_size, "random_read_unit": random_read_unit,
+            "metadata_ttl": metadata_ttl,
             "log_file": log_file, "log_level": log_level, "redis_url": redis_url,
             "redis_cluster": redis_cluster or None,
             "metrics_listen": metrics_listen, "read_only": read_only or None,

@@ -20,6 +20,7 @@ from tierfs.errors import ConfigError
 #: option -> Settings attribute (the value as a flag would give it)
 _VALUED = {
     "cache_dir": "cache_dir", "cache_size": "cache_size", "ram_size": "ram_size", "block_size": "block_size",
+    "random_read_unit": "random_read_unit",
     "metadata_ttl": "metadata_ttl", "log_file": "log_file", "log_level": "log_level", "metrics": "metrics_listen",
     "read_only_prefixes": "read_only_prefixes",  # read_only_prefixes=datasets:raw (':' between prefixes)
     "immutable_prefixes": "immutable_prefixes",  # immutable_prefixes=datasets/imagenet:datasets/coco

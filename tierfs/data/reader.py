@@ -6,6 +6,11 @@ the block from the object store once however many readers want it
 once, the others behind the reply). A small object is one block, so its first
 read is one GET of the whole object.
 
+A random read into a file of more than one block (the handle's read-ahead
+says it is not sequential) fetches only the bytes asked for, rounded out to a
+small unit (``ranged.py``), unless a tier has the whole block or a fetch of it
+is under way; those units never go into the tiers.
+
 Store fetches run under the limiter of their kind (``tierfs/limits.py``):
 demand reads under the read limiter, read-ahead and warm jobs under the
 prefetch limiter, manifest parts under the manifest limiter.
@@ -20,6 +25,7 @@ from collections.abc import Awaitable
 
 import trio
 
+from tierfs.data.ranged import RangedReads
 from tierfs.data.readahead import ReadAhead
 from tierfs.data.singleflight import SingleFlight
 from tierfs.errors import StoreError
@@ -31,6 +37,7 @@ from tierfs.tiers.chain import TierChain
 log = logging.getLogger(__name__)
 
 BACKEND = "backend"  # the source name of a block fetched from the object store
+RANGED = "ranged"  # the source name of bytes served from the units of ranged reads (ranged.py)
 MIN_LEFT = 0.1  # seconds of a failed read's deadline worth asking the store again with
 
 
@@ -43,6 +50,7 @@ class BlockReader:
         read_limiter: trio.CapacityLimiter,
         prefetch_limiter: trio.CapacityLimiter | None = None,
         prefetch_bytes: int = 64 << 20,
+        random_read_unit: int = 0,
     ):
         self.store = store
         self.chain = chain
@@ -50,6 +58,7 @@ class BlockReader:
         self.read_limiter = read_limiter
         self.prefetch_limiter = prefetch_limiter or read_limiter
         self._flights: SingleFlight[tuple[bytes, str]] = SingleFlight()
+        self.ranged = RangedReads(store, min(random_read_unit, block_size), read_limiter)
         self._nursery: trio.Nursery | None = None
         self._prefetch_slots = trio.Semaphore(max(1, prefetch_bytes // block_size))
         self.prefetched = 0
@@ -148,14 +157,17 @@ class BlockReader:
         return self._flights.in_flight()
 
     async def read(self, ref: ObjectRef, offset: int, length: int,
-                   limiter: trio.CapacityLimiter | None = None) -> tuple[bytes, str]:
+                   limiter: trio.CapacityLimiter | None = None, random: bool = False) -> tuple[bytes, str]:
         """Bytes [offset, offset+length) of ``ref`` (short at EOF), and where the last block came from.
 
-        Store fetches run under ``limiter`` (default: the demand read limiter).
+        Store fetches run under ``limiter`` (default: the demand read limiter). ``random``: the read is
+        not sequential (the handle's read-ahead says), so a file of more than one block is read by range.
         """
         indexes = blocks_for_range(offset, length, self.block_size, ref.size)
         if not indexes:
             return b"", ""
+        if random and self.ranged.unit and ref.size > self.block_size:
+            return await self._read_ranged(ref, indexes, offset, min(offset + length, ref.size))
         if len(indexes) == 1:
             block, source = await self.block(ref, indexes[0], limiter=limiter)
             parts = [block]
@@ -176,6 +188,36 @@ class BlockReader:
         self.chain.served(source, len(data))
         return data, source
 
+    async def _read_ranged(self, ref: ObjectRef, indexes: range, offset: int, end: int) -> tuple[bytes, str]:
+        parts, source = [], ""
+        for index in indexes:  # (one block, but for a read across a boundary)
+            start, stop = block_span(index, self.block_size, ref.size)
+            part, source = await self._piece(ref, index, start, stop, max(offset, start), min(end, stop))
+            parts.append(part)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.chain.served(source, len(data))
+        return data, source
+
+    async def _piece(self, ref: ObjectRef, index: int, start: int, stop: int, lo: int, hi: int) -> tuple[bytes, str]:
+        """Bytes [lo, hi) of block ``index`` ([start, stop) of ``ref``): of the whole block where it is at
+        hand (a tier, a fetch under way, one just fetched) or random reads keep coming to it, else of the
+        units of a ranged read."""
+        key = ref.block_key(index, self.block_size)
+        hit = self.chain.get_fast(key)
+        if hit is None and self._flights.running(key):
+            hit = await self.block(ref, index)  # a fetch of the whole block is under way: join it
+        if hit is None:
+            hit = await self.chain.get(key, after_fast=True)
+        if hit is None:
+            held = self._held_block(key)
+            hit = None if held is None else (held, BACKEND)
+        if hit is None and self.ranged.dense(key):
+            hit = await self.block(ref, index)
+        if hit is not None:
+            return hit[0][lo - start: hi - start], hit[1]
+        data, fetched = await self.ranged.read(ref, key, start, stop, lo, hi)
+        return data, BACKEND if fetched else RANGED
+
     async def read_part(self, ref: ObjectRef, base: int, size: int, offset: int, length: int,
                         ra: ReadAhead | None = None) -> tuple[bytes, str]:
         """Bytes [offset, offset+length) of the ``size`` bytes of ``ref`` that start at ``base`` (a member of a
@@ -185,7 +227,7 @@ class BlockReader:
             return b"", ""
         if ra is not None:
             self.read_ahead(ra, ref, base + offset, end - offset)
-        return await self.read(ref, base + offset, end - offset)
+        return await self.read(ref, base + offset, end - offset, random=ra is not None and not ra.sequential)
 
     async def block(self, ref: ObjectRef, index: int, limiter: trio.CapacityLimiter | None = None,
                     wait_for_fill: bool = False, fill: bool = True) -> tuple[bytes, str]:

@@ -32,6 +32,10 @@ class SingleFlight(Generic[T]):
     def in_flight(self) -> int:
         return len(self._flights)
 
+    def running(self, key: Hashable) -> bool:
+        """Whether a fetch of ``key`` is under way (joining it costs no new fetch)."""
+        return key in self._flights
+
     async def run(self, key: Hashable, fetch: Callable[[], Awaitable[T]]) -> T:
         while True:
             flight = self._flights.get(key)

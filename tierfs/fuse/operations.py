@@ -303,7 +303,7 @@ class TierfsOperations(pyfuse3.Operations):
             else:
                 # Advice as the read arrives, not as it completes: the kernel sends several at once.
                 self.reader.read_ahead(handle.ra, handle.ref, off, size)
-                data, source = await self.reader.read(handle.ref, off, size)
+                data, source = await self.reader.read(handle.ref, off, size, random=not handle.ra.sequential)
         except Exception as exc:
             # The object was rewritten upstream since this file was opened: this
             # read is EIO (never the new bytes under the old identity), and the
