@@ -129,14 +129,24 @@ class Mount:
         return int(self.stats()["backend"]["bytes"])
 
     def fills_settled(self, timeout: float = 30.0) -> None:
-        """Wait until the blocks queued for the disk and Redis tiers (behind the reads' replies) are in."""
+        """Wait until the blocks queued for the disk and Redis tiers (behind the reads' replies) are in.
+
+        Settled is nothing queued and no fetch under way (a read-ahead still
+        fetching queues its fill when it lands), seen twice in a row: one
+        sample between two fills would say "settled" too early.
+        """
         deadline = time.monotonic() + timeout
-        while self.stats()["fills"]["pending_bytes"] and time.monotonic() < deadline:
-            time.sleep(0.02)
-        stats = self.stats()
-        if stats["fills"]["pending_bytes"]:
-            raise AssertionError(f"tier fills still pending after {timeout:.0f} s: fills {stats['fills']}, "
-                                 f"tiers {stats.get('tiers')}\n{self.stacks()}")
+        quiet = 0
+        while True:
+            stats = self.stats()
+            quiet = quiet + 1 if not stats["fills"]["pending_bytes"] and not stats["in_flight_fetches"] else 0
+            if quiet >= 2:
+                return
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"tier fills still pending after {timeout:.0f} s: fills {stats['fills']}, "
+                                     f"fetches under way {stats['in_flight_fetches']}, "
+                                     f"tiers {stats.get('tiers')}\n{self.stacks()}")
+            time.sleep(0.05)
 
     def stacks(self) -> str:
         """The daemon's threads' stacks (py-spy), to see where a wait that never ended is stuck."""
