@@ -43,19 +43,19 @@ from prometheus_client import Counter, Gauge
 
 from tierfs.config import as_written, load, read_toml_file, shown
 from tierfs.errors import ConfigError, TierfsError
-from tierfs.metrics import REGISTRY
+from tierfs.metrics import registry
 from tierfs.metrics import serve as serve_metrics
 from tierfs.systemd import sd_notify
 
 log = logging.getLogger("tierfs.sidecar")
-RUNS = Counter("tierfs_sidecar_job_runs", "Sidecar job runs", ["job", "outcome"], registry=REGISTRY)
-LAST_SECONDS = Gauge("tierfs_sidecar_job_last_seconds", "Duration of the job's last run", ["job"], registry=REGISTRY)
+RUNS = Counter("tierfs_sidecar_job_runs", "Sidecar job runs", ["job", "outcome"], registry=registry())
+LAST_SECONDS = Gauge("tierfs_sidecar_job_last_seconds", "Duration of the job's last run", ["job"], registry=registry())
 LAST_SUCCESS = Gauge("tierfs_sidecar_job_last_success_timestamp", "When the job last succeeded", ["job"],
-                     registry=REGISTRY)
+                     registry=registry())
 LIFECYCLE_OBJECTS = Counter("tierfs_lifecycle_objects", "Objects a lifecycle job changed",
-                            ["job", "action"], registry=REGISTRY)
+                            ["job", "action"], registry=registry())
 MONTHLY_COST = Gauge("tierfs_lake_monthly_cost_usd", "The lake's storage cost a month at its last run: now, "
-                     "and once every rule has acted", ["job", "when"], registry=REGISTRY)
+                     "and once every rule has acted", ["job", "when"], registry=registry())
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _FIELDS = {"lifecycle": {"name", "kind", "every", "lake", "rules", "apply", "jobs", "native"},
            "backup": {"name", "kind", "every", "source", "target", "keep", "grace"}}

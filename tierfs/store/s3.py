@@ -14,7 +14,6 @@ lifecycle configuration.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import posixpath
@@ -299,6 +298,8 @@ class S3Backend(S3Copies, ObstoreBackend):
         if progress is not None and done:
             progress(done)
         todo = [n for n in range(1, count + 1) if n not in state.parts]
+        import asyncio  # (here only: a mount that never writes a large file never loads it)
+
         slots = asyncio.Semaphore(max(1, concurrency))
         loop = asyncio.get_running_loop()
 

@@ -12,7 +12,6 @@ from one version or the copy fails whole (and is aborted).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import posixpath
 import time
@@ -97,6 +96,8 @@ class S3Copies:
         upload_id = (await fs._call_s3("create_multipart_upload", Bucket=self.bucket, Key=name))["UploadId"]
         step = self.copy_part_size
         etags: dict[int, str] = {}
+        import asyncio  # (here only: a mount that never copies a large object never loads it)
+
         slots = asyncio.Semaphore(8)
 
         async def part(number: int) -> None:

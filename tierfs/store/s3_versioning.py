@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import os
 import ssl
-import urllib.error
-import urllib.request
-import xml.etree.ElementTree as ET
 from typing import Any
 
 #: The server's answers that settle the question as s3fs' query would: no versions known here.
@@ -67,6 +64,9 @@ def bucket_versioned(options: dict[str, Any], bucket: str, timeout: float) -> bo
     A connection that fails or stalls past ``timeout`` raises (OSError), as the
     s3fs query would have.
     """
+    import urllib.error  # (here: the query runs after the mount is ready, and so do these imports)
+    import urllib.request
+
     anon = bool(options.get("anon"))
     creds = None if anon else _credentials(options)
     if creds is None and not anon:
@@ -94,6 +94,8 @@ def bucket_versioned(options: dict[str, Any], bucket: str, timeout: float) -> bo
 
 def _text(xml: bytes, tag: str) -> str:
     """The text of the first element named ``tag`` (any namespace) in an S3 XML answer, '' if none."""
+    import xml.etree.ElementTree as ET
+
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
