@@ -1,3 +1,3 @@
-from tierfs.cli import main
+from tierfs.prefork import main
 
 main()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from tierfs import prefork
 from tierfs.errors import UserError
 from tierfs.systemd import sd_notify
 
@@ -63,6 +64,7 @@ def spawn_daemon(argv: list[str], log_file: Path | None, timeout: float = 120.0,
     (rotated: ``tierfs/logfile.py``), or with None to the stderr it inherits
     (systemd's journal).
     """
+    prefork.discard()  # (a fresh interpreter instead of the child forked at the start)
     out = _log_fd(log_file)
     read_fd, write_fd = os.pipe()
     with open(out, "ab") as log_fh, open(os.devnull, "rb") as devnull:
@@ -91,36 +93,35 @@ def fork_daemon(serve: Callable[[Callable[[str], None]], None], log_file: Path |
 
     What ``spawn_daemon`` does without a second interpreter: the child keeps
     the modules and settings this process has already loaded, which saves a
-    tenth of a second of start. Only for an argv that holds no secret (the
+    tenth of a second of start. The child forked at the command's start
+    (``tierfs/prefork.py``), its imports done or under way, is used if there
+    is one. Only for an argv that holds no secret (the
     child's /proc/PID/cmdline is this process's). No thread may run here yet:
     only the forking thread survives a fork.
     """
     out = _log_fd(log_file)
     read_fd, write_fd = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the daemon
-        code = 1
-        try:
-            os.close(read_fd)
-            os.setsid()
-            devnull = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(devnull, 0)
-            os.dup2(out, 1)
-            os.dup2(out, 2)
-            for fd in (devnull, out):
-                os.close(fd)
-            serve(notify_ready(write_fd))
-            code = 0
-        except UserError as exc:
-            report_failure(write_fd, f"{exc}")
-        except BaseException as exc:  # the daemon's last word, whatever went wrong
-            log.exception("the tierfs daemon stopped")
-            report_failure(write_fd, f"the tierfs daemon failed during start-up: {type(exc).__name__}: {exc}")
-        finally:
-            logging.shutdown()
-            os._exit(code)
+    child = prefork.take()
+    if child is not None and prefork.hand(child, serve, out, write_fd):
+        pid = child.pid  # forked at the command's start, its imports done or under way
+    else:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the daemon
+            code = 1
+            try:
+                os.close(read_fd)
+                os.setsid()
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                os.dup2(out, 1)
+                os.dup2(out, 2)
+                for fd in (devnull, out):
+                    os.close(fd)
+                code = run_daemon(serve, write_fd)
+            finally:
+                os._exit(code)
     os.close(write_fd)
     os.close(out)
 
@@ -139,6 +140,21 @@ def fork_daemon(serve: Callable[[Callable[[str], None]], None], log_file: Path |
             return None
 
     return pid, _await_ready(read_fd, died, kill, reap, log_file, timeout)
+
+
+def run_daemon(serve: Callable[[Callable[[str], None]], None], ready_fd: int) -> int:
+    """The daemon's life, in a forked child with its stdio set: ``serve(ready)``; the exit code."""
+    try:
+        serve(notify_ready(ready_fd))
+        return 0
+    except UserError as exc:
+        report_failure(ready_fd, f"{exc}")
+    except BaseException as exc:  # the daemon's last word, whatever went wrong
+        log.exception("the tierfs daemon stopped")
+        report_failure(ready_fd, f"the tierfs daemon failed during start-up: {type(exc).__name__}: {exc}")
+    finally:
+        logging.shutdown()
+    return 1
 
 
 def _log_fd(log_file: Path | None) -> int:

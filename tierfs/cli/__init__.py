@@ -22,20 +22,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tierfs")
 
-# Client libraries that log every request (with credentials-adjacent details) below WARNING.
-_CLIENT_LOGGERS = ("botocore", "aiobotocore", "s3fs", "gcsfs", "google", "adlfs", "azure", "fsspec", "urllib3",
-                   "pyfuse3", "redis")
-
-
-def setup_logging(level: int, handler: logging.Handler | None = None) -> None:
-    """Log lines to stderr (journald adds the time under systemd) or to ``handler`` (the daemon's log file);
-    client libraries at WARNING or above."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=[handler or logging.StreamHandler(sys.stderr)])
-    for name in _CLIENT_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.WARNING, level))
-
-
 # What str.splitlines() breaks on: a message holding one (from a name, a path, a value) would be two lines.
 _LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from tierfs.cli import cli, setup_logging
+from tierfs.cli import cli
 from tierfs.config import Settings, format_size, load
+from tierfs.daemon import setup_logging
 from tierfs.errors import CacheDirBusy, UserError
 
 if TYPE_CHECKING:

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tierfs.cli import cli, open_store, setup_logging
+from tierfs.cli import cli, open_store
 from tierfs.cli.versions_cmds import open_lake
 from tierfs.config import format_size, load
+from tierfs.daemon import setup_logging
 from tierfs.errors import UserError
 
 if TYPE_CHECKING:

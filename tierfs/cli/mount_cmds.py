@@ -9,16 +9,15 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
-from tierfs import background
-from tierfs.cli import cli, mount_options, setup_logging
-from tierfs.config import Settings, format_size, load
+from tierfs import background, daemon
+from tierfs.cli import cli, mount_options
+from tierfs.config import format_size, load
 from tierfs.errors import UserError
 from tierfs.secrecy import check_private, check_secret_files
 
@@ -174,7 +173,7 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
                 # A secret in argv stays out of the daemon's cmdline: a fresh interpreter, told it by env.
                 pid, notes = background.spawn_daemon(argv, log_path, env=env)
             else:
-                pid, notes = background.fork_daemon(functools.partial(_serve, settings, mountpoint, exposed,
+                pid, notes = background.fork_daemon(functools.partial(daemon.serve, settings, mountpoint, exposed,
                                                                       log_path is not None), log_path)
             click.echo(f"mounted {settings.lake_url} at {mountpoint} (pid {pid}, log {log_path or 'to the journal'})")
             if exposed_argv:
@@ -185,22 +184,11 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
             if notes:
                 click.echo(f"note: {notes}")
             return
-        _serve(settings, mountpoint, exposed, log_to_file, background.notify_ready(ready_fd))
+        daemon.serve(settings, mountpoint, exposed, log_to_file, background.notify_ready(ready_fd))
     except UserError as exc:
         if foreground and ready_fd is not None:
             background.report_failure(ready_fd, f"{exc}")
         raise
-
-
-def _serve(settings: Settings, mountpoint: Path, exposed: str, log_to_file: bool,
-           ready: Callable[[str], None]) -> None:
-    """The daemon's part: log, load the mount's layers (only the process that serves loads them), serve."""
-    _setup_logging(settings, log_to_file)
-    if exposed:
-        log.warning("%s", exposed)
-    from tierfs import mount as mount_mod
-
-    mount_mod.run_foreground(settings, mountpoint, ready)
 
 
 @cli.command()
@@ -324,16 +312,6 @@ def render_rates(before: dict[str, Any], after: dict[str, Any], seconds: float) 
     if written:
         parts.append(f"writes {format_size(int(written))}/s")
     return time.strftime("%H:%M:%S ") + " | ".join(parts)
-
-
-def _setup_logging(settings: Settings, to_file: bool) -> None:
-    """Stderr (--foreground: a terminal, or systemd's journal), or the background daemon's rotated log file."""
-    from tierfs.logfile import LogFile
-
-    level = "debug" if os.environ.get("TIERFS_DEBUG") else settings.log_level
-    handler = LogFile(settings.resolved_log_file(), settings.log_max_size, settings.log_backups,
-                      stdio=True) if to_file else None
-    setup_logging(getattr(logging, level.upper()), handler)
 
 
 @cli.command()
