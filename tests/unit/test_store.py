@@ -133,3 +133,28 @@ def test_names_a_key_check_refuses_are_left_out_of_listings(tmp_path: Any, monke
     monkeypatch.setattr(store.backend, "list_dir", lambda rel: listed)
     assert [e.name for e in store.list_dir("a")] == ["ok.txt"]
     assert "left out of the listing" in caplog.text
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8333/bench-lake?versioning",
+                                 "https://my-bucket.s3.eu-west-1.amazonaws.com/?versioning",
+                                 "https://s3.us-east-1.amazonaws.com/dotted.bucket.name?versioning"])
+@pytest.mark.parametrize("token", [None, "session-token/with+odd=chars"])
+def test_the_versioning_query_is_signed_as_botocore_signs_it(url: str, token: str | None) -> None:
+    """tierfs signs its one GET itself (botocore's imports were on the first listing's path); byte for byte the
+    headers botocore's S3 signer makes, at the same instant."""
+    import datetime as dt
+    from unittest import mock
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from tierfs.store.s3_versioning import sigv4_headers
+
+    now = dt.datetime(2026, 12, 3, 16, 45, 7, tzinfo=dt.UTC)
+    theirs = AWSRequest(method="GET", url=url)
+    with mock.patch("botocore.auth.get_current_datetime", return_value=now.replace(tzinfo=None)):
+        S3SigV4Auth(Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token), "s3",
+                    "eu-west-1").add_auth(theirs)
+    ours = sigv4_headers(url, "eu-west-1", "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token, now=now)
+    assert {k.lower(): v for k, v in ours.items()} == {k.lower(): str(v) for k, v in theirs.headers.items()}

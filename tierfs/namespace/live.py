@@ -250,7 +250,7 @@ class Namespace:
 
     def under_immutable_prefix(self, path: str) -> bool:
         """Whether ``path`` lies in a part of the live view that never changes: what was seen of it holds."""
-        return under(path, self.immutable_prefixes)
+        return bool(self.immutable_prefixes) and under(path, self.immutable_prefixes)  # (asked per entry listed)
 
     # -- tar shards ---------------------------------------------------------
     def _lake_path(self, path: str) -> str | None:

@@ -4,8 +4,10 @@ obstore has no call for GetBucketVersioning, and making s3fs to ask it costs
 about a second of the daemon's CPU (botocore loads its service models, aiohttp
 its parts) right after the mount comes up, when the first listing waits for
 the answer (a versioned lake's refs pin version ids). The request itself is
-one GET of ``?versioning``: botocore's signer signs it, the standard library
-sends it.
+one GET of ``?versioning``, signed here (AWS Signature Version 4, the few
+lines a GET with no body needs: :func:`sigv4_headers`) and sent by the
+standard library. botocore's signer would do the same after its imports,
+~0.1 s of the daemon's CPU on the first listing's path.
 
 :func:`bucket_versioned` answers True or False when the server does; None
 when this way cannot ask (credentials only botocore's chain knows, a bucket
@@ -15,9 +17,13 @@ which follows redirects and knows every source of credentials.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import hmac
 import os
 import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
 #: The server's answers that settle the question as s3fs' query would: no versions known here.
 _UNVERSIONED_CODES = ("AccessDenied", "NoSuchBucket")
@@ -75,13 +81,7 @@ def bucket_versioned(options: dict[str, Any], bucket: str, timeout: float) -> bo
     url = _url(endpoint, region, bucket)
     headers: dict[str, str] = {}
     if creds is not None:
-        from botocore.auth import S3SigV4Auth
-        from botocore.awsrequest import AWSRequest
-        from botocore.credentials import Credentials
-
-        signed = AWSRequest(method="GET", url=url)
-        S3SigV4Auth(Credentials(*creds), "s3", region).add_auth(signed)
-        headers = {k: str(v) for k, v in signed.headers.items()}
+        headers = sigv4_headers(url, region, *creds)
     request = urllib.request.Request(url, headers=headers, method="GET")
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=_tls(options)) as reply:
@@ -90,6 +90,37 @@ def bucket_versioned(options: dict[str, Any], bucket: str, timeout: float) -> bo
         code = _text(exc.read(), "Code")
         return False if code in _UNVERSIONED_CODES else None
     return _text(body, "Status") == "Enabled"
+
+
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def sigv4_headers(url: str, region: str, key: str, secret: str, token: str | None = None,
+                  now: dt.datetime | None = None) -> dict[str, str]:
+    """The headers that sign a GET of ``url`` (no body) for S3 with Signature Version 4.
+
+    For the URLs :func:`_url` makes: a path of plain characters (a bucket
+    name), a query of one bare name (``versioning``).
+    """
+    parts = urlsplit(url)
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
+    headers = {"host": parts.netloc, "x-amz-content-sha256": _EMPTY_SHA256, "x-amz-date": stamp}
+    if token:
+        headers["x-amz-security-token"] = token
+    names = ";".join(sorted(headers))
+    query = "&".join(sorted(f"{q}=" if "=" not in q else q for q in parts.query.split("&") if q))
+    canonical = "\n".join(["GET", parts.path or "/", query, *(f"{n}:{headers[n]}" for n in sorted(headers)), "",
+                           names, _EMPTY_SHA256])
+    scope = f"{stamp[:8]}/{region}/s3/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    signing = f"AWS4{secret}".encode()
+    for part in (stamp[:8], region, "s3", "aws4_request"):
+        signing = hmac.new(signing, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(signing, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={key}/{scope}, SignedHeaders={names}, "
+                                f"Signature={signature}")
+    del headers["host"]  # (urllib sends the URL's own)
+    return headers
 
 
 def _text(xml: bytes, tag: str) -> str:
