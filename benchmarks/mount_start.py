@@ -13,6 +13,11 @@ store rows are the bucket's first listings with obstore from a fresh client
 (no mount at all). Prints the median and the spread in ms. Unmounts and stops everything it started, by
 PID, even on failure. Needs fuse3, rclone and s3fs (`apt-get install rclone
 s3fs`); a system that is missing is left out with a line saying so.
+
+``--baseline DIR`` adds a row for the tierfs package in DIR (a checkout of an
+older commit: ``git worktree add DIR COMMIT``), mounted the same way in the
+same run, so a change's before and after are side by side. It runs in this
+checkout's venv (the same pyfuse3 and libraries).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7, help="mounts of each system; the median is shown")
     ap.add_argument("--big", type=int, default=5000, help="entries of the folder listed right after the mount")
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                    help="also time the tierfs package of this checkout (an older commit's worktree)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tierfs-mount-start-", dir=args.work))
     server = SeaweedS3(work / "weed")
@@ -65,6 +72,8 @@ def main() -> None:
         for missing in {"rclone", "s3fs"} - set(names):
             print(f"{missing}: not installed, left out (apt-get install {missing})", file=sys.stderr)
         runners = [System(n, work, server, local) for n in names]
+        if args.baseline is not None:
+            runners.insert(1, System("tierfs-before", work, server, local, code=args.baseline.resolve()))
         for _ in range(args.repeat):
             for sysm in runners:
                 sysm.umount(clear=True)

@@ -364,8 +364,9 @@ WORKLOADS: list[tuple[str, Workload, StoreWorkload]] = [
 # -- systems -------------------------------------------------------------------------------
 class System:
     def __init__(self, name: str, work: Path, server: SeaweedS3, local: Path, writable: bool = False,
-                 extra: tuple[str, ...] = ()):
+                 extra: tuple[str, ...] = (), code: Path | None = None):
         self.name, self.work, self.server, self.local = name, work, server, local
+        self.code = code  # a tierfs system: another checkout's package (a worktree of an older commit), or ours
         self.writable = writable
         self.extra = extra  # more `tierfs mount` flags (benchmarks/shard_members.py: --shard-members)
         self.mnt = work / f"mnt-{name}"
@@ -395,7 +396,9 @@ class System:
             subprocess.run([sys.executable, "-m", "tierfs", "mount", f"s3://{BUCKET}", str(self.mnt),
                             "--config", str(cfg), "--cache-dir", str(self.cache), "--cache-size", "20GiB",
                             "--ram-size", "2GiB", *([] if self.writable else ["--read-only"]), *self.extra],
-                           check=True, stdout=subprocess.DEVNULL)
+                           check=True, stdout=subprocess.DEVNULL,
+                           **({} if self.code is None else {"env": {**os.environ, "PYTHONPATH": str(self.code)},
+                                                            "cwd": "/"}))
             self.pid = int(os.getxattr(self.mnt, "user.tierfs.pid"))
             return
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # rclone refuses it
