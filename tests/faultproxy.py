@@ -225,6 +225,7 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._stats = Stats()
+        self._lines: list[str] = []  # every request line read, in order
         self._sockets: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
         self._stop = threading.Event()
@@ -250,6 +251,11 @@ class FaultProxy:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def request_lines(self) -> list[str]:
+        """``METHOD /path?query HTTP/1.1`` of every request read so far."""
+        with self._lock:
+            return list(self._lines)
 
     def stats(self) -> Stats:
         """A copy of the counters."""
@@ -365,6 +371,8 @@ class FaultProxy:
                 if head is None:
                     return  # the client closed its keep-alive connection
                 line, headers = _parse_head(head)
+                with self._lock:
+                    self._lines.append(line)
                 method = line.split(" ", 1)[0].upper()
                 mode, after = self._draw()
                 if mode == "stall":

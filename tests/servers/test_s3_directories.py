@@ -93,3 +93,28 @@ def test_keys_with_dot_dot_or_empty_names_are_never_listed(moto: MotoS3, tmp_pat
     store = ObjectStore.open(load(cfg, {"lake_url": "s3://odd-keys"}))
     with pytest.raises(BadKey):
         store.read_all("a/../b.txt")
+
+
+def test_a_lookup_of_a_large_folder_asks_for_one_page_of_its_listing(s3_server: SeaweedS3, tmp_path: Path) -> None:
+    """Whether a name with no object is a folder is one page of a listing: the stat of a 2,500-entry folder
+    listed all of it (three pages), and a folder of a million entries would have been listed whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from faultproxy import FaultProxy
+
+    fs, _ = _lake(s3_server, tmp_path, "big-folder")
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: fs.pipe(f"big-folder/big/{i:05d}.bin", b"x"), range(2500)))
+    fs.pipe("big-folder/top.txt", b"t")
+    fs.mkdir("big-folder/empty/")  # a folder that is only its marker
+    fs.pipe("big-folder/empty/", b"")
+    with FaultProxy("127.0.0.1", s3_server.s3_port, seed=1) as proxy:
+        cfg = s3_server.s3_config(tmp_path / "proxied.toml", endpoint=proxy.endpoint)
+        with mounted("s3://big-folder", tmp_path / "mnt", tmp_path / "cache", "--read-only", config=cfg) as m:
+            for name, exists in (("big", True), ("empty", True), ("missing", False)):
+                before = len(proxy.request_lines())
+                assert os.path.isdir(m.mountpoint / name) is exists
+                assert os.path.lexists(m.mountpoint / name) is exists
+                lists = [ln for ln in proxy.request_lines()[before:] if "list-type=2" in ln]
+                assert len(lists) <= 1, f"{name}: {lists}"
+            assert len(os.listdir(m.mountpoint / "big")) == 2500  # and the listing itself is whole

@@ -140,12 +140,25 @@ class ObstoreBackend(BucketKeys, Backend):
             if not is_invalid_path(exc):
                 raise
             return Backend.stat(self, rel)
-        listing = self._list(rel)
-        if listing is None:
+        below = self._anything_below(rel)
+        if below is None:
             return Backend.stat(self, rel)
-        if listing.dirs or listing.objects or listing.marker or self._unlisted_marker(rel, folder_blob=False):
+        if below or self._unlisted_marker(rel, folder_blob=False):
             return Entry(posixpath.basename(rel), True)
         raise FileNotFoundError(rel)
+
+    def _anything_below(self, rel: str) -> bool | None:
+        """Whether any object (the folder's own marker too) lies below ``rel``: the first page of a
+        listing, never the rest of it, however large the folder; None: ask through fsspec."""
+        path = self._path(rel)
+        try:
+            for chunk in obstore.list(self.obs, path, chunk_size=1):
+                return bool(chunk)
+        except Exception as exc:
+            if is_invalid_path(exc):
+                return None
+            raise
+        return False
 
     def _stat_object(self, rel: str, meta: Any) -> Entry:
         return self.meta_entry(posixpath.basename(rel), rel, meta)
