@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar, cast
 
 import pyfuse3
@@ -98,6 +98,8 @@ class _FileHandle:
 class _DirHandle:
     node: Node
     entries: list[Entry]
+    # (name, is_dir, inode) of each entry replied so far, in order: the digest of what the kernel holds
+    replied: list[tuple[str, bool, int]] = field(default_factory=list)
 
 
 class TierfsOperations(pyfuse3.Operations):
@@ -168,8 +170,9 @@ class TierfsOperations(pyfuse3.Operations):
         # The kernel's directory cache: kept across opens while the names are
         # the ones it was given, with the same inode numbers (a snapshot's
         # never change; the live view's within the TTL). The kernel drops it
-        # itself when this mount changes the directory.
-        keep = node.immutable or node.listed == self._listed(node.path, entries)
+        # itself when this mount changes the directory. (Never listed to the
+        # kernel yet: nothing to keep, and no digest of 5,000 names to make.)
+        keep = node.immutable or (node.listed != 0 and node.listed == self._listed(node.path, entries))
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), cache_readdir=True, keep_cache=keep)
 
     def _listed(self, path: str, entries: list[Entry]) -> int:
@@ -179,14 +182,18 @@ class TierfsOperations(pyfuse3.Operations):
     @_guard
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dirs[fh]
+        replied = handle.replied
         for i in range(start_id, len(handle.entries)):
             entry = handle.entries[i]
             node = self.ns.entry_node(handle.node.path, entry)
             if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), self.attrs(node), i + 1):
                 return
             self.ns.remember(node)  # readdirplus counts as a lookup
+            if len(replied) == i:
+                replied.append((entry.name, entry.is_dir, node.inode))
         # The kernel has the whole listing now (what opendir compares with to keep its cache).
-        handle.node.listed = self._listed(handle.node.path, handle.entries)
+        handle.node.listed = hash(tuple(replied)) if len(replied) == len(handle.entries) else \
+            self._listed(handle.node.path, handle.entries)
 
     @_guard
     async def releasedir(self, fh: int) -> None:
