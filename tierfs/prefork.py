@@ -75,8 +75,11 @@ def main() -> None:
     import logging
 
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # (a reader that went away: nothing left to tell it)
+            pass
     os._exit(code or 0)
 
 
