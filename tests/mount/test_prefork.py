@@ -13,7 +13,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import TIERFS, force_cleanup, is_mounted, mounted, random_bytes, run_tierfs, wait_for, write_tree
+from helpers import (
+    TIERFS,
+    force_cleanup,
+    free_port,
+    is_mounted,
+    mounted,
+    random_bytes,
+    run_tierfs,
+    wait_for,
+    write_tree,
+)
 
 from tierfs.prefork import wanted
 
@@ -49,17 +59,14 @@ def test_the_daemon_forked_at_the_start_serves_the_mount_alone(lake: Path, tmp_p
         assert EARLY in (m.cache_dir / "tierfs.log").read_text()
 
 
-def test_with_prefork_off_the_daemon_is_forked_after_the_checks_and_serves_the_same(lake: Path,
-                                                                                   tmp_path: Path) -> None:
-    os.environ["TIERFS_PREFORK"] = "0"
-    try:
-        with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache") as m:
-            for rel, data in FILES.items():
-                assert (m.mountpoint / rel).read_bytes() == data
-            assert naming(str(m.mountpoint)) == [m.pid]
-            assert EARLY not in (m.cache_dir / "tierfs.log").read_text()
-    finally:
-        del os.environ["TIERFS_PREFORK"]
+def test_with_prefork_off_the_daemon_is_forked_after_the_checks_and_serves_the_same(
+        lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIERFS_PREFORK", "0")  # (run_tierfs passes this process's environment on)
+    with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache") as m:
+        for rel, data in FILES.items():
+            assert (m.mountpoint / rel).read_bytes() == data
+        assert naming(str(m.mountpoint)) == [m.pid]
+        assert EARLY not in (m.cache_dir / "tierfs.log").read_text()
 
 
 def test_a_mount_refused_leaves_no_process_behind(tmp_path: Path) -> None:
@@ -76,9 +83,9 @@ def test_a_mount_refused_leaves_no_process_behind(tmp_path: Path) -> None:
 
 def test_a_secret_in_argv_sends_the_daemon_to_a_fresh_interpreter_and_the_early_child_away(
         lake: Path, tmp_path: Path) -> None:
-    # (the Redis tier is off when nothing answers: the mount still serves)
+    # (the Redis tier is off when nothing answers, on a free port of our own: the mount still serves)
     with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache",
-                 "--redis", "redis://:a-password@127.0.0.1:9/0") as m:
+                 "--redis", f"redis://:a-password@127.0.0.1:{free_port()}/0") as m:
         assert (m.mountpoint / "b.txt").read_bytes() == FILES["b.txt"]
         assert naming(str(m.mountpoint)) == [m.pid]
         assert EARLY not in (m.cache_dir / "tierfs.log").read_text()
