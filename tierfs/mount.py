@@ -129,7 +129,11 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
         tiers.append(RedisTier(redis_settings(settings)))
     # Worker threads: one pool for the tiers' disk I/O, and one per kind of
     # store work, so a slow store never starves cache hits, nor read-ahead the reads.
-    chain = TierChain(tiers, trio.CapacityLimiter(16), FillQueue(settings.fill_memory))
+    # The fills behind the replies run one at a time per slow tier: fill threads
+    # of their own only fight the reads for the GIL (4 against 1: 0.8x the cold
+    # files/s, benchmarks/RESULTS.md), and one keeps up with the reads.
+    slow = sum(1 for t in tiers if not t.in_loop)
+    chain = TierChain(tiers, trio.CapacityLimiter(16), FillQueue(settings.fill_memory, workers=max(1, slow)))
     limiters = StoreLimiters.from_settings(settings)
     reader = BlockReader(store, chain, settings.block_size, limiters.read, limiters.prefetch,
                          settings.prefetch_memory, settings.random_read_unit)

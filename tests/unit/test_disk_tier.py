@@ -498,19 +498,55 @@ def test_blocks_and_index_files_are_private(tmp_path: Path) -> None:
         os.umask(old)
 
 
-def test_a_link_planted_at_a_temp_name_is_not_followed(tmp_path: Path) -> None:
-    """Block temp files had a fixed name (tmp/<key>.<thread id>) opened with O_CREAT|O_TRUNC: a symlink there
-    was written through. They are made with O_EXCL under a name of their own now."""
+def test_a_link_planted_at_a_block_name_is_not_followed(tmp_path: Path) -> None:
+    """Block files are written at their own name (O_CREAT|O_EXCL|O_NOFOLLOW): a symlink planted there is
+    removed, never written through."""
     t = DiskTier(tmp_path / "c", 1 << 20)
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep")
     try:
-        (t.tmp_dir / f"{key(1).hex}.{threading.get_ident():x}").symlink_to(victim)
+        final = t._path(key(1).hex)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        final.symlink_to(victim)
         t.put(key(1), b"abc")
         assert t.get(key(1)) == b"abc"
+        assert not final.is_symlink()
     finally:
         t.close()
     assert victim.read_bytes() == b"keep"
+
+
+def test_a_half_written_block_file_without_an_entry_is_replaced(tmp_path: Path) -> None:
+    """What a landing cut short left at a block's name (no index entry) is never read, and the next put of
+    the block writes it anew."""
+    t = DiskTier(tmp_path / "c", 1 << 20)
+    try:
+        final = t._path(key(1).hex)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        final.write_bytes(b"ha")
+        assert t.get(key(1)) is None
+        t.put(key(1), b"abc")
+        assert t.get(key(1)) == b"abc" and final.read_bytes() == b"abc"
+    finally:
+        t.close()
+
+
+def test_a_put_over_a_held_block_leaves_an_open_file_its_bytes(tmp_path: Path) -> None:
+    """Passthrough serves a small file from an fd of its block file: a later put of the key (a rewrite of a
+    local lake's file at the same size and mtime) makes a new file and never changes the open one."""
+    t = DiskTier(tmp_path / "c", 1 << 20)
+    try:
+        t.put(key(1), b"abc")
+        fd = t.backing_fd(key(1), 3)
+        assert fd is not None
+        try:
+            t.put(key(1), b"xyz")
+            assert os.pread(fd, 10, 0) == b"abc"
+            assert t.get(key(1)) == b"xyz"
+        finally:
+            os.close(fd)
+    finally:
+        t.close()
 
 
 def test_a_cache_written_under_another_key_starts_afresh(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

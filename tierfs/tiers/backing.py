@@ -80,7 +80,8 @@ class BackingFiles:
         """An fd of ``key``'s block file if it holds exactly ``size`` plain bytes that pass their checksum.
 
         What FUSE passthrough serves a whole small file from. A block file is
-        never changed in place (it lands by rename and leaves by unlink), so
+        never changed once it has an entry (it is written new at its name before,
+        and leaves by unlink), so
         the fd keeps these bytes for as long as it is open, evicted or not.
         Its bytes are checked against the checksum at the first such open in
         this process (the kernel reads them unchecked from then on); later
