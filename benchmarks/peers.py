@@ -464,8 +464,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the median is shown")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--workloads", default="", metavar="WORDS",
+                    help="only the workloads whose name holds one of these comma-separated words "
+                         "(e.g. 'small files,DataLoader'); default: all")
     args = ap.parse_args()
     systems = args.systems.split(",")
+    wanted = [w.strip().lower() for w in args.workloads.split(",") if w.strip()]
+    workloads = [w for w in WORKLOADS if not wanted or any(x in w[0].lower() for x in wanted)]
+    if not workloads:
+        sys.exit(f"peers.py: no workload matches --workloads {args.workloads!r}; "
+                 f"the workloads are: {'; '.join(w[0] for w in WORKLOADS)}")
 
     work = Path(tempfile.mkdtemp(prefix="tierfs-peers-", dir=args.work))
     server = SeaweedS3(work / "weed")
@@ -482,7 +490,7 @@ def main() -> None:
         fs.mkdir(BUCKET)
         fs.put(str(local) + "/", f"{BUCKET}/", recursive=True)
         runners = [System(n, work, server, local) for n in systems]
-        for name, fn, store_fn in WORKLOADS:
+        for name, fn, store_fn in workloads:
             for sysm in runners:
                 for _ in range(args.repeat):
                     # cold: fresh mount, empty caches, page cache dropped
@@ -526,7 +534,7 @@ def main() -> None:
         return f"{(other / t if lower_better else t / other):>{width}.2f}"
 
     units[MOUNT] = "ms (lower is better)"
-    for name in [w[0] for w in WORKLOADS] + [MOUNT]:
+    for name in [w[0] for w in workloads] + [MOUNT]:
         lower_better = "lower" in units.get(name, "")
         for phase in PHASES:
             if not any((name, phase, s) in results for s in systems):

@@ -277,7 +277,7 @@ class _Key:
 #   [redis] url password db key_prefix ttl max_block_size pool_size timeout secret secret_file username
 #           ca_file cert_file key_file allow_no_auth cluster
 #   [mount] mountpoint read_only   [write] part_size upload_concurrency rename_concurrency
-#   [metrics] listen   [metadata] ttl listing_memory listing_entries negative_ttl immutable_prefixes
+#   [metrics] listen   [metadata] ttl lookup_bytes listing_memory listing_entries negative_ttl immutable_prefixes
 #   [fuse] workers allow_other allow_root nonempty uid gid umask file_mode dir_mode read_ahead_kb passthrough
 #   [log] level file max_size backups   [shards] prefixes
 #   [backup] secret_file
@@ -343,6 +343,7 @@ _KEYS = [
     _Key("cache", "fill_memory", parse_size, "fill_memory"),
     _Key("fuse", "read_ahead_kb", _retries, "kernel_read_ahead_kb"),
     _Key("metadata", "ttl", _positive_float, "metadata_ttl"),
+    _Key("metadata", "lookup_bytes", parse_size, "lookup_bytes"),
     _Key("metadata", "listing_memory", parse_size, "listing_memory"),
     _Key("metadata", "listing_entries", _count, "listing_entries"),
     _Key("metadata", "negative_ttl", _positive_float, "negative_ttl"),
@@ -441,6 +442,10 @@ class Settings:
     fill_memory: int = 256 * 1024**2  # bound on blocks waiting to go into the disk and Redis tiers
     kernel_read_ahead_kb: int = 4096  # the mount's bdi read_ahead_kb: larger FUSE read requests
     metadata_ttl: float = 60.0
+    # The first lookup of a name in a folder not listed yet asks for the object's first this-many bytes
+    # where a HEAD would ask for none: a small file's bytes come with its size and ETag (the open and read
+    # that follow cost no request). 0: a HEAD, as before. At most a block.
+    lookup_bytes: int = 256 * 1024
     listing_memory: int = 200 * 1024**2  # cached directory entries, by what they hold in memory (names, refs)
     listing_entries: int = 500_000  # and at most this many of them
     # Seconds a name found missing (by a stat, in a directory not listed) is answered missing without asking

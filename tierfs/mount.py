@@ -145,7 +145,10 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
                           manifest_limiter=limiters.manifest, negative_ttl=settings.negative_ttl,
                           immutable_prefixes=settings.immutable_prefixes,
                           manifest_indexes=manifest_indexes(settings, disk), listing_memory=settings.listing_memory,
-                          shards=shards)
+                          shards=shards, first_bytes=reader.keep_first_bytes,
+                          # (not with a shared Redis tier: the bytes of files other nodes read are there, and
+                          # a lookup's GET would take them from the store)
+                          first_bytes_max=0 if settings.redis_url else min(settings.lookup_bytes, settings.block_size))
     file_mode, dir_mode = settings.modes()
     attrs = AttrMaker(settings.metadata_ttl, settings.block_size, uid=settings.uid, gid=settings.gid,
                       file_mode=file_mode, dir_mode=dir_mode)

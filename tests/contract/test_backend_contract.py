@@ -30,6 +30,7 @@ class Lake:
     store: ObjectStore
     upstream: Callable[[str, bytes], None]  # another writer, straight to the lake
     versioned: bool = False
+    stat_brings_bytes: bool = False  # a GET answers a first lookup's stat (stat_and_bytes), not a HEAD
 
 
 def _store(url: str, config: Path | None) -> ObjectStore:
@@ -69,7 +70,7 @@ def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lake]:
             fs.make_bucket_versioned(bucket, True)
         cfg = server.s3_config(tmp_path / "s3.toml")
         yield Lake(_store(f"s3://{bucket}/pre", cfg), lambda k, d: fs.pipe(f"{bucket}/pre/{k}", d),
-                   versioned=kind == "s3-versioned")
+                   versioned=kind == "s3-versioned", stat_brings_bytes=True)
     elif kind == "gcs":
         gcs = request.getfixturevalue("gcs")
         fs = gcs.fs()
@@ -81,7 +82,8 @@ def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lake]:
         fs = azure.fs()
         fs.mkdir("contract-az")
         cfg = azure.config(tmp_path / "az.toml")
-        yield Lake(_store("az://contract-az/pre", cfg), lambda k, d: fs.pipe(f"contract-az/pre/{k}", d))
+        yield Lake(_store("az://contract-az/pre", cfg), lambda k, d: fs.pipe(f"contract-az/pre/{k}", d),
+                   stat_brings_bytes=True)
 
 
 def test_put_answers_the_identity_a_stat_gives(lake: Lake) -> None:
@@ -113,6 +115,29 @@ def test_list_stat_read(lake: Lake) -> None:
         store.stat("d/nope.bin")
     with pytest.raises(NotFound):
         store.list_dir("no/such/dir")
+
+
+def test_a_stat_with_bytes_names_what_a_stat_names(lake: Lake) -> None:
+    """``stat_and_bytes`` (a first lookup's stat): the Entry a stat gives, and, where the store brings them
+    in the same request, all the bytes of a file within the limit; a folder, an empty file, a file larger
+    than the limit and a missing name answer as a stat does."""
+    store = lake.store
+    small, large = random_bytes(100_000, seed=4), random_bytes(300_000, seed=5)
+    store.put_bytes("s/small.bin", small)
+    store.put_bytes("s/large.bin", large)
+    store.put_bytes("s/empty.bin", b"")
+    store.put_bytes("s/sub/y.bin", b"y")
+    for name, data in (("small.bin", small), ("large.bin", large), ("empty.bin", b"")):
+        entry, got = store.stat_and_bytes(f"s/{name}", 256 * 1024)
+        stat = store.stat(f"s/{name}")
+        assert entry.ref is not None and stat.ref is not None
+        assert (entry.ref.etag, entry.ref.size, entry.ref.version) == (stat.ref.etag, stat.ref.size, stat.ref.version)
+        assert got is None or (got == data and len(data) <= 256 * 1024), name
+        if name == "small.bin":
+            assert (got is not None) is lake.stat_brings_bytes
+    assert store.stat_and_bytes("s/sub", 256 * 1024)[0].is_dir
+    with pytest.raises(NotFound):
+        store.stat_and_bytes("s/nope.bin", 256 * 1024)
 
 
 def test_a_read_never_returns_another_versions_bytes(lake: Lake) -> None:

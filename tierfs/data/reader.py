@@ -116,6 +116,17 @@ class BlockReader:
             self._nursery.start_soon(self._prefetch, ref, index)
         self.window_peak = max(self.window_peak, ra.peak * self.block_size)
 
+    async def keep_first_bytes(self, ref: ObjectRef, data: bytes) -> None:
+        """A small file's bytes that its lookup's stat brought (``Namespace.first_bytes``): its block 0,
+        put into the tiers as a store read's would be, so the open and read that follow need no request."""
+        if len(data) != ref.size or not 0 < ref.size <= self.block_size:
+            return
+        key = ref.block_key(0, self.block_size)
+        if self.chain.in_loop_holds(key):
+            return
+        self._hold(key, data)
+        await self.chain.put(key, data)
+
     def read_first_block(self, ref: ObjectRef, index: int = 0) -> None:
         """An open for reading: fetch block 0 now, so the READ that follows joins a fetch already under way.
 

@@ -20,7 +20,7 @@ import errno
 import posixpath
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import trio
@@ -43,6 +43,8 @@ from tierfs.versions.index_dir import ManifestIndexes
 RESERVED = frozenset({".tierfs", SNAPSHOTS_DIR})
 
 T = TypeVar("T")
+#: Takes a small file's bytes that came with its stat (``Namespace.first_bytes``).
+FirstBytes = Callable[[ObjectRef, bytes], Awaitable[None]]
 
 
 class NotADirectory(NotFound):
@@ -54,12 +56,16 @@ class Namespace:
                  fetch: Fetch | None = None, manifest_limiter: trio.CapacityLimiter | None = None,
                  negative_ttl: float = 0.0, immutable_prefixes: tuple[str, ...] = (),
                  manifest_indexes: ManifestIndexes | None = None, listing_memory: int | None = None,
-                 shards: ShardView | None = None):
+                 shards: ShardView | None = None, first_bytes: FirstBytes | None = None, first_bytes_max: int = 0):
         """``limiter``: the metadata limiter (listings, stats). ``fetch``: whole lake objects (manifests).
         ``manifest_indexes``: where snapshots' manifests are indexed locally (None: their parts are kept in memory).
         ``listing_memory``: the listing cache's bound in bytes (None: 400 bytes an entry).
-        ``shards``: which tar shards are shown as directories of their members (None: none)."""
+        ``shards``: which tar shards are shown as directories of their members (None: none).
+        ``first_bytes``: given a small file's bytes that a lookup's stat brought (files of at most
+        ``first_bytes_max`` bytes; the reader keeps them, so the open that follows costs no request)."""
         self.store = store
+        self.first_bytes = first_bytes
+        self.first_bytes_max = first_bytes_max if first_bytes is not None else 0
         self.ttl = ttl
         self.immutable_prefixes = immutable_prefixes
         self.shards = shards
@@ -110,7 +116,7 @@ class Namespace:
         path = _join(parent.path, name)
         if parent.path == "" and name in RESERVED and not in_tree(path):
             raise NotFound(name)
-        return self._node_for(parent.path, await self._any_entry(path, parent.path, name))
+        return self._node_for(parent.path, await self._any_entry(path, parent.path, name, looked_up=True))
 
     async def getattr(self, inode: int) -> Node:
         node = self.inodes.get(inode)
@@ -282,7 +288,8 @@ class Namespace:
         return None
 
     # -- internals --------------------------------------------------------
-    async def _any_entry(self, path: str, parent: str, name: str) -> Entry:
+    async def _any_entry(self, path: str, parent: str, name: str, looked_up: bool = False) -> Entry:
+        """What ``path`` names; ``looked_up``: for a lookup (an open may follow: a stat may bring the bytes)."""
         if self.shards is not None and self.shards.may_hold(path):
             inside = await self._shard_of(path)
             if inside is not None:
@@ -293,15 +300,15 @@ class Namespace:
                     return await self.shards.entry(shard, inner)
                 except FileNotFoundError:
                     raise NotFound(path) from None
-        return await self._plain_entry(path, parent, name)
+        return await self._plain_entry(path, parent, name, looked_up)
 
-    async def _plain_entry(self, path: str, parent: str, name: str) -> Entry:
+    async def _plain_entry(self, path: str, parent: str, name: str, looked_up: bool = False) -> Entry:
         if in_tree(path):
             return await self.snapshots.entry(path)
         added = self.overlay.entry(path)
         if added is not None:
             return added
-        return await self._entry(path, parent, name)
+        return await self._entry(path, parent, name, looked_up)
 
     async def _lake_entries(self, path: str) -> list[Entry]:
         return (await self._listing(path)).entries
@@ -340,7 +347,7 @@ class Namespace:
             self._too_large.pop(path, None)
         return listing
 
-    async def _stat(self, path: str) -> Entry:
+    async def _stat(self, path: str, looked_up: bool = False) -> Entry:
         lasting = self.under_immutable_prefix(path)
         cached = self._stats.get(path)
         if cached is not None and (lasting or time.monotonic() - cached[1] <= self.ttl):
@@ -355,17 +362,22 @@ class Namespace:
             if seen is not None:
                 return seen
         try:
-            return await self._fetch_stat(path)
+            return await self._fetch_stat(path, looked_up)
         except StoreError:
             seen = self._last_seen(path)
             if seen is None:
                 raise
             return seen
 
-    async def _fetch_stat(self, path: str) -> Entry:
+    async def _fetch_stat(self, path: str, looked_up: bool = False) -> Entry:
         now = time.monotonic()
         try:
-            entry = await self._ask_store(self.store.stat, path)
+            if looked_up and self.first_bytes_max and self.first_bytes is not None:
+                entry, data = await self._ask_store(self._stat_and_bytes, path)
+                if data is not None and entry.ref is not None:
+                    await self.first_bytes(entry.ref, data)
+            else:
+                entry = await self._ask_store(self.store.stat, path)
         except NotFound:
             self._stats.pop(path, None)
             if self.negative_ttl > 0 or self.under_immutable_prefix(path):
@@ -379,6 +391,9 @@ class Namespace:
         while len(self._stats) > self._stats_max:
             self._stats.popitem(last=False)
         return entry
+
+    def _stat_and_bytes(self, path: str) -> tuple[Entry, bytes | None]:
+        return self.store.stat_and_bytes(path, self.first_bytes_max)
 
     def _last_seen(self, path: str) -> Entry | None:
         """What was last seen of ``path``, however old: its stat or its parent's listing, whichever is newer.
@@ -419,7 +434,7 @@ class Namespace:
         else:
             await self._fetch_stat(path)
 
-    async def _entry(self, path: str, parent: str, name: str) -> Entry:
+    async def _entry(self, path: str, parent: str, name: str, looked_up: bool = False) -> Entry:
         listing = self.listings.get(parent)
         if listing is None and parent not in self._too_large:
             # The first name looked up in a directory costs one stat; from the
@@ -445,7 +460,7 @@ class Namespace:
             if entry is None:
                 raise NotFound(path)
             return entry
-        return await self._stat(path)
+        return await self._stat(path, looked_up)
 
     def _node_for(self, parent_path: str, entry: Entry) -> Node:
         path = _join(parent_path, entry.name)

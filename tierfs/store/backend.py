@@ -146,6 +146,11 @@ class Backend:
     def stat(self, rel: str) -> Entry:
         return self.entry(posixpath.basename(rel), rel, self.fs.info(self.full(rel)))
 
+    def stat_and_bytes(self, rel: str, limit: int) -> tuple[Entry, bytes | None]:
+        """:meth:`stat`, and the object's bytes if the same request can bring them: a file of at most
+        ``limit`` bytes, all of it, of exactly the identity the Entry names; else None. Here: a stat only."""
+        return self.stat(rel), None
+
     def entry(self, name: str, rel: str, info: dict[str, Any]) -> Entry:
         """An fsspec info dict as an Entry (the ObjectRef names the bytes: etag or version)."""
         mtime_ns = mtime_ns_of(info)

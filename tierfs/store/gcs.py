@@ -56,6 +56,9 @@ class GcsBackend(ObstoreBackend):
     def stat(self, rel: str) -> Entry:
         return Backend.stat(self, rel)
 
+    def stat_and_bytes(self, rel: str, limit: int) -> tuple[Entry, bytes | None]:
+        return Backend.stat_and_bytes(self, rel, limit)  # (a stat through gcsfs, as above)
+
     # -- data ---------------------------------------------------------------
     def read_range(self, ref: ObjectRef, start: int, end: int) -> bytes:
         generation = ref.version or None

@@ -173,6 +173,13 @@ class ObjectStore:
         out: Entry = self.call(lambda: self.backend.stat(rel), f"stat {rel}")
         return out
 
+    def stat_and_bytes(self, rel: str, limit: int) -> tuple[Entry, bytes | None]:
+        """:meth:`stat`, with a small file's bytes where the store brings them in the same request."""
+        out: tuple[Entry, bytes | None] = self.call(lambda: self.backend.stat_and_bytes(rel, limit), f"stat {rel}")
+        if out[1] is not None:
+            self.stats.add("bytes", len(out[1]))
+        return out
+
     def read_range(self, ref: ObjectRef, start: int, end: int, until: float | None = None) -> bytes:
         """Bytes [start, end) of exactly the object ``ref`` names; Changed (EIO) if it is another now.
 

@@ -28,6 +28,7 @@ import obstore
 from tierfs.config import Settings
 from tierfs.refs import ObjectRef
 from tierfs.store.backend import Backend, BucketKeys, Changed, Entry, check_key_shape, expected_etag, join_key
+from tierfs.store.retry import is_temp_failure
 
 if TYPE_CHECKING:
     import fsspec
@@ -140,6 +141,36 @@ class ObstoreBackend(BucketKeys, Backend):
             if not is_invalid_path(exc):
                 raise
             return Backend.stat(self, rel)
+        return self._folder(rel)
+
+    def stat_and_bytes(self, rel: str, limit: int) -> tuple[Entry, bytes | None]:
+        """One GET of the first ``limit`` bytes where a stat would HEAD: the answer holds what a HEAD's
+        does (the whole size, ETag, version), and a small file's bytes come with it, so the open and read
+        that follow a first lookup cost no request. A file larger than ``limit`` costs those bytes more
+        than a HEAD; an empty file (a range of nothing is refused) and an archived one cost a request
+        more; a folder what a stat does."""
+        path = self._path(rel)
+        if not path or limit <= 0:
+            return self.stat(rel), None
+        try:
+            result = obstore.get(self.obs, path, options={"range": (0, limit)})
+            data = bytes(result.bytes())
+        except FileNotFoundError:
+            return self._folder(rel), None
+        except Exception as exc:
+            if is_temp_failure(exc):
+                raise
+            # Whatever refuses the bytes but not the metadata (an empty object's range, an archived
+            # object, a key obstore cannot name): the stat says what it is.
+            return self.stat(rel), None
+        entry = self._stat_object(rel, result.meta)
+        ref = entry.ref
+        etag = str(result.meta.get("e_tag") or "").strip('"')
+        whole = ref is not None and len(data) == ref.size and (not ref.etag or ref.etag == etag)
+        return entry, data if whole else None
+
+    def _folder(self, rel: str) -> Entry:
+        """What a name with no object is: a folder if anything lies below it; else FileNotFoundError."""
         below = self._anything_below(rel)
         if below is None:
             return Backend.stat(self, rel)
