@@ -54,7 +54,8 @@ warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
 
 BUCKET = "bench-lake"
 SYSTEMS = ("local", "tierfs", "rclone", "s3fs", "store")
-# Also offered (--systems): tierfs-nopt, tierfs with [fuse] passthrough = false, to show what passthrough buys.
+# Also offered (--systems): tierfs-nopt, tierfs with [fuse] passthrough = false, to show what passthrough buys;
+# tierfs-fastlist, tierfs with [metadata] fast_list = true (rclone mount runs without its --fast-list).
 STORE_RANGE = 8 << 20  # the store column's shard reads: ranged GETs of this size
 PHASES = ("cold", "warm", "warm-from-disk")
 MOUNT = "mount -> ready"  # from the mount command to the root answering a stat; empty caches
@@ -393,6 +394,8 @@ class System:
             cfg = s.s3_config(self.work / f"{self.name}.toml")
             if self.name == "tierfs-nopt":
                 cfg.write_text(cfg.read_text() + "\n[fuse]\npassthrough = false\n")
+            if self.name == "tierfs-fastlist":
+                cfg.write_text(cfg.read_text() + "\n[metadata]\nfast_list = true\n")
             subprocess.run([sys.executable, "-m", "tierfs", "mount", f"s3://{BUCKET}", str(self.mnt),
                             "--config", str(cfg), "--cache-dir", str(self.cache), "--cache-size", "20GiB",
                             "--ram-size", "2GiB", *([] if self.writable else ["--read-only"]), *self.extra],

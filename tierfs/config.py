@@ -148,6 +148,19 @@ def _bool(value: Any) -> bool:
     raise ValueError("true or false")
 
 
+FAST_LIST_DEFAULT = 100_000  # objects in one flat listing, for [metadata] fast_list = true
+
+
+def _fast_list(value: Any) -> int:
+    """true/false, or the most objects one flat listing may hold (0: off)."""
+    if isinstance(value, bool) or str(value).lower() in ("true", "false", "yes", "no", "on", "off"):
+        return FAST_LIST_DEFAULT if _bool(value) else 0
+    try:
+        return _retries(value)
+    except ValueError:
+        raise ValueError("true, false, or the most objects one flat listing may hold") from None
+
+
 def _prefixes(value: Any) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) for p in items):
@@ -277,7 +290,7 @@ class _Key:
 #   [redis] url password db key_prefix ttl max_block_size pool_size timeout secret secret_file username
 #           ca_file cert_file key_file allow_no_auth cluster
 #   [mount] mountpoint read_only   [write] part_size upload_concurrency rename_concurrency
-#   [metrics] listen   [metadata] ttl lookup_bytes listing_memory listing_entries negative_ttl immutable_prefixes
+#   [metrics] listen   [metadata] ttl lookup_bytes fast_list listing_memory listing_entries negative_ttl immutable_prefixes
 #   [fuse] workers allow_other allow_root nonempty uid gid umask file_mode dir_mode read_ahead_kb passthrough
 #   [log] level file max_size backups   [shards] prefixes
 #   [backup] secret_file
@@ -344,6 +357,7 @@ _KEYS = [
     _Key("fuse", "read_ahead_kb", _retries, "kernel_read_ahead_kb"),
     _Key("metadata", "ttl", _positive_float, "metadata_ttl"),
     _Key("metadata", "lookup_bytes", parse_size, "lookup_bytes"),
+    _Key("metadata", "fast_list", _fast_list, "fast_list"),
     _Key("metadata", "listing_memory", parse_size, "listing_memory"),
     _Key("metadata", "listing_entries", _count, "listing_entries"),
     _Key("metadata", "negative_ttl", _positive_float, "negative_ttl"),
@@ -446,6 +460,9 @@ class Settings:
     # where a HEAD would ask for none: a small file's bytes come with its size and ETag (the open and read
     # that follow cost no request). 0: a HEAD, as before. At most a block.
     lookup_bytes: int = 256 * 1024
+    # A folder listed is listed with everything below it in one flat listing (rclone's --fast-list) when
+    # that holds at most this many objects; 0 (the default): a level at a time. true: 100,000.
+    fast_list: int = 0
     listing_memory: int = 200 * 1024**2  # cached directory entries, by what they hold in memory (names, refs)
     listing_entries: int = 500_000  # and at most this many of them
     # Seconds a name found missing (by a stat, in a directory not listed) is answered missing without asking

@@ -148,7 +148,8 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
                           shards=shards, first_bytes=reader.keep_first_bytes,
                           # (not with a shared Redis tier: the bytes of files other nodes read are there, and
                           # a lookup's GET would take them from the store)
-                          first_bytes_max=0 if settings.redis_url else min(settings.lookup_bytes, settings.block_size))
+                          first_bytes_max=0 if settings.redis_url else min(settings.lookup_bytes, settings.block_size),
+                          fast_list=settings.fast_list)
     file_mode, dir_mode = settings.modes()
     attrs = AttrMaker(settings.metadata_ttl, settings.block_size, uid=settings.uid, gid=settings.gid,
                       file_mode=file_mode, dir_mode=dir_mode)

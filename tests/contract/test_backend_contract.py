@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import pytest
@@ -138,6 +139,29 @@ def test_a_stat_with_bytes_names_what_a_stat_names(lake: Lake) -> None:
     assert store.stat_and_bytes("s/sub", 256 * 1024)[0].is_dir
     with pytest.raises(NotFound):
         store.stat_and_bytes("s/nope.bin", 256 * 1024)
+
+
+def test_a_flat_listing_gives_each_folder_what_its_own_listing_does(lake: Lake) -> None:
+    """``list_tree`` (fast-list): where the store can, every folder below one, as ``list_dir`` gives it, from
+    one flat listing; None past the limit; a folder holding an empty object is left to its own listing."""
+    store = lake.store
+    for key in ("t/a.txt", "t/b/c.txt", "t/b/d/e.txt", "t/b/d/f.txt", "t/g/h.txt", "t/z/empty.txt"):
+        store.put_bytes(key, b"" if key.endswith("empty.txt") else key.encode())
+    tree = store.list_tree("t", 100)
+    if not store.lists_trees():
+        assert tree is None
+        return
+    assert tree is not None and tree.whole
+    assert set(tree.folders) == {"t", "t/b", "t/b/d", "t/g"}  # (t/z holds an empty object: listed on its own)
+
+    def shape(entries: list[Any]) -> list[tuple[Any, ...]]:
+        return sorted((e.name, e.is_dir, e.size, e.ref.key if e.ref else "", e.ref.etag if e.ref else "")
+                      for e in entries)
+
+    for folder, entries in tree.folders.items():
+        assert shape(entries) == shape(store.list_dir(folder)), folder
+    assert store.list_tree("t", 5) is None  # six objects below t
+    assert store.list_tree("t/b", 3) is not None
 
 
 def test_a_read_never_returns_another_versions_bytes(lake: Lake) -> None:

@@ -224,3 +224,18 @@ def test_shard_prefixes_from_the_config_and_mount_options(tmp_path: Path) -> Non
         load(cfg)
     opts = mount_options.parse(("shard_members=datasets/a:datasets/b/",))
     assert load(None, opts.overrides).shard_prefixes == ("datasets/a", "datasets/b")
+
+
+@pytest.mark.parametrize(("value", "objects"), [("true", 100_000), ("false", 0), ("2500", 2500), ("0", 0)])
+def test_fast_list_is_a_switch_or_a_bound(tmp_path: Path, value: str, objects: int) -> None:
+    from tierfs.cli import mount_options
+
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(f"[metadata]\nfast_list = {value}\n")
+    assert load(cfg).fast_list == objects
+    assert load(None, {"fast_list": True}).fast_list == 100_000  # --fast-list
+    opts = mount_options.parse(("fast_list",))
+    assert load(None, opts.overrides).fast_list == 100_000
+    assert load(None, mount_options.parse(("fast_list=300",)).overrides).fast_list == 300
+    with pytest.raises(ConfigError, match=r"\[metadata\] fast_list"):
+        load(None, {"fast_list": "lots"})

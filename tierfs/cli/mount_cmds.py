@@ -86,6 +86,10 @@ PID_XATTR = "user.tierfs.pid"
 @click.option("--no-passthrough", "no_passthrough", is_flag=True, default=None,
               help="Serve every read through tierfs, never by FUSE passthrough from the disk tier's files.  "
                    "[config: [fuse] passthrough = false]")
+@click.option("--fast-list", "fast_list", is_flag=True, default=None,
+              help="List a folder with everything below it in one flat listing (rclone's --fast-list), up to "
+                   "100,000 objects: a walk of a dataset's tree costs one listing, not one per folder; a larger "
+                   "tree costs those pages more, then a level at a time.  [config: [metadata] fast_list]")
 @click.option("--read-only-prefix", "read_only_prefixes", multiple=True, metavar="PREFIX",
               help="A part of the live view that refuses writes (repeat for more), e.g. datasets/.  "
                    "[config: [mount] read_only_prefixes]")
@@ -113,7 +117,7 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
           metadata_ttl: str | None, redis_url: str | None, redis_cluster: bool | None, metrics_listen: str | None,
           log_file: str | None, log_level: str | None, read_only: bool | None, allow_other: bool | None,
           allow_root: bool | None, uid: str | None, gid: str | None, umask: str | None, file_mode: str | None,
-          dir_mode: str | None, allow_nonempty: bool | None, no_passthrough: bool | None,
+          dir_mode: str | None, allow_nonempty: bool | None, no_passthrough: bool | None, fast_list: bool | None,
           read_only_prefixes: tuple[str, ...], immutable_prefixes: tuple[str, ...],
           shard_prefixes: tuple[str, ...], no_delete: bool | None,
           allow_readable_secrets: bool, options: tuple[str, ...], foreground: bool, ready_fd: int | None,
@@ -141,7 +145,7 @@ def mount(lake_url: str | None, mountpoint: Path | None, config_file: Path | Non
             "dir_mode": dir_mode, "passthrough": False if no_passthrough else None,
             "cache_dir": cache_dir, "cache_size": cache_size,
             "ram_size": ram_size, "block_size": block_size, "random_read_unit": random_read_unit,
-            "metadata_ttl": metadata_ttl,
+            "metadata_ttl": metadata_ttl, "fast_list": fast_list,
             "log_file": log_file, "log_level": log_level, "redis_url": redis_url,
             "redis_cluster": redis_cluster or None,
             "metrics_listen": metrics_listen, "read_only": read_only or None,

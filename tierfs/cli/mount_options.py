@@ -20,7 +20,7 @@ from tierfs.errors import ConfigError
 #: option -> Settings attribute (the value as a flag would give it)
 _VALUED = {
     "cache_dir": "cache_dir", "cache_size": "cache_size", "ram_size": "ram_size", "block_size": "block_size",
-    "random_read_unit": "random_read_unit",
+    "random_read_unit": "random_read_unit", "fast_list": "fast_list",  # fast_list=20000 (objects)
     "metadata_ttl": "metadata_ttl", "log_file": "log_file", "log_level": "log_level", "metrics": "metrics_listen",
     "read_only_prefixes": "read_only_prefixes",  # read_only_prefixes=datasets:raw (':' between prefixes)
     "immutable_prefixes": "immutable_prefixes",  # immutable_prefixes=datasets/imagenet:datasets/coco
@@ -35,7 +35,7 @@ _LISTS = frozenset({"read_only_prefixes", "immutable_prefixes", "shard_members"}
 _FLAGS: dict[str, tuple[str, Any]] = {
     "ro": ("read_only", True), "rw": ("read_only", False), "read_only": ("read_only", True),
     "allow_other": ("allow_other", True), "allow_root": ("allow_root", True), "nonempty": ("allow_nonempty", True),
-    "no_delete": ("allow_delete", False), "no_passthrough": ("passthrough", False),
+    "no_delete": ("allow_delete", False), "no_passthrough": ("passthrough", False), "fast_list": ("fast_list", True),
 }
 #: What mount(8), fstab and systemd mean for themselves; the kernel's generic flags tierfs has no use for.
 _IGNORED = frozenset({"defaults", "_netdev", "nofail", "noauto", "auto", "user", "users", "nouser", "owner",

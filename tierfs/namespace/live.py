@@ -36,6 +36,7 @@ from tierfs.namespace.shards import ShardEntry, ShardView
 from tierfs.namespace.snapshots import SNAPSHOTS_DIR, Fetch, SnapshotTree, in_tree, is_immutable
 from tierfs.namespace.stale import LISTING, STAT, Outage
 from tierfs.refs import ObjectRef
+from tierfs.store.backend import Tree
 from tierfs.store.objects import Entry, ObjectStore
 from tierfs.versions.index_dir import ManifestIndexes
 
@@ -56,13 +57,16 @@ class Namespace:
                  fetch: Fetch | None = None, manifest_limiter: trio.CapacityLimiter | None = None,
                  negative_ttl: float = 0.0, immutable_prefixes: tuple[str, ...] = (),
                  manifest_indexes: ManifestIndexes | None = None, listing_memory: int | None = None,
-                 shards: ShardView | None = None, first_bytes: FirstBytes | None = None, first_bytes_max: int = 0):
+                 shards: ShardView | None = None, first_bytes: FirstBytes | None = None, first_bytes_max: int = 0,
+                 fast_list: int = 0):
         """``limiter``: the metadata limiter (listings, stats). ``fetch``: whole lake objects (manifests).
         ``manifest_indexes``: where snapshots' manifests are indexed locally (None: their parts are kept in memory).
         ``listing_memory``: the listing cache's bound in bytes (None: 400 bytes an entry).
         ``shards``: which tar shards are shown as directories of their members (None: none).
         ``first_bytes``: given a small file's bytes that a lookup's stat brought (files of at most
-        ``first_bytes_max`` bytes; the reader keeps them, so the open that follows costs no request)."""
+        ``first_bytes_max`` bytes; the reader keeps them, so the open that follows costs no request).
+        ``fast_list``: a folder listed is listed whole, with every folder below it, in one flat listing of up
+        to this many objects where the store can (rclone's --fast-list); 0: one level at a time."""
         self.store = store
         self.first_bytes = first_bytes
         self.first_bytes_max = first_bytes_max if first_bytes is not None else 0
@@ -75,6 +79,9 @@ class Namespace:
         self.limiter = limiter
         self.outage = Outage()
         self._listing_flights: SingleFlight[Listing] = SingleFlight()
+        self.fast_list = fast_list if store.lists_trees() else 0
+        # Folders whose flat listing held more than ``fast_list`` objects: listed a level at a time.
+        self._trees_too_large: OrderedDict[str, None] = OrderedDict()
         # Lookups answered by a stat because the parent had no listing yet.
         self._unlisted: dict[str, int] = {}
         # Directories whose last listing was too large for the listing cache:
@@ -335,7 +342,24 @@ class Namespace:
 
     async def _fetch_listing(self, path: str) -> Listing:
         fetched_at = time.monotonic()
+        if self.fast_list and path not in self._trees_too_large:
+            tree = await self._ask_store(self._list_tree, path)
+            if tree is not None and tree.whole:
+                for folder, entries in tree.folders.items():
+                    if folder != path and self.listings.get(folder) is None:
+                        self._keep_listing(folder, entries, fetched_at)
+                return self._keep_listing(path, tree.folders[path], fetched_at)
+            self._trees_too_large[path] = None
+            if len(self._trees_too_large) > 10_000:
+                self._trees_too_large.popitem(last=False)
         entries = await self._ask_store(self.store.list_dir, path)
+        return self._keep_listing(path, entries, fetched_at)
+
+    def _list_tree(self, path: str) -> Tree | None:
+        return self.store.list_tree(path, self.fast_list)
+
+    def _keep_listing(self, path: str, entries: list[Entry], fetched_at: float) -> Listing:
+        """A folder's listing fetched at ``fetched_at``, into the listing cache (if it fits there)."""
         self._unlisted.pop(path, None)
         listing = self.listings.put(path, entries, fetched_at, lasting=self.under_immutable_prefix(path))
         if self.listings.get(path, stale_ok=True) is None:

@@ -63,6 +63,9 @@ class AzureBackend(ObstoreBackend):
         listing.objects = [(name, m) for name, m in listing.objects if int(m["size"]) or name not in listing.dirs]
         return listing
 
+    def lists_trees(self) -> bool:
+        return False  # an empty blob may be a folder blob, which only its metadata says (see _list)
+
     def _stat_object(self, rel: str, meta: Any) -> Entry:
         if not int(meta["size"]):
             return Backend.stat(self, rel)  # a file, or a folder blob: its metadata says (see _list)

@@ -45,6 +45,14 @@ class Entry:
     storage_class: str = ""  # where the store reports one (S3, GCS, Azure)
 
 
+@dataclass
+class Tree:
+    """Folders' entries below a folder, from one flat listing (``Backend.list_tree``)."""
+
+    folders: dict[str, list[Entry]]  # folder (a lake path) -> its entries, as list_dir gives them
+    whole: bool  # the listed folder itself is in ``folders`` (and with it every folder below it)
+
+
 class Changed(StoreError):
     """The object is no longer the version the read named (a precondition failed): never other bytes."""
 
@@ -145,6 +153,16 @@ class Backend:
 
     def stat(self, rel: str) -> Entry:
         return self.entry(posixpath.basename(rel), rel, self.fs.info(self.full(rel)))
+
+    def lists_trees(self) -> bool:
+        """Whether :meth:`list_tree` can answer here (else it is None, and costs no request)."""
+        return False
+
+    def list_tree(self, rel: str, limit: int) -> Tree | None:
+        """Every folder below ``rel`` from one listing without a delimiter, if it holds at most ``limit``
+        objects (rclone's --fast-list); None if it holds more, or this store's flat listings cannot say
+        what its delimited ones do. Here: None."""
+        return None
 
     def stat_and_bytes(self, rel: str, limit: int) -> tuple[Entry, bytes | None]:
         """:meth:`stat`, and the object's bytes if the same request can bring them: a file of at most

@@ -56,6 +56,9 @@ class GcsBackend(ObstoreBackend):
     def stat(self, rel: str) -> Entry:
         return Backend.stat(self, rel)
 
+    def lists_trees(self) -> bool:
+        return False  # (listings through gcsfs, as above)
+
     def stat_and_bytes(self, rel: str, limit: int) -> tuple[Entry, bytes | None]:
         return Backend.stat_and_bytes(self, rel, limit)  # (a stat through gcsfs, as above)
 

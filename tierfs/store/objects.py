@@ -28,6 +28,7 @@ from tierfs.store.backend import (
     Backend,
     Changed,
     Entry,
+    Tree,
     is_listable_name,
     join_key,
     mtime_ns_of,
@@ -171,6 +172,17 @@ class ObjectStore:
 
     def stat(self, rel: str) -> Entry:
         out: Entry = self.call(lambda: self.backend.stat(rel), f"stat {rel}")
+        return out
+
+    def lists_trees(self) -> bool:
+        return self.backend.lists_trees()
+
+    def list_tree(self, rel: str, limit: int) -> Tree | None:
+        """Every folder below ``rel`` from one flat listing of at most ``limit`` objects (None: more, or a
+        name no path can hold: its folder is listed the usual way, which says so)."""
+        out: Tree | None = self.call(lambda: self.backend.list_tree(rel, limit), f"list {rel or '/'} (flat)")
+        if out is None or any(not is_listable_name(e.name) for es in out.folders.values() for e in es):
+            return None
         return out
 
     def stat_and_bytes(self, rel: str, limit: int) -> tuple[Entry, bytes | None]:

@@ -27,7 +27,7 @@ import obstore
 
 from tierfs.config import Settings
 from tierfs.refs import ObjectRef
-from tierfs.store.backend import Backend, BucketKeys, Changed, Entry, check_key_shape, expected_etag, join_key
+from tierfs.store.backend import Backend, BucketKeys, Changed, Entry, Tree, check_key_shape, expected_etag, join_key
 from tierfs.store.retry import is_temp_failure
 
 if TYPE_CHECKING:
@@ -168,6 +168,53 @@ class ObstoreBackend(BucketKeys, Backend):
         etag = str(result.meta.get("e_tag") or "").strip('"')
         whole = ref is not None and len(data) == ref.size and (not ref.etag or ref.etag == etag)
         return entry, data if whole else None
+
+    def lists_trees(self) -> bool:
+        return True
+
+    def list_tree(self, rel: str, limit: int) -> Tree | None:
+        """One flat listing below ``rel`` (ListObjectsV2 and its kin without a delimiter), its keys
+        arranged as folders; None past ``limit`` objects or for a key obstore cannot name.
+
+        A folder holding an empty object is left out (it is listed as it
+        always is): in a flat listing obstore names a folder's marker
+        (``x/``) and an empty file (``x``) alike, which only a delimited
+        listing tells apart. Nothing here relies on the order of the keys
+        (SeaweedFS lists a folder's keys folder by folder, not in byte order).
+        """
+        if not self.lists_trees() or limit <= 0:
+            return None
+        rel = rel.strip("/")
+        path = self._path(rel)
+        base = f"{path}/" if path else ""
+        folders: dict[str, Listing] = {rel: Listing()}
+        unsure: set[str] = set()
+        seen = 0
+        try:
+            for chunk in obstore.list(self.obs, path or None, chunk_size=1000):
+                for m in chunk:
+                    seen += 1
+                    if seen > limit:
+                        return None
+                    key = m["path"]
+                    if key == path or not key.startswith(base):
+                        continue  # (the folder's own marker)
+                    *dirs, name = key[len(base):].split("/")
+                    folder = rel
+                    for part in dirs:
+                        folders[folder].dirs.add(part)
+                        folder = join_key(folder, part)
+                        if folder not in folders:
+                            folders[folder] = Listing()
+                    if not int(m["size"]):
+                        unsure.add(folder)
+                    folders[folder].objects.append((name, m))
+        except Exception as exc:
+            if is_invalid_path(exc):
+                return None
+            raise
+        out = {f: self._entries(f, listing) for f, listing in folders.items() if f not in unsure}
+        return Tree(out, rel in out)
 
     def _folder(self, rel: str) -> Entry:
         """What a name with no object is: a folder if anything lies below it; else FileNotFoundError."""

@@ -176,6 +176,9 @@ class S3Backend(S3Copies, ObstoreBackend):
             return Backend.list_dir(self, rel)
         return super().list_dir(rel)
 
+    def lists_trees(self) -> bool:
+        return not self.version_aware  # (as list_dir: obstore's listings carry no version ids)
+
     def _stat_object(self, rel: str, meta: Any) -> Entry:
         if self.version_aware and not meta.get("version"):
             return self.entry(posixpath.basename(rel), rel, self.fs.info(self.full(rel)))
