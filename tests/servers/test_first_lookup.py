@@ -29,6 +29,8 @@ def test_a_cold_small_file_costs_one_request(s3_server: SeaweedS3, tmp_path: Pat
     fs.mkdir(bucket)
     small, large = random_bytes(100_000, seed=11), random_bytes(600_000, seed=12)
     fs.pipe(f"{bucket}/a/small.bin", small)
+    fs.pipe(f"{bucket}/a/second.bin", small[::-1])
+    fs.pipe(f"{bucket}/a/third.bin", small[:5000])
     fs.pipe(f"{bucket}/b/large.bin", large)
     fs.pipe(f"{bucket}/c/empty.bin", b"")
     fs.pipe(f"{bucket}/d/sub/x.bin", b"x")
@@ -42,7 +44,15 @@ def test_a_cold_small_file_costs_one_request(s3_server: SeaweedS3, tmp_path: Pat
             assert (mnt / "c/empty.bin").read_bytes() == b""
             assert os.stat(mnt / "c/empty.bin").st_size == 0
             assert os.path.isdir(mnt / "d/sub") and (mnt / "d/sub/x.bin").read_bytes() == b"x"
+            # The second name in the folder starts its listing and does not wait for it: its own GET
+            # answers it (and brings its bytes); the third comes from the listing, and its open GETs it.
+            assert (mnt / "a/second.bin").read_bytes() == small[::-1]
+            assert (mnt / "a/third.bin").read_bytes() == small[:5000]
             lines = proxy.request_lines()
+            if lookup_bytes != "0":
+                assert _requests_for(lines, "a/second.bin") == ["GET"]
+                assert _requests_for(lines, "a/third.bin") == ["GET"]
+                assert [ln for ln in lines if "list-type=2" in ln and "prefix=a%2F" in ln and "delimiter" in ln]
             small_reqs = _requests_for(lines, "a/small.bin")
             if lookup_bytes == "0":
                 assert small_reqs == ["HEAD", "GET"], small_reqs

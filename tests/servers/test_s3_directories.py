@@ -115,6 +115,7 @@ def test_a_lookup_of_a_large_folder_asks_for_one_page_of_its_listing(s3_server: 
                 before = len(proxy.request_lines())
                 assert os.path.isdir(m.mountpoint / name) is exists
                 assert os.path.lexists(m.mountpoint / name) is exists
-                lists = [ln for ln in proxy.request_lines()[before:] if "list-type=2" in ln]
+                # (the listing of the root a second lookup there starts behind it is not this name's)
+                lists = [ln for ln in proxy.request_lines()[before:] if "list-type=2" in ln and f"prefix={name}" in ln]
                 assert len(lists) <= 1, f"{name}: {lists}"
             assert len(os.listdir(m.mountpoint / "big")) == 2500  # and the listing itself is whole

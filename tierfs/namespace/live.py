@@ -17,6 +17,7 @@ their entries, attributes, pages and listings for good).
 from __future__ import annotations
 
 import errno
+import logging
 import posixpath
 import time
 from collections import OrderedDict
@@ -43,6 +44,7 @@ from tierfs.versions.index_dir import ManifestIndexes
 #: Names at the lake's root that belong to tierfs itself, never shown in the live view.
 RESERVED = frozenset({".tierfs", SNAPSHOTS_DIR})
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: Takes a small file's bytes that came with its stat (``Namespace.first_bytes``).
 FirstBytes = Callable[[ObjectRef, bytes], Awaitable[None]]
@@ -69,7 +71,7 @@ class Namespace:
         to this many objects where the store can (rclone's --fast-list); 0: one level at a time."""
         self.store = store
         self.first_bytes = first_bytes
-        self.first_bytes_max = first_bytes_max if first_bytes is not None else 0
+        self.first_bytes_max = first_bytes_max if first_bytes is not None and store.stats_bring_bytes() else 0
         self.ttl = ttl
         self.immutable_prefixes = immutable_prefixes
         self.shards = shards
@@ -80,6 +82,7 @@ class Namespace:
         self.outage = Outage()
         self._listing_flights: SingleFlight[Listing] = SingleFlight()
         self.fast_list = fast_list if store.lists_trees() else 0
+        self._nursery: trio.Nursery | None = None  # (start): listings fetched behind a lookup
         # Folders whose flat listing held more than ``fast_list`` objects: listed a level at a time.
         self._trees_too_large: OrderedDict[str, None] = OrderedDict()
         # Lookups answered by a stat because the parent had no listing yet.
@@ -107,6 +110,7 @@ class Namespace:
         nursery)."""
         nursery.start_soon(self.outage.run, self._refresh)
         self.snapshots.start(nursery)
+        self._nursery = nursery
 
     async def refresh_stale(self) -> None:
         """One round of that background refresh."""
@@ -469,6 +473,13 @@ class Namespace:
             if len(self._unlisted) > 10_000:
                 self._unlisted.clear()
             self._unlisted[parent] = seen
+            if seen == 2 and looked_up and self.first_bytes_max and self._nursery is not None \
+                    and not self._listing_flights.running(parent):
+                # The lookup that starts the listing does not wait for it: its own stat (one GET that
+                # brings a small file's bytes too) answers as soon as the listing would, and the open that
+                # follows costs nothing; the names after it join the listing.
+                self._nursery.start_soon(self._list_behind, parent)
+                return await self._stat(path, looked_up)
             if seen >= 2:
                 try:
                     listing = await self._listing(parent)  # stale if the store fails and one was seen
@@ -485,6 +496,15 @@ class Namespace:
                 raise NotFound(path)
             return entry
         return await self._stat(path, looked_up)
+
+    async def _list_behind(self, path: str) -> None:
+        """A folder's listing, fetched behind the lookup that asked for it (a task of the mount's nursery)."""
+        try:
+            await self._listing(path)
+        except (StoreError, NotFound):
+            pass  # (the next lookup there asks again)
+        except Exception:  # a bug: the mount goes on, its lookups stat
+            log.exception("listing %s/ behind a lookup failed", path)
 
     def _node_for(self, parent_path: str, entry: Entry) -> Node:
         path = _join(parent_path, entry.name)

@@ -164,6 +164,10 @@ class Backend:
         what its delimited ones do. Here: None."""
         return None
 
+    def stats_bring_bytes(self) -> bool:
+        """Whether :meth:`stat_and_bytes` can bring a file's bytes here (else it is a stat)."""
+        return False
+
     def stat_and_bytes(self, rel: str, limit: int) -> tuple[Entry, bytes | None]:
         """:meth:`stat`, and the object's bytes if the same request can bring them: a file of at most
         ``limit`` bytes, all of it, of exactly the identity the Entry names; else None. Here: a stat only."""

@@ -59,8 +59,11 @@ class GcsBackend(ObstoreBackend):
     def lists_trees(self) -> bool:
         return False  # (listings through gcsfs, as above)
 
+    def stats_bring_bytes(self) -> bool:
+        return False  # (a stat through gcsfs, as above)
+
     def stat_and_bytes(self, rel: str, limit: int) -> tuple[Entry, bytes | None]:
-        return Backend.stat_and_bytes(self, rel, limit)  # (a stat through gcsfs, as above)
+        return Backend.stat_and_bytes(self, rel, limit)
 
     # -- data ---------------------------------------------------------------
     def read_range(self, ref: ObjectRef, start: int, end: int) -> bytes:

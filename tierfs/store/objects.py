@@ -177,6 +177,9 @@ class ObjectStore:
     def lists_trees(self) -> bool:
         return self.backend.lists_trees()
 
+    def stats_bring_bytes(self) -> bool:
+        return self.backend.stats_bring_bytes()
+
     def list_tree(self, rel: str, limit: int) -> Tree | None:
         """Every folder below ``rel`` from one flat listing of at most ``limit`` objects (None: more, or a
         name no path can hold: its folder is listed the usual way, which says so)."""

@@ -143,6 +143,9 @@ class ObstoreBackend(BucketKeys, Backend):
             return Backend.stat(self, rel)
         return self._folder(rel)
 
+    def stats_bring_bytes(self) -> bool:
+        return True
+
     def stat_and_bytes(self, rel: str, limit: int) -> tuple[Entry, bytes | None]:
         """One GET of the first ``limit`` bytes where a stat would HEAD: the answer holds what a HEAD's
         does (the whole size, ETag, version), and a small file's bytes come with it, so the open and read
