@@ -467,11 +467,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the median is shown")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                    help="also run the tierfs package of this checkout, as the system tierfs-before (an older "
+                         "commit's worktree: git worktree add DIR COMMIT), so a change's before and after share a run")
     ap.add_argument("--workloads", default="", metavar="WORDS",
                     help="only the workloads whose name holds one of these comma-separated words "
                          "(e.g. 'small files,DataLoader'); default: all")
     args = ap.parse_args()
     systems = args.systems.split(",")
+    if args.baseline is not None and "tierfs-before" not in systems:
+        systems.insert(systems.index("tierfs") + 1 if "tierfs" in systems else 0, "tierfs-before")
     wanted = [w.strip().lower() for w in args.workloads.split(",") if w.strip()]
     workloads = [w for w in WORKLOADS if not wanted or any(x in w[0].lower() for x in wanted)]
     if not workloads:
@@ -492,7 +497,8 @@ def main() -> None:
         fs = server.fs()
         fs.mkdir(BUCKET)
         fs.put(str(local) + "/", f"{BUCKET}/", recursive=True)
-        runners = [System(n, work, server, local) for n in systems]
+        runners = [System(n, work, server, local, code=args.baseline.resolve() if n == "tierfs-before" else None)
+                   for n in systems]
         for name, fn, store_fn in workloads:
             for sysm in runners:
                 for _ in range(args.repeat):
@@ -526,7 +532,8 @@ def main() -> None:
     print(f"\ntierfs vs peers: {args.small} x {args.small_size} files, {args.shards} x {args.shard_size} shards, "
           f"median of {args.repeat}; SeaweedFS S3 on loopback; {os.cpu_count()} cores, shared VM")
     peers = [s for s in systems if s in ("rclone", "s3fs")]
-    head = (f"{'workload':<34}{'phase':<16}" + "".join(f"{s:>10}" for s in systems)
+    width = {s: max(10, len(s) + 2) for s in systems}
+    head = (f"{'workload':<34}{'phase':<16}" + "".join(f"{s:>{width[s]}}" for s in systems)
             + f"{'tfs/local':>11}{'tfs/peer':>10}{'tfs/store':>11}  unit")
     print(head)
     print("-" * len(head))
@@ -543,7 +550,8 @@ def main() -> None:
             if not any((name, phase, s) in results for s in systems):
                 continue
             med = {s: statistics.median(results[(name, phase, s)]) for s in systems if (name, phase, s) in results}
-            row = f"{name:<34}{phase:<16}" + "".join(f"{med[s]:>10.1f}" if s in med else f"{'-':>10}" for s in systems)
+            row = f"{name:<34}{phase:<16}" + "".join(f"{med[s]:>{width[s]}.1f}" if s in med else f"{'-':>{width[s]}}"
+                                                     for s in systems)
             t = med.get("tierfs")
             best = None
             if peers and all(p in med for p in peers):
