@@ -622,3 +622,19 @@ def test_a_marker_that_is_not_text_is_another_layout_not_a_crash(tmp_path: Path)
     finally:
         t.close()
     assert (tmp_path / "c" / "LAYOUT").read_text() == "tierfs-disk-cache 1\nsealing: none\n"
+
+
+def test_a_dropped_block_is_checked_again_at_its_next_backing_open(tmp_path: Path) -> None:
+    """backing_fd skips the checksum of a file whose inode it checked before; a block dropped and landed
+    again may get the freed inode number back, so dropping it forgets that it was checked."""
+    t = DiskTier(tmp_path / "c", 1 << 20)
+    try:
+        t.put(key(1), b"abc")
+        fd = t.backing_fd(key(1), 3)
+        assert fd is not None
+        os.close(fd)
+        assert key(1).digest in t._checked
+        t.evict(key(1))
+        assert key(1).digest not in t._checked
+    finally:
+        t.close()

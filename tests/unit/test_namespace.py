@@ -144,3 +144,26 @@ async def test_listing_cache_is_bounded(flaky: Any) -> None:
         node = await ns.lookup(ROOT_INODE, f"d{d}")
         await ns.list_dir(node.inode)
         assert len(ns.listings) <= 100
+
+
+async def test_a_flat_listing_that_fails_falls_back_to_the_folders_listing(flaky: Any) -> None:
+    """Fast-list: a flat listing that fails (its pages past the metadata deadline) leaves the folder to its
+    own listing, now and from then on, instead of failing the opendir."""
+    from tierfs.errors import StoreError
+
+    f, store, fs = flaky
+    fs.pipe(f"{store.root}/d/a.bin", b"a")
+    fs.pipe(f"{store.root}/d/sub/b.bin", b"b")
+    tries: list[str] = []
+
+    def failing_tree(rel: str, limit: int) -> Any:
+        tries.append(rel)
+        raise StoreError(f"list {rel} (flat): deadline passed")
+
+    store.lists_trees = lambda: True  # type: ignore[method-assign]
+    store.list_tree = failing_tree  # type: ignore[method-assign]
+    ns = Namespace(store, 0.0, 1_000_000, trio.CapacityLimiter(4), fast_list=1000)  # (TTL 0: listed each time)
+    d = await ns.lookup(ROOT_INODE, "d")
+    for _ in range(2):
+        assert [e.name for e in await ns.list_dir(d.inode)] == ["a.bin", "sub"]
+    assert tries == ["d"]  # once: the second listing goes straight to the level listing

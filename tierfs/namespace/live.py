@@ -83,7 +83,8 @@ class Namespace:
         self._listing_flights: SingleFlight[Listing] = SingleFlight()
         self.fast_list = fast_list if store.lists_trees() else 0
         self._nursery: trio.Nursery | None = None  # (start): listings fetched behind a lookup
-        # Folders whose flat listing held more than ``fast_list`` objects: listed a level at a time.
+        # Folders a flat listing did not list whole (more than ``fast_list`` objects, an empty object
+        # in the folder itself, a key obstore cannot name): listed a level at a time.
         self._trees_too_large: OrderedDict[str, None] = OrderedDict()
         # Lookups answered by a stat because the parent had no listing yet.
         self._unlisted: dict[str, int] = {}
@@ -347,7 +348,12 @@ class Namespace:
     async def _fetch_listing(self, path: str) -> Listing:
         fetched_at = time.monotonic()
         if self.fast_list and path not in self._trees_too_large:
-            tree = await self._ask_store(self._list_tree, path)
+            try:
+                tree = await self._ask_store(self._list_tree, path)
+            except StoreError:
+                # (pages past the metadata deadline: a tree too large for this store's pace, or a store
+                # that is down, whose level listing then says so, or falls back to what was seen)
+                tree = None
             if tree is not None and tree.whole:
                 for folder, entries in tree.folders.items():
                     if folder != path and self.listings.get(folder) is None:

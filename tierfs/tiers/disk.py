@@ -237,7 +237,16 @@ class DiskTier(BackingFiles, Tier):
             if key.digest in self._landing:
                 return
             self._landing.add(key.digest)
-        made = False
+        try:
+            self._land_new(key, n, write, final)
+        finally:
+            with self._landing_lock:
+                self._landing.discard(key.digest)
+        if self.index.totals()[0] > self.high_bytes:
+            self._evict_to(self.low_bytes)
+
+    def _land_new(self, key: BlockKey, n: int, write: Callable[[BinaryIO], int], final: Path) -> None:
+        """The landing itself (``_land``); whatever half of it a failure leaves is dropped."""
         try:
             if self.index.lookup(key.digest) is not None:
                 self._drop([key.digest])
@@ -250,15 +259,11 @@ class DiskTier(BackingFiles, Tier):
             except FileExistsError:
                 final.unlink(missing_ok=True)
                 fd = os.open(final, _CREATE, 0o600)
-            made = True
             with open(fd, "wb") as fh:
                 digest = write(fh)
             self.index.add(key.digest, n, digest, probation=self.policy == "stable")
         except (OSError, lmdb.MapFullError) as exc:
-            self._landing.discard(key.digest)
-            if made:
-                final.unlink(missing_ok=True)
-            self._drop([key.digest])  # whatever half of the landing happened
+            self._drop([key.digest])  # whatever half of the landing happened (its file too)
             if isinstance(exc, lmdb.MapFullError):
                 self._full_until = time.monotonic() + 10
                 log.warning("disk cache: the index of %s is full; evicting and bypassing the disk tier for 10 s",
@@ -279,14 +284,8 @@ class DiskTier(BackingFiles, Tier):
                 return
             raise
         except BaseException:
-            self._landing.discard(key.digest)
-            if made:
-                final.unlink(missing_ok=True)
             self._drop([key.digest])
             raise
-        self._landing.discard(key.digest)
-        if self.index.totals()[0] > self.high_bytes:
-            self._evict_to(self.low_bytes)
 
     def evict(self, key: BlockKey) -> None:
         self._drop([key.digest])
@@ -354,6 +353,8 @@ class DiskTier(BackingFiles, Tier):
         self.index.remove(digests)
         for d in digests:
             self._path(d.hex()).unlink(missing_ok=True)
+            # (a file landed at this name later may get the freed inode number: check it again)
+            self._checked.pop(d, None)
         self.index.unmark(digests)
 
     def _statvfs(self) -> None:
