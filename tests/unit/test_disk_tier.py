@@ -638,3 +638,27 @@ def test_a_dropped_block_is_checked_again_at_its_next_backing_open(tmp_path: Pat
         assert key(1).digest not in t._checked
     finally:
         t.close()
+
+
+def test_two_puts_of_one_block_at_once_land_it_once(tmp_path: Path) -> None:
+    """Two fills of the same block from two threads (a read-ahead and a read, two handles): one lands it,
+    the other is dropped; the block is whole, counted once, and its file is the only one at its name."""
+    t = DiskTier(tmp_path / "c", 64 << 20)
+    data = os.urandom(4 << 20)
+    barrier = threading.Barrier(8)
+
+    def put() -> None:
+        barrier.wait()
+        t.put(key(1), data)
+
+    try:
+        threads = [threading.Thread(target=put) for _ in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert t.get(key(1)) == data
+        assert t.entries() == 1 and t.bytes_held() == len(data)
+        assert [p.name for p in t._path(key(1).hex).parent.iterdir()] == [key(1).hex]
+    finally:
+        t.close()
