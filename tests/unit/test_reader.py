@@ -343,3 +343,27 @@ def test_a_read_across_blocks_is_cut_from_each_block() -> None:
     for _ in range(500):
         skip, length = rng.randrange(0, 1000), rng.randrange(0, 3000)
         assert _spanning(blocks, skip, length) == whole[skip : skip + length]
+
+
+async def test_a_reply_within_one_block_is_a_view_of_it_and_the_same_bytes(flaky: Any, tmp_path: Path) -> None:
+    """read_view (what the kernel is answered with): a view of the block for a read inside one block, the
+    block itself for all of it, bytes for a read across blocks; always the bytes read() gives."""
+    f, store, fs = flaky
+    data = random.Random(3).randbytes(3 * BS + 99)
+    fs.pipe(f"{store.root}/obj", data)
+    ref = store.stat("obj").ref
+    reader, r, d = make(flaky, tmp_path)
+    rng = random.Random(4)
+    try:
+        inside, _ = await reader.read_view(ref, BS + 10, 100)
+        assert isinstance(inside, memoryview) and inside.readonly and inside == data[BS + 10 : BS + 110]
+        whole, _ = await reader.read_view(ref, BS, BS)
+        assert isinstance(whole, bytes) and whole == data[BS : 2 * BS]
+        across, _ = await reader.read_view(ref, BS - 5, 10)
+        assert isinstance(across, bytes) and across == data[BS - 5 : BS + 5]
+        for _ in range(300):
+            off, n = rng.randrange(0, len(data) + 10), rng.randrange(0, 2 * BS)
+            got, _ = await reader.read_view(ref, off, n, random=rng.random() < 0.5)
+            assert bytes(got) == data[off : off + n] == (await reader.read(ref, off, n))[0]
+    finally:
+        d.close()

@@ -198,6 +198,19 @@ class BlockReader:
         self.chain.served(source, len(data))
         return data, source
 
+    async def read_view(self, ref: ObjectRef, offset: int, length: int,
+                        random: bool = False) -> tuple[bytes | memoryview, str]:
+        """As :meth:`read`, for a reply to the kernel: a read within one block is a view of the block, not a
+        copy of its part (the kernel copies the reply anyway; a copy here also cost fresh pages to zero)."""
+        indexes = blocks_for_range(offset, length, self.block_size, ref.size)
+        if len(indexes) != 1 or (random and self.ranged.unit and ref.size > self.block_size):
+            return await self.read(ref, offset, length, random=random)
+        block, source = await self.block(ref, indexes[0])
+        skip = offset - indexes[0] * self.block_size
+        data = block if skip == 0 and length >= len(block) else memoryview(block)[skip : skip + length]
+        self.chain.served(source, len(data))
+        return data, source
+
     async def _read_ranged(self, ref: ObjectRef, indexes: range, offset: int, end: int) -> tuple[bytes, str]:
         parts, source = [], ""
         for index in indexes:  # (one block, but for a read across a boundary)
@@ -229,15 +242,16 @@ class BlockReader:
         return data, BACKEND if fetched else RANGED
 
     async def read_part(self, ref: ObjectRef, base: int, size: int, offset: int, length: int,
-                        ra: ReadAhead | None = None) -> tuple[bytes, str]:
+                        ra: ReadAhead | None = None) -> tuple[bytes | memoryview, str]:
         """Bytes [offset, offset+length) of the ``size`` bytes of ``ref`` that start at ``base`` (a member of a
-        tar shard), short at their end; ``ra``: the handle's read-ahead, advised in the shard's offsets."""
+        tar shard), short at their end, for a reply (:meth:`read_view`); ``ra``: the handle's read-ahead,
+        advised in the shard's offsets."""
         end = min(offset + length, size)
         if offset >= end:
             return b"", ""
         if ra is not None:
             self.read_ahead(ra, ref, base + offset, end - offset)
-        return await self.read(ref, base + offset, end - offset, random=ra is not None and not ra.sequential)
+        return await self.read_view(ref, base + offset, end - offset, random=ra is not None and not ra.sequential)
 
     async def block(self, ref: ObjectRef, index: int, limiter: trio.CapacityLimiter | None = None,
                     wait_for_fill: bool = False, fill: bool = True) -> tuple[bytes, str]:

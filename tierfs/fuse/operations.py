@@ -299,7 +299,8 @@ class TierfsOperations(pyfuse3.Operations):
         return self._new_handle(node, staged, writable=True), self.attrs(node)
 
     @_guard
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
+        # (pyfuse3 replies with any buffer, PyObject_GetBuffer: its stub says bytes)
         handle = self._files[fh]
         if handle.staged is not None and self.writer is not None:
             handle.node.last_tier = "staged"
@@ -310,7 +311,7 @@ class TierfsOperations(pyfuse3.Operations):
             else:
                 # Advice as the read arrives, not as it completes: the kernel sends several at once.
                 self.reader.read_ahead(handle.ra, handle.ref, off, size)
-                data, source = await self.reader.read(handle.ref, off, size, random=not handle.ra.sequential)
+                data, source = await self.reader.read_view(handle.ref, off, size, random=not handle.ra.sequential)
         except Exception as exc:
             # The object was rewritten upstream since this file was opened: this
             # read is EIO (never the new bytes under the old identity), and the
