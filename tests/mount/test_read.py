@@ -364,3 +364,40 @@ def test_archived_object_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
         assert e.value.errno == errno.EIO and time.monotonic() - t0 < 5
         assert (m.mountpoint / "old/fresh.pt").read_bytes() == b"readable"
         assert "old/ckpt.pt is archived (DEEP_ARCHIVE): restore it first with `tierfs restore" in m.log_tail()
+
+
+def test_a_flood_of_requests_does_not_starve_a_read_that_waits_on_a_thread(tmp_path: Path) -> None:
+    """The request loop reads queued requests back to back (pyfuse3 patch): it must still let the loop's
+    other tasks run. Six threads open and close one warm file without pause (each a FUSE open and release,
+    answered without waiting) while the test reads files nobody has read yet, each waiting on a worker
+    thread of the daemon's: every one arrives, byte for byte, while the flood goes on.
+
+    (A liveness check: built without the checkpoint after each request, the loop starves such reads only
+    in part here, as the flood's queue runs dry now and then; they arrived, 4x slower.)"""
+    lake = tmp_path / "lake"
+    files = {f"d/{i:03d}.bin": random_bytes(50_000 + i, seed=i) for i in range(30)}
+    write_tree(lake, files)
+    with mounted(f"file://{lake}", tmp_path / "mnt", tmp_path / "cache") as m:
+        warm = m.mountpoint / "d/000.bin"
+        assert warm.read_bytes() == files["d/000.bin"]
+        stop, opened = False, [0] * 6
+
+        def flood(slot: int) -> None:
+            while not stop:
+                os.close(os.open(warm, os.O_RDONLY))
+                opened[slot] += 1
+
+        with ThreadPoolExecutor(6) as pool:
+            floods = [pool.submit(flood, i) for i in range(6)]
+            try:
+                wait_for(lambda: sum(opened) > 200, 30, "the flood to start")
+                before = sum(opened)
+                with ThreadPoolExecutor(1) as reader:
+                    for rel in list(files)[1:]:
+                        got = reader.submit((m.mountpoint / rel).read_bytes)
+                        assert got.result(timeout=20) == files[rel], rel
+                assert sum(opened) > before  # (the flood ran all along)
+            finally:
+                stop = True
+                for f in floods:
+                    f.result(timeout=30)
