@@ -174,14 +174,23 @@ class BlockReader:
         Store fetches run under ``limiter`` (default: the demand read limiter). ``random``: the read is
         not sequential (the handle's read-ahead says), so a file of more than one block is read by range.
         """
+        data, source = await self.read_view(ref, offset, length, limiter, random)
+        return (bytes(data) if isinstance(data, memoryview) else data), source
+
+    async def read_view(self, ref: ObjectRef, offset: int, length: int, limiter: trio.CapacityLimiter | None = None,
+                        random: bool = False) -> tuple[bytes | memoryview, str]:
+        """As :meth:`read`, for a reply to the kernel: a read within one block is a view of the block, not a
+        copy of its part (the kernel copies the reply anyway; a copy here also cost fresh pages to zero)."""
         indexes = blocks_for_range(offset, length, self.block_size, ref.size)
         if not indexes:
             return b"", ""
         if random and self.ranged.unit and ref.size > self.block_size:
             return await self._read_ranged(ref, indexes, offset, min(offset + length, ref.size))
+        skip = offset - indexes[0] * self.block_size
+        data: bytes | memoryview
         if len(indexes) == 1:
             block, source = await self.block(ref, indexes[0], limiter=limiter)
-            parts = [block]
+            data = block if skip == 0 and length >= len(block) else memoryview(block)[skip : skip + length]
         else:
             results: list[tuple[bytes, str]] = [(b"", "")] * len(indexes)
 
@@ -191,23 +200,8 @@ class BlockReader:
             async with trio.open_nursery() as nursery:
                 for slot, index in enumerate(indexes):
                     nursery.start_soon(one, slot, index)
-            parts = [r[0] for r in results]
+            data = _spanning([r[0] for r in results], skip, length)
             source = results[-1][1]
-        skip = offset - indexes[0] * self.block_size
-        data = parts[0][skip : skip + length] if len(parts) == 1 else _spanning(parts, skip, length)
-        self.chain.served(source, len(data))
-        return data, source
-
-    async def read_view(self, ref: ObjectRef, offset: int, length: int,
-                        random: bool = False) -> tuple[bytes | memoryview, str]:
-        """As :meth:`read`, for a reply to the kernel: a read within one block is a view of the block, not a
-        copy of its part (the kernel copies the reply anyway; a copy here also cost fresh pages to zero)."""
-        indexes = blocks_for_range(offset, length, self.block_size, ref.size)
-        if len(indexes) != 1 or (random and self.ranged.unit and ref.size > self.block_size):
-            return await self.read(ref, offset, length, random=random)
-        block, source = await self.block(ref, indexes[0])
-        skip = offset - indexes[0] * self.block_size
-        data = block if skip == 0 and length >= len(block) else memoryview(block)[skip : skip + length]
         self.chain.served(source, len(data))
         return data, source
 
