@@ -117,6 +117,13 @@ _count = _whole(1)
 _retries = _whole(0)
 
 
+def _background_slots(value: Any) -> int:
+    n = _count(value)
+    if n > 65535:  # (the kernel keeps the number in 16 bits)
+        raise ValueError("a whole number from 1 to 65535")
+    return n
+
+
 def _string(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("a string")
@@ -291,7 +298,7 @@ class _Key:
 #           ca_file cert_file key_file allow_no_auth cluster
 #   [mount] mountpoint read_only   [write] part_size upload_concurrency rename_concurrency
 #   [metrics] listen   [metadata] ttl lookup_bytes fast_list listing_memory listing_entries negative_ttl immutable_prefixes
-#   [fuse] workers allow_other allow_root nonempty uid gid umask file_mode dir_mode read_ahead_kb passthrough
+#   [fuse] workers max_background allow_other allow_root nonempty uid gid umask file_mode dir_mode read_ahead_kb passthrough
 #   [log] level file max_size backups   [shards] prefixes
 #   [backup] secret_file
 _KEYS = [
@@ -364,6 +371,7 @@ _KEYS = [
     _Key("metadata", "immutable_prefixes", _prefixes, "immutable_prefixes"),
     _Key("shards", "prefixes", _prefixes, "shard_prefixes"),
     _Key("fuse", "workers", _count, "fuse_workers"),
+    _Key("fuse", "max_background", _background_slots, "fuse_max_background"),
     _Key("fuse", "allow_other", _bool, "allow_other"),
     _Key("fuse", "nonempty", _bool, "allow_nonempty"),
     _Key("fuse", "passthrough", _bool, "passthrough"),
@@ -474,6 +482,9 @@ class Settings:
     # Where a .tar object (a tar or WebDataset shard) is shown as a read-only directory of its members.
     shard_prefixes: tuple[str, ...] = ()
     fuse_workers: int = 64
+    # The kernel's background slots for this mount (read-ahead and async reads wait for one; releases take
+    # one without waiting): asked for at FUSE INIT; the kernel's own 12 let a flood of closes starve reads.
+    fuse_max_background: int = 256
     allow_other: bool = False
     allow_root: bool = False  # the mounting user and root only (libfuse refuses the others)
     allow_nonempty: bool = False

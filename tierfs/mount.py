@@ -169,6 +169,7 @@ def build(settings: Settings, store: ObjectStore | None = None) -> Components:
                                                    ram=next((t for t in tiers if isinstance(t, RamTier)), None)))
     # What never changes is not changed through the mount either: immutable prefixes refuse writes too.
     ops.read_only_prefixes = settings.read_only_prefixes + settings.immutable_prefixes
+    ops.max_background = settings.fuse_max_background
     ops.allow_delete = settings.allow_delete
     ops.lineage = LineageRecorder(store, limiters.write)
     comps = Components(settings, store, chain, namespace, reader, ops, time.monotonic(), writer)
@@ -319,7 +320,7 @@ async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Call
         # request served: raise it once that is done.
         with trio.move_on_after(10):
             await comps.operations.initialized.wait()
-        await trio.to_thread.run_sync(set_kernel_read_ahead, mountpoint, comps.settings.kernel_read_ahead_kb)
+        await trio.to_thread.run_sync(tune_kernel, mountpoint, comps.settings)
         log.info("fast paths: passthrough %s; read-only opens without a flush round trip",
                  comps.operations.passthrough.start(comps.settings.resolved_cache_dir() / "LAYOUT", nursery))
         if on_ready is not None:
@@ -332,23 +333,39 @@ async def _serve(comps: Components, mountpoint: Path, notes: str, on_ready: Call
     await comps.reader.finish()
 
 
-def set_kernel_read_ahead(mountpoint: Path, kb: int) -> None:
-    """Raise the mount's read-ahead so the kernel sends large reads (128 KiB by default).
+def tune_kernel(mountpoint: Path, settings: Settings) -> None:
+    """Raise the mount's read-ahead so the kernel sends large reads (128 KiB by default), and, where pyfuse3
+    could not ask for them at INIT (without tierfs' patch), its background slots through fusectl.
 
-    The bdi is found from /proc/self/mountinfo (a stat of the mountpoint would
-    wait on this very daemon, which is not serving yet).
+    The mount's device is found from /proc/self/mountinfo (a stat of the mountpoint would wait on this very
+    daemon, which is not serving yet).
     """
-    if not kb:
-        return
     # realpath of the parent only: resolving the mountpoint itself would ask this daemon.
     target = os.path.join(os.path.realpath(mountpoint.parent), mountpoint.name)
     try:
         with open("/proc/self/mountinfo") as fh:
             dev = next(f[2] for f in (line.split() for line in fh) if unescape_mountinfo(f[4]) == target)
-        Path(f"/sys/class/bdi/{dev}/read_ahead_kb").write_text(f"{kb}\n")
-        log.info("kernel read-ahead of %s set to %d KiB", mountpoint, kb)
     except (OSError, StopIteration) as exc:
-        log.info("kernel read-ahead left at its default (%s)", exc)
+        log.info("kernel read-ahead and background slots left at their defaults (%s)", exc)
+        return
+    if settings.kernel_read_ahead_kb:
+        try:
+            Path(f"/sys/class/bdi/{dev}/read_ahead_kb").write_text(f"{settings.kernel_read_ahead_kb}\n")
+            log.info("kernel read-ahead of %s set to %d KiB", mountpoint, settings.kernel_read_ahead_kb)
+        except OSError as exc:
+            log.info("kernel read-ahead left at its default (%s)", exc)
+    if hasattr(pyfuse3, "passthrough_open"):  # (our pyfuse3 asked for them at INIT)
+        log.info("kernel background slots of %s: %d, asked for at INIT", mountpoint, settings.fuse_max_background)
+        return
+    slots = settings.fuse_max_background
+    conn = Path("/sys/fs/fuse/connections") / dev.split(":")[1]
+    try:
+        (conn / "max_background").write_text(f"{slots}\n")
+        (conn / "congestion_threshold").write_text(f"{max(1, slots * 3 // 4)}\n")
+        log.info("kernel background slots of %s set to %d", mountpoint, slots)
+    except OSError as exc:
+        log.warning("the kernel's background slots stay at 12 (pyfuse3 without tierfs' patch, and %s: %s); "
+                    "a flood of closes can hold up reads", conn, exc.strerror or exc)
 
 
 async def _refresh_gauges(tier: RedisTier) -> None:

@@ -179,6 +179,18 @@ def test_log_rotation_settings(tmp_path: Path) -> None:
     assert load(cfg).log_max_size == 0
 
 
+def test_the_kernels_background_slots(tmp_path: Path) -> None:
+    assert load(None).fuse_max_background == 256
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("[fuse]\nmax_background = 1024\n")
+    assert load(cfg).fuse_max_background == 1024
+    for value, message in (("0", "expected a whole number of 1 or more"),
+                           ("70000", "expected a whole number from 1 to 65535")):
+        cfg.write_text(f"[fuse]\nmax_background = {value}\n")
+        with pytest.raises(ConfigError, match=rf"\[fuse\] max_background = {value} is not allowed; {message}"):
+            load(cfg)
+
+
 @pytest.mark.parametrize(("text", "shown"), [
     ("[redis]\npassword = ['pw-1f2e']\n", r"\[redis\] password = <hidden> is not allowed"),
     ("[redis]\nsecret = ['pw-1f2e']\n", r"\[redis\] secret = <hidden> is not allowed"),

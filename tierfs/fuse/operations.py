@@ -112,6 +112,7 @@ class TierfsOperations(pyfuse3.Operations):
         self.passthrough = passthrough or Passthrough(None, reader.block_size, trio.CapacityLimiter(1), False)
         self.enable_passthrough = self.passthrough.wanted
         self.passthrough_stack_depth = self.passthrough.stack_depth
+        self.max_background = 0  # the kernel's background slots asked for at INIT (0: the kernel's 12)
         self.initialized = trio.Event()
         self.writer = writer  # None: a read-only mount
         self.read_only_prefixes: tuple[str, ...] = ()
